@@ -1,0 +1,44 @@
+# Everything a fresh machine needs (Python 3.11, git, Node/npm and the package registries) is set up here.
+PYTHON ?= python3.11
+TOOLS := .tools
+VENV := .venv
+UV := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.9
+CONFIG ?= examples/demo.yaml
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: setup run test lint typecheck check bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	$(VENV)/bin/conduit doctor --quiet
+	touch $@
+
+setup: $(VENV)/.synced ## virtualenv, Python deps, Deno (PyPI `deno`), demo upstreams
+
+run: setup ## start Conduit over Streamable HTTP with the demo upstreams
+	$(VENV)/bin/conduit serve --config $(CONFIG)
+
+test: setup ## lint, type-check and run the whole test suite
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

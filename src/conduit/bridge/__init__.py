@@ -1,0 +1,1 @@
+"""The sandbox bridge: the loopback JSON-RPC server that is a sandbox's only way out."""

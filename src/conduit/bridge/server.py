@@ -1,0 +1,133 @@
+"""The bridge's wire: newline-delimited JSON-RPC 2.0 over a loopback TCP listener.
+
+Every request carries ``auth.bearerToken``. This module frames messages, authenticates
+them against the :class:`SessionRegistry` and turns failures into JSON-RPC errors; what a
+method does is the :class:`BridgeHandler`'s business. Requests on one connection are
+served concurrently (a program's ``Promise.all`` of tool calls runs in parallel) and
+answered as they complete, matched by ``id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from conduit.bridge.sessions import Principal, SessionRegistry
+from conduit.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, ConduitError
+from conduit.sandbox.base import BridgeAddress
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+
+class BridgeHandler(Protocol):
+    async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
+        """Serve one authenticated request; raise :class:`ConduitError` for a JSON-RPC error."""
+        ...
+
+
+def error_response(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+class BridgeServer:
+    """Listens on 127.0.0.1 (a free port) for sandbox and master-token clients."""
+
+    def __init__(self, sessions: SessionRegistry, handler: BridgeHandler, host: str = "127.0.0.1") -> None:
+        self._sessions = sessions
+        self._handler = handler
+        self._host = host
+        self._listener: SocketListener | None = None
+        self.address: BridgeAddress | None = None
+        self._scope = anyio.CancelScope()
+
+    async def start(self, tg: TaskGroup) -> BridgeAddress:
+        """Bind and start serving in ``tg``; returns the address sandboxes connect to."""
+        listener = await anyio.create_tcp_listener(local_host=self._host, local_port=0)
+        self._listener = listener
+        host, port = listener.extra(SocketAttribute.local_address)[:2]
+        self.address = BridgeAddress(str(host), int(port))
+        tg.start_soon(self._serve, listener)
+        logger.debug("bridge listening on %s:%d", host, port)
+        return self.address
+
+    async def _serve(self, listener: SocketListener) -> None:
+        with self._scope:
+            async with listener:
+                await listener.serve(self._serve_connection)
+
+    async def aclose(self) -> None:
+        """Stop accepting and drop open connections."""
+        self._scope.cancel()
+
+    async def _serve_connection(self, stream: SocketStream) -> None:
+        reader = BufferedByteReceiveStream(stream)
+        write_lock = anyio.Lock()
+
+        async def send(message: Mapping[str, Any]) -> None:
+            data = json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+            async with write_lock:
+                await stream.send(data)
+
+        async with stream, anyio.create_task_group() as tg:
+            while True:
+                try:
+                    line = await reader.receive_until(b"\n", MAX_MESSAGE_BYTES)
+                except anyio.DelimiterNotFound:
+                    await send(error_response(None, INVALID_REQUEST, f"message larger than {MAX_MESSAGE_BYTES} bytes"))
+                    break
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                    break
+                if line.strip():
+                    tg.start_soon(self._answer, line, send)
+            tg.cancel_scope.cancel()
+
+    async def _answer(self, line: bytes, send: Any) -> None:
+        response = await self.respond(line)
+        if response is not None:
+            try:
+                await send(response)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                logger.debug("bridge client went away before its answer")
+
+    async def respond(self, line: bytes) -> dict[str, Any] | None:
+        """The JSON-RPC response for one raw request line (None for a notification)."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return error_response(None, PARSE_ERROR, "invalid JSON")
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(
+            message.get("method"), str
+        ):
+            return error_response(_id_of(message), INVALID_REQUEST, "expected a JSON-RPC 2.0 request object")
+        request_id = message.get("id")
+        method: str = message["method"]
+        params = message.get("params", {})
+        if params is None:
+            params = {}
+        auth = message.get("auth")
+        token = auth.get("bearerToken") if isinstance(auth, dict) else None
+        try:
+            principal = self._sessions.authenticate(token, method)
+            if not isinstance(params, dict):
+                raise ConduitError("params must be an object", code=INVALID_PARAMS)
+            result = await self._handler.handle_bridge(principal, method, params)
+        except ConduitError as exc:
+            return error_response(request_id, exc.code, exc.message)
+        except Exception:
+            logger.exception("bridge method %s failed", method)
+            return error_response(request_id, INTERNAL_ERROR, "internal error")
+        if "id" not in message:
+            return None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def _id_of(message: Any) -> Any:
+    return message.get("id") if isinstance(message, dict) else None

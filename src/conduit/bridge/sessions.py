@@ -1,0 +1,84 @@
+"""Per-execution session tokens and who may do what on the bridge.
+
+A session token is minted when an execution starts, bound to that execution's allowlist,
+and revoked the moment the execution ends. Tokens are stored only as SHA-256 digests, so a
+lookup never compares secrets byte by byte; the master token is checked in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final
+
+from conduit.errors import FORBIDDEN, AuthError
+from conduit.security.allowlist import Allowlist
+from conduit.security.tokens import mint_token, tokens_equal
+
+SESSION_METHODS: Final = frozenset({"mcp_discover_tools", "mcp_call_tool"})
+"""The only bridge methods a session token may call."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a bridge request acts as."""
+
+    is_master: bool
+    allowlist: Allowlist
+    execution_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    execution_id: str
+    allowlist: Allowlist
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class SessionRegistry:
+    """Live session tokens, and authentication of bridge requests."""
+
+    def __init__(self, master_token: str) -> None:
+        if not master_token:
+            raise ValueError("the master token must not be empty")
+        self._master = master_token
+        self._sessions: dict[bytes, Session] = {}
+        self._everything = Allowlist.parse(["*"])
+
+    @contextmanager
+    def session(self, execution_id: str, allowlist: Allowlist) -> Iterator[Session]:
+        """A session token valid exactly while the ``with`` block runs."""
+        session = Session(mint_token(), execution_id, allowlist)
+        key = _digest(session.token)
+        self._sessions[key] = session
+        try:
+            yield session
+        finally:
+            del self._sessions[key]
+
+    @property
+    def active(self) -> int:
+        return len(self._sessions)
+
+    def authenticate(self, token: object, method: str) -> Principal:
+        """The principal behind ``token``, if it may call ``method``.
+
+        Raises:
+            AuthError: the token is missing, unknown or expired, or may not call ``method``.
+        """
+        if not isinstance(token, str) or not token:
+            raise AuthError("missing bearer token (auth.bearerToken)")
+        if tokens_equal(token, self._master):
+            return Principal(is_master=True, allowlist=self._everything)
+        session = self._sessions.get(_digest(token))
+        if session is None:
+            raise AuthError("invalid or expired token")
+        if method not in SESSION_METHODS:
+            raise AuthError(f"a session token may not call {method!r}", code=FORBIDDEN)
+        return Principal(is_master=False, allowlist=session.allowlist, execution_id=session.execution_id)

@@ -1,0 +1,167 @@
+"""The configuration schema: these models are the contract, YAML/JSON files are only a source.
+
+Every model is frozen and rejects unknown keys, so a typo fails at start instead of being
+silently ignored. Key names are camelCase to stay compatible with configs written for the
+reference implementation; Python attribute names are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+    )
+
+
+class ResourceLimits(_Model):
+    """Per-execution ceilings. A request may lower them, never raise them."""
+
+    timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 30_000
+    """Wall-clock time an execution may run before it is killed (-32008)."""
+    memory_limit_mb: Annotated[int, Field(ge=16, le=65_536)] = 256
+    """JavaScript heap ceiling in MiB; exceeding it ends the run with -32009."""
+    max_output_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = 1_048_576
+    """stdout + stderr bytes kept before the run is killed (-32013)."""
+    max_log_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+    """Output lines (stdout + stderr) before the run is killed (-32014)."""
+
+
+class Credentials(_Model):
+    """How Conduit authenticates to an HTTP upstream. Values live only in the host process."""
+
+    type: Literal["bearer", "apiKey", "oauth2"]
+    bearer_token: SecretStr | None = None
+    api_key: SecretStr | None = None
+    header_name: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    token_url: str | None = None
+    refresh_token: SecretStr | None = None
+    scopes: list[str] = Field(default_factory=list)
+    token_request_format: Literal["form", "json"] = "form"
+    token_params: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _required_fields(self) -> Credentials:
+        if self.type == "bearer" and self.bearer_token is None:
+            raise ValueError("credentials of type 'bearer' need 'bearerToken'")
+        if self.type == "apiKey" and self.api_key is None:
+            raise ValueError("credentials of type 'apiKey' need 'apiKey'")
+        if self.type == "oauth2" and (self.token_url is None or self.client_id is None):
+            raise ValueError("credentials of type 'oauth2' need 'tokenUrl' and 'clientId'")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret this block holds, for log redaction."""
+        secrets = (self.bearer_token, self.api_key, self.client_secret, self.refresh_token)
+        return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+
+
+class UpstreamConfig(_Model):
+    """One upstream MCP server whose tools Conduit exposes."""
+
+    id: Annotated[str, Field(pattern=_ID_PATTERN)]
+    """Namespace of the upstream's tools: ``<id>__<tool>`` over MCP, ``tools.<id>.<tool>`` in programs."""
+    type: Literal["stdio", "streamableHttp", "sse", "http"] = "stdio"
+    command: str | None = None
+    """stdio: the executable. Looked up beside Conduit's own interpreter, then on PATH."""
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    """stdio: the only variables passed besides a minimal safe set (PATH, HOME, LANG...)."""
+    cwd: str | None = None
+    url: str | None = None
+    """streamableHttp / sse / http: the endpoint."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    credentials: Credentials | None = None
+    timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 60_000
+    """Per-call timeout for this upstream's tools."""
+    connect_timeout_ms: Annotated[int, Field(gt=0, le=600_000)] = 20_000
+    """Time allowed to start (stdio) or reach (HTTP) the upstream and list its tools."""
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> UpstreamConfig:
+        if "__" in self.id:
+            raise ValueError(f"upstream id {self.id!r} must not contain '__' (it separates id and tool name)")
+        if self.type == "stdio":
+            if not self.command:
+                raise ValueError("a 'stdio' upstream needs 'command'")
+            if self.url is not None:
+                raise ValueError("a 'stdio' upstream takes 'command', not 'url'")
+        else:
+            if not self.url:
+                raise ValueError(f"a '{self.type}' upstream needs 'url'")
+            if self.command is not None:
+                raise ValueError(f"a '{self.type}' upstream takes 'url', not 'command'")
+        return self
+
+
+class Config(_Model):
+    """The whole of Conduit's configuration."""
+
+    transport: Literal["http", "stdio"] = "http"
+    """How MCP clients reach Conduit: Streamable HTTP or stdio."""
+    host: str = "127.0.0.1"
+    """HTTP bind address. Keep it on loopback unless a proxy with TLS sits in front."""
+    port: Annotated[int, Field(ge=0, le=65_535)] = 3000
+    """HTTP port for ``/mcp`` (0 picks a free one and prints it)."""
+    ops_port: Annotated[int, Field(ge=0, le=65_535)] = 3001
+    """Port reserved for ``/health`` and ``/metrics``."""
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    ipc_bearer_token: SecretStr | None = None
+    """Master token for HTTP clients and the sandbox bridge. Generated at start when unset."""
+    max_concurrent: Annotated[int, Field(ge=1, le=1024)] = 10
+    """Executions running at once."""
+    max_queue: Annotated[int, Field(ge=0, le=100_000)] = 100
+    """Executions waiting for a slot; beyond this, new ones are refused as busy (-32000)."""
+    max_code_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
+    """Largest program accepted, in UTF-8 bytes."""
+    resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
+    default_allowed_tools: list[str] = Field(default_factory=lambda: ["*"])
+    """Allowlist used when an execution request names none."""
+    code_mode_only: bool = False
+    """List only Conduit's own tools to MCP clients, not the proxied ``<upstream>__<tool>`` ones."""
+    secret_redaction_patterns: list[str] = Field(default_factory=list)
+    """Extra regular expressions whose matches are scrubbed from logs."""
+    deno_path: str | None = None
+    """Deno executable. Default: the one installed by PyPI's ``deno`` package."""
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+
+    @field_validator("secret_redaction_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {index} is not a valid regular expression: {exc}") from None
+        return patterns
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_ids(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        seen: set[str] = set()
+        for upstream in upstreams:
+            if upstream.id in seen:
+                raise ValueError(f"upstream id {upstream.id!r} is used twice")
+            seen.add(upstream.id)
+        return upstreams
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for log redaction."""
+        values = [self.ipc_bearer_token.get_secret_value()] if self.ipc_bearer_token else []
+        for upstream in self.upstreams:
+            if upstream.credentials is not None:
+                values.extend(upstream.credentials.secret_values())
+        return values

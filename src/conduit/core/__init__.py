@@ -1,0 +1,1 @@
+"""The gateway core: executions, tool routing, admission."""

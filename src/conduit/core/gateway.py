@@ -1,0 +1,274 @@
+"""The gateway: owns the upstreams, the bridge, the runtimes, and runs executions.
+
+Front ends (the MCP server over stdio or HTTP, the bridge's master-token methods) call
+:meth:`Gateway.execute`, :meth:`Gateway.call_tool` and :meth:`Gateway.discover`; nothing
+here knows about MCP transports or Starlette.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import mcp_types as types
+from pydantic import ValidationError
+
+from conduit.bridge.server import BridgeServer
+from conduit.bridge.sessions import Principal, SessionRegistry
+from conduit.config.loader import format_validation_error
+from conduit.config.schema import Config, UpstreamConfig
+from conduit.core.admission import Admission
+from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolDeniedError, UnknownToolError
+from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
+from conduit.sandbox.deno import DenoRuntime, find_deno
+from conduit.sdk.typescript import generate_typescript_sdk
+from conduit.security.allowlist import Allowlist, AllowlistError
+from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
+
+logger = logging.getLogger(__name__)
+
+LANGUAGES: Final = ("typescript", "python", "isolate")
+_SDK_CACHE_SIZE: Final = 64
+
+
+class Gateway:
+    """Everything behind Conduit's front ends. Create with :meth:`open`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        master_token: str,
+        registry: UpstreamRegistry,
+        bridge: BridgeServer,
+        sessions: SessionRegistry,
+        runtimes: Mapping[str, Runtime],
+    ) -> None:
+        self.config = config
+        self.master_token = master_token
+        self.registry = registry
+        self.bridge = bridge
+        self.sessions = sessions
+        self.runtimes = dict(runtimes)
+        rl = config.resource_limits
+        self.limits = Limits(rl.timeout_ms, rl.memory_limit_mb, rl.max_output_bytes, rl.max_log_entries)
+        self.admission = Admission(config.max_concurrent, config.max_queue)
+        self._sdk_cache: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, config: Config, *, master_token: str, base_dir: Path, host_env: Mapping[str, str]
+    ) -> AsyncIterator[Gateway]:
+        """Start the bridge and runtimes; on exit stop upstreams and remove private files."""
+        work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
+        try:
+            async with anyio.create_task_group() as tg:
+                sessions = SessionRegistry(master_token)
+                registry = UpstreamRegistry(base_dir=base_dir, host_env=host_env, tg=tg)
+                for upstream in config.upstreams:
+                    registry.add(upstream)
+                holder: list[Gateway] = []
+                bridge = BridgeServer(sessions, _Deferred(holder))
+                address = await bridge.start(tg)
+                deno = DenoRuntime(deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir)
+                gateway = cls(
+                    config,
+                    master_token=master_token,
+                    registry=registry,
+                    bridge=bridge,
+                    sessions=sessions,
+                    runtimes={"typescript": deno},
+                )
+                holder.append(gateway)
+                try:
+                    yield gateway
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await registry.aclose()
+                        await bridge.aclose()
+                    tg.cancel_scope.cancel()
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    # -- executions -------------------------------------------------------------------------------------
+
+    def parse_allowlist(self, allowed_tools: Any) -> Allowlist:
+        """The allowlist for an execution request (the configured default when none is given).
+
+        Raises:
+            ConduitError: ``allowed_tools`` is not a list of valid patterns.
+        """
+        if allowed_tools is None:
+            allowed_tools = self.config.default_allowed_tools
+        if not isinstance(allowed_tools, list):
+            raise ConduitError("allowedTools must be an array of strings", code=INVALID_PARAMS)
+        try:
+            return Allowlist.parse(allowed_tools)
+        except AllowlistError as exc:
+            raise ConduitError(f"allowedTools: {exc}", code=INVALID_PARAMS) from None
+
+    async def execute(
+        self, language: str, code: Any, *, allowed_tools: Any = None, limits: Any = None
+    ) -> RunOutcome:
+        """Run one program in a fresh sandbox.
+
+        Raises:
+            ConduitError: invalid request (INVALID_PARAMS), unavailable runtime, or busy (-32000).
+        """
+        if not isinstance(code, str):
+            raise ConduitError("code must be a string", code=INVALID_PARAMS)
+        size = len(code.encode("utf-8", "surrogatepass"))
+        if size > self.config.max_code_bytes:
+            raise ConduitError(
+                f"code is {size} bytes; the limit is {self.config.max_code_bytes} bytes", code=INVALID_PARAMS
+            )
+        if limits is not None and not isinstance(limits, dict):
+            raise ConduitError("limits must be an object", code=INVALID_PARAMS)
+        effective = self.limits.lowered(limits)
+        allowlist = self.parse_allowlist(allowed_tools)
+        runtime = self.runtimes.get(language)
+        if runtime is None:
+            raise ConduitError(f"the {language} runtime is not available yet in this version", code=METHOD_NOT_FOUND)
+        async with self.admission.slot():
+            sdk = self._sdk(language, await self.registry.catalog(), allowlist)
+            sandbox = await runtime.prepare(effective.memory_limit_mb)
+            execution_id = uuid.uuid4().hex
+            with self.sessions.session(execution_id, allowlist) as session:
+                logger.info("execution %s started (%s)", execution_id, language)
+                outcome = await sandbox.run(Job(code, sdk, session.token, effective))
+            logger.info(
+                "execution %s ended: exit %d, %s, %.1f ms",
+                execution_id,
+                outcome.exit_code,
+                f"error {outcome.error.code}" if outcome.error else "ok",
+                outcome.duration_ms,
+            )
+            return outcome
+
+    def _sdk(self, language: str, catalog: Catalog, allowlist: Allowlist) -> str:
+        allowed = [entry for entry in catalog.tools if allowlist.permits(entry.upstream, entry.name)]
+        key = (language, self.registry.version, tuple(entry.qualified for entry in allowed))
+        cached = self._sdk_cache.get(key)
+        if cached is None:
+            cached = generate_typescript_sdk(allowed)
+            self._sdk_cache[key] = cached
+            if len(self._sdk_cache) > _SDK_CACHE_SIZE:
+                self._sdk_cache.popitem(last=False)
+        else:
+            self._sdk_cache.move_to_end(key)
+        return cached
+
+    # -- tools ------------------------------------------------------------------------------------------
+
+    async def discover(self, allowlist: Allowlist, query: str | None = None) -> list[ToolEntry]:
+        """The tools ``allowlist`` covers, optionally filtered by a case-insensitive substring."""
+        catalog = await self.registry.catalog()
+        needle = (query or "").lower()
+        return [
+            entry
+            for entry in catalog.tools
+            if allowlist.permits(entry.upstream, entry.name)
+            and (not needle or needle in entry.qualified.lower() or needle in entry.description.lower())
+        ]
+
+    async def call_tool(self, name: Any, arguments: Any, allowlist: Allowlist) -> types.CallToolResult:
+        """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) if ``allowlist`` covers it.
+
+        Raises:
+            ToolDeniedError: the allowlist does not cover the tool (checked before it is looked up).
+            UnknownToolError: no such tool.
+            UpstreamError: the upstream failed.
+            ConduitError: invalid name or arguments (INVALID_PARAMS).
+        """
+        if not isinstance(name, str) or not name:
+            raise ConduitError("name must be a non-empty string", code=INVALID_PARAMS)
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise ConduitError("arguments must be an object", code=INVALID_PARAMS)
+        qualified = name if "__" in name or "." not in name else name.replace(".", "__", 1)
+        upstream, sep, tool = qualified.partition("__")
+        if not sep:
+            raise UnknownToolError(f"unknown tool {name!r}: use '<upstream>__<tool>' or '<upstream>.<tool>'")
+        if not allowlist.permits(upstream, tool):
+            raise ToolDeniedError(f"tool {qualified!r} is not in this execution's allowlist")
+        entry = await self.registry.resolve(qualified)
+        return await self.registry.call(entry, arguments)
+
+    def register_upstream(self, raw: Any) -> str:
+        """Add an upstream at run time (master token only).
+
+        Raises:
+            ConduitError: the definition is invalid or the id is taken.
+        """
+        try:
+            upstream = UpstreamConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConduitError(f"invalid upstream:\n{format_validation_error(exc)}", code=INVALID_PARAMS) from None
+        self.registry.add(upstream)
+        logger.info("upstream %s registered at run time", upstream.id)
+        return upstream.id
+
+    # -- bridge -----------------------------------------------------------------------------------------
+
+    async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
+        """Serve one authenticated bridge request (see :mod:`conduit.bridge.server`)."""
+        if method == "mcp_discover_tools":
+            query = params.get("query")
+            if query is not None and not isinstance(query, str):
+                raise ConduitError("query must be a string", code=INVALID_PARAMS)
+            return [describe_tool(entry) for entry in await self.discover(principal.allowlist, query)]
+        if method == "mcp_call_tool":
+            result = await self.call_tool(params.get("name"), params.get("arguments"), principal.allowlist)
+            return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if method.startswith("mcp_execute_") and method.removeprefix("mcp_execute_") in LANGUAGES:
+            outcome = await self.execute(
+                method.removeprefix("mcp_execute_"),
+                params.get("code"),
+                allowed_tools=params.get("allowedTools"),
+                limits=params.get("limits"),
+            )
+            return outcome_payload(outcome)
+        if method == "mcp_register_upstream":
+            return {"id": self.register_upstream(params.get("upstream", params))}
+        raise ConduitError(f"unknown method {method!r}", code=METHOD_NOT_FOUND)
+
+
+class _Deferred:
+    """Lets the bridge start before the gateway that handles its requests exists."""
+
+    def __init__(self, holder: Sequence[Gateway]) -> None:
+        self._holder = holder
+
+    async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
+        return await self._holder[0].handle_bridge(principal, method, params)
+
+
+def describe_tool(entry: ToolEntry) -> dict[str, Any]:
+    """A tool as discovery presents it to programs."""
+    return {
+        "name": entry.qualified,
+        "upstream": entry.upstream,
+        "tool": entry.name,
+        "description": entry.description,
+        "inputSchema": dict(entry.input_schema),
+    }
+
+
+def outcome_payload(outcome: RunOutcome) -> dict[str, Any]:
+    """The execution result shape of SPEC §1.1: ``{stdout, stderr, exitCode, result?, error?}``."""
+    payload: dict[str, Any] = {"stdout": outcome.stdout, "stderr": outcome.stderr, "exitCode": outcome.exit_code}
+    if outcome.has_result:
+        payload["result"] = outcome.result
+    if outcome.error is not None:
+        payload["error"] = {"code": outcome.error.code, "message": outcome.error.message}
+    return payload

@@ -1,0 +1,190 @@
+"""TypeScript sandboxes: one fresh Deno process per program.
+
+The process starts with no permissions but a network grant for exactly the bridge's
+``host:port``, an empty environment (private ``DENO_DIR`` and ``HOME`` only), no remote,
+npm or config loading, and a V8 heap ceiling. Its main module is Conduit's fixed harness,
+which waits for one job on stdin; so a sandbox can be started ahead of a request and used
+exactly once. The host enforces the time, byte and line limits and kills the process
+group in every outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import anyio
+from anyio.abc import Process
+
+from conduit.errors import MEMORY_LIMIT, PROGRAM_ERROR, TIMEOUT, SandboxStartError
+from conduit.sandbox.base import BridgeAddress, Job, RunError, RunOutcome
+from conduit.sandbox.output import OutputCollector
+from conduit.sandbox.process import destroy, kill_group, pump, spawn
+from conduit.sandbox.program import wrap_program
+
+logger = logging.getLogger(__name__)
+
+HARNESS: Final = Path(__file__).parent / "harness" / "deno_harness.js"
+_OOM_MARKERS: Final = ("out of memory", "Reached heap limit", "Allocation failed")
+
+
+def find_deno(configured: str | None) -> str:
+    """The Deno executable: the configured one, else the binary of PyPI's ``deno`` package.
+
+    Raises:
+        SandboxStartError: none can be found.
+    """
+    if configured:
+        return configured
+    try:
+        import deno
+    except ImportError as exc:
+        raise SandboxStartError("Deno is not installed: run `make setup` (PyPI package 'deno')") from exc
+    return str(deno.find_deno_bin())
+
+
+class DenoRuntime:
+    """Starts TypeScript sandboxes that may reach only the bridge."""
+
+    name = "typescript"
+
+    def __init__(self, *, deno_path: str, bridge: BridgeAddress, work_dir: Path) -> None:
+        self._deno = deno_path
+        self._bridge = bridge
+        self._home = work_dir / "deno-home"
+        self._deno_dir = work_dir / "deno-dir"
+        self._home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._deno_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def argv(self, memory_limit_mb: int) -> list[str]:
+        return [
+            self._deno,
+            "run",
+            "--no-prompt",
+            "--no-remote",
+            "--no-npm",
+            "--no-config",
+            "--no-lock",
+            "--cached-only",
+            f"--allow-net={self._bridge.host}:{self._bridge.port}",
+            f"--v8-flags=--max-heap-size={memory_limit_mb}",
+            str(HARNESS),
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DENO_DIR": str(self._deno_dir),
+            "HOME": str(self._home),
+            "DENO_NO_UPDATE_CHECK": "1",
+            "NO_COLOR": "1",
+        }
+
+    async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
+        process = await spawn(self.argv(memory_limit_mb), env=self.env(), cwd=str(self._home))
+        return DenoSandbox(process, self._bridge)
+
+
+class DenoSandbox:
+    """A started Deno harness waiting for its one job."""
+
+    def __init__(self, process: Process, bridge: BridgeAddress) -> None:
+        self._process = process
+        self._bridge = bridge
+        self._used = False
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def run(self, job: Job) -> RunOutcome:
+        if self._used:
+            raise SandboxStartError("a sandbox runs exactly one program")
+        self._used = True
+        nonce = secrets.token_hex(16)
+        limits = job.limits
+        collector = OutputCollector(
+            max_bytes=limits.max_output_bytes,
+            max_lines=limits.max_log_entries,
+            nonce=nonce,
+            max_record_bytes=limits.max_output_bytes,
+        )
+        payload = {
+            "nonce": nonce,
+            "token": job.token,
+            "bridge": {"host": self._bridge.host, "port": self._bridge.port},
+            "sdk": job.sdk,
+            "program": wrap_program(job.program),
+            "maxResultBytes": limits.max_output_bytes,
+        }
+        process = self._process
+        started = time.perf_counter()
+
+        def guarded(feed: Callable[[bytes], None]) -> Callable[[bytes], None]:
+            def sink(chunk: bytes) -> None:
+                feed(chunk)
+                if collector.tripped:
+                    kill_group(process)
+
+            return sink
+
+        timed_out = False
+        try:
+            with anyio.move_on_after(limits.timeout_ms / 1000) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pump, process.stdout, guarded(collector.feed_stdout))
+                    tg.start_soon(pump, process.stderr, guarded(collector.feed_stderr))
+                    assert process.stdin is not None
+                    try:
+                        await process.stdin.send(json.dumps(payload).encode() + b"\n")
+                        await process.stdin.aclose()
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        pass  # the process died before reading its job: its exit status tells why
+                    await process.wait()
+            timed_out = scope.cancelled_caught
+        finally:
+            await destroy(process)
+        collector.finish()
+        duration_ms = (time.perf_counter() - started) * 1000
+        return _outcome(collector, process.returncode, timed_out, limits.timeout_ms, duration_ms)
+
+    async def discard(self) -> None:
+        self._used = True
+        await destroy(self._process)
+
+
+def _outcome(
+    collector: OutputCollector, returncode: int | None, timed_out: bool, timeout_ms: int, duration_ms: float
+) -> RunOutcome:
+    stdout, stderr = collector.stdout(), collector.stderr()
+    record = collector.record()
+    exit_code = returncode if returncode is not None and returncode >= 0 else 137
+
+    def failed(code: int, message: str) -> RunOutcome:
+        return RunOutcome(stdout, stderr, exit_code or 1, RunError(code, message), duration_ms=duration_ms)
+
+    if collector.violation is not None:
+        return failed(*collector.violation)
+    if timed_out:
+        return failed(TIMEOUT, f"execution timed out after {timeout_ms} ms")
+    if record is None:
+        if any(marker in stderr for marker in _OOM_MARKERS):
+            return failed(MEMORY_LIMIT, "execution exceeded its memory limit")
+        if exit_code == 0:
+            return RunOutcome(stdout, stderr, 0, duration_ms=duration_ms)
+        return failed(PROGRAM_ERROR, f"program exited with code {exit_code}")
+    if record.get("status") == "error":
+        error = record.get("error") or {}
+        message = f"{error.get('name', 'Error')}: {error.get('message', '')}"
+        return failed(PROGRAM_ERROR, message)
+    if "unserializable" in record:
+        note = f"[conduit] no result: {record['unserializable']}\n"
+        return RunOutcome(stdout, stderr + note, exit_code, duration_ms=duration_ms)
+    has_result = "value" in record
+    return RunOutcome(
+        stdout, stderr, exit_code, result=record.get("value"), has_result=has_result, duration_ms=duration_ms
+    )

@@ -1,0 +1,133 @@
+"""Host-side capture of a sandbox's stdout and stderr under byte and line limits.
+
+The sandbox cannot be trusted to count its own output, so the host counts every byte it
+reads. The first byte past ``max_output_bytes`` or the first line past ``max_log_entries``
+trips the limit: the collector keeps exactly what fitted, records which limit tripped, and
+tells its owner to kill the sandbox. The runtime's result record travels on stdout behind a
+per-job marker; it is split off here and never counts as program output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
+
+RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
+
+
+@dataclass
+class _Stream:
+    data: bytearray = field(default_factory=bytearray)
+
+
+class OutputCollector:
+    """Counts and keeps output of one run; finds the result record behind ``marker``."""
+
+    def __init__(self, *, max_bytes: int, max_lines: int, nonce: str, max_record_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_lines = max_lines
+        self._marker = RESULT_PREFIX + nonce.encode() + b":"
+        self._max_record = max_record_bytes + 64 * 1024
+        self._stdout = _Stream()
+        self._stderr = _Stream()
+        self._pending = bytearray()
+        """stdout bytes that might be the start of the marker."""
+        self._record: bytearray | None = None
+        self._bytes = 0
+        self._lines = 0
+        self.violation: tuple[int, str] | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.violation is not None
+
+    def feed_stdout(self, chunk: bytes) -> None:
+        if self._record is not None:
+            self._feed_record(chunk)
+            return
+        buffer = self._pending + chunk
+        index = buffer.find(self._marker)
+        if index >= 0:
+            self._accept(self._stdout, bytes(buffer[:index]))
+            self._pending = bytearray()
+            self._record = bytearray()
+            self._feed_record(bytes(buffer[index + len(self._marker) :]))
+            return
+        keep = _partial_suffix(buffer, self._marker)
+        self._pending = bytearray(buffer[len(buffer) - keep :]) if keep else bytearray()
+        self._accept(self._stdout, bytes(buffer[: len(buffer) - keep]))
+
+    def feed_stderr(self, chunk: bytes) -> None:
+        self._accept(self._stderr, chunk)
+
+    def finish(self) -> None:
+        """The streams ended: bytes held back as a possible marker start are output after all."""
+        if self._pending:
+            pending, self._pending = bytes(self._pending), bytearray()
+            self._accept(self._stdout, pending)
+
+    def record(self) -> dict[str, Any] | None:
+        """The runtime's result record, if one arrived complete and well formed."""
+        if self._record is None or not self._record.endswith(b"\n"):
+            return None
+        try:
+            record = json.loads(self._record[:-1])
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    def stdout(self) -> str:
+        return self._stdout.data.decode("utf-8", "replace")
+
+    def stderr(self) -> str:
+        return self._stderr.data.decode("utf-8", "replace")
+
+    def _feed_record(self, chunk: bytes) -> None:
+        assert self._record is not None
+        if b"\n" in self._record:
+            return
+        self._record += chunk
+        if len(self._record) > self._max_record:
+            self._record = bytearray()
+
+    def _accept(self, stream: _Stream, chunk: bytes) -> None:
+        if self.violation is not None or not chunk:
+            return
+        room = self.max_bytes - self._bytes
+        if len(chunk) > room:
+            chunk, over_bytes = chunk[:room], True
+        else:
+            over_bytes = False
+        lines_room = self.max_lines - self._lines
+        newlines = chunk.count(b"\n")
+        if newlines > lines_room:
+            cut = _nth_index(chunk, b"\n", lines_room - 1) + 1 if lines_room > 0 else 0
+            stream.data += chunk[:cut]
+            self._bytes += cut
+            self._lines = self.max_lines
+            self.violation = (LOG_LIMIT, f"output exceeded the limit of {self.max_lines} lines")
+            return
+        stream.data += chunk
+        self._bytes += len(chunk)
+        self._lines += newlines
+        if over_bytes:
+            self.violation = (OUTPUT_LIMIT, f"output exceeded the limit of {self.max_bytes} bytes")
+
+
+def _partial_suffix(buffer: bytes | bytearray, marker: bytes) -> int:
+    """Length of the longest suffix of ``buffer`` that is a proper prefix of ``marker``."""
+    for size in range(min(len(marker) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(marker[:size]):
+            return size
+    return 0
+
+
+def _nth_index(data: bytes, needle: bytes, n: int) -> int:
+    """Index of the (n+1)-th occurrence of ``needle`` (n counts from 0)."""
+    index = -1
+    for _ in range(n + 1):
+        index = data.index(needle, index + 1)
+    return index

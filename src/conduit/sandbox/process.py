@@ -1,0 +1,61 @@
+"""Sandbox processes: spawned in their own session, killed as a whole group, always reaped.
+
+Each sandbox process leads a new session (so its process group id is its pid): killing the
+group takes every descendant with it, and nothing the sandbox starts can outlive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from conduit.errors import SandboxStartError
+
+REAP_TIMEOUT: Final = 5.0
+"""Bound on waiting for a SIGKILLed group leader to be reaped."""
+READ_CHUNK: Final = 64 * 1024
+
+
+async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> Process:
+    """Start ``argv`` with pipes on all three streams, leading its own session.
+
+    Raises:
+        SandboxStartError: the executable cannot be started.
+    """
+    try:
+        return await anyio.open_process(list(argv), env=dict(env), cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        raise SandboxStartError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+
+
+def kill_group(process: Process) -> None:
+    """SIGKILL the process's whole group; a group already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+
+
+async def destroy(process: Process) -> None:
+    """Kill the group, reap the leader and close the pipes; bounded and shielded from cancellation."""
+    with anyio.CancelScope(shield=True):
+        kill_group(process)
+        with anyio.move_on_after(REAP_TIMEOUT):
+            await process.wait()
+        with contextlib.suppress(Exception):
+            await process.aclose()
+
+
+async def pump(stream: ByteReceiveStream | None, sink: Callable[[bytes], None]) -> None:
+    """Feed everything ``stream`` yields into ``sink`` until end of stream."""
+    if stream is None:
+        return
+    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        while True:
+            sink(await stream.receive(READ_CHUNK))

@@ -1,0 +1,1 @@
+"""Generated, language-native SDKs that let sandboxed programs call upstream tools."""

@@ -1,0 +1,29 @@
+"""Run Conduit's MCP server: the gateway behind the stdio or Streamable HTTP front end."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from mcp.server.stdio import stdio_server
+
+from conduit.config.loader import LoadedConfig
+from conduit.core.gateway import Gateway
+from conduit.transport.http import BearerAuth, serve_http
+from conduit.transport.mcp_app import build_server
+
+logger = logging.getLogger(__name__)
+
+
+async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
+    """Serve until the client disconnects (stdio) or the process is stopped (HTTP)."""
+    config = loaded.config
+    async with Gateway.open(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
+        server = build_server(gw)
+        if config.transport == "stdio":
+            logger.info("serving MCP over stdio")
+            async with stdio_server() as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+            return
+        app = BearerAuth(server.streamable_http_app(host=config.host), master_token)
+        await serve_http(app, host=config.host, port=config.port, log_level=config.log_level)

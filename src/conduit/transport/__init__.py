@@ -1,0 +1,1 @@
+"""Front ends: Conduit's MCP server over stdio and Streamable HTTP."""

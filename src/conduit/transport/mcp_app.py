@@ -1,0 +1,150 @@
+"""Conduit as an MCP server: its tool list and what each tool call does.
+
+Built on the official SDK's low-level ``Server``; the same instance serves stdio and
+Streamable HTTP. Protocol faults (unknown tool, invalid arguments) are JSON-RPC errors;
+everything that happened inside a sandbox, failures included, is a tool result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from conduit import __version__
+from conduit.core.gateway import Gateway, outcome_payload
+from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError, UpstreamError
+from conduit.security.allowlist import Allowlist
+
+logger = logging.getLogger(__name__)
+
+PREFIX: Final = "conduit__"
+
+_LIMITS_SCHEMA: Final = {
+    "type": "object",
+    "description": "Lower the server's limits for this run (values above the server's ceilings are capped).",
+    "properties": {
+        "timeoutMs": {"type": "integer", "minimum": 1},
+        "memoryLimitMb": {"type": "integer", "minimum": 1},
+        "maxOutputBytes": {"type": "integer", "minimum": 1},
+        "maxLogEntries": {"type": "integer", "minimum": 1},
+    },
+    "additionalProperties": False,
+}
+
+EXECUTE_SCHEMA: Final = {
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "description": "The program to run."},
+        "allowedTools": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Tools the program may call: '*', 'upstream.*', 'upstream.tool' or 'tool'.",
+        },
+        "limits": _LIMITS_SCHEMA,
+    },
+    "required": ["code"],
+    "additionalProperties": False,
+}
+
+_TS_DESCRIPTION: Final = """\
+Run a TypeScript program in a fresh, locked-down Deno sandbox and return its output.
+
+The program calls upstream MCP tools through the global `tools` object:
+`const r = await tools.<upstream>.<tool>({...args})` returns the tool's CallToolResult
+(`r.content`, `r.structuredContent`, `r.isError`). `await tools.$raw("upstream__tool", args)`
+calls by name; `await discoverMCPTools()` lists the tools this run may call. Denied, unknown or
+failed calls throw an Error with a numeric `code`. Top-level `await` works; a top-level `return`
+value becomes `result`. console.log/info/debug go to stdout, console.warn/error to stderr.
+The sandbox has no file, env, network or subprocess access, and each run starts fresh.
+Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+
+_LANGUAGE_TOOLS: Final = {f"{PREFIX}mcp_execute_typescript": ("typescript", _TS_DESCRIPTION)}
+
+
+def _conduit_tools() -> list[types.Tool]:
+    return [
+        types.Tool(name=name, description=description, input_schema=EXECUTE_SCHEMA)
+        for name, (_language, description) in _LANGUAGE_TOOLS.items()
+    ]
+
+
+def execution_result(payload: Mapping[str, Any], is_error: bool) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+        structured_content=dict(payload),
+        is_error=is_error,
+    )
+
+
+def _check_arguments(arguments: Mapping[str, Any]) -> None:
+    unknown = sorted(set(arguments) - set(EXECUTE_SCHEMA["properties"]))  # type: ignore[arg-type]
+    if unknown:
+        raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
+    if "code" not in arguments:
+        raise MCPError(INVALID_PARAMS, "missing required argument 'code'")
+
+
+def build_server(gateway: Gateway) -> Server[Any]:
+    """The MCP server for ``gateway``."""
+    everything = Allowlist.parse(["*"])
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        tools = _conduit_tools()
+        if not gateway.config.code_mode_only:
+            catalog = await gateway.registry.catalog()
+            tools.extend(
+                types.Tool(name=entry.qualified, description=entry.description, input_schema=dict(entry.input_schema))
+                for entry in catalog.tools
+            )
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        if params.name in _LANGUAGE_TOOLS:
+            language = _LANGUAGE_TOOLS[params.name][0]
+            _check_arguments(arguments)
+            try:
+                outcome = await gateway.execute(
+                    language,
+                    arguments.get("code"),
+                    allowed_tools=arguments.get("allowedTools"),
+                    limits=arguments.get("limits"),
+                )
+            except ConduitError as exc:
+                if exc.code == INVALID_PARAMS:
+                    raise MCPError(exc.code, exc.message) from None
+                return execution_result({"stdout": "", "stderr": "", "exitCode": 1, "error": _error(exc)}, True)
+            return execution_result(outcome_payload(outcome), outcome.error is not None)
+        if params.name.startswith(PREFIX):
+            raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (not available in this version)")
+        if gateway.config.code_mode_only:
+            raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (this server runs in code-mode-only)")
+        try:
+            return await gateway.call_tool(params.name, arguments, everything)
+        except (UnknownToolError, ToolDeniedError) as exc:
+            raise MCPError(INVALID_PARAMS, exc.message) from None
+        except UpstreamError as exc:
+            return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
+        except ConduitError as exc:
+            raise MCPError(exc.code, exc.message) from None
+
+    return Server(
+        "conduit",
+        version=__version__,
+        instructions="Code mode: write one program that calls many tools via conduit__mcp_execute_typescript.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+def _error(exc: ConduitError) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.message}

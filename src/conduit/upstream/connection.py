@@ -1,0 +1,227 @@
+"""One upstream MCP server: a lazily opened, self-healing client connection.
+
+The official ``mcp`` client is an async context manager, so each connection lives in a task
+of the gateway's task group: that task enters the client, publishes it, and holds it open
+until asked to close or until the transport dies. Callers only ever see :meth:`list_tools`
+and :meth:`call_tool`; the first caller opens the connection (concurrent first callers share
+one attempt), and a call that finds the upstream dead makes the next caller start it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import mcp_types as types
+from anyio.abc import TaskGroup, TaskStatus
+from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
+
+from conduit.config.schema import UpstreamConfig
+from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
+
+logger = logging.getLogger(__name__)
+
+SAFE_ENV_NAMES: Final = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
+"""The only host variables a stdio upstream inherits, besides its configured ``env``."""
+
+_CLOSE_TIMEOUT: Final = 10.0
+RETRY_BASE: Final = 1.0
+RETRY_MAX: Final = 30.0
+"""After a failed connect, further attempts wait 1 s, 2 s, 4 s... up to this many seconds."""
+
+
+def upstream_environment(configured: Mapping[str, str], host_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a stdio upstream: the minimal safe set from ``host_env``, then ``configured``.
+
+    >>> upstream_environment({"TOKEN": "t"}, {"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x"})
+    {'PATH': '/bin', 'TOKEN': 't'}
+    """
+    env = {name: host_env[name] for name in SAFE_ENV_NAMES if name in host_env and not host_env[name].startswith("()")}
+    env.update(configured)
+    return env
+
+
+def resolve_command(command: str, search_path: str | None) -> str:
+    """Find ``command`` beside Conduit's own interpreter (its venv's ``bin``), then on ``search_path``.
+
+    Looking in Conduit's environment first makes ``python`` and console scripts installed with
+    Conduit (``mcp-server-time``) mean the same thing under ``make run`` and a desktop client.
+    """
+    if os.sep in command:
+        return command
+    beside = Path(sys.executable).parent / command
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(command, path=search_path) or command
+
+
+class UpstreamConnection:
+    """A connection to one upstream, opened on first use and reopened after it dies."""
+
+    def __init__(self, config: UpstreamConfig, *, base_dir: Path, host_env: Mapping[str, str], tg: TaskGroup):
+        self.config = config
+        self._base_dir = base_dir
+        self._host_env = host_env
+        self._tg = tg
+        self._lock = anyio.Lock()
+        self._client: Client | None = None
+        self._close: anyio.Event | None = None
+        self._closed: anyio.Event | None = None
+        self._tools: list[types.Tool] | None = None
+        self.last_error: str | None = None
+        """Why the last connection attempt or call failed (host-side only: may name paths)."""
+        self._failures = 0
+        self._retry_at = 0.0
+        self.connects = 0
+        """How many times the connection has been (re)opened; for health and tests."""
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def list_tools(self) -> list[types.Tool]:
+        """The upstream's tools, connecting first if needed.
+
+        Raises:
+            UpstreamError: the upstream cannot be started or reached.
+        """
+        await self._ensure_connected()
+        assert self._tools is not None
+        return self._tools
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> types.CallToolResult:
+        """Call one tool with the upstream's per-call timeout.
+
+        Raises:
+            UpstreamError: the upstream is unreachable, timed out, died or answered with a protocol error.
+        """
+        client = await self._ensure_connected()
+        timeout = self.config.timeout_ms / 1000
+        try:
+            with anyio.fail_after(timeout):
+                result = await client.call_tool(name, dict(arguments))
+        except TimeoutError:
+            raise UpstreamError(
+                f"upstream {self.id!r} did not answer {name!r} within {timeout:g} s", code=UPSTREAM_TIMEOUT
+            ) from None
+        except MCPError as exc:
+            if exc.error.code == types.CONNECTION_CLOSED:
+                await self._mark_dead(f"connection closed during {name!r}")
+                raise UpstreamError(f"upstream {self.id!r} closed the connection during {name!r}") from None
+            raise UpstreamError(f"upstream {self.id!r}: {exc.error.message}", code=exc.error.code) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
+            await self._mark_dead(f"transport failed during {name!r}: {exc}")
+            raise UpstreamError(f"upstream {self.id!r} is unreachable") from None
+        if not isinstance(result, types.CallToolResult):
+            raise UpstreamError(f"upstream {self.id!r} answered {name!r} with an unsupported result")
+        return result
+
+    async def aclose(self) -> None:
+        """Close the connection (and stop a stdio upstream's process), waiting a bounded time."""
+        async with self._lock:
+            await self._stop()
+
+    async def _ensure_connected(self) -> Client:
+        client = self._client
+        if client is not None:
+            return client
+        async with self._lock:
+            if self._client is None:
+                await self._connect()
+            assert self._client is not None
+            return self._client
+
+    async def _connect(self) -> None:
+        if anyio.current_time() < self._retry_at:
+            raise UpstreamError(f"upstream {self.id!r} is unavailable")
+        timeout = self.config.connect_timeout_ms / 1000
+        try:
+            with anyio.fail_after(timeout):
+                await self._tg.start(self._hold_connection)
+        except TimeoutError:
+            self.last_error = f"not ready within {timeout:g} s"
+        except Exception as exc:  # the SDK and the OS raise many kinds; all mean "could not connect"
+            self.last_error = _describe(exc)
+        else:
+            self.last_error = None
+            self._failures = 0
+            self.connects += 1
+            return
+        self._failures += 1
+        self._retry_at = anyio.current_time() + min(RETRY_MAX, RETRY_BASE * 2 ** (self._failures - 1))
+        logger.warning("upstream %s could not be connected: %s", self.id, self.last_error)
+        raise UpstreamError(f"upstream {self.id!r} is unavailable")
+
+    async def _hold_connection(self, *, task_status: TaskStatus[None]) -> None:
+        close, closed = anyio.Event(), anyio.Event()
+        started = False
+        try:
+            async with Client(self._transport(), mode="auto") as client:
+                listed = await client.list_tools()
+                tools = list(listed.tools)
+                cursor = listed.next_cursor
+                while cursor:
+                    listed = await client.list_tools(cursor=cursor)
+                    tools.extend(listed.tools)
+                    cursor = listed.next_cursor
+                self._client, self._tools, self._close, self._closed = client, tools, close, closed
+                logger.info("upstream %s connected with %d tools", self.id, len(tools))
+                task_status.started()
+                started = True
+                await close.wait()
+        except Exception as exc:
+            if not started:
+                raise
+            logger.warning("upstream %s connection ended with an error: %s", self.id, _describe(exc))
+        finally:
+            if self._closed is closed:
+                self._client = None
+            closed.set()
+
+    def _transport(self) -> StdioServerParameters:
+        if self.config.type != "stdio":
+            raise UpstreamError(f"transport {self.config.type!r} is not supported yet (only 'stdio')")
+        assert self.config.command is not None
+        env = upstream_environment(self.config.env, self._host_env)
+        cwd = self._base_dir / self.config.cwd if self.config.cwd else self._base_dir
+        return StdioServerParameters(
+            command=resolve_command(self.config.command, env.get("PATH")),
+            args=list(self.config.args),
+            env=env,
+            cwd=str(cwd),
+        )
+
+    async def _mark_dead(self, reason: str) -> None:
+        logger.warning("upstream %s is down (%s); it will be restarted on next use", self.id, reason)
+        self.last_error = reason
+        async with self._lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
+        close, closed = self._close, self._closed
+        self._client = None
+        self._close = self._closed = None
+        if close is None or closed is None:
+            return
+        close.set()
+        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await closed.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    if isinstance(exc, MCPError):
+        return exc.error.message
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,141 @@
+"""All configured upstreams: discovery across them, and routing a qualified tool name to one.
+
+Tool ids are ``<upstreamId>__<tool>``; upstream ids never contain ``__`` (the config refuses
+it), so the first ``__`` splits them unambiguously. Discovery asks every upstream at once
+and reports the ones that failed beside the tools of the others: one dead upstream never
+hides the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.abc import TaskGroup
+
+from conduit.config.schema import UpstreamConfig
+from conduit.errors import UnknownToolError, UpstreamError
+from conduit.upstream.connection import UpstreamConnection
+
+logger = logging.getLogger(__name__)
+
+SEPARATOR = "__"
+
+
+@dataclass(frozen=True)
+class ToolEntry:
+    """One upstream tool as Conduit presents it."""
+
+    upstream: str
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.upstream}{SEPARATOR}{self.name}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What discovery found: tools of the upstreams that answered, reasons for those that did not."""
+
+    tools: tuple[ToolEntry, ...]
+    failures: Mapping[str, str] = field(default_factory=dict)
+
+    def find(self, qualified: str) -> ToolEntry | None:
+        return next((entry for entry in self.tools if entry.qualified == qualified), None)
+
+
+def split_qualified(qualified: str) -> tuple[str, str]:
+    """``"time__get_current_time"`` -> ``("time", "get_current_time")``.
+
+    Raises:
+        UnknownToolError: the name has no ``__``.
+    """
+    upstream, sep, tool = qualified.partition(SEPARATOR)
+    if not sep or not upstream or not tool:
+        raise UnknownToolError(f"unknown tool {qualified!r}: tool names look like '<upstream>__<tool>'")
+    return upstream, tool
+
+
+class UpstreamRegistry:
+    """The gateway's upstream connections, keyed by id."""
+
+    def __init__(self, *, base_dir: Path, host_env: Mapping[str, str], tg: TaskGroup) -> None:
+        self._base_dir = base_dir
+        self._host_env = host_env
+        self._tg = tg
+        self._connections: dict[str, UpstreamConnection] = {}
+
+    def add(self, config: UpstreamConfig) -> UpstreamConnection:
+        """Register an upstream (connected lazily, on first use).
+
+        Raises:
+            UpstreamError: an upstream with this id exists.
+        """
+        if config.id in self._connections:
+            raise UpstreamError(f"upstream {config.id!r} is already registered")
+        connection = UpstreamConnection(config, base_dir=self._base_dir, host_env=self._host_env, tg=self._tg)
+        self._connections[config.id] = connection
+        return connection
+
+    @property
+    def connections(self) -> Mapping[str, UpstreamConnection]:
+        return self._connections
+
+    @property
+    def version(self) -> tuple[tuple[str, int], ...]:
+        """Changes whenever an upstream is added or (re)connected, i.e. whenever tools may have changed."""
+        return tuple((connection.id, connection.connects) for connection in self._connections.values())
+
+    async def catalog(self) -> Catalog:
+        """Every upstream's tools, asked concurrently; failures are reported, not raised."""
+        found: dict[str, list[types.Tool]] = {}
+        failures: dict[str, str] = {}
+
+        async def list_one(connection: UpstreamConnection) -> None:
+            try:
+                found[connection.id] = await connection.list_tools()
+            except UpstreamError as exc:
+                failures[connection.id] = exc.message
+
+        async with anyio.create_task_group() as tg:
+            for connection in self._connections.values():
+                tg.start_soon(list_one, connection)
+        entries = [
+            ToolEntry(upstream_id, tool.name, tool.description or "", tool.input_schema)
+            for upstream_id in self._connections
+            for tool in found.get(upstream_id, ())
+        ]
+        return Catalog(tools=tuple(entries), failures=failures)
+
+    async def resolve(self, qualified: str) -> ToolEntry:
+        """The tool behind a qualified name.
+
+        Raises:
+            UnknownToolError: no such upstream, or the upstream has no such tool.
+            UpstreamError: the upstream cannot be reached to find out.
+        """
+        upstream_id, tool = split_qualified(qualified)
+        connection = self._connections.get(upstream_id)
+        if connection is None:
+            raise UnknownToolError(f"unknown tool {qualified!r}: no upstream named {upstream_id!r}")
+        for candidate in await connection.list_tools():
+            if candidate.name == tool:
+                return ToolEntry(upstream_id, candidate.name, candidate.description or "", candidate.input_schema)
+        raise UnknownToolError(f"unknown tool {qualified!r}: upstream {upstream_id!r} has no tool {tool!r}")
+
+    async def call(self, entry: ToolEntry, arguments: Mapping[str, Any]) -> types.CallToolResult:
+        """Call a resolved tool on its upstream."""
+        return await self._connections[entry.upstream].call_tool(entry.name, arguments)
+
+    async def aclose(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for connection in self._connections.values():
+                tg.start_soon(connection.aclose)
