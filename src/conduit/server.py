@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from mcp.server.stdio import stdio_server
-
 from conduit.config.loader import LoadedConfig
 from conduit.core.gateway import Gateway
 from conduit.transport.http import BearerAuth, serve_http
 from conduit.transport.mcp_app import build_server
+from conduit.transport.stdio import stdio_streams
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[
         server = build_server(gw)
         if config.transport == "stdio":
             logger.info("serving MCP over stdio")
-            async with stdio_server() as (read_stream, write_stream):
+            async with stdio_streams() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             return
         app = BearerAuth(server.streamable_http_app(host=config.host), master_token)

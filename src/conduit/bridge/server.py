@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.stapled import MultiListener
 
 from conduit.bridge.sessions import Principal, SessionRegistry
 from conduit.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, ConduitError
@@ -44,21 +45,20 @@ class BridgeServer:
         self._sessions = sessions
         self._handler = handler
         self._host = host
-        self._listener: SocketListener | None = None
         self.address: BridgeAddress | None = None
         self._scope = anyio.CancelScope()
 
     async def start(self, tg: TaskGroup) -> BridgeAddress:
         """Bind and start serving in ``tg``; returns the address sandboxes connect to."""
         listener = await anyio.create_tcp_listener(local_host=self._host, local_port=0)
-        self._listener = listener
-        host, port = listener.extra(SocketAttribute.local_address)[:2]
-        self.address = BridgeAddress(str(host), int(port))
+        sockname = listener.listeners[0].extra(SocketAttribute.local_address)
+        assert isinstance(sockname, tuple)
+        self.address = BridgeAddress(str(sockname[0]), int(sockname[1]))
         tg.start_soon(self._serve, listener)
-        logger.debug("bridge listening on %s:%d", host, port)
+        logger.debug("bridge listening on %s:%d", self.address.host, self.address.port)
         return self.address
 
-    async def _serve(self, listener: SocketListener) -> None:
+    async def _serve(self, listener: MultiListener[SocketStream]) -> None:
         with self._scope:
             async with listener:
                 await listener.serve(self._serve_connection)
@@ -103,8 +103,10 @@ class BridgeServer:
             message = json.loads(line)
         except ValueError:
             return error_response(None, PARSE_ERROR, "invalid JSON")
-        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(
-            message.get("method"), str
+        if (
+            not isinstance(message, dict)
+            or message.get("jsonrpc") != "2.0"
+            or not isinstance(message.get("method"), str)
         ):
             return error_response(_id_of(message), INVALID_REQUEST, "expected a JSON-RPC 2.0 request object")
         request_id = message.get("id")

@@ -138,6 +138,15 @@ class Config(_Model):
     """Deno executable. Default: the one installed by PyPI's ``deno`` package."""
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
+    @field_validator("ipc_bearer_token")
+    @classmethod
+    def _token_strength(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or token.get_secret_value() == "":
+            return None
+        if len(token.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (or unset, to have one generated)")
+        return token
+
     @field_validator("secret_redaction_patterns")
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:

@@ -116,9 +116,7 @@ class Gateway:
         except AllowlistError as exc:
             raise ConduitError(f"allowedTools: {exc}", code=INVALID_PARAMS) from None
 
-    async def execute(
-        self, language: str, code: Any, *, allowed_tools: Any = None, limits: Any = None
-    ) -> RunOutcome:
+    async def execute(self, language: str, code: Any, *, allowed_tools: Any = None, limits: Any = None) -> RunOutcome:
         """Run one program in a fresh sandbox.
 
         Raises:
@@ -139,7 +137,7 @@ class Gateway:
         if runtime is None:
             raise ConduitError(f"the {language} runtime is not available yet in this version", code=METHOD_NOT_FOUND)
         async with self.admission.slot():
-            sdk = self._sdk(language, await self.registry.catalog(), allowlist)
+            sdk = self._sdk(language, await self.registry.catalog())
             sandbox = await runtime.prepare(effective.memory_limit_mb)
             execution_id = uuid.uuid4().hex
             with self.sessions.session(execution_id, allowlist) as session:
@@ -154,12 +152,16 @@ class Gateway:
             )
             return outcome
 
-    def _sdk(self, language: str, catalog: Catalog, allowlist: Allowlist) -> str:
-        allowed = [entry for entry in catalog.tools if allowlist.permits(entry.upstream, entry.name)]
-        key = (language, self.registry.version, tuple(entry.qualified for entry in allowed))
+    def _sdk(self, language: str, catalog: Catalog) -> str:
+        """The SDK for every discovered tool, generated once per catalog version.
+
+        It names tools outside the execution's allowlist too, so calling one fails with a clear
+        forbidden error (-32003) from the host rather than a TypeError on a missing property.
+        """
+        key = (language, self.registry.version, tuple(entry.qualified for entry in catalog.tools))
         cached = self._sdk_cache.get(key)
         if cached is None:
-            cached = generate_typescript_sdk(allowed)
+            cached = generate_typescript_sdk(catalog.tools)
             self._sdk_cache[key] = cached
             if len(self._sdk_cache) > _SDK_CACHE_SIZE:
                 self._sdk_cache.popitem(last=False)

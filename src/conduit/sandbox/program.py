@@ -33,8 +33,9 @@ def wrap_program(code: str) -> str:
     lifted: list[str] = []
 
     def lift(match: re.Match[str]) -> str:
-        statement = match.group(0).strip()
-        lifted.append(statement if statement.endswith(";") else statement + ";")
+        statement = match.group(0)
+        flat = " ".join(statement.split())
+        lifted.append(flat if flat.endswith(";") else flat + ";")
         return "\n" * statement.count("\n")
 
     body = _STATIC_IMPORT.sub(lift, code)

@@ -20,7 +20,7 @@ RESERVED: Final = frozenset(
     yield let static implements interface package private protected public await async constructor prototype
     __proto__ toString valueOf hasOwnProperty raw then
     """.split()
-) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
+) | frozenset(keyword.kwlist)
 """Words that cannot (or must not, on a plain object) be used as names in TS, JS or Python."""
 
 

@@ -66,8 +66,9 @@ def _object_type(schema: Mapping[str, Any], depth: int) -> str:
     if isinstance(properties, Mapping):
         for name, sub in properties.items():
             optional = "" if name in required else "?"
-            members.append(f"{json.dumps(name) if not name.isidentifier() else name}{optional}: "
-                           f"{schema_type(sub, depth + 1)}")
+            members.append(
+                f"{json.dumps(name) if not name.isidentifier() else name}{optional}: {schema_type(sub, depth + 1)}"
+            )
     extra = schema.get("additionalProperties", True)
     if extra is not False and not members:
         return "Record<string, unknown>"

@@ -76,10 +76,7 @@ class Allowlist:
     def permits(self, namespace: str, tool: str) -> bool:
         """Whether tool ``tool`` of upstream ``namespace`` is allowed."""
         return (
-            self.everything
-            or namespace in self.namespaces
-            or (namespace, tool) in self.qualified
-            or tool in self.bare
+            self.everything or namespace in self.namespaces or (namespace, tool) in self.qualified or tool in self.bare
         )
 
 

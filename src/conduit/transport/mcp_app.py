@@ -53,6 +53,8 @@ EXECUTE_SCHEMA: Final = {
     "additionalProperties": False,
 }
 
+EXECUTE_ARGUMENTS: Final = frozenset({"code", "allowedTools", "limits"})
+
 _TS_DESCRIPTION: Final = """\
 Run a TypeScript program in a fresh, locked-down Deno sandbox and return its output.
 
@@ -84,7 +86,7 @@ def execution_result(payload: Mapping[str, Any], is_error: bool) -> types.CallTo
 
 
 def _check_arguments(arguments: Mapping[str, Any]) -> None:
-    unknown = sorted(set(arguments) - set(EXECUTE_SCHEMA["properties"]))  # type: ignore[arg-type]
+    unknown = sorted(set(arguments) - EXECUTE_ARGUMENTS)
     if unknown:
         raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
     if "code" not in arguments:

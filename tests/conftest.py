@@ -1,0 +1,66 @@
+"""Shared fixtures: real Conduit servers (stdio and HTTP) with real upstream MCP servers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from conduit.config.schema import Config
+from conduit.core.gateway import Gateway
+from support import CONDUIT, MASTER, TOOLBOX, ConduitHttp, stdio_client_for, write_config
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def toolbox_command() -> dict[str, Any]:
+    return {"command": sys.executable, "args": [TOOLBOX]}
+
+
+@pytest.fixture(scope="module")
+async def gateway(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    """An in-process gateway (so tests can reach its bridge and runtimes) with the toolbox upstream."""
+    config = Config.model_validate(
+        {"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}], "maxCodeBytes": 10_000}
+    )
+    base = tmp_path_factory.mktemp("gw")
+    async with Gateway.open(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def e2e_config(tmp_path_factory: pytest.TempPathFactory, toolbox_command: dict[str, Any]) -> Path:
+    """Two upstreams: our toolbox and PyPI's mcp-server-time."""
+    return write_config(
+        tmp_path_factory.mktemp("conduit"),
+        {
+            "upstreams": [
+                {"id": "toolbox", **toolbox_command, "timeoutMs": 5000},
+                {"id": "time", "command": "mcp-server-time", "args": ["--local-timezone", "Etc/UTC"]},
+            ],
+            "resourceLimits": {"timeoutMs": 10_000, "memoryLimitMb": 128},
+        },
+    )
+
+
+@pytest.fixture(scope="module", params=["stdio", "http"])
+async def conduit(request: pytest.FixtureRequest, e2e_config: Path, anyio_backend: str) -> AsyncIterator[Client]:
+    """An official MCP client connected to a real Conduit process, over stdio and over HTTP."""
+    if request.param == "stdio":
+        async with Client(stdio_client_for(e2e_config)) as client:
+            yield client
+    else:
+        async with ConduitHttp.start(e2e_config) as server, server.client() as client:
+            yield client
+
+
+__all__ = ["CONDUIT"]

@@ -1,0 +1,99 @@
+"""The Deno runtime on its own: process hygiene, single use, the environment it gets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conduit.core.gateway import Gateway
+from conduit.errors import TIMEOUT, SandboxStartError
+from conduit.sandbox.base import BridgeAddress, Job, Limits
+from conduit.sandbox.deno import DenoRuntime, DenoSandbox
+from conduit.sdk.typescript import generate_typescript_sdk
+
+pytestmark = [pytest.mark.anyio, pytest.mark.deno]
+
+LIMITS = Limits(timeout_ms=5000, memory_limit_mb=128, max_output_bytes=100_000, max_log_entries=1000)
+SDK = generate_typescript_sdk([])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def proc_file(pid: int, name: str) -> list[bytes]:
+    return Path(f"/proc/{pid}/{name}").read_bytes().split(b"\0")
+
+
+async def prepare(gateway: Gateway) -> DenoSandbox:
+    runtime = gateway.runtimes["typescript"]
+    assert isinstance(runtime, DenoRuntime)
+    return await runtime.prepare(LIMITS.memory_limit_mb)
+
+
+async def test_sandbox_started_ahead_waits_for_its_job_then_runs_it(gateway: Gateway) -> None:
+    sandbox = await prepare(gateway)
+    await anyio.sleep(0.5)  # started ahead of demand, idle
+    assert alive(sandbox.pid)
+    outcome = await sandbox.run(Job("return 'ready';", SDK, "no-token", LIMITS))
+    assert outcome.result == "ready"
+    assert not alive(sandbox.pid)
+
+
+async def test_a_sandbox_runs_exactly_one_program(gateway: Gateway) -> None:
+    sandbox = await prepare(gateway)
+    await sandbox.run(Job("return 1;", SDK, "t", LIMITS))
+    with pytest.raises(SandboxStartError):
+        await sandbox.run(Job("return 2;", SDK, "t", LIMITS))
+
+
+async def test_discard_kills_an_unused_sandbox(gateway: Gateway) -> None:
+    sandbox = await prepare(gateway)
+    assert alive(sandbox.pid)
+    await sandbox.discard()
+    assert not alive(sandbox.pid)
+
+
+async def test_timeout_leaves_no_process_behind(gateway: Gateway) -> None:
+    sandbox = await prepare(gateway)
+    code = "new Worker(URL.createObjectURL(new Blob(['while(true){}'])), {type: 'module'}); while (true) {}"
+    outcome = await sandbox.run(Job(code, SDK, "t", Limits(800, 128, 10_000, 100)))
+    assert outcome.error is not None and outcome.error.code == TIMEOUT
+    assert not alive(sandbox.pid)
+
+
+async def test_sandbox_environment_is_empty_but_for_deno_settings(gateway: Gateway) -> None:
+    sandbox = await prepare(gateway)
+    try:
+        environ = proc_file(sandbox.pid, "environ")
+        names = sorted(entry.split(b"=", 1)[0].decode() for entry in environ if entry)
+        assert names == ["DENO_DIR", "DENO_NO_UPDATE_CHECK", "HOME", "NO_COLOR"]
+        cmdline = proc_file(sandbox.pid, "cmdline")
+        address = gateway.bridge.address
+        assert address is not None
+        assert f"--allow-net={address.host}:{address.port}".encode() in cmdline
+        granted = (b"--allow-read", b"--allow-write", b"--allow-env", b"--allow-run", b"--allow-all", b"-A")
+        assert not any(arg.startswith(granted) for arg in cmdline)
+    finally:
+        await sandbox.discard()
+
+
+async def test_missing_deno_binary_is_a_start_error(tmp_path: Path) -> None:
+    runtime = DenoRuntime(deno_path=str(tmp_path / "no-deno"), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
+    with pytest.raises(SandboxStartError, match="cannot start"):
+        await runtime.prepare(64)
+
+
+async def test_sessions_are_gone_after_every_execution(gateway: Gateway) -> None:
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(gateway.execute, "typescript", "await tools.toolbox.echo({text: 'x'}); return 1;")
+    assert gateway.sessions.active == 0
+    assert gateway.admission.running == 0

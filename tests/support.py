@@ -1,0 +1,100 @@
+"""Helpers for tests that run Conduit as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import yaml
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+CONDUIT = str(Path(sys.executable).parent / "conduit")
+EXECUTE_TS = "conduit__mcp_execute_typescript"
+MASTER = "bridge-test-master-token-abcdef0123456789"
+TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
+
+
+def write_config(directory: Path, document: Mapping[str, Any], name: str = "conduit.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(dict(document)), encoding="utf-8")
+    return path
+
+
+def stdio_client_for(config: Path, env: Mapping[str, str] | None = None) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=CONDUIT, args=["serve", "--stdio", "--config", str(config)], env=dict(env or {})
+    )
+
+
+@dataclass
+class ConduitHttp:
+    """A ``conduit serve`` process on a free loopback port."""
+
+    url: str
+    token: str
+    process: anyio.abc.Process
+    log: Path
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls, config: Path, token: str = "test-master-token-0123456789", extra_env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[ConduitHttp]:
+        log = config.parent / "conduit-http.log"
+        env = {**os.environ, "IPC_BEARER_TOKEN": token, **(extra_env or {})}
+        with log.open("wb") as sink:
+            process = await anyio.open_process(
+                [CONDUIT, "serve", "--config", str(config), "--port", "0"], stdout=sink, stderr=sink, env=env
+            )
+        try:
+            url = await _wait_for_url(log, process)
+            yield cls(url=url, token=token, process=process, log=log)
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            with anyio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+    @asynccontextmanager
+    async def client(self, token: str | None = None) -> AsyncIterator[Client]:
+        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+            async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                yield client
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+async def _wait_for_url(log: Path, process: anyio.abc.Process) -> str:
+    with anyio.fail_after(30):
+        while True:
+            for line in _read(log).splitlines():
+                if line.startswith("Conduit listening on "):
+                    return line.removeprefix("Conduit listening on ").strip()
+            if process.returncode is not None:
+                raise RuntimeError(f"conduit exited early:\n{_read(log)}")
+            await anyio.sleep(0.05)
+
+
+async def run_ts(client: Client, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
+    """Execute TypeScript; returns (isError, structuredContent) and checks the text twin agrees."""
+    result = await client.call_tool(EXECUTE_TS, {"code": code, **arguments})
+    assert result.structured_content is not None
+    text = result.content[0]
+    assert text.type == "text"
+    assert json.loads(text.text) == result.structured_content
+    return bool(result.is_error), result.structured_content

@@ -1,0 +1,111 @@
+"""Program wrapping, identifier-safe names and the generated TypeScript SDK."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conduit.sandbox.deno import find_deno
+from conduit.sandbox.program import wrap_program
+from conduit.sdk.naming import identifier, unique_identifiers
+from conduit.sdk.typescript import generate_typescript_sdk, schema_type
+from conduit.upstream.registry import ToolEntry
+
+
+def test_wrapping_keeps_line_numbers_and_lifts_imports() -> None:
+    code = (
+        'const a = 1;\nimport x from "file:///etc/passwd" with { type: "text" };\n'
+        'import {\n  y,\n} from "./m.ts";\nreturn a;'
+    )
+    wrapped = wrap_program(code)
+    lines = wrapped.splitlines()
+    assert lines[0].startswith('import x from "file:///etc/passwd" with { type: "text" }; import { y, } from "./m.ts";')
+    assert lines[0].endswith("export default (async () => {const a = 1;")
+    assert lines[5] == "return a;"
+
+
+def test_dynamic_import_is_not_lifted() -> None:
+    assert wrap_program('const m = await import("x");').startswith("export default (async () => {const m")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("get-current-time", "get_current_time"), ("class", "class_"), ("9lives", "_9lives"), ("a.b/c", "a_b_c")],
+)
+def test_identifier(name: str, expected: str) -> None:
+    assert identifier(name) == expected
+
+
+def test_colliding_names_get_suffixes() -> None:
+    assert unique_identifiers(["a-b", "a_b", "a.b"]) == {"a-b": "a_b", "a_b": "a_b_2", "a.b": "a_b_3"}
+
+
+def test_schema_types() -> None:
+    assert schema_type({"type": "array", "items": {"type": "integer"}}) == "Array<number>"
+    assert schema_type({"type": ["string", "null"]}) == "string | null"
+    assert schema_type({"anyOf": [{"type": "string"}, {"const": 3}]}) == "string | 3"
+    assert schema_type({"type": "object"}) == "Record<string, unknown>"
+    assert schema_type({"type": "object", "properties": {"a-b": {"type": "boolean"}}}) == '{ "a-b"?: boolean }'
+    assert schema_type({}) == "unknown"
+
+
+ENTRIES = [
+    ToolEntry(
+        "git-hub",
+        "create-issue",
+        "Create an issue.\nEnds a comment early: */ alert(1) /*",
+        {
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}}},
+            "required": ["title"],
+        },
+    ),
+    ToolEntry("git-hub", "list", "", {"type": "object", "properties": {}}),
+    ToolEntry("time", "now", "Current time.", {}),
+]
+
+
+def test_generated_sdk_has_doc_comments_and_safe_names() -> None:
+    sdk = generate_typescript_sdk(ENTRIES)
+    assert "git_hub: Object.freeze({" in sdk
+    signature = "create_issue: (args: { title: string; labels?: Array<string> })"
+    assert f'{signature} => invoke("git-hub__create-issue", args)' in sdk
+    assert "* Create an issue." in sdk
+    assert "*/ alert(1)" not in sdk
+    assert 'list: (args?: Record<string, unknown>) => invoke("git-hub__list", args)' in sdk
+
+
+@pytest.mark.deno
+def test_generated_sdk_type_checks_with_deno(tmp_path: Path) -> None:
+    module = tmp_path / "sdk.ts"
+    module.write_text(generate_typescript_sdk(ENTRIES))
+    usage = tmp_path / "use.ts"
+    usage.write_text(
+        'import { createTools } from "./sdk.ts";\n'
+        "const { tools, discoverMCPTools } = createTools(async () => ({}));\n"
+        'await tools.git_hub.create_issue({ title: "t", labels: ["x"] });\n'
+        "await tools.git_hub.list();\n"
+        'await tools.$raw("time__now", {});\n'
+        "await discoverMCPTools();\n"
+    )
+    env = {"DENO_DIR": str(tmp_path / "deno"), "HOME": str(tmp_path), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
+    checked = subprocess.run(
+        [find_deno(None), "check", "--no-config", "--no-lock", str(usage)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    usage.write_text(usage.read_text().replace('{ title: "t", labels: ["x"] }', "{ labels: [1] }"))
+    wrong = subprocess.run(
+        [find_deno(None), "check", "--no-config", "--no-lock", str(usage)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert wrong.returncode != 0
+    assert "use.ts:3" in wrong.stdout + wrong.stderr
