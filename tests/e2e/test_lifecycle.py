@@ -1,0 +1,43 @@
+"""Conduit leaves nothing behind: upstream and sandbox processes end with it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from support import ConduitHttp, run_ts, stdio_client_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
+
+
+async def wait_gone(pid: int) -> None:
+    with anyio.fail_after(15):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            await anyio.sleep(0.05)
+
+
+async def upstream_pid(client: Client) -> int:
+    result = await client.call_tool("toolbox__env", {})
+    return int(result.structured_content["pid"])  # type: ignore[index]
+
+
+async def test_stdio_session_end_stops_upstreams(e2e_config: Path) -> None:
+    async with Client(stdio_client_for(e2e_config)) as client:
+        pid = await upstream_pid(client)
+    await wait_gone(pid)
+
+
+async def test_http_server_stop_stops_upstreams(e2e_config: Path) -> None:
+    async with ConduitHttp.start(e2e_config) as server, server.client() as client:
+        pid = await upstream_pid(client)
+        is_error, _ = await run_ts(client, "return 1;")
+        assert not is_error
+    await wait_gone(pid)
