@@ -90,22 +90,15 @@ def test_generated_sdk_type_checks_with_deno(tmp_path: Path) -> None:
         'await tools.$raw("time__now", {});\n'
         "await discoverMCPTools();\n"
     )
-    env = {"DENO_DIR": str(tmp_path / "deno"), "HOME": str(tmp_path), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
-    checked = subprocess.run(
-        [find_deno(None), "check", "--no-config", "--no-lock", str(usage)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    checked = deno_check(usage, tmp_path)
     assert checked.returncode == 0, checked.stderr
     usage.write_text(usage.read_text().replace('{ title: "t", labels: ["x"] }', "{ labels: [1] }"))
-    wrong = subprocess.run(
-        [find_deno(None), "check", "--no-config", "--no-lock", str(usage)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    wrong = deno_check(usage, tmp_path)
     assert wrong.returncode != 0
     assert "use.ts:3" in wrong.stdout + wrong.stderr
+
+
+def deno_check(module: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"DENO_DIR": str(home / "deno"), "HOME": str(home), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
+    argv = [find_deno(None), "check", "--no-config", "--no-lock", str(module)]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
