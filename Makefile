@@ -25,14 +25,14 @@ run: setup ## start Conduit over Streamable HTTP with the demo upstreams
 	$(VENV)/bin/conduit serve --config $(CONFIG)
 
 test: setup ## lint, type-check and run the whole test suite
-	$(VENV)/bin/ruff check src tests examples
-	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/ruff check src tests examples bench
+	$(VENV)/bin/ruff format --check src tests examples bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 lint: setup
-	$(VENV)/bin/ruff check src tests examples
-	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/ruff check src tests examples bench
+	$(VENV)/bin/ruff format --check src tests examples bench
 
 typecheck: setup
 	$(VENV)/bin/mypy

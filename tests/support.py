@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 CONDUIT = str(Path(sys.executable).parent / "conduit")
 EXECUTE_TS = "conduit__mcp_execute_typescript"
+EXECUTE_ISOLATE = "conduit__mcp_execute_isolate"
 MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
 
@@ -75,6 +76,23 @@ class ConduitHttp:
                 yield client
 
 
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` until it holds, for at most 15 s (conditions with no event to wait on: process exit)."""
+    with anyio.fail_after(15):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.05)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _read(path: Path) -> str:
     return path.read_text(errors="replace")
 
@@ -92,7 +110,16 @@ async def _wait_for_url(log: Path, process: anyio.abc.Process) -> str:
 
 async def run_ts(client: Client, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
     """Execute TypeScript; returns (isError, structuredContent) and checks the text twin agrees."""
-    result = await client.call_tool(EXECUTE_TS, {"code": code, **arguments})
+    return await run_code(client, EXECUTE_TS, code, **arguments)
+
+
+async def run_js(client: Client, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
+    """Execute JavaScript in a V8 isolate; returns (isError, structuredContent)."""
+    return await run_code(client, EXECUTE_ISOLATE, code, **arguments)
+
+
+async def run_code(client: Client, tool: str, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
+    result = await client.call_tool(tool, {"code": code, **arguments})
     assert result.structured_content is not None
     text = result.content[0]
     assert text.type == "text"

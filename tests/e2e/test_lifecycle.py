@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import anyio
 import pytest
 from mcp import Client
 
-from support import ConduitHttp, run_ts, stdio_client_for
+from support import ConduitHttp, process_alive, run_ts, stdio_client_for, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
 
 async def wait_gone(pid: int) -> None:
-    with anyio.fail_after(15):
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            await anyio.sleep(0.05)
+    await wait_until(lambda: not process_alive(pid))
 
 
 async def upstream_pid(client: Client) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import anyio
@@ -13,19 +12,12 @@ from conduit.errors import TIMEOUT, SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, Limits
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
 from conduit.sdk.typescript import generate_typescript_sdk
+from support import process_alive
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
 
 LIMITS = Limits(timeout_ms=5000, memory_limit_mb=128, max_output_bytes=100_000, max_log_entries=1000)
 SDK = generate_typescript_sdk([])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def proc_file(pid: int, name: str) -> list[bytes]:
@@ -41,10 +33,10 @@ async def prepare(gateway: Gateway) -> DenoSandbox:
 async def test_sandbox_started_ahead_waits_for_its_job_then_runs_it(gateway: Gateway) -> None:
     sandbox = await prepare(gateway)
     await anyio.sleep(0.5)  # started ahead of demand, idle
-    assert alive(sandbox.pid)
+    assert process_alive(sandbox.pid)
     outcome = await sandbox.run(Job("return 'ready';", SDK, "no-token", LIMITS))
     assert outcome.result == "ready"
-    assert not alive(sandbox.pid)
+    assert not process_alive(sandbox.pid)
 
 
 async def test_a_sandbox_runs_exactly_one_program(gateway: Gateway) -> None:
@@ -56,9 +48,9 @@ async def test_a_sandbox_runs_exactly_one_program(gateway: Gateway) -> None:
 
 async def test_discard_kills_an_unused_sandbox(gateway: Gateway) -> None:
     sandbox = await prepare(gateway)
-    assert alive(sandbox.pid)
+    assert process_alive(sandbox.pid)
     await sandbox.discard()
-    assert not alive(sandbox.pid)
+    assert not process_alive(sandbox.pid)
 
 
 async def test_timeout_leaves_no_process_behind(gateway: Gateway) -> None:
@@ -66,7 +58,7 @@ async def test_timeout_leaves_no_process_behind(gateway: Gateway) -> None:
     code = "new Worker(URL.createObjectURL(new Blob(['while(true){}'])), {type: 'module'}); while (true) {}"
     outcome = await sandbox.run(Job(code, SDK, "t", Limits(800, 128, 10_000, 100)))
     assert outcome.error is not None and outcome.error.code == TIMEOUT
-    assert not alive(sandbox.pid)
+    assert not process_alive(sandbox.pid)
 
 
 async def test_sandbox_environment_is_empty_but_for_deno_settings(gateway: Gateway) -> None:

@@ -29,7 +29,8 @@ from conduit.core.admission import Admission
 from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolDeniedError, UnknownToolError
 from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
-from conduit.sdk.typescript import generate_typescript_sdk
+from conduit.sandbox.isolate import IsolateRuntime
+from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
 
@@ -80,13 +81,15 @@ class Gateway:
                 bridge = BridgeServer(sessions, _Deferred(holder))
                 address = await bridge.start(tg)
                 deno = DenoRuntime(deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir)
+                isolate = IsolateRuntime(bridge=address, work_dir=work_dir)
+                await isolate.start(tg)
                 gateway = cls(
                     config,
                     master_token=master_token,
                     registry=registry,
                     bridge=bridge,
                     sessions=sessions,
-                    runtimes={"typescript": deno},
+                    runtimes={"typescript": deno, "isolate": isolate},
                 )
                 holder.append(gateway)
                 try:
@@ -94,6 +97,7 @@ class Gateway:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await registry.aclose()
+                        await isolate.aclose()
                         await bridge.aclose()
                     tg.cancel_scope.cancel()
         finally:
@@ -161,7 +165,8 @@ class Gateway:
         key = (language, self.registry.version, tuple(entry.qualified for entry in catalog.tools))
         cached = self._sdk_cache.get(key)
         if cached is None:
-            cached = generate_typescript_sdk(catalog.tools)
+            generate = generate_javascript_sdk if language == "isolate" else generate_typescript_sdk
+            cached = generate(catalog.tools)
             self._sdk_cache[key] = cached
             if len(self._sdk_cache) > _SDK_CACHE_SIZE:
                 self._sdk_cache.popitem(last=False)

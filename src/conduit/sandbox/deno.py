@@ -21,8 +21,9 @@ from typing import Final
 import anyio
 from anyio.abc import Process
 
-from conduit.errors import MEMORY_LIMIT, PROGRAM_ERROR, TIMEOUT, SandboxStartError
-from conduit.sandbox.base import BridgeAddress, Job, RunError, RunOutcome
+from conduit.errors import SandboxStartError
+from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
+from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.process import destroy, kill_group, pump, spawn
 from conduit.sandbox.program import wrap_program
@@ -30,7 +31,6 @@ from conduit.sandbox.program import wrap_program
 logger = logging.getLogger(__name__)
 
 HARNESS: Final = Path(__file__).parent / "harness" / "deno_harness.js"
-_OOM_MARKERS: Final = ("out of memory", "Reached heap limit", "Allocation failed")
 
 
 def find_deno(configured: str | None) -> str:
@@ -149,42 +149,15 @@ class DenoSandbox:
         finally:
             await destroy(process)
         collector.finish()
-        duration_ms = (time.perf_counter() - started) * 1000
-        return _outcome(collector, process.returncode, timed_out, limits.timeout_ms, duration_ms)
+        return classify(
+            collector,
+            collector.record(),
+            exit_code=process.returncode,
+            timed_out=timed_out,
+            timeout_ms=limits.timeout_ms,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
 
     async def discard(self) -> None:
         self._used = True
         await destroy(self._process)
-
-
-def _outcome(
-    collector: OutputCollector, returncode: int | None, timed_out: bool, timeout_ms: int, duration_ms: float
-) -> RunOutcome:
-    stdout, stderr = collector.stdout(), collector.stderr()
-    record = collector.record()
-    exit_code = returncode if returncode is not None and returncode >= 0 else 137
-
-    def failed(code: int, message: str) -> RunOutcome:
-        return RunOutcome(stdout, stderr, exit_code or 1, RunError(code, message), duration_ms=duration_ms)
-
-    if collector.violation is not None:
-        return failed(*collector.violation)
-    if timed_out:
-        return failed(TIMEOUT, f"execution timed out after {timeout_ms} ms")
-    if record is None:
-        if any(marker in stderr for marker in _OOM_MARKERS):
-            return failed(MEMORY_LIMIT, "execution exceeded its memory limit")
-        if exit_code == 0:
-            return RunOutcome(stdout, stderr, 0, duration_ms=duration_ms)
-        return failed(PROGRAM_ERROR, f"program exited with code {exit_code}")
-    if record.get("status") == "error":
-        error = record.get("error") or {}
-        message = f"{error.get('name', 'Error')}: {error.get('message', '')}"
-        return failed(PROGRAM_ERROR, message)
-    if "unserializable" in record:
-        note = f"[conduit] no result: {record['unserializable']}\n"
-        return RunOutcome(stdout, stderr + note, exit_code, duration_ms=duration_ms)
-    has_result = "value" in record
-    return RunOutcome(
-        stdout, stderr, exit_code, result=record.get("value"), has_result=has_result, duration_ms=duration_ms
-    )

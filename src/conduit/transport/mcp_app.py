@@ -67,7 +67,21 @@ value becomes `result`. console.log/info/debug go to stdout, console.warn/error 
 The sandbox has no file, env, network or subprocess access, and each run starts fresh.
 Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
 
-_LANGUAGE_TOOLS: Final = {f"{PREFIX}mcp_execute_typescript": ("typescript", _TS_DESCRIPTION)}
+_ISOLATE_DESCRIPTION: Final = """\
+Run a plain JavaScript program in a fresh V8 isolate: the fastest runtime, for computation and tool calls.
+
+Same SDK as the TypeScript runtime: `await tools.<upstream>.<tool>({...args})` returns the tool's
+CallToolResult, `await tools.$raw("upstream__tool", args)` calls by name, `await discoverMCPTools()`
+lists the tools this run may call; failed calls throw an Error with a numeric `code`. Top-level `await`
+works; a top-level `return` value becomes `result`. console.log/info/debug go to stdout,
+console.warn/error to stderr. Only ECMAScript built-ins exist: no modules, no fetch, no timers beyond
+setTimeout, no ArrayBuffer/typed arrays/WebAssembly. Each run starts in a fresh isolate.
+Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+
+_LANGUAGE_TOOLS: Final = {
+    f"{PREFIX}mcp_execute_typescript": ("typescript", _TS_DESCRIPTION),
+    f"{PREFIX}mcp_execute_isolate": ("isolate", _ISOLATE_DESCRIPTION),
+}
 
 
 def _conduit_tools() -> list[types.Tool]:

@@ -1,0 +1,122 @@
+"""Latency benchmark: Conduit's runtimes beside the bare floors they are built on, measured in one run.
+
+Usage: ``make bench`` (or ``.venv/bin/python bench/run.py [--runs N]``). Prints one table:
+median, p95 and max per scenario, and the ratio of each median to its floor (a bare
+``deno run`` of the same program for TypeScript, a bare mini-racer context for isolates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from conduit.config.schema import Config
+from conduit.core.gateway import Gateway
+from conduit.sandbox.deno import find_deno
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLBOX = ROOT / "tests" / "servers" / "toolbox.py"
+
+PROGRAMS = {
+    "trivial": "return 1 + 1;",
+    "1 tool call": "return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;",
+    "10 sequential calls": "let s = 0; for (let i = 0; i < 10; i++) "
+    "s += (await tools.toolbox.add({a: i, b: 1})).structuredContent.sum; return s;",
+    "10 parallel calls": "const r = await Promise.all(Array.from({length: 10}, (_, i) => "
+    "tools.toolbox.add({a: i, b: 1}))); return r.length;",
+}
+
+
+def summarize(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return statistics.median(ordered), p95, ordered[-1]
+
+
+async def measure(runs: int, action: Callable[[], Awaitable[object]]) -> list[float]:
+    await action()  # warm-up
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await action()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def bare_deno(runs: int) -> list[float]:
+    deno = find_deno(None)
+    with tempfile.TemporaryDirectory() as home:
+        env = {"DENO_DIR": home, "HOME": home, "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
+        argv = [deno, "run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock", "-"]
+        samples = []
+        for index in range(runs + 1):
+            started = time.perf_counter()
+            subprocess.run(argv, input=b"const x = 1 + 1;", env=env, check=True, capture_output=True)
+            if index:
+                samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def bare_mini_racer(runs: int) -> list[float]:
+    from py_mini_racer import MiniRacer
+
+    MiniRacer().eval("1")
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        racer = MiniRacer()
+        racer.eval("1 + 1")
+        racer.close()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def main(runs: int) -> None:
+    config = Config.model_validate(
+        {"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}]}
+    )
+    rows: list[tuple[str, list[float], str | None]] = []
+    floors = {"typescript": ("bare deno run", bare_deno(runs)), "isolate": ("bare mini-racer context", [])}
+    floors["isolate"] = ("bare mini-racer context", bare_mini_racer(runs))
+    async with Gateway.open(
+        config, master_token="bench-token-0123456789", base_dir=ROOT, host_env=dict(os.environ)
+    ) as gw:
+        for language in ("typescript", "isolate"):
+            floor_name, floor_samples = floors[language]
+            rows.append((f"{floor_name} (floor)", floor_samples, None))
+            for name, code in PROGRAMS.items():
+
+                async def run(code: str = code, language: str = language, name: str = name) -> object:
+                    outcome = await gw.execute(language, code)
+                    if outcome.error is not None:
+                        raise RuntimeError(f"{language} {name}: {outcome.error}")
+                    return outcome.result
+
+                rows.append((f"{language}: {name}", await measure(runs, run), floor_name))
+    floor_medians = {f"{name} (floor)": statistics.median(samples) for name, samples in floors.values()}
+    print(
+        f"# Conduit latency, {runs} runs each ({platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()})\n"
+    )
+    print(f"| {'scenario':<38} | {'median ms':>9} | {'p95 ms':>8} | {'max ms':>8} | {'x floor':>7} |")
+    print(f"|{'-' * 40}|{'-' * 11}:|{'-' * 9}:|{'-' * 9}:|{'-' * 8}:|")
+    for name, samples, floor in rows:
+        median, p95, worst = summarize(samples)
+        ratio = f"{median / floor_medians[f'{floor} (floor)']:.2f}" if floor else "1.00"
+        print(f"| {name:<38} | {median:>9.2f} | {p95:>8.2f} | {worst:>8.2f} | {ratio:>7} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=50, help="measured runs per scenario (default 50)")
+    anyio.run(main, parser.parse_args().runs)

@@ -1,0 +1,216 @@
+"""JavaScript sandboxes: a fresh V8 isolate per program, hosted in supervised worker processes.
+
+The server never touches an isolate itself (see :mod:`conduit.sandbox.isolate_worker`). It
+keeps a few workers started and idle; a program gets one worker, which creates a fresh
+context for it, and the worker returns to the idle set only if the run ended cleanly. A
+worker that trips a limit, misses the host deadline or dies is killed and replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+from anyio.abc import Process, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from conduit.errors import SandboxStartError
+from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
+from conduit.sandbox.outcome import classify
+from conduit.sandbox.output import OutputCollector
+from conduit.sandbox.process import destroy, pump, spawn
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT: Final = 30.0
+DEADLINE_GRACE: Final = 0.5
+"""Extra time the host gives a worker beyond the program's timeout before killing it."""
+MAX_MESSAGE: Final = 64 * 1024 * 1024
+
+
+@dataclass
+class Worker:
+    process: Process
+    reader: BufferedByteReceiveStream
+    jobs: int = 0
+    stderr_tail: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def receive(self) -> dict[str, Any]:
+        line = await self.reader.receive_until(b"\n", MAX_MESSAGE)
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise ValueError("worker sent a non-object message")
+        return message
+
+
+class IsolateRuntime:
+    """Starts and supervises isolate workers; hands out one per program."""
+
+    name = "isolate"
+
+    def __init__(self, *, bridge: BridgeAddress, work_dir: Path, warm: int = 1, max_idle: int = 4) -> None:
+        self._bridge = bridge
+        self._cwd = work_dir
+        self._warm = warm
+        self._max_idle = max(warm, max_idle)
+        self._idle: list[Worker] = []
+        self._starting = 0
+        self._tg: TaskGroup | None = None
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-I", "-m", "conduit.sandbox.isolate_worker"]
+
+    async def start(self, tg: TaskGroup) -> None:
+        """Begin keeping ``warm`` workers ready, in ``tg``."""
+        self._tg = tg
+        self._refill()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for worker in idle:
+            await destroy(worker.process)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def prepare(self, memory_limit_mb: int) -> IsolateSandbox:
+        worker = self._idle.pop() if self._idle else await self._spawn()
+        self._refill()
+        return IsolateSandbox(self, worker, self._bridge)
+
+    def release(self, worker: Worker, reusable: bool) -> None:
+        if reusable and worker.process.returncode is None and len(self._idle) < self._max_idle:
+            self._idle.append(worker)
+        elif self._tg is not None:
+            self._tg.start_soon(destroy, worker.process)
+        self._refill()
+
+    def _refill(self) -> None:
+        if self._tg is None:
+            return
+        while len(self._idle) + self._starting < self._warm:
+            self._starting += 1
+            self._tg.start_soon(self._spawn_idle)
+
+    async def _spawn_idle(self) -> None:
+        try:
+            worker = await self._spawn()
+        except SandboxStartError as exc:
+            logger.warning("could not start an isolate worker: %s", exc.message)
+            return
+        finally:
+            self._starting -= 1
+        self._idle.append(worker)
+
+    async def _spawn(self) -> Worker:
+        process = await spawn(self.argv(), env={"LANG": "C.UTF-8"}, cwd=str(self._cwd))
+        assert process.stdout is not None
+        worker = Worker(process, BufferedByteReceiveStream(process.stdout))
+        if self._tg is not None:
+            self._tg.start_soon(pump, process.stderr, lambda chunk: _keep_tail(worker, chunk))
+        try:
+            with anyio.fail_after(READY_TIMEOUT):
+                ready = await worker.receive()
+        except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, ValueError) as exc:
+            await destroy(process)
+            raise SandboxStartError(f"isolate worker did not start: {exc or type(exc).__name__}") from exc
+        if ready.get("type") != "ready":
+            await destroy(process)
+            raise SandboxStartError("isolate worker did not start: unexpected greeting")
+        return worker
+
+
+def _keep_tail(worker: Worker, chunk: bytes) -> None:
+    worker.stderr_tail = (worker.stderr_tail + chunk.decode("utf-8", "replace").splitlines())[-20:]
+
+
+class IsolateSandbox:
+    """One program's claim on a worker."""
+
+    def __init__(self, runtime: IsolateRuntime, worker: Worker, bridge: BridgeAddress) -> None:
+        self._runtime = runtime
+        self._worker = worker
+        self._bridge = bridge
+        self._used = False
+
+    @property
+    def pid(self) -> int:
+        return self._worker.pid
+
+    async def run(self, job: Job) -> RunOutcome:
+        if self._used:
+            raise SandboxStartError("a sandbox runs exactly one program")
+        self._used = True
+        limits = job.limits
+        collector = OutputCollector(
+            max_bytes=limits.max_output_bytes,
+            max_lines=limits.max_log_entries,
+            nonce=secrets.token_hex(16),
+            max_record_bytes=limits.max_output_bytes,
+        )
+        payload = {
+            "token": job.token,
+            "bridge": {"host": self._bridge.host, "port": self._bridge.port},
+            "sdk": job.sdk,
+            "program": job.program,
+            "maxResultBytes": limits.max_output_bytes,
+            "limits": {
+                "timeoutMs": limits.timeout_ms,
+                "memoryLimitMb": limits.memory_limit_mb,
+                "maxOutputBytes": limits.max_output_bytes,
+                "maxLogEntries": limits.max_log_entries,
+            },
+        }
+        worker = self._worker
+        worker.jobs += 1
+        record: dict[str, Any] | None = None
+        crash: str | None = None
+        started = time.perf_counter()
+        reusable = False
+        with anyio.move_on_after(limits.timeout_ms / 1000 + DEADLINE_GRACE) as deadline:
+            try:
+                assert worker.process.stdin is not None
+                await worker.process.stdin.send(json.dumps(payload).encode() + b"\n")
+                while record is None and not collector.tripped:
+                    message = await worker.receive()
+                    if message.get("type") == "output":
+                        data = str(message.get("data", "")).encode()
+                        if message.get("stream") == "stderr":
+                            collector.feed_stderr(data)
+                        else:
+                            collector.feed_stdout(data)
+                    elif message.get("type") == "done":
+                        record = message.get("record") or {}
+                reusable = record is not None and record.get("status") != "limit" and not collector.tripped
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, ValueError, OSError):
+                crash = "the isolate worker crashed"
+                logger.warning("isolate worker %d died: %s", worker.pid, " | ".join(worker.stderr_tail[-3:]))
+        self._runtime.release(worker, reusable)
+        exit_code = 0 if record is not None and record.get("status") == "ok" else None
+        if record is not None and record.get("status") == "error":
+            exit_code = 1
+        return classify(
+            collector,
+            record,
+            exit_code=exit_code,
+            timed_out=deadline.cancelled_caught,
+            timeout_ms=limits.timeout_ms,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            crash=crash,
+        )
+
+    async def discard(self) -> None:
+        self._used = True
+        self._runtime.release(self._worker, reusable=True)

@@ -1,0 +1,215 @@
+"""The V8-isolate worker process: ``python -I -m conduit.sandbox.isolate_worker``.
+
+Isolates never live in the server's own process: a program that spins inside an async
+continuation blocks every Python thread that touches its isolate. So the server supervises
+worker processes like this one and kills any that miss a deadline.
+
+The worker reads one job per line on stdin and creates a **fresh** V8 context for each;
+nothing survives from one job to the next. It speaks JSON lines on stdout::
+
+    {"type": "ready"}                                         once, after start-up
+    {"type": "output", "stream": "stdout"|"stderr", "data": str}   buffered console output, in order
+    {"type": "done", "record": {...}}                         the program's outcome
+
+Tool calls go from the isolate to the host bridge over loopback TCP with the job's session
+token, exactly as a Deno sandbox's do, so the host enforces the same allowlist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from py_mini_racer import JSEvalException, JSOOMException, JSParseException, mini_racer
+
+PRELUDE: Final = (
+    (Path(__file__).parent / "harness" / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
+)
+_out = sys.stdout.buffer
+
+
+def send(message: dict[str, Any]) -> None:
+    _out.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    _out.flush()
+
+
+class Bridge:
+    """A pipelined JSON-RPC client for the host bridge."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._token = token
+        self._next = 1
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while line := await self._reader.readline():
+                message = json.loads(line)
+                future = self._pending.pop(message.get("id"), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (OSError, ValueError):
+            pass
+        for future in self._pending.values():
+            if not future.done():
+                future.set_result({"error": {"code": -32603, "message": "bridge connection closed"}})
+        self._pending.clear()
+
+    async def call(self, method: Any, params_json: Any, output_json: Any = "[]") -> str:
+        """Forward buffered output, then one request; always answers a JSON string.
+
+        The answer is ``{"result": ...}`` or ``{"error": {"code", "message"}}``: nothing from Python
+        (exceptions, tracebacks) ever reaches the isolate.
+        """
+        forward_output(output_json)
+        try:
+            params = json.loads(str(params_json))
+        except ValueError:
+            return json.dumps({"error": {"code": -32602, "message": "arguments are not JSON-serialisable"}})
+        request_id = self._next
+        self._next += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        request = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": str(method),
+            "params": params,
+            "auth": {"bearerToken": self._token},
+        }
+        self._writer.write(json.dumps(request).encode() + b"\n")
+        await self._writer.drain()
+        answer = await future
+        if "error" in answer:
+            error = answer["error"]
+            return json.dumps({"error": {"code": error.get("code", -32603), "message": str(error.get("message"))}})
+        return json.dumps({"result": answer.get("result")})
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        self._writer.close()
+
+
+def forward_output(output_json: Any) -> None:
+    """Send the program's buffered ``[[stream, text], ...]`` to the server, in order."""
+    try:
+        chunks = json.loads(str(output_json)) if not isinstance(output_json, list) else output_json
+    except ValueError:
+        return
+    for stream, text in chunks if isinstance(chunks, list) else ():
+        send({"type": "output", "stream": "stderr" if stream == "stderr" else "stdout", "data": str(text)})
+
+
+def program_script(code: str) -> str:
+    """The program as a script whose value is the runner's promise; user line N stays line N."""
+    opener = "(r => (delete globalThis.__conduitRunner, r((async () => {"
+    return f"{opener}{code}\n}})())))(globalThis.__conduitRunner)"
+
+
+def setup_script(sdk: str, limits: dict[str, Any], max_result_bytes: int) -> str:
+    caps = {
+        "maxOutputBytes": int(limits.get("maxOutputBytes", max_result_bytes)),
+        "maxLogEntries": int(limits.get("maxLogEntries", 10_000)),
+    }
+    return (
+        f"globalThis.__conduitRunner = ({PRELUDE})(globalThis.__conduitCall, ({sdk}), {json.dumps(caps)});\n"
+        "delete globalThis.__conduitCall;"
+    )
+
+
+async def run_program(racer: Any, code: str) -> Any:
+    """Evaluate the program and wait for the runner's outcome string (one await, one deadline)."""
+    promise = await racer.eval_cancelable(program_script(code))
+    return await promise
+
+
+_PARSE_ERROR = re.compile(r"^<anonymous>:(\d+): SyntaxError: (.*)$")
+
+
+def syntax_error_message(raw: str) -> str:
+    """``"<anonymous>:2: SyntaxError: Unexpected token '}'"`` -> ``"Unexpected token '}' (program.js:2)"``."""
+    first = raw.strip().splitlines()[0] if raw.strip() else ""
+    match = _PARSE_ERROR.match(first)
+    return f"{match.group(2)} (program.js:{match.group(1)})" if match else sanitize(first or "invalid syntax")
+
+
+def sanitize(text: str) -> str:
+    return text.replace("<anonymous>", "program.js")
+
+
+async def drain_after_stop(racer: Any) -> None:
+    """Fetch what a stopped program printed last; bounded, as the isolate may be unusable."""
+    try:
+        forward_output(await asyncio.wait_for(racer.eval_cancelable("globalThis.__conduitDrain()"), 0.5))
+    except Exception:  # an isolate past a limit may refuse anything; its last output is then lost
+        return
+
+
+async def run_job(job: dict[str, Any]) -> bool:
+    """Run one job in a fresh context; returns False when the worker must not be reused."""
+    limits = job["limits"]
+    reader, writer = await asyncio.open_connection(job["bridge"]["host"], job["bridge"]["port"])
+    bridge = Bridge(reader, writer, job["token"])
+    reusable = True
+    try:
+        with mini_racer(asyncio.get_running_loop()) as racer:
+            racer.set_hard_memory_limit(int(limits["memoryLimitMb"]) * 1024 * 1024)
+            async with racer.wrap_py_function(bridge.call) as host_call:
+                glob: Any = racer.eval("globalThis")
+                glob["__conduitCall"] = host_call
+                await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
+                try:
+                    outcome = await asyncio.wait_for(run_program(racer, job["program"]), limits["timeoutMs"] / 1000)
+                    record = json.loads(str(outcome))
+                except JSParseException as exc:
+                    message = syntax_error_message(str(exc))
+                    forward_output([["stderr", f"Uncaught SyntaxError: {message}\n"]])
+                    record = {"status": "error", "error": {"name": "SyntaxError", "message": message}}
+                except JSOOMException:
+                    record, reusable = {"status": "limit", "limit": "memory"}, False
+                    await drain_after_stop(racer)
+                except TimeoutError:
+                    record, reusable = {"status": "limit", "limit": "timeout"}, False
+                    await drain_after_stop(racer)
+                except JSEvalException as exc:
+                    if racer.was_hard_memory_limit_reached():
+                        record, reusable = {"status": "limit", "limit": "memory"}, False
+                        await drain_after_stop(racer)
+                    else:
+                        message = sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else "Error")
+                        record = {"status": "error", "error": {"name": "Error", "message": message}}
+                if racer.was_hard_memory_limit_reached() and record.get("status") != "limit":
+                    record, reusable = {"status": "limit", "limit": "memory"}, False
+                forward_output(record.pop("output", []))
+                if "error" in record:
+                    record["error"]["message"] = sanitize(str(record["error"].get("message", "")))
+                send({"type": "done", "record": record})
+                if not reusable:
+                    os._exit(0)  # the isolate may still be running: never touch it again
+    finally:
+        await bridge.aclose()
+    return reusable
+
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    with mini_racer(loop) as warm:  # load V8 and ICU before the first job arrives
+        warm.eval("1")
+    send({"type": "ready"})
+    while line := await reader.readline():
+        if not await run_job(json.loads(line)):
+            return
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
