@@ -14,12 +14,15 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock runtime/pyodide/package.json runtime/pyodide/package-lock.json
 	$(UV) sync --frozen --python $(PYTHON)
+	mkdir -p $(VENV)/pyodide
+	cp runtime/pyodide/package.json runtime/pyodide/package-lock.json $(VENV)/pyodide/
+	cd $(VENV)/pyodide && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	$(VENV)/bin/conduit doctor --quiet
 	touch $@
 
-setup: $(VENV)/.synced ## virtualenv, Python deps, Deno (PyPI `deno`), demo upstreams
+setup: $(VENV)/.synced ## virtualenv, Python deps, Deno (PyPI `deno`), Pyodide (npm), demo upstreams
 
 run: setup ## start Conduit over Streamable HTTP with the demo upstreams
 	$(VENV)/bin/conduit serve --config $(CONFIG)

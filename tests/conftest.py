@@ -30,7 +30,11 @@ def toolbox_command() -> dict[str, Any]:
 async def gateway(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     """An in-process gateway (so tests can reach its bridge and runtimes) with the toolbox upstream."""
     config = Config.model_validate(
-        {"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}], "maxCodeBytes": 10_000}
+        {
+            "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}],
+            "maxCodeBytes": 10_000,
+            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+        }
     )
     base = tmp_path_factory.mktemp("gw")
     async with Gateway.open(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gw:
@@ -48,6 +52,7 @@ def e2e_config(tmp_path_factory: pytest.TempPathFactory, toolbox_command: dict[s
                 {"id": "time", "command": "mcp-server-time", "args": ["--local-timezone", "Etc/UTC"]},
             ],
             "resourceLimits": {"timeoutMs": 10_000, "memoryLimitMb": 128},
+            "pools": {"typescript": {"warm": 1}, "python": {"warm": 1}},
         },
     )
 

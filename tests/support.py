@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 CONDUIT = str(Path(sys.executable).parent / "conduit")
 EXECUTE_TS = "conduit__mcp_execute_typescript"
 EXECUTE_ISOLATE = "conduit__mcp_execute_isolate"
+EXECUTE_PYTHON = "conduit__mcp_execute_python"
 MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
 

@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, metavar="N", help="HTTP port (0 picks a free one)")
     serve.add_argument("--host", metavar="ADDR", help="HTTP bind address (default 127.0.0.1)")
 
-    doctor = commands.add_parser("doctor", help="check the installation", description="Check Deno and the harness.")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the installation",
+        description="Check Deno, the harnesses, Pyodide's files and mini-racer; exit 1 if any is missing.",
+    )
     doctor.add_argument("--config", metavar="PATH", help="config file to check as well")
     doctor.add_argument("--quiet", action="store_true", help="print only problems")
     return parser
@@ -108,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _doctor(args: argparse.Namespace) -> int:
     from conduit.sandbox.deno import HARNESS, find_deno
+    from conduit.sandbox.pyodide import check_pyodide_dir, default_pyodide_dir
 
     loaded = _load(args)
     problems: list[str] = []
@@ -122,6 +127,21 @@ def _doctor(args: argparse.Namespace) -> int:
         report.append(f"ok    harness: {HARNESS}")
     else:
         problems.append(f"FAIL  harness missing: {HARNESS}")
+    config = loaded.config
+    pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
+    problem = check_pyodide_dir(pyodide_dir)
+    if problem:
+        problems.append(f"FAIL  python runtime: {problem}")
+    else:
+        report.append(f"ok    pyodide: {pyodide_dir}")
+    try:
+        from py_mini_racer import MiniRacer
+
+        racer = MiniRacer()
+        report.append(f"ok    mini-racer: V8 {racer.v8_version}")
+        racer.close()
+    except Exception as exc:  # a missing or broken native library shows up as any of several errors
+        problems.append(f"FAIL  isolate runtime: mini-racer unusable: {exc} (run `make setup`)")
     report.append(f"ok    config: {loaded.source or 'defaults (no config file)'}")
     for line in ([] if args.quiet else report) + problems:
         print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)

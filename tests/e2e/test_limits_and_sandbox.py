@@ -59,7 +59,9 @@ async def test_log_line_flood_is_cut_at_the_limit(conduit: Client) -> None:
     assert is_error
     assert out["error"]["code"] == -32014
     assert out["stdout"].count("\n") + out["stderr"].count("\n") == 100
-    assert out["stdout"].startswith("0\n1\n")
+    # stdout and stderr are separate pipes read concurrently: either may fill the budget first
+    printed = out["stdout"].splitlines()
+    assert printed == [str(i) for i in range(len(printed))]
 
 
 async def test_output_within_limits_is_complete(conduit: Client) -> None:

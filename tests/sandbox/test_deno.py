@@ -11,6 +11,7 @@ from conduit.core.gateway import Gateway
 from conduit.errors import TIMEOUT, SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, Limits
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
+from conduit.sandbox.pool import PooledRuntime
 from conduit.sdk.typescript import generate_typescript_sdk
 from support import process_alive
 
@@ -25,9 +26,9 @@ def proc_file(pid: int, name: str) -> list[bytes]:
 
 
 async def prepare(gateway: Gateway) -> DenoSandbox:
-    runtime = gateway.runtimes["typescript"]
-    assert isinstance(runtime, DenoRuntime)
-    return await runtime.prepare(LIMITS.memory_limit_mb)
+    pool = gateway.runtimes["typescript"]
+    assert isinstance(pool, PooledRuntime) and isinstance(pool.runtime, DenoRuntime)
+    return await pool.runtime.prepare(LIMITS.memory_limit_mb)
 
 
 async def test_sandbox_started_ahead_waits_for_its_job_then_runs_it(gateway: Gateway) -> None:

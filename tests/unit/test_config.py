@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -197,3 +198,15 @@ def test_empty_master_token_means_generate_one_and_short_ones_are_refused(tmp_pa
     assert load_config(None, {}, tmp_path).config.ipc_bearer_token is None
     with pytest.raises(ConfigError, match="ipcBearerToken: must be at least 16 characters"):
         load_config(None, {"IPC_BEARER_TOKEN": "short"}, tmp_path)
+
+
+def test_doctor_reports_each_piece_and_fails_without_pyodide(tmp_path: Path) -> None:
+    ok = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    for piece in ("deno:", "harness:", "pyodide:", "mini-racer: V8", "config:"):
+        assert piece in ok.stdout
+    env = {**os.environ, "PYODIDE_PATH": str(tmp_path / "missing")}
+    broken = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert broken.returncode == 1
+    assert "FAIL  python runtime: Pyodide files missing" in broken.stderr
+    assert "make setup" in broken.stderr

@@ -36,6 +36,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "MAX_CONCURRENT": "maxConcurrent",
     "MAX_QUEUE": "maxQueue",
     "DENO_PATH": "denoPath",
+    "PYODIDE_PATH": "pyodidePath",
 }
 """Environment variable -> top-level config key it overrides."""
 

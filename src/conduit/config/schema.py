@@ -38,6 +38,18 @@ class ResourceLimits(_Model):
     """Output lines (stdout + stderr) before the run is killed (-32014)."""
 
 
+class PoolConfig(_Model):
+    """Sandboxes of one runtime kept started ahead of demand (each still runs exactly one program)."""
+
+    warm: Annotated[int, Field(ge=0, le=64)] = 2
+    """How many to keep ready at the default memory limit; 0 starts every sandbox on demand."""
+
+
+class Pools(_Model):
+    typescript: PoolConfig = Field(default_factory=PoolConfig)
+    python: PoolConfig = Field(default_factory=PoolConfig)
+
+
 class Credentials(_Model):
     """How Conduit authenticates to an HTTP upstream. Values live only in the host process."""
 
@@ -136,6 +148,9 @@ class Config(_Model):
     """Extra regular expressions whose matches are scrubbed from logs."""
     deno_path: str | None = None
     """Deno executable. Default: the one installed by PyPI's ``deno`` package."""
+    pyodide_path: str | None = None
+    """Directory of Pyodide's npm package. Default: the one ``make setup`` installs in the virtualenv."""
+    pools: Pools = Field(default_factory=Pools)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
     @field_validator("ipc_bearer_token")

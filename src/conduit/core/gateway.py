@@ -30,6 +30,9 @@ from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolD
 from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.isolate import IsolateRuntime
+from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
+from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
@@ -37,6 +40,11 @@ from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
 logger = logging.getLogger(__name__)
 
 LANGUAGES: Final = ("typescript", "python", "isolate")
+SDK_GENERATORS: Final = {
+    "typescript": generate_typescript_sdk,
+    "python": generate_python_sdk,
+    "isolate": generate_javascript_sdk,
+}
 _SDK_CACHE_SIZE: Final = 64
 
 
@@ -81,6 +89,18 @@ class Gateway:
                 bridge = BridgeServer(sessions, _Deferred(holder))
                 address = await bridge.start(tg)
                 deno = DenoRuntime(deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir)
+                pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
+                memory = config.resource_limits.memory_limit_mb
+                pools = {
+                    "typescript": PooledRuntime(deno, warm=config.pools.typescript.warm, memory_limit_mb=memory),
+                    "python": PooledRuntime(
+                        PyodideRuntime(deno=deno, pyodide_dir=pyodide_dir),
+                        warm=config.pools.python.warm,
+                        memory_limit_mb=memory,
+                    ),
+                }
+                for pool in pools.values():
+                    pool.start(tg)
                 isolate = IsolateRuntime(bridge=address, work_dir=work_dir)
                 await isolate.start(tg)
                 gateway = cls(
@@ -89,7 +109,7 @@ class Gateway:
                     registry=registry,
                     bridge=bridge,
                     sessions=sessions,
-                    runtimes={"typescript": deno, "isolate": isolate},
+                    runtimes={**pools, "isolate": isolate},
                 )
                 holder.append(gateway)
                 try:
@@ -98,6 +118,8 @@ class Gateway:
                     with anyio.CancelScope(shield=True):
                         await registry.aclose()
                         await isolate.aclose()
+                        for pool in pools.values():
+                            await pool.aclose()
                         await bridge.aclose()
                     tg.cancel_scope.cancel()
         finally:
@@ -165,8 +187,7 @@ class Gateway:
         key = (language, self.registry.version, tuple(entry.qualified for entry in catalog.tools))
         cached = self._sdk_cache.get(key)
         if cached is None:
-            generate = generate_javascript_sdk if language == "isolate" else generate_typescript_sdk
-            cached = generate(catalog.tools)
+            cached = SDK_GENERATORS[language](catalog.tools)
             self._sdk_cache[key] = cached
             if len(self._sdk_cache) > _SDK_CACHE_SIZE:
                 self._sdk_cache.popitem(last=False)

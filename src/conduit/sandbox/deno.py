@@ -1,4 +1,4 @@
-"""TypeScript sandboxes: one fresh Deno process per program.
+"""TypeScript sandboxes: one fresh Deno process per program (and the Deno sandbox Pyodide reuses).
 
 The process starts with no permissions but a network grant for exactly the bridge's
 ``host:port``, an empty environment (private ``DENO_DIR`` and ``HOME`` only), no remote,
@@ -54,16 +54,16 @@ class DenoRuntime:
     name = "typescript"
 
     def __init__(self, *, deno_path: str, bridge: BridgeAddress, work_dir: Path) -> None:
-        self._deno = deno_path
-        self._bridge = bridge
-        self._home = work_dir / "deno-home"
+        self.deno_path = deno_path
+        self.bridge = bridge
+        self.home = work_dir / "deno-home"
         self._deno_dir = work_dir / "deno-dir"
-        self._home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._deno_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def argv(self, memory_limit_mb: int) -> list[str]:
         return [
-            self._deno,
+            self.deno_path,
             "run",
             "--no-prompt",
             "--no-remote",
@@ -71,7 +71,7 @@ class DenoRuntime:
             "--no-config",
             "--no-lock",
             "--cached-only",
-            f"--allow-net={self._bridge.host}:{self._bridge.port}",
+            f"--allow-net={self.bridge.host}:{self.bridge.port}",
             f"--v8-flags=--max-heap-size={memory_limit_mb}",
             str(HARNESS),
         ]
@@ -79,23 +79,32 @@ class DenoRuntime:
     def env(self) -> dict[str, str]:
         return {
             "DENO_DIR": str(self._deno_dir),
-            "HOME": str(self._home),
+            "HOME": str(self.home),
             "DENO_NO_UPDATE_CHECK": "1",
             "NO_COLOR": "1",
         }
 
     async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
-        process = await spawn(self.argv(memory_limit_mb), env=self.env(), cwd=str(self._home))
-        return DenoSandbox(process, self._bridge)
+        process = await spawn(self.argv(memory_limit_mb), env=self.env(), cwd=str(self.home))
+        return DenoSandbox(process, self.bridge, wrap_program)
 
 
 class DenoSandbox:
-    """A started Deno harness waiting for its one job."""
+    """A started Deno harness waiting for its one job (TypeScript, or Python on Pyodide)."""
 
-    def __init__(self, process: Process, bridge: BridgeAddress) -> None:
+    def __init__(
+        self, process: Process, bridge: BridgeAddress, transform: Callable[[str], str], stdout_head: bytes = b""
+    ) -> None:
         self._process = process
         self._bridge = bridge
+        self._transform = transform
+        self._stdout_head = stdout_head
+        """stdout bytes already read while waiting for the harness to be ready."""
         self._used = False
+
+    @property
+    def alive(self) -> bool:
+        return self._process.returncode is None
 
     @property
     def pid(self) -> int:
@@ -118,7 +127,7 @@ class DenoSandbox:
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},
             "sdk": job.sdk,
-            "program": wrap_program(job.program),
+            "program": self._transform(job.program),
             "maxResultBytes": limits.max_output_bytes,
         }
         process = self._process
@@ -133,6 +142,8 @@ class DenoSandbox:
             return sink
 
         timed_out = False
+        if self._stdout_head:
+            collector.feed_stdout(self._stdout_head)
         try:
             with anyio.move_on_after(limits.timeout_ms / 1000) as scope:
                 async with anyio.create_task_group() as tg:

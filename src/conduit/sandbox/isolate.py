@@ -126,6 +126,9 @@ class IsolateRuntime:
         except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, ValueError) as exc:
             await destroy(process)
             raise SandboxStartError(f"isolate worker did not start: {exc or type(exc).__name__}") from exc
+        except BaseException:
+            await destroy(process)  # cancelled while starting: leave nothing behind
+            raise
         if ready.get("type") != "ready":
             await destroy(process)
             raise SandboxStartError("isolate worker did not start: unexpected greeting")

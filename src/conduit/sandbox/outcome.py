@@ -4,7 +4,8 @@ Every runtime reports the same record shape from inside the sandbox::
 
     {"status": "ok", "value"?: <json>, "unserializable"?: str}
     {"status": "error", "error": {"name": str, "message": str}}
-    {"status": "limit", "limit": "memory" | "timeout"}       (isolate workers only)
+    {"status": "limit", "limit": "memory" | "timeout"}       (a limit the sandbox itself saw)
+    {"status": "exit", "code": int}                          (Python: SystemExit with a non-zero code)
 
 The host's own observations win over the record: a tripped output limit or the host deadline
 decides the error code whatever the sandbox said.
@@ -63,6 +64,8 @@ def classify(
             return failed(INTERNAL_ERROR, crash)
         if code == 0:
             return RunOutcome(stdout, stderr, 0, duration_ms=duration_ms)
+        return failed(PROGRAM_ERROR, f"program exited with code {code}")
+    if record.get("status") == "exit":
         return failed(PROGRAM_ERROR, f"program exited with code {code}")
     if record.get("status") == "error":
         error = record.get("error") or {}

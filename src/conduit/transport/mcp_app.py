@@ -78,8 +78,23 @@ console.warn/error to stderr. Only ECMAScript built-ins exist: no modules, no fe
 setTimeout, no ArrayBuffer/typed arrays/WebAssembly. Each run starts in a fresh isolate.
 Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
 
+_PYTHON_DESCRIPTION: Final = """\
+Run a Python program (CPython 3.14 on Pyodide/WASM) in a fresh, sealed sandbox and return its output.
+
+The program calls upstream MCP tools through the global `tools` object:
+`r = await tools.<upstream>.<tool>(arg=value, ...)` (or pass one dict) returns the tool's CallToolResult
+as a dict (`r["content"]`, `r["structuredContent"]`, `r.get("isError")`).
+`await tools.raw("upstream__tool", {...})` calls by name; `await discover_mcp_tools()` lists the tools
+this run may call. Denied, unknown or failed calls raise `ToolError` with a numeric `.code`.
+Top-level `await` works; the value of the last expression becomes `result` (JSON values only).
+print() goes to stdout, exceptions print a traceback of the program to stderr. The standard library
+works (json, re, asyncio, dataclasses, sqlite3...); there is no file, env, network or subprocess
+access, and each run starts in a fresh interpreter.
+Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+
 _LANGUAGE_TOOLS: Final = {
     f"{PREFIX}mcp_execute_typescript": ("typescript", _TS_DESCRIPTION),
+    f"{PREFIX}mcp_execute_python": ("python", _PYTHON_DESCRIPTION),
     f"{PREFIX}mcp_execute_isolate": ("isolate", _ISOLATE_DESCRIPTION),
 }
 

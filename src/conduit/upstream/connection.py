@@ -77,7 +77,8 @@ class UpstreamConnection:
         self._tools: list[types.Tool] | None = None
         self.last_error: str | None = None
         """Why the last connection attempt or call failed (host-side only: may name paths)."""
-        self._failures = 0
+        self.failures = 0
+        """Connection attempts that failed in a row (reset by a successful connect)."""
         self._retry_at = 0.0
         self.connects = 0
         """How many times the connection has been (re)opened; for health and tests."""
@@ -155,11 +156,11 @@ class UpstreamConnection:
             self.last_error = _describe(exc)
         else:
             self.last_error = None
-            self._failures = 0
+            self.failures = 0
             self.connects += 1
             return
-        self._failures += 1
-        self._retry_at = anyio.current_time() + min(RETRY_MAX, RETRY_BASE * 2 ** (self._failures - 1))
+        self.failures += 1
+        self._retry_at = anyio.current_time() + min(RETRY_MAX, RETRY_BASE * 2 ** (self.failures - 1))
         logger.warning("upstream %s could not be connected: %s", self.id, self.last_error)
         raise UpstreamError(f"upstream {self.id!r} is unavailable")
 

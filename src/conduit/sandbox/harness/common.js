@@ -1,0 +1,127 @@
+// Pieces shared by Conduit's Deno-hosted harnesses (TypeScript and Pyodide): reading the one job,
+// the bridge client, and the result record written behind the job's marker.
+
+export const RESULT_PREFIX = "\x1eCONDUIT-RESULT:";
+export const encoder = new TextEncoder();
+export const decoder = new TextDecoder();
+
+export async function readJob() {
+  const chunks = [];
+  for await (const chunk of Deno.stdin.readable) chunks.push(chunk);
+  const total = chunks.reduce((n, c) => n + c.length, 0);
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return JSON.parse(decoder.decode(bytes));
+}
+
+export function base64(text) {
+  const bytes = encoder.encode(text);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+export function dataUrl(source, mediaType) {
+  return `data:${mediaType};base64,${base64(source)}`;
+}
+
+export class BridgeClient {
+  #conn;
+  #token;
+  #nextId = 1;
+  #pending = new Map();
+  #writeChain = Promise.resolve();
+
+  constructor(conn, token = null) {
+    this.#conn = conn;
+    this.#token = token;
+    this.#readLoop();
+  }
+
+  /** The session token; a connection opened before the job arrives gets it afterwards. */
+  set token(value) {
+    this.#token = value;
+  }
+
+  async #readLoop() {
+    let buffer = "";
+    try {
+      for await (const chunk of this.#conn.readable) {
+        buffer += decoder.decode(chunk, { stream: true });
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + 1);
+          if (line.trim()) this.#dispatch(JSON.parse(line));
+        }
+      }
+    } catch (_) {
+      // connection gone: fall through and fail what is pending
+    }
+    for (const { reject } of this.#pending.values()) {
+      reject(Object.assign(new Error("bridge connection closed"), { code: -32603 }));
+    }
+    this.#pending.clear();
+  }
+
+  #dispatch(message) {
+    const waiter = this.#pending.get(message.id);
+    if (!waiter) return;
+    this.#pending.delete(message.id);
+    if (message.error) {
+      const error = new Error(message.error.message);
+      error.name = "ToolError";
+      error.code = message.error.code;
+      if (message.error.data !== undefined) error.data = message.error.data;
+      waiter.reject(error);
+    } else {
+      waiter.resolve(message.result);
+    }
+  }
+
+  request(method, params) {
+    const id = this.#nextId++;
+    const line = JSON.stringify({ jsonrpc: "2.0", id, method, params, auth: { bearerToken: this.#token } }) + "\n";
+    const promise = new Promise((resolve, reject) => this.#pending.set(id, { resolve, reject }));
+    const bytes = encoder.encode(line);
+    this.#writeChain = this.#writeChain.then(async () => {
+      let written = 0;
+      while (written < bytes.length) written += await this.#conn.write(bytes.subarray(written));
+    }).catch((err) => {
+      const waiter = this.#pending.get(id);
+      this.#pending.delete(id);
+      waiter?.reject(Object.assign(new Error(`bridge write failed: ${err?.message ?? err}`), { code: -32603 }));
+    });
+    return promise;
+  }
+}
+
+export function encodeResult(value, maxBytes) {
+  if (value === undefined) return { status: "ok" };
+  let json;
+  try {
+    json = JSON.stringify(value);
+  } catch (error) {
+    return { status: "ok", unserializable: `the return value is not JSON-serialisable: ${error.message}` };
+  }
+  if (json === undefined) {
+    return { status: "ok", unserializable: `a ${typeof value} return value is not JSON-serialisable` };
+  }
+  if (encoder.encode(json).length > maxBytes) {
+    return { status: "ok", unserializable: `the return value is larger than the ${maxBytes}-byte output limit` };
+  }
+  return { status: "ok", value: JSON.parse(json) };
+}
+
+export function report(nonce, payload) {
+  const line = encoder.encode(`${RESULT_PREFIX}${nonce}:${JSON.stringify(payload)}\n`);
+  let written = 0;
+  while (written < line.length) written += Deno.stdout.writeSync(line.subarray(written));
+}
+

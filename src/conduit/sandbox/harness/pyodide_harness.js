@@ -1,0 +1,130 @@
+// Conduit's Pyodide harness: the main module of every Python sandbox (CPython in WASM, in Deno).
+//
+// Python code can reach the whole JS side (`import js`, `pyodide.code.run_js`, the Function
+// constructor of any JS object), so hiding globals isolates nothing. What isolates is Deno
+// itself: this harness loads Pyodide (read access to its directory only), caps the WASM memory,
+// opens the bridge connection, and then revokes every Deno permission before it even reads the
+// job. From then on files, env, new connections, subprocesses and dynamic imports all fail for
+// Python and JS alike, while the already-open bridge connection keeps working.
+//
+// Args: <pyodide dir> <wasm memory limit MiB> <bridge host> <bridge port>.
+
+import { BridgeClient, encoder, readJob, report } from "./common.js";
+import prelude from "./python_prelude.py" with { type: "text" };
+
+const [pyodideDir, memoryMb, bridgeHost, bridgePort] = Deno.args;
+const WASM_PAGE = 65536;
+const REVOKED = ["read", "write", "net", "env", "run", "sys", "ffi", "import"];
+
+// --- WASM memory ceiling -------------------------------------------------------------------------
+// Pyodide's module defines its memory with a 4 GiB maximum. Rewriting the maximum in the module's
+// memory section before it is instantiated makes allocations past the limit fail inside Python
+// (MemoryError) instead of growing the process to gigabytes.
+
+function readLeb(bytes, pos) {
+  let result = 0;
+  let shift = 0;
+  let byte;
+  do {
+    byte = bytes[pos++];
+    result += (byte & 0x7f) * 2 ** shift;
+    shift += 7;
+  } while (byte & 0x80);
+  return [result, pos];
+}
+
+function writeLeb(value) {
+  const out = [];
+  do {
+    let byte = value % 128;
+    value = Math.floor(value / 128);
+    if (value) byte |= 0x80;
+    out.push(byte);
+  } while (value);
+  return out;
+}
+
+function capMemory(source, maxPages) {
+  const bytes = new Uint8Array(source instanceof ArrayBuffer ? source : source.buffer);
+  if (bytes[0] !== 0x00 || bytes[1] !== 0x61 || bytes[2] !== 0x73 || bytes[3] !== 0x6d) return source;
+  let pos = 8;
+  while (pos < bytes.length) {
+    const id = bytes[pos];
+    const [size, start] = readLeb(bytes, pos + 1);
+    if (id === 5) {
+      let [count, cursor] = readLeb(bytes, start);
+      const flags = bytes[cursor++];
+      if (count !== 1 || flags & 0x04) return source; // several memories or memory64: leave alone
+      let initial;
+      [initial, cursor] = readLeb(bytes, cursor);
+      if (initial > maxPages) {
+        throw new Error(`memory limit too low for Python: it needs at least ${Math.ceil((initial * WASM_PAGE) / 2 ** 20)} MiB`);
+      }
+      const body = [...writeLeb(1), flags | 0x01, ...writeLeb(initial), ...writeLeb(maxPages)];
+      const header = [5, ...writeLeb(body.length)];
+      const rest = bytes.subarray(start + size);
+      const out = new Uint8Array(pos + header.length + body.length + rest.length);
+      out.set(bytes.subarray(0, pos), 0);
+      out.set(header, pos);
+      out.set(body, pos + header.length);
+      out.set(rest, pos + header.length + body.length);
+      return out.buffer;
+    }
+    pos = start + size;
+  }
+  return source;
+}
+
+const maxPages = Math.floor((Number(memoryMb) * 2 ** 20) / WASM_PAGE);
+const instantiate = WebAssembly.instantiate;
+WebAssembly.instantiate = (source, imports) =>
+  instantiate(source instanceof WebAssembly.Module ? source : capMemory(source, maxPages), imports);
+WebAssembly.instantiateStreaming = async (response, imports) =>
+  instantiate(capMemory(await (await response).arrayBuffer(), maxPages), imports);
+
+// --- load, connect, seal -------------------------------------------------------------------------
+
+function writeAll(stream, bytes) {
+  let written = 0;
+  while (written < bytes.length) written += stream.writeSync(bytes.subarray(written));
+  return bytes.length;
+}
+
+const indexUrl = new URL(`file://${pyodideDir.endsWith("/") ? pyodideDir : pyodideDir + "/"}`);
+const { loadPyodide } = await import(new URL("pyodide.mjs", indexUrl).href);
+const pyodide = await loadPyodide({ indexURL: indexUrl.pathname, env: { HOME: "/home/pyodide" } });
+pyodide.setStdout({ write: (buffer) => writeAll(Deno.stdout, buffer) });
+pyodide.setStderr({ write: (buffer) => writeAll(Deno.stderr, buffer) });
+
+const conn = await Deno.connect({ hostname: bridgeHost, port: Number(bridgePort), transport: "tcp" });
+conn.setNoDelay(true);
+const bridge = new BridgeClient(conn);
+pyodide.registerJsModule("_conduit_bridge", {
+  call: async (method, paramsJson) => {
+    try {
+      return JSON.stringify({ result: await bridge.request(method, JSON.parse(paramsJson)) });
+    } catch (error) {
+      return JSON.stringify({ error: { code: error?.code ?? -32603, message: String(error?.message ?? error) } });
+    }
+  },
+});
+pyodide.runPython(prelude, { filename: "<conduit>" });
+const run = pyodide.pyimport("_conduit").run;
+
+for (const name of REVOKED) Deno.permissions.revokeSync({ name });
+writeAll(Deno.stdout, encoder.encode("CONDUIT-READY\n"));
+
+// --- the one job ---------------------------------------------------------------------------------
+
+const job = await readJob();
+bridge.token = job.token;
+let record;
+try {
+  record = JSON.parse(await run(job.program, job.sdk, job.maxResultBytes));
+} catch (_) {
+  // The program broke the runtime's own bookkeeping (patched builtins or the standard library).
+  const message = "the Python runtime failed after the program changed it (patched builtins or stdlib?)";
+  record = { status: "error", error: { name: "RuntimeError", message } };
+}
+report(job.nonce, record);
+Deno.exit(record.status === "ok" ? 0 : record.status === "exit" ? record.code : 1);

@@ -1,0 +1,107 @@
+"""Conduit's runtime inside every Pyodide sandbox: the ``_conduit`` module.
+
+Loaded by ``pyodide_harness.js`` before the sandbox is sealed; ``run`` executes one program:
+it builds the ``tools`` SDK from the generated source it is given, runs the program with
+top-level ``await``, and returns the outcome record as JSON. The value of the program's last
+expression becomes ``result``; an exception prints a traceback of the program's own frames.
+"""
+
+import builtins
+import json
+import linecache
+import sys
+import traceback
+import types
+
+import _conduit_bridge  # registered by the harness: call(method, params_json) -> Promise[str]
+from pyodide.code import eval_code_async
+
+PROGRAM = "program.py"
+
+
+class ToolError(Exception):
+    """A tool call failed: denied (-32003), unknown (-32004), upstream failure (-32005/-32006), ..."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+_MISSING = object()
+
+
+async def call(method, params):
+    answer = json.loads(await _conduit_bridge.call(method, json.dumps(params)))
+    if "error" in answer:
+        raise ToolError(answer["error"].get("code", -32603), answer["error"].get("message", "tool call failed"))
+    return answer["result"]
+
+
+async def invoke(name, args, kwargs):
+    """Call tool ``name`` with a dict of arguments and/or keyword arguments (keywords win)."""
+    if args is not None and not isinstance(args, dict):
+        raise TypeError(f"{name}: pass arguments as keywords or as one dict, not {type(args).__name__}")
+    merged = dict(args or {})
+    merged.update({key: value for key, value in kwargs.items() if value is not _MISSING})
+    return await call("mcp_call_tool", {"name": name, "arguments": merged})
+
+
+async def discover_mcp_tools(query=None):
+    """The tools this execution may call: name, upstream, tool, description, inputSchema."""
+    return await call("mcp_discover_tools", {} if query is None else {"query": query})
+
+
+def _program_traceback(exc):
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == PROGRAM]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def _encode(value, max_bytes):
+    if value is None:
+        return {"status": "ok"}
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return {"status": "ok", "unserializable": f"the value of the last expression is not JSON-serialisable: {exc}"}
+    if len(text.encode()) > max_bytes:
+        return {"status": "ok", "unserializable": f"the value is larger than the {max_bytes}-byte output limit"}
+    return {"status": "ok", "value": json.loads(text)}
+
+
+async def run(code, sdk_source, max_result_bytes):
+    sdk = types.ModuleType("conduit_tools")
+    sdk.__dict__.update({"invoke": invoke, "call": call, "_MISSING": _MISSING})
+    exec(compile(sdk_source, "<tools>", "exec"), sdk.__dict__)
+    sys.modules["conduit_tools"] = sdk
+    namespace = {
+        "__name__": "__main__",
+        "__builtins__": builtins,
+        "tools": sdk.tools,
+        "discover_mcp_tools": discover_mcp_tools,
+        "ToolError": ToolError,
+    }
+    linecache.cache[PROGRAM] = (len(code), None, code.splitlines(True), PROGRAM)
+    try:
+        value = await eval_code_async(code, namespace, filename=PROGRAM)
+        record = _encode(value, max_result_bytes)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        record = {"status": "ok"} if status == 0 else {"status": "exit", "code": status}
+    except MemoryError as exc:
+        sys.stderr.write(_program_traceback(exc))
+        record = {"status": "limit", "limit": "memory"}
+    except BaseException as exc:  # the program's own failure, whatever it raised
+        sys.stderr.write(_program_traceback(exc))
+        record = {"status": "error", "error": {"name": type(exc).__name__, "message": str(exc)}}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return json.dumps(record)
+
+
+_module = types.ModuleType("_conduit", __doc__)
+for _name in ("run", "ToolError", "discover_mcp_tools", "invoke", "call"):
+    setattr(_module, _name, globals()[_name])
+sys.modules["_conduit"] = _module

@@ -1,0 +1,104 @@
+"""Python sandboxes: CPython (Pyodide, WASM) in a fresh Deno process per program.
+
+Loading Pyodide takes about two seconds, so the harness does it before it is given a job:
+it loads Pyodide with read access to Pyodide's own files only, caps the WASM memory at the
+sandbox's limit, connects to the bridge, revokes every Deno permission, and only then says
+it is ready (see ``harness/pyodide_harness.js``). A pool of such sandboxes started ahead of
+demand makes a Python execution answer in milliseconds while each still runs exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Final
+
+import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from conduit.errors import SandboxStartError
+from conduit.sandbox.base import BridgeAddress
+from conduit.sandbox.deno import DenoRuntime, DenoSandbox
+from conduit.sandbox.process import destroy, spawn
+
+logger = logging.getLogger(__name__)
+
+PYODIDE_VERSION: Final = "314.0.7"
+HARNESS: Final = Path(__file__).parent / "harness" / "pyodide_harness.js"
+READY: Final = b"CONDUIT-READY\n"
+LOAD_TIMEOUT: Final = 60.0
+MIN_MEMORY_MB: Final = 64
+"""Pyodide's WASM module starts at 30 MiB; below this a program has no room to run."""
+JS_HEAP_MB: Final = 256
+"""V8 heap for the JavaScript side of Pyodide (Python's own memory is the capped WASM memory)."""
+
+
+def default_pyodide_dir() -> Path:
+    """Where ``make setup`` puts Pyodide's npm package: inside Conduit's virtualenv."""
+    return Path(sys.prefix) / "pyodide" / "node_modules" / "pyodide"
+
+
+def check_pyodide_dir(path: Path) -> str | None:
+    """Why ``path`` is not a usable Pyodide package, or None when it is."""
+    missing = [name for name in ("pyodide.mjs", "pyodide.asm.wasm", "python_stdlib.zip") if not (path / name).is_file()]
+    if missing:
+        return f"Pyodide files missing in {path} ({', '.join(missing)}): run `make setup`"
+    return None
+
+
+class PyodideRuntime:
+    """Starts Python sandboxes: Deno + Pyodide, sealed before any program arrives."""
+
+    name = "python"
+
+    def __init__(self, *, deno: DenoRuntime, pyodide_dir: Path) -> None:
+        self._deno = deno
+        self._dir = pyodide_dir
+        self._bridge: BridgeAddress = deno.bridge
+
+    def argv(self, memory_limit_mb: int) -> list[str]:
+        return [
+            self._deno.deno_path,
+            "run",
+            "--no-prompt",
+            "--no-remote",
+            "--no-npm",
+            "--no-config",
+            "--no-lock",
+            "--cached-only",
+            f"--allow-read={self._dir}",
+            f"--allow-net={self._bridge.host}:{self._bridge.port}",
+            f"--v8-flags=--max-heap-size={JS_HEAP_MB}",
+            str(HARNESS),
+            str(self._dir),
+            str(memory_limit_mb),
+            self._bridge.host,
+            str(self._bridge.port),
+        ]
+
+    async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
+        if memory_limit_mb < MIN_MEMORY_MB:
+            raise SandboxStartError(f"Python needs memoryLimitMb of at least {MIN_MEMORY_MB}")
+        problem = check_pyodide_dir(self._dir)
+        if problem:
+            raise SandboxStartError(problem)
+        process = await spawn(self.argv(memory_limit_mb), env=self._deno.env(), cwd=str(self._deno.home))
+        assert process.stdout is not None
+        reader = BufferedByteReceiveStream(process.stdout)
+        try:
+            with anyio.fail_after(LOAD_TIMEOUT):
+                line = await reader.receive_until(b"\n", 4096)
+            if line != READY.rstrip(b"\n"):
+                raise anyio.IncompleteRead
+        except BaseException as exc:
+            if not isinstance(exc, (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound)):
+                await destroy(process)  # cancelled while loading: leave nothing behind
+                raise
+            detail = ""
+            if process.stderr is not None:
+                with anyio.move_on_after(1):
+                    detail = (await process.stderr.receive(4096)).decode(errors="replace").strip().splitlines()[-1]
+            await destroy(process)
+            raise SandboxStartError(f"Python sandbox did not start: {detail or type(exc).__name__}") from exc
+        return DenoSandbox(process, self._bridge, str, stdout_head=bytes(reader.buffer))

@@ -1,0 +1,129 @@
+"""The Python SDK a Pyodide sandbox loads: ``tools.<upstream>.<tool>(**kwargs)`` and ``tools.raw``.
+
+Every tool becomes an ``async`` method with keyword-only arguments taken from its JSON Schema
+(required ones without a default), type hints, and a docstring from its description; a
+dict may be passed instead of (or besides) keywords. Names are made into identifiers; a
+property whose name is not one (or is a keyword) is reachable through the dict form. The
+generated source runs inside the sandbox next to ``invoke`` and ``_MISSING`` from the
+sandbox runtime (``python_prelude.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import groupby
+from typing import Any, Final
+
+from conduit.sdk.naming import identifier, unique_identifiers
+from conduit.upstream.registry import ToolEntry
+
+_PRIMITIVES: Final = {"string": "str", "number": "float", "integer": "int", "boolean": "bool", "null": "None"}
+
+
+def python_type(schema: Any, depth: int = 0) -> str:
+    """A Python type hint for a JSON Schema.
+
+    >>> python_type({"type": "array", "items": {"type": "integer"}}), python_type({"type": ["string", "null"]})
+    ('list[int]', 'str | None')
+    >>> python_type({"enum": ["a", "b"]}), python_type({"type": "object"}), python_type({})
+    ("Literal['a', 'b']", 'dict[str, Any]', 'Any')
+    """
+    if not isinstance(schema, Mapping) or depth > 6:
+        return "Any"
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return f"Literal[{', '.join(repr(value) for value in schema['enum'])}]"
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return " | ".join(python_type({**schema, "type": item}, depth + 1) for item in kind) or "Any"
+    if kind in _PRIMITIVES:
+        return _PRIMITIVES[kind]
+    if kind == "array":
+        return f"list[{python_type(schema.get('items'), depth + 1)}]"
+    if kind == "object" or "properties" in schema:
+        return "dict[str, Any]"
+    return "Any"
+
+
+def _docstring(text: str, indent: str) -> str:
+    body = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').strip()
+    if not body:
+        return ""
+    lines = body.splitlines()
+    if len(lines) == 1:
+        return f'{indent}"""{lines[0]}"""\n'
+    rest = "\n".join(f"{indent}{line}" if line else "" for line in lines[1:])
+    return f'{indent}"""{lines[0]}\n{rest}\n{indent}"""\n'
+
+
+def signature(entry: ToolEntry) -> tuple[str, list[str], str]:
+    """A tool method's parameter list, the names it passes on, and an ``Args:`` docstring section.
+
+    Every keyword defaults to "not given" so the dict form (``tool({"a": 1})``) works too;
+    required arguments are marked in the docstring and checked by the host and the upstream.
+    """
+    schema = entry.input_schema or {}
+    properties = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
+    required = set(schema.get("required") or ())
+    params: list[str] = ["self", "args: dict[str, Any] | None = None", "/", "*"]
+    names: list[str] = []
+    docs: list[str] = []
+    for name, sub in (properties or {}).items():
+        hint = python_type(sub)
+        description = sub.get("description", "") if isinstance(sub, Mapping) else ""
+        marker = "required" if name in required else "optional"
+        docs.append(f"    {name} ({hint}, {marker}){': ' + ' '.join(str(description).split()) if description else ''}")
+        if not name.isidentifier() or keyword.iskeyword(name) or name in ("self", "args"):
+            continue
+        params.append(f"{name}: {hint} = _MISSING")
+        names.append(name)
+    if params[-1] == "*":
+        params.pop()
+    return ", ".join(params), names, ("Args:\n" + "\n".join(docs)) if docs else ""
+
+
+def _method(entry: ToolEntry, name: str) -> str:
+    params, names, args_doc = signature(entry)
+    kwargs = "{" + ", ".join(f"{json.dumps(arg)}: {arg}" for arg in names) + "}"
+    doc = _docstring("\n\n".join(part for part in (entry.description.strip(), args_doc) if part), "        ")
+    return (
+        f"    async def {name}({params}) -> dict[str, Any]:\n{doc}"
+        f"        return await invoke({json.dumps(entry.qualified)}, args, {kwargs})\n"
+    )
+
+
+def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:
+    """Python source defining ``tools`` for ``entries``."""
+    ordered: Sequence[ToolEntry] = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
+    namespaces = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
+    classes: list[str] = []
+    attributes: list[str] = []
+    for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
+        tools = list(group)
+        names = unique_identifiers(entry.name for entry in tools)
+        class_name = f"_{identifier(upstream)}_tools"
+        methods = "\n".join(_method(entry, names[entry.name]) for entry in tools)
+        classes.append(f'class {class_name}:\n    """Tools of upstream {upstream!r}."""\n\n{methods}')
+        attributes.append(f"    {namespaces[upstream]} = {class_name}()\n")
+    return _TEMPLATE.format(classes="\n\n".join(classes), attributes="".join(attributes))
+
+
+_TEMPLATE: Final = '''\
+# Generated by Conduit: the tools this execution may call. Do not edit.
+from typing import Any, Literal
+
+
+{classes}
+
+class _Tools:
+    """Upstream tools: ``await tools.<upstream>.<tool>(**kwargs)`` returns the CallToolResult as a dict."""
+
+{attributes}
+    async def raw(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call any allowed tool by qualified name, e.g. ``await tools.raw("github__create_issue", {{...}})``."""
+        return await invoke(name, args, {{}})
+
+
+tools = _Tools()
+'''
