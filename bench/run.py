@@ -24,7 +24,7 @@ import anyio
 
 from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
-from conduit.sandbox.deno import find_deno
+from conduit.sandbox.deno import RUN_FLAGS, find_deno
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sandbox.pyodide import default_pyodide_dir
 
@@ -64,7 +64,7 @@ def bare_deno(runs: int) -> list[float]:
     deno = find_deno(None)
     with tempfile.TemporaryDirectory() as home:
         env = {"DENO_DIR": home, "HOME": home, "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
-        argv = [deno, "run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock", "-"]
+        argv = [deno, *RUN_FLAGS, "-"]
         samples = []
         for index in range(runs + 1):
             started = time.perf_counter()
@@ -85,17 +85,7 @@ def cold_pyodide(runs: int) -> list[float]:
     )
     with tempfile.TemporaryDirectory() as home:
         env = {"DENO_DIR": home, "HOME": home, "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
-        argv = [
-            deno,
-            "run",
-            "--no-prompt",
-            "--no-remote",
-            "--no-npm",
-            "--no-config",
-            "--no-lock",
-            f"--allow-read={pyodide_dir}",
-            "-",
-        ]
+        argv = [deno, *RUN_FLAGS, f"--allow-read={pyodide_dir}", "-"]
         samples = []
         for _ in range(runs):
             started = time.perf_counter()

@@ -31,6 +31,8 @@ from conduit.sandbox.program import wrap_program
 logger = logging.getLogger(__name__)
 
 HARNESS: Final = Path(__file__).parent / "harness" / "deno_harness.js"
+RUN_FLAGS: Final = ("run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock")
+"""``deno run`` with nothing loaded from outside: no prompts, remote modules, npm, config or lock file."""
 
 
 def find_deno(configured: str | None) -> str:
@@ -62,18 +64,17 @@ class DenoRuntime:
         self._deno_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def argv(self, memory_limit_mb: int) -> list[str]:
+        return [*self.sandbox_flags(memory_limit_mb), str(HARNESS)]
+
+    def sandbox_flags(self, heap_mb: int, *grants: str) -> list[str]:
+        """Deno, ``run`` and the flags every sandbox gets: the bridge address, a heap cap, and ``grants``."""
         return [
             self.deno_path,
-            "run",
-            "--no-prompt",
-            "--no-remote",
-            "--no-npm",
-            "--no-config",
-            "--no-lock",
+            *RUN_FLAGS,
             "--cached-only",
+            *grants,
             f"--allow-net={self.bridge.host}:{self.bridge.port}",
-            f"--v8-flags=--max-heap-size={memory_limit_mb}",
-            str(HARNESS),
+            f"--v8-flags=--max-heap-size={heap_mb}",
         ]
 
     def env(self) -> dict[str, str]:
@@ -116,12 +117,7 @@ class DenoSandbox:
         self._used = True
         nonce = secrets.token_hex(16)
         limits = job.limits
-        collector = OutputCollector(
-            max_bytes=limits.max_output_bytes,
-            max_lines=limits.max_log_entries,
-            nonce=nonce,
-            max_record_bytes=limits.max_output_bytes,
-        )
+        collector = OutputCollector.for_limits(limits, nonce)
         payload = {
             "nonce": nonce,
             "token": job.token,

@@ -157,12 +157,7 @@ class IsolateSandbox:
             raise SandboxStartError("a sandbox runs exactly one program")
         self._used = True
         limits = job.limits
-        collector = OutputCollector(
-            max_bytes=limits.max_output_bytes,
-            max_lines=limits.max_log_entries,
-            nonce=secrets.token_hex(16),
-            max_record_bytes=limits.max_output_bytes,
-        )
+        collector = OutputCollector.for_limits(limits, secrets.token_hex(16))
         payload = {
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},

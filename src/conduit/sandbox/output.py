@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
+from conduit.sandbox.base import Limits
 
 RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
 
@@ -39,6 +40,16 @@ class OutputCollector:
         self._bytes = 0
         self._lines = 0
         self.violation: tuple[int, str] | None = None
+
+    @classmethod
+    def for_limits(cls, limits: Limits, nonce: str) -> OutputCollector:
+        """A collector enforcing ``limits``' byte and line budgets, finding the record behind ``nonce``."""
+        return cls(
+            max_bytes=limits.max_output_bytes,
+            max_lines=limits.max_log_entries,
+            nonce=nonce,
+            max_record_bytes=limits.max_output_bytes,
+        )
 
     @property
     def tripped(self) -> bool:

@@ -59,17 +59,7 @@ class PyodideRuntime:
 
     def argv(self, memory_limit_mb: int) -> list[str]:
         return [
-            self._deno.deno_path,
-            "run",
-            "--no-prompt",
-            "--no-remote",
-            "--no-npm",
-            "--no-config",
-            "--no-lock",
-            "--cached-only",
-            f"--allow-read={self._dir}",
-            f"--allow-net={self._bridge.host}:{self._bridge.port}",
-            f"--v8-flags=--max-heap-size={JS_HEAP_MB}",
+            *self._deno.sandbox_flags(JS_HEAP_MB, f"--allow-read={self._dir}"),
             str(HARNESS),
             str(self._dir),
             str(memory_limit_mb),
