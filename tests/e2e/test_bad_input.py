@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from support import CONDUIT, EXECUTE_TS, ConduitHttp, run_ts
+from support import CONDUIT, EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, ConduitHttp, run_ts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -34,10 +34,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 async def test_invalid_execute_arguments_are_invalid_params(
     conduit: Client, arguments: dict[str, object], fragment: str
 ) -> None:
-    with pytest.raises(MCPError) as caught:
-        await conduit.call_tool(EXECUTE_TS, arguments)
-    assert caught.value.error.code == -32602
-    assert fragment in caught.value.error.message
+    for tool in (EXECUTE_TS, EXECUTE_PYTHON, EXECUTE_ISOLATE):
+        with pytest.raises(MCPError) as caught:
+            await conduit.call_tool(tool, arguments)
+        assert caught.value.error.code == -32602, tool
+        assert fragment in caught.value.error.message, tool
     is_error, out = await run_ts(conduit, "return 'still serving';")
     assert (is_error, out["result"]) == (False, "still serving")
 

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from support import EXECUTE_PYTHON, run_code, stdio_client_for, write_config
 
@@ -192,6 +193,13 @@ COUNTER = 1
     check = "import json, builtins\n[json.dumps([1]), len([1, 2]), hasattr(builtins, 'leaked'), 'COUNTER' in globals()]"
     is_error, out = await run_py(conduit, check)
     assert (is_error, out.get("result")) == (False, ["[1]", 2, False, False]), out
+
+
+async def test_memory_limit_below_what_python_needs_is_invalid_params(conduit: Client) -> None:
+    with pytest.raises(MCPError) as caught:
+        await conduit.call_tool(EXECUTE_PYTHON, {"code": "1", "limits": {"memoryLimitMb": 32}})
+    assert caught.value.error.code == -32602
+    assert "at least 64" in caught.value.error.message
 
 
 async def test_program_exit_codes(conduit: Client) -> None:

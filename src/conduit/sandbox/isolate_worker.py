@@ -74,6 +74,12 @@ class Bridge:
             params = json.loads(str(params_json))
         except ValueError:
             return json.dumps({"error": {"code": -32602, "message": "arguments are not JSON-serialisable"}})
+        try:
+            return await self._request(str(method), params)
+        except Exception:  # never let a Python exception (and its traceback) cross into the isolate
+            return json.dumps({"error": {"code": -32603, "message": "the bridge is unavailable"}})
+
+    async def _request(self, method: str, params: Any) -> str:
         request_id = self._next
         self._next += 1
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -81,7 +87,7 @@ class Bridge:
         request = {
             "jsonrpc": "2.0",
             "id": request_id,
-            "method": str(method),
+            "method": method,
             "params": params,
             "auth": {"bearerToken": self._token},
         }

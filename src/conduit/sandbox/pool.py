@@ -13,7 +13,7 @@ from typing import Protocol
 
 from anyio.abc import TaskGroup
 
-from conduit.errors import SandboxStartError
+from conduit.errors import ConduitError
 from conduit.sandbox.base import Sandbox
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class PooledRuntime:
     async def _prepare_one(self) -> None:
         try:
             sandbox = await self.runtime.prepare(self.memory_limit_mb)
-        except SandboxStartError as exc:
+        except ConduitError as exc:
             self.failures += 1
             logger.warning("could not pre-start a %s sandbox: %s", self.name, exc.message)
             return

@@ -17,7 +17,7 @@ from typing import Final
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from conduit.errors import SandboxStartError
+from conduit.errors import INVALID_PARAMS, ConduitError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
 from conduit.sandbox.process import destroy, spawn
@@ -69,7 +69,7 @@ class PyodideRuntime:
 
     async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
         if memory_limit_mb < MIN_MEMORY_MB:
-            raise SandboxStartError(f"Python needs memoryLimitMb of at least {MIN_MEMORY_MB}")
+            raise ConduitError(f"limits.memoryLimitMb: Python needs at least {MIN_MEMORY_MB}", code=INVALID_PARAMS)
         problem = check_pyodide_dir(self._dir)
         if problem:
             raise SandboxStartError(problem)
