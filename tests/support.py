@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -25,9 +26,17 @@ MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
 
 
+def conduit(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``conduit`` command to completion (two minutes at most), capturing its text output."""
+    return subprocess.run(
+        [CONDUIT, *args], input=stdin, capture_output=True, text=True, timeout=120, cwd=cwd, check=False
+    )
+
+
 def write_config(directory: Path, document: Mapping[str, Any], name: str = "conduit.yaml") -> Path:
+    """A config file; the ops endpoints get a free port unless the document names one."""
     path = directory / name
-    path.write_text(yaml.safe_dump(dict(document)), encoding="utf-8")
+    path.write_text(yaml.safe_dump({"opsPort": 0, **document}), encoding="utf-8")
     return path
 
 
@@ -45,6 +54,7 @@ class ConduitHttp:
     token: str
     process: anyio.abc.Process
     log: Path
+    ops_url: str | None = None
 
     @classmethod
     @asynccontextmanager
@@ -58,8 +68,9 @@ class ConduitHttp:
                 [CONDUIT, "serve", "--config", str(config), "--port", "0"], stdout=sink, stderr=sink, env=env
             )
         try:
-            url = await _wait_for_url(log, process)
-            yield cls(url=url, token=token, process=process, log=log)
+            url = await _wait_for_url(log, process, "Conduit listening on ")
+            ops_url = await _wait_for_url(log, process, "Conduit ops on ")
+            yield cls(url=url, token=token, process=process, log=log, ops_url=ops_url.split()[0])
         finally:
             if process.returncode is None:
                 process.terminate()
@@ -77,13 +88,13 @@ class ConduitHttp:
                 yield client
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
+async def wait_until(predicate: Callable[[], bool], interval: float = 0.05) -> None:
     """Poll ``predicate`` until it holds, for at most 15 s (conditions with no event to wait on: process exit)."""
     with anyio.fail_after(15):
         while True:
             if predicate():
                 return
-            await anyio.sleep(0.05)
+            await anyio.sleep(interval)
 
 
 def process_alive(pid: int) -> bool:
@@ -98,12 +109,12 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace")
 
 
-async def _wait_for_url(log: Path, process: anyio.abc.Process) -> str:
+async def _wait_for_url(log: Path, process: anyio.abc.Process, prefix: str) -> str:
     with anyio.fail_after(30):
         while True:
             for line in _read(log).splitlines():
-                if line.startswith("Conduit listening on "):
-                    return line.removeprefix("Conduit listening on ").strip()
+                if line.startswith(prefix):
+                    return line.removeprefix(prefix).strip()
             if process.returncode is not None:
                 raise RuntimeError(f"conduit exited early:\n{_read(log)}")
             await anyio.sleep(0.05)

@@ -98,7 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
         token = mint_token()
         if config.transport == "http":
             print(f"Conduit master token (IPC_BEARER_TOKEN was not set): {token}", file=sys.stderr, flush=True)
-    configure_logging(config.log_level, [*config.secret_values(), token], config.secret_redaction_patterns)
+    json_lines = {"json": True, "text": False}.get(config.log_format)
+    configure_logging(config.log_level, [*config.secret_values(), token], config.secret_redaction_patterns, json_lines)
     try:
         anyio.run(run_server, loaded, token, dict(os.environ))
     except SandboxStartError as exc:

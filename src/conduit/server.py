@@ -5,24 +5,45 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import anyio
+
 from conduit.config.loader import LoadedConfig
 from conduit.core.gateway import Gateway
+from conduit.transport.disconnect import CancelOnDisconnect
 from conduit.transport.http import BearerAuth, serve_http
 from conduit.transport.mcp_app import build_server
+from conduit.transport.ops import build_ops_app
 from conduit.transport.stdio import stdio_streams
 
 logger = logging.getLogger(__name__)
 
 
 async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
-    """Serve until the client disconnects (stdio) or the process is stopped (HTTP)."""
+    """Serve until the client disconnects (stdio) or the process is stopped (HTTP); ops endpoints beside."""
     config = loaded.config
     async with Gateway.open(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
         server = build_server(gw)
-        if config.transport == "stdio":
-            logger.info("serving MCP over stdio")
-            async with stdio_streams() as (read_stream, write_stream):
-                await server.run(read_stream, write_stream, server.create_initialization_options())
-            return
-        app = BearerAuth(server.streamable_http_app(host=config.host), master_token)
-        await serve_http(app, host=config.host, port=config.port, log_level=config.log_level)
+        async with anyio.create_task_group() as tg:
+            if config.ops_enabled:
+                tg.start_soon(_serve_ops, gw, config.transport == "http")
+            if config.transport == "stdio":
+                logger.info("serving MCP over stdio")
+                async with stdio_streams() as (read_stream, write_stream):
+                    await server.run(read_stream, write_stream, server.create_initialization_options())
+            else:
+                app = BearerAuth(CancelOnDisconnect(server.streamable_http_app(host=config.host)), master_token)
+                await serve_http(app, host=config.host, port=config.port, log_level=config.log_level)
+            tg.cancel_scope.cancel()
+
+
+async def _serve_ops(gateway: Gateway, required: bool) -> None:
+    config = gateway.config
+    announce = "Conduit ops on {url} (/health, /metrics)"
+    try:
+        await serve_http(
+            build_ops_app(gateway), host=config.ops_host, port=config.ops_port, log_level="warning", announce=announce
+        )
+    except OSError as exc:
+        if required:
+            raise
+        logger.warning("ops endpoints not served: cannot listen on %s:%d (%s)", config.ops_host, config.ops_port, exc)

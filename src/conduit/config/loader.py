@@ -31,6 +31,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "HOST": "host",
     "PORT": "port",
     "OPS_PORT": "opsPort",
+    "LOG_FORMAT": "logFormat",
     "LOG_LEVEL": "logLevel",
     "IPC_BEARER_TOKEN": "ipcBearerToken",
     "MAX_CONCURRENT": "maxConcurrent",

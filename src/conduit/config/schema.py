@@ -128,9 +128,14 @@ class Config(_Model):
     """HTTP bind address. Keep it on loopback unless a proxy with TLS sits in front."""
     port: Annotated[int, Field(ge=0, le=65_535)] = 3000
     """HTTP port for ``/mcp`` (0 picks a free one and prints it)."""
+    ops_enabled: bool = True
+    """Serve ``/health`` and ``/metrics``. In stdio mode a busy ops port only logs a warning."""
+    ops_host: str = "127.0.0.1"
     ops_port: Annotated[int, Field(ge=0, le=65_535)] = 3001
-    """Port reserved for ``/health`` and ``/metrics``."""
+    """Port for ``/health`` and ``/metrics`` (0 picks a free one and prints it)."""
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """JSON lines, readable text, or auto: text on a terminal, JSON otherwise. Logs always go to stderr."""
     ipc_bearer_token: SecretStr | None = None
     """Master token for HTTP clients and the sandbox bridge. Generated at start when unset."""
     max_concurrent: Annotated[int, Field(ge=1, le=1024)] = 10

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +28,8 @@ from conduit.config.loader import format_validation_error
 from conduit.config.schema import Config, UpstreamConfig
 from conduit.core.admission import Admission
 from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolDeniedError, UnknownToolError
+from conduit.observability.context import EXECUTION_ID
+from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.isolate import IsolateRuntime
@@ -38,6 +41,7 @@ from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
 
 logger = logging.getLogger(__name__)
+AUDIT = logging.getLogger("conduit.audit")
 
 LANGUAGES: Final = ("typescript", "python", "isolate")
 SDK_GENERATORS: Final = {
@@ -71,6 +75,15 @@ class Gateway:
         self.limits = Limits(rl.timeout_ms, rl.memory_limit_mb, rl.max_output_bytes, rl.max_log_entries)
         self.admission = Admission(config.max_concurrent, config.max_queue)
         self._sdk_cache: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        self.metrics = Metrics()
+        self.metrics.watch(
+            LiveState(
+                queue_depth=lambda: self.admission.waiting,
+                running=lambda: self.admission.running,
+                pooled=self._pooled,
+                upstreams=lambda: {cid: conn.connected for cid, conn in self.registry.connections.items()},
+            )
+        )
 
     @classmethod
     @asynccontextmanager
@@ -142,8 +155,23 @@ class Gateway:
         except AllowlistError as exc:
             raise ConduitError(f"allowedTools: {exc}", code=INVALID_PARAMS) from None
 
-    async def execute(self, language: str, code: Any, *, allowed_tools: Any = None, limits: Any = None) -> RunOutcome:
+    async def execute(
+        self,
+        language: str,
+        code: Any,
+        *,
+        allowed_tools: Any = None,
+        limits: Any = None,
+        on_output: Callable[[str, str], None] | None = None,
+    ) -> RunOutcome:
         """Run one program in a fresh sandbox.
+
+        Args:
+            language: ``typescript``, ``python`` or ``isolate``.
+            code: the program.
+            allowed_tools: allowlist patterns (default: ``defaultAllowedTools``).
+            limits: requested limits (can only lower the configured ones).
+            on_output: called with ``(stream, text)`` as output arrives, for live streaming.
 
         Raises:
             ConduitError: invalid request (INVALID_PARAMS), unavailable runtime, or busy (-32000).
@@ -162,21 +190,39 @@ class Gateway:
         runtime = self.runtimes.get(language)
         if runtime is None:
             raise ConduitError(f"the {language} runtime is not available yet in this version", code=METHOD_NOT_FOUND)
-        async with self.admission.slot():
-            sdk = self._sdk(language, await self.registry.catalog())
-            sandbox = await runtime.prepare(effective.memory_limit_mb)
-            execution_id = uuid.uuid4().hex
-            with self.sessions.session(execution_id, allowlist) as session:
-                logger.info("execution %s started (%s)", execution_id, language)
-                outcome = await sandbox.run(Job(code, sdk, session.token, effective))
+        execution_id = uuid.uuid4().hex
+        token = EXECUTION_ID.set(execution_id)
+        started = time.perf_counter()
+        outcome_label = "internal_error"
+        try:
+            async with self.admission.slot():
+                sdk = self._sdk(language, await self.registry.catalog())
+                sandbox = await runtime.prepare(effective.memory_limit_mb)
+                with self.sessions.session(execution_id, allowlist) as session:
+                    logger.info("execution started", extra={"runtime": language})
+                    outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
+            outcome_label = execution_outcome(outcome.error.code if outcome.error else None)
             logger.info(
-                "execution %s ended: exit %d, %s, %.1f ms",
-                execution_id,
-                outcome.exit_code,
-                f"error {outcome.error.code}" if outcome.error else "ok",
-                outcome.duration_ms,
+                "execution ended",
+                extra={
+                    "runtime": language,
+                    "outcome": outcome_label,
+                    "exit_code": outcome.exit_code,
+                    "duration_ms": round(outcome.duration_ms, 1),
+                },
             )
             return outcome
+        except ConduitError as exc:
+            outcome_label = execution_outcome(exc.code)
+            raise
+        except BaseException:
+            outcome_label = "cancelled"
+            raise
+        finally:
+            if outcome_label != "invalid":
+                self.metrics.executions.labels(language, outcome_label).inc()
+                self.metrics.execution_seconds.labels(language).observe(time.perf_counter() - started)
+            EXECUTION_ID.reset(token)
 
     def _sdk(self, language: str, catalog: Catalog) -> str:
         """The SDK for every discovered tool, generated once per catalog version.
@@ -232,6 +278,66 @@ class Gateway:
         entry = await self.registry.resolve(qualified)
         return await self.registry.call(entry, arguments)
 
+    async def _audited_call(self, principal: Principal, name: Any, arguments: Any) -> types.CallToolResult:
+        """A bridge tool call, counted, timed and written to the audit log (never its arguments or result)."""
+        started = time.perf_counter()
+        upstream = name.replace(".", "__", 1).partition("__")[0] if isinstance(name, str) else "?"
+        if upstream not in self.registry.connections:
+            upstream = "unknown"
+        code: int | None = None
+        is_error = False
+        try:
+            result = await self.call_tool(name, arguments, principal.allowlist)
+            is_error = bool(result.is_error)
+            return result
+        except ConduitError as exc:
+            code = exc.code
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            outcome = tool_outcome(code, is_error)
+            self.metrics.tool_calls.labels(upstream, outcome).inc()
+            self.metrics.tool_call_seconds.labels(upstream).observe(seconds)
+            AUDIT.info(
+                "tool call",
+                extra={
+                    "execution_id": principal.execution_id or "master",
+                    "tool": name if isinstance(name, str) else "?",
+                    "outcome": outcome,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
+
+    def _pooled(self) -> dict[str, int]:
+        counts = {name: runtime.ready for name, runtime in self.runtimes.items() if isinstance(runtime, PooledRuntime)}
+        isolate = self.runtimes.get("isolate")
+        if isinstance(isolate, IsolateRuntime):
+            counts["isolate"] = isolate.idle
+        return counts
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every runtime can run programs and no upstream is failing, with the details."""
+        runtimes: dict[str, dict[str, Any]] = {}
+        for name, runtime in self.runtimes.items():
+            problem = runtime.problem() if isinstance(runtime, (PooledRuntime, IsolateRuntime)) else None
+            entry: dict[str, Any] = {"status": "unavailable" if problem else "ok"}
+            if problem:
+                entry["reason"] = problem
+            entry["pooled"] = self._pooled().get(name, 0)
+            runtimes[name] = entry
+        upstreams: dict[str, dict[str, Any]] = {}
+        for upstream_id, connection in self.registry.connections.items():
+            if connection.connected:
+                upstreams[upstream_id] = {"status": "connected"}
+            elif connection.last_error:
+                upstreams[upstream_id] = {"status": "failing", "reason": connection.last_error}
+            else:
+                upstreams[upstream_id] = {"status": "idle"}
+        healthy = all(entry["status"] == "ok" for entry in runtimes.values()) and all(
+            entry["status"] != "failing" for entry in upstreams.values()
+        )
+        return healthy, {"status": "ok" if healthy else "degraded", "runtimes": runtimes, "upstreams": upstreams}
+
     def register_upstream(self, raw: Any) -> str:
         """Add an upstream at run time (master token only).
 
@@ -254,9 +360,9 @@ class Gateway:
             query = params.get("query")
             if query is not None and not isinstance(query, str):
                 raise ConduitError("query must be a string", code=INVALID_PARAMS)
-            return [describe_tool(entry) for entry in await self.discover(principal.allowlist, query)]
+            return [entry.describe() for entry in await self.discover(principal.allowlist, query)]
         if method == "mcp_call_tool":
-            result = await self.call_tool(params.get("name"), params.get("arguments"), principal.allowlist)
+            result = await self._audited_call(principal, params.get("name"), params.get("arguments"))
             return result.model_dump(mode="json", by_alias=True, exclude_none=True)
         if method.startswith("mcp_execute_") and method.removeprefix("mcp_execute_") in LANGUAGES:
             outcome = await self.execute(
@@ -279,17 +385,6 @@ class _Deferred:
 
     async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
         return await self._holder[0].handle_bridge(principal, method, params)
-
-
-def describe_tool(entry: ToolEntry) -> dict[str, Any]:
-    """A tool as discovery presents it to programs."""
-    return {
-        "name": entry.qualified,
-        "upstream": entry.upstream,
-        "tool": entry.name,
-        "description": entry.description,
-        "inputSchema": dict(entry.input_schema),
-    }
 
 
 def outcome_payload(outcome: RunOutcome) -> dict[str, Any]:

@@ -1,14 +1,25 @@
-"""Logging set-up: stderr only (stdout may carry MCP), with secrets scrubbed before any handler."""
+"""Logging set-up: stderr only (stdout may carry MCP), secrets scrubbed before any handler.
+
+Records are JSON lines (or readable text on a terminal) carrying the correlation ids of the
+request and execution they belong to, and the structured fields passed as ``extra`` (runtime,
+outcome, tool, duration_ms...). Execution code, tool arguments and results are never logged.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from conduit.observability.context import EXECUTION_ID, REQUEST_ID
 
 REDACTED: Final = "[REDACTED]"
+FIELDS: Final = ("request_id", "execution_id", "runtime", "outcome", "exit_code", "tool", "duration_ms", "upstream")
+"""Structured fields a record may carry (as ``extra``); the formatters print exactly these."""
 
 
 def redact(text: str, secrets: Iterable[str], patterns: Iterable[re.Pattern[str]] = ()) -> str:
@@ -36,6 +47,10 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage(), self._secrets, self._patterns)
         record.args = None
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, redact(value, self._secrets, self._patterns))
         if record.exc_info:
             record.exc_text = redact(
                 logging.Formatter().formatException(record.exc_info), self._secrets, self._patterns
@@ -44,10 +59,59 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Iterable[str], patterns: Iterable[str]) -> None:
-    """Send logs to stderr at ``level``, redacting configured secrets and patterns."""
+class ContextFilter(logging.Filter):
+    """Stamps each record with the request and execution ids of the task that logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = REQUEST_ID.get()
+        if getattr(record, "execution_id", None) is None:
+            record.execution_id = EXECUTION_ID.get()
+        return True
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {name: value for name in FIELDS if (value := getattr(record, name, None)) is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **fields(record),
+        }
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal: the message, then the structured fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        extra = " ".join(f"{key}={value}" for key, value in fields(record).items())
+        line = f"{time} {record.levelname:<7} {record.name}: {record.getMessage()}{'  ' + extra if extra else ''}"
+        return f"{line}\n{record.exc_text}" if record.exc_text else line
+
+
+def configure_logging(
+    level: str, secrets: Iterable[str], patterns: Iterable[str], json_lines: bool | None = None
+) -> None:
+    """Send logs to stderr at ``level``, redacting configured secrets and patterns.
+
+    Args:
+        json_lines: JSON lines; default: JSON unless stderr is a terminal.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    as_json = not sys.stderr.isatty() if json_lines is None else json_lines
+    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter(secrets, patterns))
     root = logging.getLogger()
     root.handlers[:] = [handler]

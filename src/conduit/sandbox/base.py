@@ -7,7 +7,7 @@ one job and is then gone. Untrusted code failing in any way (exception, limit, c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -61,6 +61,8 @@ class Job:
     token: str
     """Session token, valid only while this job runs."""
     limits: Limits
+    on_output: Callable[[str, str], None] | None = None
+    """Called with ``("stdout" | "stderr", text)`` for output as it is accepted (live streaming)."""
 
 
 @dataclass(frozen=True)

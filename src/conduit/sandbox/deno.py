@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -77,6 +78,12 @@ class DenoRuntime:
             f"--v8-flags=--max-heap-size={heap_mb}",
         ]
 
+    def problem(self) -> str | None:
+        """Why Deno sandboxes cannot start, or None."""
+        if not os.access(self.deno_path, os.X_OK):
+            return f"Deno is not executable at {self.deno_path}: run `make setup`"
+        return None
+
     def env(self) -> dict[str, str]:
         return {
             "DENO_DIR": str(self._deno_dir),
@@ -117,7 +124,7 @@ class DenoSandbox:
         self._used = True
         nonce = secrets.token_hex(16)
         limits = job.limits
-        collector = OutputCollector.for_limits(limits, nonce)
+        collector = OutputCollector.for_limits(limits, nonce, job.on_output)
         payload = {
             "nonce": nonce,
             "token": job.token,

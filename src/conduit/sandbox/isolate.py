@@ -25,7 +25,7 @@ from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.process import destroy, pump, spawn
+from conduit.sandbox.process import destroy, kill_group, pump, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class IsolateRuntime:
         self._idle: list[Worker] = []
         self._starting = 0
         self._tg: TaskGroup | None = None
+        self.last_error: str | None = None
 
     def argv(self) -> list[str]:
         return [sys.executable, "-I", "-m", "conduit.sandbox.isolate_worker"]
@@ -91,10 +92,13 @@ class IsolateRuntime:
         return IsolateSandbox(self, worker, self._bridge)
 
     def release(self, worker: Worker, reusable: bool) -> None:
+        """Take a worker back: idle again after a clean run, otherwise killed at once (and reaped later)."""
         if reusable and worker.process.returncode is None and len(self._idle) < self._max_idle:
             self._idle.append(worker)
-        elif self._tg is not None:
-            self._tg.start_soon(destroy, worker.process)
+        else:
+            kill_group(worker.process)
+            if self._tg is not None:
+                self._tg.start_soon(destroy, worker.process)
         self._refill()
 
     def _refill(self) -> None:
@@ -108,11 +112,17 @@ class IsolateRuntime:
         try:
             worker = await self._spawn()
         except SandboxStartError as exc:
+            self.last_error = exc.message
             logger.warning("could not start an isolate worker: %s", exc.message)
             return
         finally:
             self._starting -= 1
+        self.last_error = None
         self._idle.append(worker)
+
+    def problem(self) -> str | None:
+        """Why isolate workers cannot start, or None."""
+        return self.last_error if not self._idle else None
 
     async def _spawn(self) -> Worker:
         process = await spawn(self.argv(), env={"LANG": "C.UTF-8"}, cwd=str(self._cwd))
@@ -157,7 +167,7 @@ class IsolateSandbox:
             raise SandboxStartError("a sandbox runs exactly one program")
         self._used = True
         limits = job.limits
-        collector = OutputCollector.for_limits(limits, secrets.token_hex(16))
+        collector = OutputCollector.for_limits(limits, secrets.token_hex(16), job.on_output)
         payload = {
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},
@@ -177,25 +187,16 @@ class IsolateSandbox:
         crash: str | None = None
         started = time.perf_counter()
         reusable = False
-        with anyio.move_on_after(limits.timeout_ms / 1000 + DEADLINE_GRACE) as deadline:
-            try:
-                assert worker.process.stdin is not None
-                await worker.process.stdin.send(json.dumps(payload).encode() + b"\n")
-                while record is None and not collector.tripped:
-                    message = await worker.receive()
-                    if message.get("type") == "output":
-                        data = str(message.get("data", "")).encode()
-                        if message.get("stream") == "stderr":
-                            collector.feed_stderr(data)
-                        else:
-                            collector.feed_stdout(data)
-                    elif message.get("type") == "done":
-                        record = message.get("record") or {}
-                reusable = record is not None and record.get("status") != "limit" and not collector.tripped
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, ValueError, OSError):
-                crash = "the isolate worker crashed"
-                logger.warning("isolate worker %d died: %s", worker.pid, " | ".join(worker.stderr_tail[-3:]))
-        self._runtime.release(worker, reusable)
+        try:
+            with anyio.move_on_after(limits.timeout_ms / 1000 + DEADLINE_GRACE) as deadline:
+                try:
+                    record = await self._exchange(worker, payload, collector)
+                    reusable = record is not None and record.get("status") != "limit" and not collector.tripped
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, ValueError, OSError):
+                    crash = "the isolate worker crashed"
+                    logger.warning("isolate worker %d died: %s", worker.pid, " | ".join(worker.stderr_tail[-3:]))
+        finally:
+            self._runtime.release(worker, reusable)  # cancelled, tripped or timed out: the worker is killed
         exit_code = 0 if record is not None and record.get("status") == "ok" else None
         if record is not None and record.get("status") == "error":
             exit_code = 1
@@ -208,6 +209,24 @@ class IsolateSandbox:
             duration_ms=(time.perf_counter() - started) * 1000,
             crash=crash,
         )
+
+    @staticmethod
+    async def _exchange(worker: Worker, payload: dict[str, Any], collector: OutputCollector) -> dict[str, Any] | None:
+        """Send the job; feed output to ``collector`` until the outcome record arrives or a limit trips."""
+        assert worker.process.stdin is not None
+        await worker.process.stdin.send(json.dumps(payload).encode() + b"\n")
+        while not collector.tripped:
+            message = await worker.receive()
+            if message.get("type") == "output":
+                data = str(message.get("data", "")).encode()
+                if message.get("stream") == "stderr":
+                    collector.feed_stderr(data)
+                else:
+                    collector.feed_stdout(data)
+            elif message.get("type") == "done":
+                record = message.get("record")
+                return record if isinstance(record, dict) else {}
+        return None
 
     async def discard(self) -> None:
         self._used = True

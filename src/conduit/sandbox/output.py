@@ -9,7 +9,9 @@ per-job marker; it is split off here and never counts as program output.
 
 from __future__ import annotations
 
+import codecs
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,19 +23,30 @@ RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
 
 @dataclass
 class _Stream:
+    name: str
     data: bytearray = field(default_factory=bytearray)
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
 class OutputCollector:
     """Counts and keeps output of one run; finds the result record behind ``marker``."""
 
-    def __init__(self, *, max_bytes: int, max_lines: int, nonce: str, max_record_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_lines: int,
+        nonce: str,
+        max_record_bytes: int,
+        listener: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
+        self._listener = listener
         self.max_lines = max_lines
         self._marker = RESULT_PREFIX + nonce.encode() + b":"
         self._max_record = max_record_bytes + 64 * 1024
-        self._stdout = _Stream()
-        self._stderr = _Stream()
+        self._stdout = _Stream("stdout")
+        self._stderr = _Stream("stderr")
         self._pending = bytearray()
         """stdout bytes that might be the start of the marker."""
         self._record: bytearray | None = None
@@ -42,13 +55,16 @@ class OutputCollector:
         self.violation: tuple[int, str] | None = None
 
     @classmethod
-    def for_limits(cls, limits: Limits, nonce: str) -> OutputCollector:
+    def for_limits(
+        cls, limits: Limits, nonce: str, listener: Callable[[str, str], None] | None = None
+    ) -> OutputCollector:
         """A collector enforcing ``limits``' byte and line budgets, finding the record behind ``nonce``."""
         return cls(
             max_bytes=limits.max_output_bytes,
             max_lines=limits.max_log_entries,
             nonce=nonce,
             max_record_bytes=limits.max_output_bytes,
+            listener=listener,
         )
 
     @property
@@ -116,16 +132,22 @@ class OutputCollector:
         newlines = chunk.count(b"\n")
         if newlines > lines_room:
             cut = _nth_index(chunk, b"\n", lines_room - 1) + 1 if lines_room > 0 else 0
-            stream.data += chunk[:cut]
-            self._bytes += cut
+            self._keep(stream, chunk[:cut])
             self._lines = self.max_lines
             self.violation = (LOG_LIMIT, f"output exceeded the limit of {self.max_lines} lines")
             return
-        stream.data += chunk
-        self._bytes += len(chunk)
+        self._keep(stream, chunk)
         self._lines += newlines
         if over_bytes:
             self.violation = (OUTPUT_LIMIT, f"output exceeded the limit of {self.max_bytes} bytes")
+
+    def _keep(self, stream: _Stream, chunk: bytes) -> None:
+        stream.data += chunk
+        self._bytes += len(chunk)
+        if self._listener is not None and chunk:
+            text = stream.decoder.decode(chunk)
+            if text:
+                self._listener(stream.name, text)
 
 
 def _partial_suffix(buffer: bytes | bytearray, marker: bytes) -> int:

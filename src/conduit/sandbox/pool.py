@@ -31,6 +31,10 @@ class PoolableRuntime(Protocol):
 
     async def prepare(self, memory_limit_mb: int) -> PoolableSandbox: ...
 
+    def problem(self) -> str | None:
+        """Why this runtime cannot start sandboxes (missing files...), or None."""
+        ...
+
 
 class PooledRuntime:
     """``runtime`` with ``warm`` sandboxes kept prepared at ``memory_limit_mb``."""
@@ -45,6 +49,7 @@ class PooledRuntime:
         self._tg: TaskGroup | None = None
         self.cold_starts = 0
         self.failures = 0
+        self.last_error: str | None = None
 
     @property
     def ready(self) -> int:
@@ -84,11 +89,17 @@ class PooledRuntime:
             sandbox = await self.runtime.prepare(self.memory_limit_mb)
         except ConduitError as exc:
             self.failures += 1
+            self.last_error = exc.message
             logger.warning("could not pre-start a %s sandbox: %s", self.name, exc.message)
             return
         finally:
             self._starting -= 1
+        self.last_error = None
         if self._tg is None:
             await sandbox.discard()
         else:
             self._ready.append(sandbox)
+
+    def problem(self) -> str | None:
+        """Why sandboxes cannot be started, or None (a runtime's own check, then the last pre-start failure)."""
+        return self.runtime.problem() or (self.last_error if not self._ready else None)

@@ -67,6 +67,10 @@ class PyodideRuntime:
             str(self._bridge.port),
         ]
 
+    def problem(self) -> str | None:
+        """Why Python sandboxes cannot start, or None."""
+        return self._deno.problem() or check_pyodide_dir(self._dir)
+
     async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
         if memory_limit_mb < MIN_MEMORY_MB:
             raise ConduitError(f"limits.memoryLimitMb: Python needs at least {MIN_MEMORY_MB}", code=INVALID_PARAMS)

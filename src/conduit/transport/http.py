@@ -6,20 +6,13 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import uvicorn
 
 from conduit.security.tokens import tokens_equal
+from conduit.transport.asgi import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BearerAuth:
@@ -55,8 +48,10 @@ class BearerAuth:
         return False
 
 
-async def serve_http(app: ASGIApp, *, host: str, port: int, log_level: str) -> None:
-    """Serve ``app`` with uvicorn until stopped; announces the URL on stderr once listening.
+async def serve_http(
+    app: ASGIApp, *, host: str, port: int, log_level: str, announce: str = "Conduit listening on {url}/mcp"
+) -> None:
+    """Serve ``app`` with uvicorn until stopped; prints ``announce`` (with ``{url}``) on stderr once bound.
 
     Raises:
         OSError: the address cannot be bound.
@@ -74,5 +69,5 @@ async def serve_http(app: ASGIApp, *, host: str, port: int, log_level: str) -> N
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", log_config=None)
     server = uvicorn.Server(config)
-    print(f"Conduit listening on http://{shown}:{bound_port}/mcp", file=sys.stderr, flush=True)
+    print(announce.format(url=f"http://{shown}:{bound_port}"), file=sys.stderr, flush=True)
     await server.serve(sockets=[sock])

@@ -7,12 +7,17 @@ everything that happened inside a sandbox, failures included, is a tool result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import anyio
 import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
@@ -20,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from conduit import __version__
 from conduit.core.gateway import Gateway, outcome_payload
 from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError, UpstreamError
+from conduit.observability.context import REQUEST_ID
 from conduit.security.allowlist import Allowlist
 
 logger = logging.getLogger(__name__)
@@ -122,6 +128,71 @@ def _check_arguments(arguments: Mapping[str, Any]) -> None:
         raise MCPError(INVALID_PARAMS, "missing required argument 'code'")
 
 
+def progress_token(ctx: ServerRequestContext[Any]) -> str | int | None:
+    """The client's progress token for this request, if it sent one."""
+    meta: Mapping[str, Any] = ctx.meta or {}
+    token = meta.get("progress_token", meta.get("progressToken"))
+    return token if isinstance(token, str | int) else None
+
+
+class ProgressStream:
+    """Turns a running program's output into progress notifications, one per line.
+
+    Output arrives in chunks from the sandbox; complete lines are queued (bounded: if the client
+    reads slower than the program prints, the excess lines are skipped, never blocking the run)
+    and sent by a task in order. The final result always carries the whole output.
+    """
+
+    QUEUE: Final = 1000
+
+    def __init__(self, ctx: ServerRequestContext[Any], send: MemoryObjectSendStream[str]) -> None:
+        self._ctx = ctx
+        self._send = send
+        self._partial = {"stdout": "", "stderr": ""}
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, ctx: ServerRequestContext[Any]) -> AsyncIterator[ProgressStream | None]:
+        if progress_token(ctx) is None:
+            yield None
+            return
+        send, receive = anyio.create_memory_object_stream[str](cls.QUEUE)
+        stream = cls(ctx, send)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream._forward, receive)
+            try:
+                yield stream
+            finally:
+                stream._flush()
+                send.close()
+
+    def feed(self, name: str, text: str) -> None:
+        lines = (self._partial[name] + text).split("\n")
+        self._partial[name] = lines.pop()
+        for line in lines:
+            self._queue(name, line)
+
+    def _flush(self) -> None:
+        for name, rest in self._partial.items():
+            if rest:
+                self._queue(name, rest)
+        self._partial = {"stdout": "", "stderr": ""}
+
+    def _queue(self, name: str, line: str) -> None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._send.send_nowait(line if name == "stdout" else f"[stderr] {line}")
+
+    async def _forward(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        count = 0
+        async with receive:
+            async for line in receive:
+                count += 1
+                try:
+                    await self._ctx.session.report_progress(count, None, line)
+                except Exception:  # a client gone mid-run: keep draining so the program is never blocked
+                    logger.debug("progress notification not delivered")
+
+
 def build_server(gateway: Gateway) -> Server[Any]:
     """The MCP server for ``gateway``."""
     everything = Allowlist.parse(["*"])
@@ -139,17 +210,20 @@ def build_server(gateway: Gateway) -> Server[Any]:
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        REQUEST_ID.set(str(ctx.request_id) if ctx.request_id is not None else uuid.uuid4().hex)
         arguments = params.arguments or {}
         if params.name in _LANGUAGE_TOOLS:
             language = _LANGUAGE_TOOLS[params.name][0]
             _check_arguments(arguments)
             try:
-                outcome = await gateway.execute(
-                    language,
-                    arguments.get("code"),
-                    allowed_tools=arguments.get("allowedTools"),
-                    limits=arguments.get("limits"),
-                )
+                async with ProgressStream.open(ctx) as progress:
+                    outcome = await gateway.execute(
+                        language,
+                        arguments.get("code"),
+                        allowed_tools=arguments.get("allowedTools"),
+                        limits=arguments.get("limits"),
+                        on_output=progress.feed if progress else None,
+                    )
             except ConduitError as exc:
                 if exc.code == INVALID_PARAMS:
                     raise MCPError(exc.code, exc.message) from None

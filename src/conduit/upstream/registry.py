@@ -40,6 +40,16 @@ class ToolEntry:
     def qualified(self) -> str:
         return f"{self.upstream}{SEPARATOR}{self.name}"
 
+    def describe(self) -> dict[str, Any]:
+        """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``)."""
+        return {
+            "name": self.qualified,
+            "upstream": self.upstream,
+            "tool": self.name,
+            "description": self.description,
+            "inputSchema": dict(self.input_schema),
+        }
+
 
 @dataclass(frozen=True)
 class Catalog:

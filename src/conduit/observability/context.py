@@ -1,0 +1,8 @@
+"""Correlation ids carried through a request and an execution (read by the log formatter)."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("conduit_request_id", default=None)
+EXECUTION_ID: ContextVar[str | None] = ContextVar("conduit_execution_id", default=None)

@@ -1,0 +1,244 @@
+"""Operators' view: /health and /metrics over real HTTP, progress notifications, cancellation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, ConduitHttp, run_js, run_ts, wait_until, write_config
+
+pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+async def server(
+    anyio_backend: str, tmp_path_factory: pytest.TempPathFactory, toolbox_command: dict[str, Any]
+) -> AsyncIterator[ConduitHttp]:
+    config = write_config(
+        tmp_path_factory.mktemp("ops"),
+        {
+            "upstreams": [{"id": "toolbox", **toolbox_command}],
+            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "maxConcurrent": 2,
+        },
+    )
+    async with ConduitHttp.start(config) as running:
+        yield running
+
+
+async def scrape(server: ConduitHttp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.get(f"{server.ops_url}/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_health_reports_runtimes_and_upstreams(server: ConduitHttp) -> None:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.get(f"{server.ops_url}/health")
+    assert response.status_code == 200
+    report = response.json()
+    assert report["status"] == "ok"
+    assert {name: entry["status"] for name, entry in report["runtimes"].items()} == {
+        "typescript": "ok",
+        "python": "ok",
+        "isolate": "ok",
+    }
+    assert report["upstreams"]["toolbox"]["status"] in ("idle", "connected")
+
+
+async def test_metrics_change_as_executions_run(server: ConduitHttp) -> None:
+    before = await scrape(server)
+    async with server.client() as client:
+        assert not (await run_ts(client, "await tools.toolbox.echo({text: 'x'}); return 1;"))[0]
+        assert (await run_ts(client, "while (true) {}", limits={"timeoutMs": 300}))[0]
+        assert not (await run_js(client, "return 2;"))[0]
+        assert (
+            await run_js(
+                client,
+                "try { await tools.toolbox.add({a: 1, b: 2}); } catch (e) { throw e; }",
+                allowedTools=["toolbox.echo"],
+            )
+        )[0]
+    after = await scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("conduit_executions_total", runtime="typescript", outcome="ok") == 1
+    assert delta("conduit_executions_total", runtime="typescript", outcome="timeout") == 1
+    assert delta("conduit_executions_total", runtime="isolate", outcome="ok") == 1
+    assert delta("conduit_executions_total", runtime="isolate", outcome="program_error") == 1
+    assert delta("conduit_tool_calls_total", upstream="toolbox", outcome="ok") == 1
+    assert delta("conduit_tool_calls_total", upstream="toolbox", outcome="denied") == 1
+    assert delta("conduit_execution_duration_seconds_count", runtime="typescript") == 2
+    assert delta("conduit_tool_call_duration_seconds_count", upstream="toolbox") == 2
+    assert after[("conduit_upstream_connected", (("upstream", "toolbox"),))] == 1
+    assert after[("conduit_executions_running", ())] == 0
+    assert after[("conduit_queue_depth", ())] == 0
+    assert ("conduit_sandboxes_pooled", (("runtime", "isolate"),)) in after
+
+
+async def test_health_is_503_with_reasons_when_a_runtime_or_upstream_fails(
+    tmp_path: Path, toolbox_command: dict[str, Any]
+) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "pyodidePath": str(tmp_path / "no-pyodide"),
+            "pools": {"python": {"warm": 0}},
+            "upstreams": [{"id": "broken", "command": str(tmp_path / "no-such-server")}],
+        },
+    )
+    async with ConduitHttp.start(config) as running:
+        async with running.client() as client:
+            await client.list_tools()  # tries the upstream, which fails
+        async with httpx2.AsyncClient(timeout=10) as http:
+            response = await http.get(f"{running.ops_url}/health")
+    assert response.status_code == 503
+    report = response.json()
+    assert report["runtimes"]["python"]["status"] == "unavailable"
+    assert "make setup" in report["runtimes"]["python"]["reason"]
+    assert report["upstreams"]["broken"]["status"] == "failing"
+    assert report["runtimes"]["typescript"]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("tool", "code"),
+    [
+        (EXECUTE_TS, 'console.log("one");\nawait new Promise((r) => setTimeout(r, 800));\nconsole.error("two");'),
+        (
+            EXECUTE_PYTHON,
+            'import asyncio\nprint("one", flush=True)\nawait asyncio.sleep(0.8)\nimport sys\n'
+            'print("two", file=sys.stderr, flush=True)',
+        ),
+    ],
+)
+async def test_output_streams_as_progress_notifications(server: ConduitHttp, tool: str, code: str) -> None:
+    received: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        received.append((time.monotonic(), message))
+
+    async with server.client() as client:
+        result = await client.call_tool(tool, {"code": code}, progress_callback=on_progress)
+        finished = time.monotonic()
+    assert not result.is_error, result
+    assert [message for _, message in received] == ["one", "[stderr] two"]
+    assert received[0][0] < finished - 0.5  # the first line arrived while the program was still running
+
+
+def _stat_fields(path: Path) -> list[str]:
+    stat = path.read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def spinning_children(parent: int, marker: str) -> set[int]:
+    """Child processes of ``parent`` whose command line has ``marker`` and with a thread running on a CPU."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(_stat_fields(entry / "stat")[1]) != parent:
+                continue
+            if marker not in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            if any(_stat_fields(task / "stat")[0] == "R" for task in (entry / "task").iterdir()):
+                found.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize(
+    ("tool", "code", "marker"),
+    [
+        (EXECUTE_TS, "while (true) {}", "deno_harness.js"),
+        (EXECUTE_PYTHON, "while True:\n    pass", "pyodide_harness.js"),
+        (EXECUTE_ISOLATE, "while (true) {}", "isolate_worker"),
+    ],
+)
+async def test_cancelling_a_spinning_program_kills_its_sandbox_and_frees_the_slot(
+    server: ConduitHttp, tool: str, code: str, marker: str
+) -> None:
+    async with server.client() as client:
+        spinning: set[int] = set()
+        with anyio.move_on_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, tool, {"code": code, "limits": {"timeoutMs": 60_000}})
+                while not spinning:
+                    await anyio.sleep(0.05)
+                    spinning = await anyio.to_thread.run_sync(spinning_children, server.process.pid, marker)
+                cancelled_at = time.monotonic()
+                tg.cancel_scope.cancel()
+        assert spinning, "the program never started spinning"
+
+        def still_alive() -> set[int]:
+            return {pid for pid in spinning if Path(f"/proc/{pid}").exists()}
+
+        await wait_until(lambda: not still_alive(), interval=0.01)
+        gone_after = time.monotonic() - cancelled_at
+        assert gone_after < 1.0, f"sandbox still alive {gone_after:.3f} s after cancellation"
+        # Both slots are free again: two executions run at once without queueing behind the cancelled one.
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(run_ts, client, "return 1;")
+    samples = await scrape(server)
+    assert samples[("conduit_executions_running", ())] == 0
+
+
+async def test_a_dropped_http_client_gets_its_execution_killed_and_its_slot_freed(server: ConduitHttp) -> None:
+    headers = {
+        "Authorization": f"Bearer {server.token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    spin = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": EXECUTE_TS, "arguments": {"code": "while (true) {}", "limits": {"timeoutMs": 60_000}}},
+    }
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.post(server.url, headers=headers, json=initialize)
+        headers["mcp-session-id"] = response.headers["mcp-session-id"]
+        await http.post(server.url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    spinning: set[int] = set()
+    dropping = httpx2.AsyncClient(timeout=30)
+    async with dropping.stream("POST", server.url, headers=headers, json=spin) as streaming:
+        assert streaming.status_code == 200
+        with anyio.fail_after(20):
+            while not spinning:
+                await anyio.sleep(0.05)
+                spinning = await anyio.to_thread.run_sync(spinning_children, server.process.pid, "deno_harness.js")
+    await dropping.aclose()  # the connection goes away without a response or a cancellation
+    dropped_at = time.monotonic()
+    await wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in spinning), interval=0.01)
+    gone_after = time.monotonic() - dropped_at
+    assert gone_after < 1.0, f"sandbox still alive {gone_after:.3f} s after the client went away"
+    async with server.client() as client:
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(run_ts, client, "return 1;")
+    samples = await scrape(server)
+    assert samples[("conduit_executions_running", ())] == 0
+    assert samples[("conduit_executions_total", (("outcome", "cancelled"), ("runtime", "typescript")))] >= 1
