@@ -22,12 +22,19 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock runtime/pyodide/package.json runti
 	$(VENV)/bin/conduit doctor --quiet
 	touch $@
 
+# The official TypeScript MCP SDK, a second independent client for the tests.
+$(VENV)/.ts-client: $(VENV)/.synced tests/clients/typescript/package.json tests/clients/typescript/package-lock.json
+	mkdir -p $(VENV)/mcp-ts-client
+	cp tests/clients/typescript/package.json tests/clients/typescript/package-lock.json $(VENV)/mcp-ts-client/
+	cd $(VENV)/mcp-ts-client && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
 setup: $(VENV)/.synced ## virtualenv, Python deps, Deno (PyPI `deno`), Pyodide (npm), demo upstreams
 
 run: setup ## start Conduit over Streamable HTTP with the demo upstreams
 	$(VENV)/bin/conduit serve --config $(CONFIG)
 
-test: setup ## lint, type-check and run the whole test suite
+test: setup $(VENV)/.ts-client ## lint, type-check and run the whole test suite
 	$(VENV)/bin/ruff check src tests examples bench
 	$(VENV)/bin/ruff format --check src tests examples bench
 	$(VENV)/bin/mypy

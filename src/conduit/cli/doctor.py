@@ -1,0 +1,64 @@
+"""``conduit doctor``: is everything Conduit needs installed and usable?"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conduit.cli.common import add_config_option, load
+from conduit.errors import SandboxStartError
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "doctor",
+        help="check the installation",
+        description="Check Deno, the harnesses, Pyodide's files, mini-racer and the config; exit 1 if any is "
+        "missing or broken.",
+        epilog="examples:\n  conduit doctor\n  conduit doctor --config examples/demo.yaml --quiet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_option(parser)
+    parser.add_argument("--quiet", action="store_true", help="print only problems")
+    parser.set_defaults(handler=doctor)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from conduit.sandbox.deno import HARNESS, find_deno
+    from conduit.sandbox.pyodide import check_pyodide_dir, default_pyodide_dir
+
+    loaded = load(args)
+    problems: list[str] = []
+    report: list[str] = []
+    try:
+        deno = find_deno(loaded.config.deno_path)
+        version = subprocess.run([deno, "--version"], capture_output=True, text=True, timeout=30, check=True)
+        report.append(f"ok    deno: {version.stdout.splitlines()[0]} ({deno})")
+    except (SandboxStartError, OSError, subprocess.SubprocessError) as exc:
+        problems.append(f"FAIL  deno: {exc} (run `make setup`)")
+    if HARNESS.is_file():
+        report.append(f"ok    harness: {HARNESS}")
+    else:
+        problems.append(f"FAIL  harness missing: {HARNESS}")
+    config = loaded.config
+    pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
+    problem = check_pyodide_dir(pyodide_dir)
+    if problem:
+        problems.append(f"FAIL  python runtime: {problem}")
+    else:
+        report.append(f"ok    pyodide: {pyodide_dir}")
+    try:
+        from py_mini_racer import MiniRacer
+
+        racer = MiniRacer()
+        report.append(f"ok    mini-racer: V8 {racer.v8_version}")
+        racer.close()
+    except Exception as exc:  # a missing or broken native library shows up as any of several errors
+        problems.append(f"FAIL  isolate runtime: mini-racer unusable: {exc} (run `make setup`)")
+    report.append(f"ok    config: {loaded.source or 'defaults (no config file)'}")
+    for line in ([] if args.quiet else report) + problems:
+        print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)
+    return 1 if problems else 0

@@ -1,0 +1,123 @@
+"""``conduit run FILE``: one local program through the real sandbox and the configured upstreams.
+
+Output streams live as the program writes it; a top-level return value is printed as JSON
+afterwards; the exit code is the program's (non-zero when it threw or hit a limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import anyio
+
+from conduit.cli.common import add_config_option, load
+from conduit.config.loader import LoadedConfig
+from conduit.errors import ConduitError, SandboxStartError
+from conduit.observability.logging import configure_logging
+from conduit.sandbox.base import RunOutcome
+from conduit.security.tokens import mint_token
+
+LANGUAGES: Final = {
+    "ts": "typescript",
+    "typescript": "typescript",
+    "py": "python",
+    "python": "python",
+    "js": "isolate",
+    "javascript": "isolate",
+    "isolate": "isolate",
+}
+EXTENSIONS: Final = {".ts": "typescript", ".mts": "typescript", ".py": "python", ".js": "isolate", ".mjs": "isolate"}
+
+EPILOG = """\
+The language follows the file's extension (.ts TypeScript in Deno, .py Python in Pyodide, .js JavaScript
+in a V8 isolate) unless --lang says otherwise. Upstreams come from the config, as for `conduit serve`.
+
+examples:
+  conduit run examples/catalog.ts --config examples/demo.yaml
+  conduit run examples/stock_report.py --allow 'catalog.*'
+  echo 'return 6 * 7' | conduit run - --lang js
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run a local program in a sandbox",
+        description="Run a TypeScript, Python or JavaScript program through Conduit's real sandbox and upstreams.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", metavar="FILE", help="the program ('-' reads standard input; then --lang is needed)")
+    parser.add_argument("--lang", choices=sorted(LANGUAGES), help="the language (default: from FILE's extension)")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        metavar="PATTERN",
+        help="a tool the program may call: '*', 'upstream.*', 'upstream.tool' (repeatable; "
+        "default: the config's defaultAllowedTools)",
+    )
+    parser.add_argument("--timeout-ms", type=int, metavar="N", help="lower the configured time limit")
+    add_config_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        language = _language(args.file, args.lang)
+        code = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"conduit: {exc}", file=sys.stderr)
+        return 2
+    # A one-shot run needs no sandboxes started ahead of it.
+    loaded = load(args, pools={"typescript": {"warm": 0}, "python": {"warm": 0}}, opsEnabled=False)
+    config = loaded.config
+    configure_logging("warning", config.secret_values(), config.secret_redaction_patterns)
+    allowed = [pattern for value in args.allow for pattern in value.split(",") if pattern] if args.allow else None
+    limits = {"timeoutMs": args.timeout_ms} if args.timeout_ms is not None else None
+    try:
+        outcome = anyio.run(_execute, loaded, language, code, allowed, limits)
+    except SandboxStartError as exc:
+        print(f"conduit: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(outcome, ConduitError):  # the request was refused before anything ran
+        print(f"conduit: {outcome.message}", file=sys.stderr)
+        return 2
+    if outcome.has_result and outcome.result is not None:
+        print(json.dumps(outcome.result, indent=2, ensure_ascii=False))
+    if outcome.error is not None:
+        print(f"conduit: {outcome.error.message} (error {outcome.error.code})", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _language(file: str, lang: str | None) -> str:
+    if lang:
+        return LANGUAGES[lang]
+    language = EXTENSIONS.get(Path(file).suffix.lower())
+    if language is None:
+        raise ValueError(f"cannot tell the language of {file!r}: use --lang ts|py|js")
+    return language
+
+
+async def _execute(
+    loaded: LoadedConfig, language: str, code: str, allowed: list[str] | None, limits: dict[str, int] | None
+) -> RunOutcome | ConduitError:
+    from conduit.core.gateway import Gateway
+
+    streams: dict[str, TextIO] = {"stdout": sys.stdout, "stderr": sys.stderr}
+
+    def show(stream: str, text: str) -> None:
+        streams[stream].write(text)
+        streams[stream].flush()
+
+    async with Gateway.open(
+        loaded.config, master_token=mint_token(), base_dir=loaded.base_dir, host_env=dict(os.environ)
+    ) as gateway:
+        try:
+            return await gateway.execute(language, code, allowed_tools=allowed, limits=limits, on_output=show)
+        except ConduitError as exc:
+            return exc

@@ -1,0 +1,237 @@
+"""Authorization code with PKCE (RFC 7636), optional dynamic client registration (RFC 7591).
+
+:func:`login` runs the whole flow for an MCP URL: discovery, a client id, the browser
+step through a loopback redirect, and the code exchange. It returns the tokens; it never
+logs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import anyio
+import httpx2
+
+from conduit.errors import ConduitError
+from conduit.oauth.discovery import AuthorizationServer, discover_authorization_server, discover_resource
+from conduit.oauth.loopback import loopback_receiver
+
+_VERIFIER_BYTES: Final = 48  # 64 URL-safe characters, within RFC 7636's 43..128
+
+
+class AuthorizationError(ConduitError):
+    """The authorization failed: denied, tampered with, or refused by the server."""
+
+
+@dataclass(frozen=True)
+class Pkce:
+    verifier: str
+    challenge: str
+
+    @classmethod
+    def new(cls) -> Pkce:
+        verifier = secrets.token_urlsafe(_VERIFIER_BYTES)
+        return cls(verifier, s256(verifier))
+
+
+def s256(verifier: str) -> str:
+    """The S256 code challenge for ``verifier`` (RFC 7636 §4.2).
+
+    >>> s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
+    'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM'
+    """
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    client_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the flow obtained, and what a ``credentials`` block needs to refresh it."""
+
+    server: AuthorizationServer
+    client: Client
+    resource: str
+    scopes: tuple[str, ...]
+    access_token: str
+    refresh_token: str | None
+    expires_in: int | None
+
+
+@dataclass(frozen=True)
+class LoginOptions:
+    mcp_url: str
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scopes: tuple[str, ...] | None = None
+    callback_host: str = "127.0.0.1"
+    callback_port: int = 0
+    timeout_s: float = 300.0
+
+
+async def login(options: LoginOptions, show_url: Callable[[str], None], http: httpx2.AsyncClient) -> Grant:
+    """Run the flow; ``show_url`` is given the authorization URL for the user to open.
+
+    Raises:
+        DiscoveryError: the metadata could not be found or is unusable.
+        AuthorizationError: registration, the user's consent, or the exchange failed.
+    """
+    resource_url = canonical_resource(options.mcp_url)
+    scopes_hint: tuple[str, ...] = ()
+    if options.issuer:
+        issuer = options.issuer
+    else:
+        protected = await discover_resource(http, options.mcp_url)
+        issuer, resource_url = protected.authorization_servers[0], protected.resource
+        scopes_hint = protected.scopes_supported
+    server = await discover_authorization_server(http, issuer)
+    scopes = options.scopes if options.scopes is not None else scopes_hint or server.scopes_supported
+    async with loopback_receiver(options.callback_host, options.callback_port) as receiver:
+        client = (
+            Client(options.client_id, options.client_secret)
+            if options.client_id
+            else await register_client(http, server, receiver.redirect_uri, scopes)
+        )
+        pkce, state = Pkce.new(), secrets.token_urlsafe(24)
+        query = {
+            "response_type": "code",
+            "client_id": client.client_id,
+            "redirect_uri": receiver.redirect_uri,
+            "code_challenge": pkce.challenge,
+            "code_challenge_method": "S256",
+            "state": state,
+            "resource": resource_url,
+        }
+        if scopes:
+            query["scope"] = " ".join(scopes)
+        show_url(_with_query(server.authorization_endpoint, query))
+        with anyio.fail_after(options.timeout_s):
+            callback = (await receiver.receive()).params
+    if "error" in callback:
+        detail = callback.get("error_description", "")
+        raise AuthorizationError(f"authorization refused: {callback['error']}{': ' + detail if detail else ''}")
+    if not secrets.compare_digest(callback.get("state", ""), state):
+        raise AuthorizationError("the redirect's state does not match this request: possible CSRF, nothing was kept")
+    if not callback.get("code"):
+        raise AuthorizationError("the redirect carries no authorization code")
+    tokens = await exchange_code(
+        http,
+        server,
+        client,
+        {
+            "grant_type": "authorization_code",
+            "code": callback["code"],
+            "redirect_uri": receiver.redirect_uri,
+            "code_verifier": pkce.verifier,
+            "resource": resource_url,
+        },
+    )
+    granted = tokens.get("scope")
+    return Grant(
+        server=server,
+        client=client,
+        resource=resource_url,
+        scopes=tuple(granted.split()) if isinstance(granted, str) else tuple(scopes),
+        access_token=str(tokens["access_token"]),
+        refresh_token=str(tokens["refresh_token"]) if tokens.get("refresh_token") else None,
+        expires_in=int(tokens["expires_in"]) if isinstance(tokens.get("expires_in"), int) else None,
+    )
+
+
+def canonical_resource(url: str) -> str:
+    """The RFC 8707 resource indicator for an MCP URL: lower-case scheme and host, no fragment.
+
+    >>> canonical_resource("HTTPS://MCP.Example.com/mcp#x")
+    'https://mcp.example.com/mcp'
+    """
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path, parts.query, ""))
+
+
+async def register_client(
+    http: httpx2.AsyncClient, server: AuthorizationServer, redirect_uri: str, scopes: tuple[str, ...]
+) -> Client:
+    """A public client registered for ``redirect_uri`` (RFC 7591).
+
+    Raises:
+        AuthorizationError: the server has no registration endpoint or refused.
+    """
+    if server.registration_endpoint is None:
+        raise AuthorizationError(
+            f"authorization server {server.issuer} offers no dynamic client registration: pass --client-id "
+            "(and --client-secret if the client is confidential)"
+        )
+    metadata: dict[str, Any] = {
+        "client_name": "Conduit",
+        "redirect_uris": [redirect_uri],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    }
+    if scopes:
+        metadata["scope"] = " ".join(scopes)
+    response = await http.post(server.registration_endpoint, json=metadata)
+    document = _json(response)
+    if response.status_code not in (200, 201) or not isinstance(document.get("client_id"), str):
+        raise AuthorizationError(f"client registration refused ({response.status_code}): {_oauth_error(document)}")
+    secret = document.get("client_secret")
+    return Client(document["client_id"], secret if isinstance(secret, str) else None)
+
+
+async def exchange_code(
+    http: httpx2.AsyncClient, server: AuthorizationServer, client: Client, form: dict[str, str]
+) -> dict[str, Any]:
+    """POST ``form`` to the token endpoint, authenticating ``client`` as the server prefers.
+
+    Raises:
+        AuthorizationError: the server refused (the PKCE verifier or the code did not check out...).
+    """
+    headers = {"Accept": "application/json"}
+    body = dict(form)
+    if client.client_secret and "client_secret_post" not in server.token_auth_methods:
+        raw = f"{client.client_id}:{client.client_secret}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+    else:
+        body["client_id"] = client.client_id
+        if client.client_secret:
+            body["client_secret"] = client.client_secret
+    response = await http.post(server.token_endpoint, data=body, headers=headers)
+    document = _json(response)
+    if response.status_code != 200 or not isinstance(document.get("access_token"), str):
+        status = response.status_code
+        raise AuthorizationError(f"the token endpoint refused the code ({status}): {_oauth_error(document)}")
+    return document
+
+
+def _with_query(url: str, query: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    joined = "&".join(part for part in (parts.query, urlencode(query)) if part)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))
+
+
+def _json(response: httpx2.Response) -> dict[str, Any]:
+    try:
+        document = response.json()
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _oauth_error(document: dict[str, Any]) -> str:
+    """An OAuth error response's code and description (never anything else it holds)."""
+    error = document.get("error")
+    description = document.get("error_description")
+    text = f"{error}" if isinstance(error, str) else "no error code"
+    return f"{text}: {description}" if isinstance(description, str) else text

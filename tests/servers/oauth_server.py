@@ -1,0 +1,139 @@
+"""A small OAuth 2.1 authorization server and protected MCP resource, for testing `conduit auth`.
+
+It plays both roles on one origin: ``/mcp`` answers 401 pointing at its protected-resource
+metadata, and the authorization server lives under the issuer path ``/tenant`` (so the
+RFC 8414 well-known URL needs the path inserted). ``/tenant/authorize`` consents at once
+(the test is the browser); ``/tenant/token`` checks the PKCE verifier against the challenge
+it stored and refuses anything that does not match. ``state`` records what happened.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class Issued:
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    resource: str | None
+    scope: str | None
+
+
+@dataclass
+class AuthServerState:
+    clients: dict[str, list[str]] = field(default_factory=dict)
+    codes: dict[str, Issued] = field(default_factory=dict)
+    pkce_checks: list[bool] = field(default_factory=list)
+    token_requests: list[dict[str, str]] = field(default_factory=list)
+    refresh_token: str = field(default_factory=lambda: "rt-" + secrets.token_urlsafe(16))
+    advertise_s256: bool = True
+
+
+def build_app(state: AuthServerState) -> Starlette:
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    async def mcp(request: Request) -> Response:
+        metadata = f"{base(request)}/.well-known/oauth-protected-resource/mcp"
+        return JSONResponse(
+            {"error": "unauthorized"},
+            status_code=401,
+            headers={"WWW-Authenticate": f'Bearer realm="mcp", resource_metadata="{metadata}"'},
+        )
+
+    async def protected_resource(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "resource": f"{base(request)}/mcp",
+                "authorization_servers": [f"{base(request)}/tenant"],
+                "scopes_supported": ["mcp:tools"],
+            }
+        )
+
+    async def authorization_server(request: Request) -> Response:
+        issuer = f"{base(request)}/tenant"
+        document: dict[str, Any] = {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "registration_endpoint": f"{issuer}/register",
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["none"],
+        }
+        if state.advertise_s256:
+            document["code_challenge_methods_supported"] = ["S256"]
+        return JSONResponse(document)
+
+    async def register(request: Request) -> Response:
+        metadata = await request.json()
+        redirect_uris = metadata.get("redirect_uris")
+        if not isinstance(redirect_uris, list) or not redirect_uris:
+            return JSONResponse({"error": "invalid_redirect_uri"}, status_code=400)
+        client_id = "client-" + secrets.token_hex(6)
+        state.clients[client_id] = redirect_uris
+        return JSONResponse({"client_id": client_id, **metadata}, status_code=201)
+
+    async def authorize(request: Request) -> Response:
+        query = request.query_params
+        client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
+        if redirect_uri not in state.clients.get(client_id, []):
+            return JSONResponse({"error": "invalid_request", "error_description": "unknown redirect"}, 400)
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            return _redirect(redirect_uri, {"error": "invalid_request", "state": query.get("state", "")})
+        code = secrets.token_urlsafe(16)
+        state.codes[code] = Issued(
+            client_id, redirect_uri, query["code_challenge"], query.get("resource"), query.get("scope")
+        )
+        return _redirect(redirect_uri, {"code": code, "state": query.get("state", "")})
+
+    async def token(request: Request) -> Response:
+        form = {key: str(value) for key, value in (await request.form()).items()}
+        state.token_requests.append(form)
+        issued = state.codes.pop(form.get("code", ""), None)  # single use
+        if form.get("grant_type") != "authorization_code" or issued is None:
+            return JSONResponse({"error": "invalid_grant", "error_description": "unknown code"}, 400)
+        if form.get("client_id") != issued.client_id or form.get("redirect_uri") != issued.redirect_uri:
+            return JSONResponse({"error": "invalid_grant", "error_description": "client or redirect mismatch"}, 400)
+        digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+        verified = base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == issued.challenge
+        state.pkce_checks.append(verified)
+        if not verified:
+            return JSONResponse({"error": "invalid_grant", "error_description": "PKCE verification failed"}, 400)
+        return JSONResponse(
+            {
+                "access_token": "at-" + secrets.token_urlsafe(16),
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": state.refresh_token,
+                "scope": issued.scope or "",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return Starlette(
+        routes=[
+            Route("/mcp", mcp, methods=["GET", "POST"]),
+            Route("/.well-known/oauth-protected-resource/mcp", protected_resource),
+            Route("/.well-known/oauth-authorization-server/tenant", authorization_server),
+            Route("/tenant/register", register, methods=["POST"]),
+            Route("/tenant/authorize", authorize),
+            Route("/tenant/token", token, methods=["POST"]),
+        ]
+    )
+
+
+def _redirect(uri: str, params: dict[str, str]) -> RedirectResponse:
+    return RedirectResponse(f"{uri}?{urlencode(params)}", status_code=302)
