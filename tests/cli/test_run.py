@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from support import CONDUIT, conduit
+from support import CONDUIT, ConduitHttp, conduit, write_config
 
 pytestmark = [pytest.mark.deno, pytest.mark.e2e]
 
@@ -128,3 +131,46 @@ async def test_output_streams_while_the_program_runs(anyio_backend: str) -> None
             received += chunk
     assert received == b"first\nsecond\n"
     assert process.returncode == 0
+
+
+@pytest.fixture(scope="module")
+async def demo_server(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ConduitHttp]:
+    upstreams = [
+        {"id": "catalog", "command": sys.executable, "args": [str(EXAMPLES / "servers" / "catalog.py")]},
+        {"id": "time", "command": "mcp-server-time", "args": ["--local-timezone", "Etc/UTC"]},
+    ]
+    config = write_config(tmp_path_factory.mktemp("remote"), {"upstreams": upstreams})
+    async with ConduitHttp.start(config) as server:
+        yield server
+
+
+async def remote(server: ConduitHttp, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return await anyio.to_thread.run_sync(
+        lambda: conduit("run", *args, "--url", server.url, "--token", server.token, stdin=stdin)
+    )
+
+
+@pytest.mark.anyio
+async def test_run_against_a_running_server_gives_the_same_output_and_exit_code(demo_server: ConduitHttp) -> None:
+    done = await remote(demo_server, str(EXAMPLES / "restock_notice.js"))
+    assert done.returncode == 0, done.stderr
+    assert split_output(done.stdout, 2) == (
+        ["Sold out: Low-profile keyboard, 34in ultrawide", "Restock at 16:30 UTC is 01:30 in Tokyo."],
+        {"soldOut": ["Low-profile keyboard", "34in ultrawide"], "tokyo": "01:30"},
+    )
+    failed = await remote(demo_server, "-", "--lang", "py", stdin="print('partial')\nraise ValueError('nope')")
+    assert failed.returncode == 1
+    assert failed.stdout == "partial\n"
+    assert "ValueError: nope" in failed.stderr
+
+
+@pytest.mark.anyio
+async def test_run_against_a_server_reports_refusals(demo_server: ConduitHttp) -> None:
+    invalid = await remote(demo_server, "-", "--lang", "ts", "--allow", "bad!", stdin="return 1")
+    assert invalid.returncode == 2
+    assert "invalid allowlist pattern" in invalid.stderr
+    wrong = await anyio.to_thread.run_sync(
+        lambda: conduit("run", "-", "--lang", "ts", "--url", demo_server.url, "--token", "wrong", stdin="return 1")
+    )
+    assert wrong.returncode == 1
+    assert "refused the token" in wrong.stderr

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, ConduitHttp, run_js, run_ts, wait_until, write_config
@@ -242,3 +243,16 @@ async def test_a_dropped_http_client_gets_its_execution_killed_and_its_slot_free
     samples = await scrape(server)
     assert samples[("conduit_executions_running", ())] == 0
     assert samples[("conduit_executions_total", (("outcome", "cancelled"), ("runtime", "typescript")))] >= 1
+
+
+async def test_invalid_arguments_stay_invalid_params_when_progress_is_requested(server: ConduitHttp) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+    async with server.client() as client:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool(
+                EXECUTE_TS, {"code": "return 1", "allowedTools": ["bad!"]}, progress_callback=on_progress
+            )
+    assert caught.value.error.code == -32602
+    assert "invalid allowlist pattern" in caught.value.error.message

@@ -17,6 +17,7 @@ import anyio
 
 from conduit.cli.common import add_config_option, load
 from conduit.config.loader import LoadedConfig
+from conduit.core.gateway import outcome_payload
 from conduit.errors import ConduitError, SandboxStartError
 from conduit.observability.logging import configure_logging
 from conduit.sandbox.base import RunOutcome
@@ -41,6 +42,7 @@ examples:
   conduit run examples/catalog.ts --config examples/demo.yaml
   conduit run examples/stock_report.py --allow 'catalog.*'
   echo 'return 6 * 7' | conduit run - --lang js
+  conduit run examples/restock_notice.js --url http://127.0.0.1:3000/mcp     (token from IPC_BEARER_TOKEN)
 """
 
 
@@ -62,6 +64,13 @@ def add_parser(commands: Any) -> None:
         "default: the config's defaultAllowedTools)",
     )
     parser.add_argument("--timeout-ms", type=int, metavar="N", help="lower the configured time limit")
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="send the program to a running Conduit server (Streamable HTTP) instead of running it here; "
+        "its output streams back as progress notifications",
+    )
+    parser.add_argument("--token", metavar="TOKEN", help="the server's master token (default: IPC_BEARER_TOKEN)")
     add_config_option(parser)
     parser.set_defaults(handler=run)
 
@@ -73,12 +82,17 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         print(f"conduit: {exc}", file=sys.stderr)
         return 2
+    allowed = [pattern for value in args.allow for pattern in value.split(",") if pattern] if args.allow else None
+    limits = {"timeoutMs": args.timeout_ms} if args.timeout_ms is not None else None
+    if args.url:
+        from conduit.cli.remote import run_remote
+
+        token = args.token or os.environ.get("IPC_BEARER_TOKEN", "")
+        return run_remote(args.url, token, language, code, allowed, limits)
     # A one-shot run needs no sandboxes started ahead of it.
     loaded = load(args, pools={"typescript": {"warm": 0}, "python": {"warm": 0}}, opsEnabled=False)
     config = loaded.config
     configure_logging("warning", config.secret_values(), config.secret_redaction_patterns)
-    allowed = [pattern for value in args.allow for pattern in value.split(",") if pattern] if args.allow else None
-    limits = {"timeoutMs": args.timeout_ms} if args.timeout_ms is not None else None
     try:
         outcome = anyio.run(_execute, loaded, language, code, allowed, limits)
     except SandboxStartError as exc:
@@ -87,11 +101,17 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(outcome, ConduitError):  # the request was refused before anything ran
         print(f"conduit: {outcome.message}", file=sys.stderr)
         return 2
-    if outcome.has_result and outcome.result is not None:
-        print(json.dumps(outcome.result, indent=2, ensure_ascii=False))
-    if outcome.error is not None:
-        print(f"conduit: {outcome.error.message} (error {outcome.error.code})", file=sys.stderr)
-    return outcome.exit_code
+    return report(outcome_payload(outcome))
+
+
+def report(payload: dict[str, Any]) -> int:
+    """Print what follows a program's output (its result, its error) and return its exit code."""
+    if payload.get("result") is not None:
+        print(json.dumps(payload["result"], indent=2, ensure_ascii=False))
+    error = payload.get("error")
+    if isinstance(error, dict):
+        print(f"conduit: {error.get('message')} (error {error.get('code')})", file=sys.stderr)
+    return int(payload.get("exitCode", 1))
 
 
 def _language(file: str, lang: str | None) -> str:

@@ -158,13 +158,18 @@ class ProgressStream:
             return
         send, receive = anyio.create_memory_object_stream[str](cls.QUEUE)
         stream = cls(ctx, send)
+        failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream._forward, receive)
             try:
                 yield stream
+            except Exception as exc:  # re-raised below, not wrapped in the task group's ExceptionGroup
+                failure = exc
             finally:
                 stream._flush()
                 send.close()
+        if failure is not None:
+            raise failure
 
     def feed(self, name: str, text: str) -> None:
         lines = (self._partial[name] + text).split("\n")
