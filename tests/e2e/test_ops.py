@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -256,3 +257,29 @@ async def test_invalid_arguments_stay_invalid_params_when_progress_is_requested(
             )
     assert caught.value.error.code == -32602
     assert "invalid allowlist pattern" in caught.value.error.message
+
+
+async def test_each_tool_call_gets_one_audit_record_without_arguments_or_results(server: ConduitHttp) -> None:
+    canary = "audit-canary-7f3a9c"
+    code = f'await tools.toolbox.echo({{text: "{canary}"}});\ntry {{ await tools.toolbox.fail({{}}); }} catch {{}}\n'
+    async with server.client() as client:
+        is_error, out = await run_ts(client, code + "return 1;", allowedTools=["toolbox.echo", "toolbox.fail"])
+        assert not is_error, out
+        denied, _ = await run_ts(client, "try { await tools.toolbox.add({a: 1, b: 2}); } catch {}", allowedTools=[])
+    log = server.log.read_text()
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    started = [r for r in records if r["message"] == "execution started"][-2:]
+    audit = [
+        r
+        for r in records
+        if r["logger"] == "conduit.audit" and r["execution_id"] in {s["execution_id"] for s in started}
+    ]
+    assert [(r["tool"], r["outcome"]) for r in audit] == [
+        ("toolbox__echo", "ok"),
+        ("toolbox__fail", "tool_error"),
+        ("toolbox__add", "denied"),
+    ]
+    assert audit[0]["execution_id"] == started[0]["execution_id"]
+    assert audit[2]["execution_id"] == started[1]["execution_id"]
+    assert all(isinstance(r["duration_ms"], float | int) for r in audit)
+    assert canary not in log

@@ -13,7 +13,7 @@ from conduit.sandbox.base import BridgeAddress, Job, Limits
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sdk.typescript import generate_typescript_sdk
-from support import process_alive
+from support import process_alive, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
 
@@ -65,6 +65,8 @@ async def test_timeout_leaves_no_process_behind(gateway: Gateway) -> None:
 async def test_sandbox_environment_is_empty_but_for_deno_settings(gateway: Gateway) -> None:
     sandbox = await prepare(gateway)
     try:
+        # Right after the spawn the child may not have exec'd Deno yet; read its environment once it has.
+        await wait_until(lambda: any(arg.startswith(b"--allow-net") for arg in proc_file(sandbox.pid, "cmdline")))
         environ = proc_file(sandbox.pid, "environ")
         names = sorted(entry.split(b"=", 1)[0].decode() for entry in environ if entry)
         assert names == ["DENO_DIR", "DENO_NO_UPDATE_CHECK", "HOME", "NO_COLOR"]

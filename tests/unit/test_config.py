@@ -210,3 +210,11 @@ def test_doctor_reports_each_piece_and_fails_without_pyodide(tmp_path: Path) -> 
     assert broken.returncode == 1
     assert "FAIL  python runtime: Pyodide files missing" in broken.stderr
     assert "make setup" in broken.stderr
+
+
+def test_config_reference_documents_every_key() -> None:
+    from conduit.config.schema import Config
+
+    text = (Path(__file__).parents[2] / "docs" / "CONFIG.md").read_text()
+    missing = sorted(alias for alias in _aliases(Config) if f"`{alias}`" not in text and f".{alias}`" not in text)
+    assert missing == []

@@ -119,6 +119,15 @@ class UpstreamConfig(_Model):
         return self
 
 
+class TracingConfig(_Model):
+    """OpenTelemetry traces: a span per execution, a child span per tool call. Off without an endpoint."""
+
+    otlp_endpoint: str | None = None
+    """Base URL of an OTLP/HTTP collector (spans go to ``<url>/v1/traces``). Unset: the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` variables, else no tracing."""
+    service_name: str = "conduit"
+
+
 class Config(_Model):
     """The whole of Conduit's configuration."""
 
@@ -156,6 +165,7 @@ class Config(_Model):
     pyodide_path: str | None = None
     """Directory of Pyodide's npm package. Default: the one ``make setup`` installs in the virtualenv."""
     pools: Pools = Field(default_factory=Pools)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
     @field_validator("ipc_bearer_token")

@@ -30,6 +30,7 @@ from conduit.core.admission import Admission
 from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolDeniedError, UnknownToolError
 from conduit.observability.context import EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
+from conduit.observability.tracing import Tracing, traces_endpoint
 from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.isolate import IsolateRuntime
@@ -64,8 +65,10 @@ class Gateway:
         bridge: BridgeServer,
         sessions: SessionRegistry,
         runtimes: Mapping[str, Runtime],
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing or Tracing(None, "conduit")
         self.master_token = master_token
         self.registry = registry
         self.bridge = bridge
@@ -116,6 +119,8 @@ class Gateway:
                     pool.start(tg)
                 isolate = IsolateRuntime(bridge=address, work_dir=work_dir)
                 await isolate.start(tg)
+                endpoint = traces_endpoint(config.tracing.otlp_endpoint, host_env)
+                tracing = Tracing(endpoint, config.tracing.service_name)
                 gateway = cls(
                     config,
                     master_token=master_token,
@@ -123,6 +128,7 @@ class Gateway:
                     bridge=bridge,
                     sessions=sessions,
                     runtimes={**pools, "isolate": isolate},
+                    tracing=tracing,
                 )
                 holder.append(gateway)
                 try:
@@ -134,6 +140,7 @@ class Gateway:
                         for pool in pools.values():
                             await pool.aclose()
                         await bridge.aclose()
+                        await anyio.to_thread.run_sync(tracing.shutdown)
                     tg.cancel_scope.cancel()
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -194,35 +201,38 @@ class Gateway:
         token = EXECUTION_ID.set(execution_id)
         started = time.perf_counter()
         outcome_label = "internal_error"
-        try:
-            async with self.admission.slot():
-                sdk = self._sdk(language, await self.registry.catalog())
-                sandbox = await runtime.prepare(effective.memory_limit_mb)
-                with self.sessions.session(execution_id, allowlist) as session:
-                    logger.info("execution started", extra={"runtime": language})
-                    outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
-            outcome_label = execution_outcome(outcome.error.code if outcome.error else None)
-            logger.info(
-                "execution ended",
-                extra={
-                    "runtime": language,
-                    "outcome": outcome_label,
-                    "exit_code": outcome.exit_code,
-                    "duration_ms": round(outcome.duration_ms, 1),
-                },
-            )
-            return outcome
-        except ConduitError as exc:
-            outcome_label = execution_outcome(exc.code)
-            raise
-        except BaseException:
-            outcome_label = "cancelled"
-            raise
-        finally:
-            if outcome_label != "invalid":
-                self.metrics.executions.labels(language, outcome_label).inc()
-                self.metrics.execution_seconds.labels(language).observe(time.perf_counter() - started)
-            EXECUTION_ID.reset(token)
+        with self.tracing.execution(execution_id, language) as span:
+            try:
+                async with self.admission.slot():
+                    sdk = self._sdk(language, await self.registry.catalog())
+                    sandbox = await runtime.prepare(effective.memory_limit_mb)
+                    with self.sessions.session(execution_id, allowlist) as session:
+                        logger.info("execution started", extra={"runtime": language})
+                        outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
+                outcome_label = execution_outcome(outcome.error.code if outcome.error else None)
+                span["exit_code"] = outcome.exit_code
+                logger.info(
+                    "execution ended",
+                    extra={
+                        "runtime": language,
+                        "outcome": outcome_label,
+                        "exit_code": outcome.exit_code,
+                        "duration_ms": round(outcome.duration_ms, 1),
+                    },
+                )
+                return outcome
+            except ConduitError as exc:
+                outcome_label = execution_outcome(exc.code)
+                raise
+            except BaseException:
+                outcome_label = "cancelled"
+                raise
+            finally:
+                span["outcome"] = outcome_label
+                if outcome_label != "invalid":
+                    self.metrics.executions.labels(language, outcome_label).inc()
+                    self.metrics.execution_seconds.labels(language).observe(time.perf_counter() - started)
+                EXECUTION_ID.reset(token)
 
     def _sdk(self, language: str, catalog: Catalog) -> str:
         """The SDK for every discovered tool, generated once per catalog version.
@@ -286,27 +296,30 @@ class Gateway:
             upstream = "unknown"
         code: int | None = None
         is_error = False
-        try:
-            result = await self.call_tool(name, arguments, principal.allowlist)
-            is_error = bool(result.is_error)
-            return result
-        except ConduitError as exc:
-            code = exc.code
-            raise
-        finally:
-            seconds = time.perf_counter() - started
-            outcome = tool_outcome(code, is_error)
-            self.metrics.tool_calls.labels(upstream, outcome).inc()
-            self.metrics.tool_call_seconds.labels(upstream).observe(seconds)
-            AUDIT.info(
-                "tool call",
-                extra={
-                    "execution_id": principal.execution_id or "master",
-                    "tool": name if isinstance(name, str) else "?",
-                    "outcome": outcome,
-                    "duration_ms": round(seconds * 1000, 2),
-                },
-            )
+        tool = name if isinstance(name, str) else "?"
+        with self.tracing.tool_call(principal.execution_id, tool, upstream) as span:
+            try:
+                result = await self.call_tool(name, arguments, principal.allowlist)
+                is_error = bool(result.is_error)
+                return result
+            except ConduitError as exc:
+                code = exc.code
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                outcome = tool_outcome(code, is_error)
+                span["outcome"] = outcome
+                self.metrics.tool_calls.labels(upstream, outcome).inc()
+                self.metrics.tool_call_seconds.labels(upstream).observe(seconds)
+                AUDIT.info(
+                    "tool call",
+                    extra={
+                        "execution_id": principal.execution_id or "master",
+                        "tool": tool,
+                        "outcome": outcome,
+                        "duration_ms": round(seconds * 1000, 2),
+                    },
+                )
 
     def _pooled(self) -> dict[str, int]:
         counts = {name: runtime.ready for name, runtime in self.runtimes.items() if isinstance(runtime, PooledRuntime)}
