@@ -71,3 +71,34 @@ def test_oversized_record_is_dropped() -> None:
     c = collector()
     c.feed_stdout(MARKER + b'{"value": "' + b"x" * 200_000 + b'"}\n')
     assert c.record() is None
+
+
+def test_the_listener_gets_decoded_text_as_it_is_accepted_and_never_the_record() -> None:
+    seen: list[tuple[str, str]] = []
+    c = OutputCollector(
+        max_bytes=1000, max_lines=100, nonce=NONCE, max_record_bytes=1000, listener=lambda *a: seen.append(a)
+    )
+    euro = "€".encode()
+    c.feed_stdout(b"a" + euro[:1])  # a character split across chunks arrives whole
+    c.feed_stdout(euro[1:] + b"\n")
+    c.feed_stderr(b"oops\n")
+    c.feed_stdout(MARKER + b'{"status": "ok"}\n')
+    c.finish()
+    assert seen == [("stdout", "a"), ("stdout", "€\n"), ("stderr", "oops\n")]
+
+
+def test_a_failing_listener_stops_streaming_but_not_the_collection() -> None:
+    calls = 0
+
+    def broken(stream: str, text: str) -> None:
+        nonlocal calls
+        calls += 1
+        raise BrokenPipeError("reader gone")
+
+    c = OutputCollector(max_bytes=1000, max_lines=100, nonce=NONCE, max_record_bytes=1000, listener=broken)
+    c.feed_stdout(b"one\n")
+    c.feed_stdout(b"two\n")
+    c.finish()
+    assert calls == 1
+    assert c.stdout() == "one\ntwo\n"
+    assert c.violation is None

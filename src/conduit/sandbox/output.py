@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,6 +20,8 @@ from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
 from conduit.sandbox.base import Limits
 
 RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,7 +150,11 @@ class OutputCollector:
         if self._listener is not None and chunk:
             text = stream.decoder.decode(chunk)
             if text:
-                self._listener(stream.name, text)
+                try:
+                    self._listener(stream.name, text)
+                except Exception:  # live streaming is best effort: it must never break the run
+                    logger.warning("live output listener failed; streaming stops, the run goes on", exc_info=True)
+                    self._listener = None
 
 
 def _partial_suffix(buffer: bytes | bytearray, marker: bytes) -> int:
