@@ -85,7 +85,7 @@ async def test_one_broken_upstream_does_not_hide_the_others(task_group: TaskGrou
     assert {entry.upstream for entry in catalog.tools} == {"toolbox"}
     assert set(catalog.failures) == {"missing", "exits", "remote"}
     assert all(reason == f"upstream {name!r} is unavailable" for name, reason in catalog.failures.items())
-    assert "not supported yet" in (reg.connections["remote"].last_error or "")
+    assert "cannot resolve 'example.invalid'" in (reg.connections["remote"].last_error or "")
     # A failed upstream is not retried on every request: within its backoff the next catalog does not try again.
     attempts = {name: reg.connections[name].failures for name in ("missing", "exits", "remote")}
     assert attempts == {"missing": 1, "exits": 1, "remote": 1}

@@ -20,6 +20,7 @@ from conduit.observability.logging import configure_logging
 from conduit.sdk.naming import identifier
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk, schema_type
+from conduit.upstream.network import policy_for
 from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
 
 SDKS: Final = {
@@ -84,7 +85,8 @@ def tools(args: argparse.Namespace) -> int:
 
 async def _catalog(loaded: LoadedConfig) -> Catalog:
     async with anyio.create_task_group() as tg:
-        registry = UpstreamRegistry(base_dir=loaded.base_dir, host_env=dict(os.environ), tg=tg)
+        network = policy_for(loaded.config.network)
+        registry = UpstreamRegistry(base_dir=loaded.base_dir, host_env=dict(os.environ), tg=tg, network=network)
         for upstream in loaded.config.upstreams:
             registry.add(upstream)
         try:

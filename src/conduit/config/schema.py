@@ -7,6 +7,7 @@ reference implementation; Python attribute names are snake_case.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -56,7 +57,8 @@ class Credentials(_Model):
     type: Literal["bearer", "apiKey", "oauth2"]
     bearer_token: SecretStr | None = None
     api_key: SecretStr | None = None
-    header_name: str | None = None
+    header_name: str = "X-API-Key"
+    """apiKey: the header carrying the key (``Authorization`` sends it as the whole header value)."""
     client_id: str | None = None
     client_secret: SecretStr | None = None
     token_url: str | None = None
@@ -119,6 +121,27 @@ class UpstreamConfig(_Model):
         return self
 
 
+class NetworkConfig(_Model):
+    """Where outbound HTTP (remote upstreams, token endpoints) may go besides the public internet."""
+
+    allow_private_networks: bool = False
+    """Allow loopback, RFC 1918, unique-local and CGNAT addresses (local development)."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names (``api.internal``, ``*.corp.example``) reachable whatever they resolve to."""
+    allowed_networks: list[str] = Field(default_factory=list)
+    """CIDRs reachable whatever they are (``10.20.0.0/16``, ``169.254.169.254/32``)."""
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks_parse(cls, networks: list[str]) -> list[str]:
+        for index, network in enumerate(networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"entry {index}: {exc}") from None
+        return networks
+
+
 class TracingConfig(_Model):
     """OpenTelemetry traces: a span per execution, a child span per tool call. Off without an endpoint."""
 
@@ -166,6 +189,7 @@ class Config(_Model):
     """Directory of Pyodide's npm package. Default: the one ``make setup`` installs in the virtualenv."""
     pools: Pools = Field(default_factory=Pools)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
     @field_validator("ipc_bearer_token")

@@ -39,6 +39,7 @@ from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
 from conduit.security.allowlist import Allowlist, AllowlistError
+from conduit.upstream.network import policy_for
 from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ class Gateway:
         try:
             async with anyio.create_task_group() as tg:
                 sessions = SessionRegistry(master_token)
-                registry = UpstreamRegistry(base_dir=base_dir, host_env=host_env, tg=tg)
+                registry = UpstreamRegistry(
+                    base_dir=base_dir, host_env=host_env, tg=tg, network=policy_for(config.network)
+                )
                 for upstream in config.upstreams:
                     registry.add(upstream)
                 holder: list[Gateway] = []

@@ -21,6 +21,7 @@ import httpx2
 from conduit.errors import ConduitError
 from conduit.oauth.discovery import AuthorizationServer, discover_authorization_server, discover_resource
 from conduit.oauth.loopback import loopback_receiver
+from conduit.oauth.responses import json_object, oauth_error
 
 _VERIFIER_BYTES: Final = 48  # 64 URL-safe characters, within RFC 7636's 43..128
 
@@ -183,9 +184,9 @@ async def register_client(
     if scopes:
         metadata["scope"] = " ".join(scopes)
     response = await http.post(server.registration_endpoint, json=metadata)
-    document = _json(response)
+    document = json_object(response)
     if response.status_code not in (200, 201) or not isinstance(document.get("client_id"), str):
-        raise AuthorizationError(f"client registration refused ({response.status_code}): {_oauth_error(document)}")
+        raise AuthorizationError(f"client registration refused ({response.status_code}): {oauth_error(document)}")
     secret = document.get("client_secret")
     return Client(document["client_id"], secret if isinstance(secret, str) else None)
 
@@ -208,10 +209,10 @@ async def exchange_code(
         if client.client_secret:
             body["client_secret"] = client.client_secret
     response = await http.post(server.token_endpoint, data=body, headers=headers)
-    document = _json(response)
+    document = json_object(response)
     if response.status_code != 200 or not isinstance(document.get("access_token"), str):
         status = response.status_code
-        raise AuthorizationError(f"the token endpoint refused the code ({status}): {_oauth_error(document)}")
+        raise AuthorizationError(f"the token endpoint refused the code ({status}): {oauth_error(document)}")
     return document
 
 
@@ -219,19 +220,3 @@ def _with_query(url: str, query: dict[str, str]) -> str:
     parts = urlsplit(url)
     joined = "&".join(part for part in (parts.query, urlencode(query)) if part)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))
-
-
-def _json(response: httpx2.Response) -> dict[str, Any]:
-    try:
-        document = response.json()
-    except ValueError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
-def _oauth_error(document: dict[str, Any]) -> str:
-    """An OAuth error response's code and description (never anything else it holds)."""
-    error = document.get("error")
-    description = document.get("error_description")
-    text = f"{error}" if isinstance(error, str) else "no error code"
-    return f"{text}: {description}" if isinstance(description, str) else text

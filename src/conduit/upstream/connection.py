@@ -14,17 +14,26 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup, TaskStatus
 from mcp import Client, StdioServerParameters
+from mcp.client._transport import Transport
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
+from conduit.security.ssrf import NetworkPolicy
+from conduit.upstream.credentials import build_auth
+from conduit.upstream.network import READ_TIMEOUT, guarded_client
+from conduit.upstream.plain_http import plain_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +74,23 @@ def resolve_command(command: str, search_path: str | None) -> str:
 class UpstreamConnection:
     """A connection to one upstream, opened on first use and reopened after it dies."""
 
-    def __init__(self, config: UpstreamConfig, *, base_dir: Path, host_env: Mapping[str, str], tg: TaskGroup):
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        base_dir: Path,
+        host_env: Mapping[str, str],
+        tg: TaskGroup,
+        network: NetworkPolicy | None = None,
+    ):
         self.config = config
         self._base_dir = base_dir
         self._host_env = host_env
         self._tg = tg
+        self._network = network or NetworkPolicy()
+        # One auth flow per upstream, so cached OAuth tokens outlive reconnections.
+        self._auth = build_auth(config.credentials, lambda: guarded_client(self._network))
+        self._http_refusals: list[str] = []
         self._lock = anyio.Lock()
         self._client: Client | None = None
         self._close: anyio.Event | None = None
@@ -146,6 +167,7 @@ class UpstreamConnection:
     async def _connect(self) -> None:
         if anyio.current_time() < self._retry_at:
             raise UpstreamError(f"upstream {self.id!r} is unavailable")
+        self._http_refusals.clear()
         timeout = self.config.connect_timeout_ms / 1000
         try:
             with anyio.fail_after(timeout):
@@ -154,6 +176,8 @@ class UpstreamConnection:
             self.last_error = f"not ready within {timeout:g} s"
         except Exception as exc:  # the SDK and the OS raise many kinds; all mean "could not connect"
             self.last_error = _describe(exc)
+            if self._http_refusals:  # the SDK reports HTTP failures without their status
+                self.last_error += f" ({self._http_refusals[-1]})"
         else:
             self.last_error = None
             self.failures = 0
@@ -168,7 +192,8 @@ class UpstreamConnection:
         close, closed = anyio.Event(), anyio.Event()
         started = False
         try:
-            async with Client(self._transport(), mode="auto") as client:
+            async with AsyncExitStack() as stack:
+                client = await stack.enter_async_context(Client(await self._transport(stack), mode="auto"))
                 listed = await client.list_tools()
                 tools = list(listed.tools)
                 cursor = listed.next_cursor
@@ -190,18 +215,50 @@ class UpstreamConnection:
                 self._client = None
             closed.set()
 
-    def _transport(self) -> StdioServerParameters:
-        if self.config.type != "stdio":
-            raise UpstreamError(f"transport {self.config.type!r} is not supported yet (only 'stdio')")
-        assert self.config.command is not None
-        env = upstream_environment(self.config.env, self._host_env)
-        cwd = self._base_dir / self.config.cwd if self.config.cwd else self._base_dir
-        return StdioServerParameters(
-            command=resolve_command(self.config.command, env.get("PATH")),
-            args=list(self.config.args),
-            env=env,
-            cwd=str(cwd),
+    async def _transport(self, stack: AsyncExitStack) -> Transport | StdioServerParameters:
+        """What the client connects through; HTTP clients it needs are closed with ``stack``."""
+        config = self.config
+        if config.type == "stdio":
+            assert config.command is not None
+            env = upstream_environment(config.env, self._host_env)
+            cwd = self._base_dir / config.cwd if config.cwd else self._base_dir
+            return StdioServerParameters(
+                command=resolve_command(config.command, env.get("PATH")),
+                args=list(config.args),
+                env=env,
+                cwd=str(cwd),
+            )
+        assert config.url is not None
+        if config.type == "sse":
+
+            def factory(
+                headers: dict[str, str] | None = None,
+                timeout: httpx2.Timeout | None = None,
+                auth: httpx2.Auth | None = None,
+            ) -> httpx2.AsyncClient:
+                return guarded_client(
+                    self._network, headers=headers, auth=auth, timeout=timeout, on_response=self._note_response
+                )
+
+            return sse_client(
+                config.url,
+                headers=dict(config.headers),
+                timeout=config.connect_timeout_ms / 1000,
+                sse_read_timeout=READ_TIMEOUT,
+                httpx_client_factory=factory,
+                auth=self._auth,
+            )
+        http = await stack.enter_async_context(
+            guarded_client(self._network, headers=config.headers, auth=self._auth, on_response=self._note_response)
         )
+        if config.type == "streamableHttp":
+            return streamable_http_client(config.url, http_client=http)
+        return plain_http_client(config.url, http)
+
+    async def _note_response(self, response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            where = response.request.url.copy_with(query=None)
+            self._http_refusals.append(f"HTTP {response.status_code} from {where}")
 
     async def _mark_dead(self, reason: str) -> None:
         logger.warning("upstream %s is down (%s); it will be restarted on next use", self.id, reason)

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import UnknownToolError, UpstreamError
+from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,13 @@ def split_qualified(qualified: str) -> tuple[str, str]:
 class UpstreamRegistry:
     """The gateway's upstream connections, keyed by id."""
 
-    def __init__(self, *, base_dir: Path, host_env: Mapping[str, str], tg: TaskGroup) -> None:
+    def __init__(
+        self, *, base_dir: Path, host_env: Mapping[str, str], tg: TaskGroup, network: NetworkPolicy | None = None
+    ) -> None:
         self._base_dir = base_dir
         self._host_env = host_env
         self._tg = tg
+        self._network = network or NetworkPolicy()
         self._connections: dict[str, UpstreamConnection] = {}
 
     def add(self, config: UpstreamConfig) -> UpstreamConnection:
@@ -91,7 +95,9 @@ class UpstreamRegistry:
         """
         if config.id in self._connections:
             raise UpstreamError(f"upstream {config.id!r} is already registered")
-        connection = UpstreamConnection(config, base_dir=self._base_dir, host_env=self._host_env, tg=self._tg)
+        connection = UpstreamConnection(
+            config, base_dir=self._base_dir, host_env=self._host_env, tg=self._tg, network=self._network
+        )
         self._connections[config.id] = connection
         return connection
 

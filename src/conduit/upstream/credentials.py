@@ -1,0 +1,135 @@
+"""Credentials for remote upstreams: headers on every request, OAuth2 tokens fetched and refreshed.
+
+The values live only in this process. :class:`CredentialAuth` is an httpx auth flow: it adds
+the credential to each request and, for OAuth2, answers a 401 by refreshing the access token
+once and retrying. :class:`OAuthTokens` fetches tokens with the refresh-token grant (when a
+refresh token is configured) or the client-credentials grant, caches them until shortly
+before they expire, and keeps a rotated refresh token. Token endpoint errors are reported by
+their OAuth error code and description only: never a body that might echo a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Final
+
+import anyio
+import httpx2
+
+from conduit.config.schema import Credentials
+from conduit.errors import UpstreamError
+from conduit.oauth.responses import json_object, oauth_error
+
+logger = logging.getLogger(__name__)
+
+EXPIRY_MARGIN_S: Final = 30.0
+"""A cached token is renewed this long before it expires."""
+DEFAULT_LIFETIME_S: Final = 3600.0
+"""Assumed lifetime of a token issued without ``expires_in``."""
+
+HttpClientFactory = Callable[[], AbstractAsyncContextManager[httpx2.AsyncClient]]
+
+
+class OAuthTokens:
+    """Access tokens for one OAuth2 credential, cached and renewed as needed."""
+
+    def __init__(
+        self, credentials: Credentials, http: HttpClientFactory, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        assert credentials.token_url is not None and credentials.client_id is not None
+        self._credentials = credentials
+        self._http = http
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._access: str | None = None
+        self._expires_at = 0.0
+        self._refresh = credentials.refresh_token.get_secret_value() if credentials.refresh_token else None
+        self.requests = 0
+        """Token requests made (for tests and health)."""
+
+    async def access_token(self, *, renew: bool = False) -> str:
+        """A valid access token; ``renew`` discards the cached one (the upstream answered 401).
+
+        Raises:
+            UpstreamError: the token endpoint is unreachable or refused.
+        """
+        stale = self._access
+        async with self._lock:
+            # Another caller may have renewed while this one waited for the lock.
+            fresh = self._access is not None and self._clock() < self._expires_at - EXPIRY_MARGIN_S
+            if self._access is not None and fresh and not (renew and self._access == stale):
+                return self._access
+            await self._fetch()
+            assert self._access is not None
+            return self._access
+
+    async def _fetch(self) -> None:
+        creds = self._credentials
+        form: dict[str, str] = {"client_id": creds.client_id or ""}
+        if self._refresh:
+            form |= {"grant_type": "refresh_token", "refresh_token": self._refresh}
+        else:
+            form["grant_type"] = "client_credentials"
+        if creds.client_secret is not None:
+            form["client_secret"] = creds.client_secret.get_secret_value()
+        if creds.scopes:
+            form["scope"] = " ".join(creds.scopes)
+        form |= creds.token_params
+        self.requests += 1
+        try:
+            async with self._http() as http:
+                if creds.token_request_format == "json":
+                    response = await http.post(creds.token_url or "", json=form, headers={"Accept": "application/json"})
+                else:
+                    response = await http.post(creds.token_url or "", data=form, headers={"Accept": "application/json"})
+        except httpx2.HTTPError as exc:
+            raise UpstreamError(f"token endpoint unreachable: {exc}") from None
+        document = json_object(response)
+        token = document.get("access_token")
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            grant, status = form["grant_type"], response.status_code
+            raise UpstreamError(f"token endpoint refused the {grant} grant ({status}): {oauth_error(document)}")
+        lifetime = document.get("expires_in")
+        seconds = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else DEFAULT_LIFETIME_S
+        self._access = token
+        self._expires_at = self._clock() + seconds
+        rotated = document.get("refresh_token")
+        if isinstance(rotated, str) and rotated and rotated != self._refresh:
+            self._refresh = rotated  # the old one may already be revoked
+            logger.info("token endpoint rotated the refresh token; keeping the new one in memory")
+
+
+class CredentialAuth(httpx2.Auth):
+    """Adds one upstream's credential to every request; OAuth2 retries once after a 401."""
+
+    def __init__(self, credentials: Credentials, tokens: OAuthTokens | None) -> None:
+        self._credentials = credentials
+        self._tokens = tokens
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        await self._apply(request)
+        response = yield request
+        if response.status_code == 401 and self._tokens is not None:
+            await response.aread()
+            await self._apply(request, renew=True)
+            yield request
+
+    async def _apply(self, request: httpx2.Request, *, renew: bool = False) -> None:
+        creds = self._credentials
+        if creds.type == "bearer" and creds.bearer_token is not None:
+            request.headers["Authorization"] = f"Bearer {creds.bearer_token.get_secret_value()}"
+        elif creds.type == "apiKey" and creds.api_key is not None:
+            request.headers[creds.header_name] = creds.api_key.get_secret_value()
+        elif self._tokens is not None:
+            request.headers["Authorization"] = f"Bearer {await self._tokens.access_token(renew=renew)}"
+
+
+def build_auth(credentials: Credentials | None, http: HttpClientFactory) -> CredentialAuth | None:
+    """The auth flow for an upstream's credentials (None when it has none)."""
+    if credentials is None:
+        return None
+    tokens = OAuthTokens(credentials, http) if credentials.type == "oauth2" else None
+    return CredentialAuth(credentials, tokens)
