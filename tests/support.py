@@ -24,6 +24,7 @@ EXECUTE_ISOLATE = "conduit__mcp_execute_isolate"
 EXECUTE_PYTHON = "conduit__mcp_execute_python"
 MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
+HTTP_UPSTREAM = str(Path(__file__).parent / "servers" / "http_upstream.py")
 
 
 def conduit(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,3 +138,24 @@ async def run_code(client: Client, tool: str, code: str, **arguments: Any) -> tu
     assert text.type == "text"
     assert json.loads(text.text) == result.structured_content
     return bool(result.is_error), result.structured_content
+
+
+@asynccontextmanager
+async def http_upstream(*args: str) -> AsyncIterator[str]:
+    """A real remote MCP server process on a free loopback port; yields its base URL."""
+    process = await anyio.open_process([sys.executable, HTTP_UPSTREAM, *args], stderr=None)
+    try:
+        assert process.stdout is not None
+        line = b""
+        with anyio.fail_after(20):
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive()
+        yield line.decode().split()[-1]
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        with anyio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +19,13 @@ from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.registry import UpstreamRegistry
 from servers.http_upstream import API_KEY, API_KEY_HEADER, BEARER, CLIENT_ID, CLIENT_SECRET, FIRST_REFRESH_TOKEN
-from support import MASTER
+from support import MASTER, http_upstream
 
 pytestmark = pytest.mark.anyio
 
-SERVER = str(Path(__file__).parents[1] / "servers" / "http_upstream.py")
 LOOPBACK_ALLOWED = NetworkPolicy(allow_private_networks=True)
 ENDPOINT = {"streamable": "/mcp", "sse": "/sse", "plain": "/mcp"}
 TYPE = {"streamable": "streamableHttp", "sse": "sse", "plain": "http"}
-
-
-@asynccontextmanager
-async def http_upstream(*args: str) -> AsyncIterator[str]:
-    """A real remote MCP server process on a free loopback port; yields its base URL."""
-    process = await anyio.open_process([sys.executable, SERVER, *args], stderr=None)
-    try:
-        assert process.stdout is not None
-        line = b""
-        with anyio.fail_after(20):
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive()
-        yield line.decode().split()[-1]
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,8 @@ class Config(_Model):
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
     default_allowed_tools: list[str] = Field(default_factory=lambda: ["*"])
     """Allowlist used when an execution request names none."""
+    validation_mode: Literal["permissive", "strict"] = "permissive"
+    """permissive: check tool arguments wherever the tool has a schema; strict: also refuse tools without one."""
     code_mode_only: bool = False
     """List only Conduit's own tools to MCP clients, not the proxied ``<upstream>__<tool>`` ones."""
     secret_redaction_patterns: list[str] = Field(default_factory=list)

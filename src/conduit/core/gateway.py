@@ -27,6 +27,7 @@ from conduit.bridge.sessions import Principal, SessionRegistry
 from conduit.config.loader import format_validation_error
 from conduit.config.schema import Config, UpstreamConfig
 from conduit.core.admission import Admission
+from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolDeniedError, UnknownToolError
 from conduit.observability.context import EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
@@ -289,6 +290,14 @@ class Gateway:
         if not allowlist.permits(upstream, tool):
             raise ToolDeniedError(f"tool {qualified!r} is not in this execution's allowlist")
         entry = await self.registry.resolve(qualified)
+        if self.config.validation_mode == "strict" and not usable_schema(entry.input_schema):
+            raise ConduitError(
+                f"tool {qualified!r} has no input schema, and validationMode is strict", code=INVALID_PARAMS
+            )
+        problems = check_arguments(entry.input_schema, arguments)
+        if problems:
+            details = "; ".join(str(problem) for problem in problems)
+            raise ConduitError(f"invalid arguments for {qualified!r}: {details}", code=INVALID_PARAMS)
         return await self.registry.call(entry, arguments)
 
     async def _audited_call(self, principal: Principal, name: Any, arguments: Any) -> types.CallToolResult:

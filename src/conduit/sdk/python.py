@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Any, Final
@@ -91,6 +92,13 @@ def _method(entry: ToolEntry, name: str) -> str:
         f"    async def {name}({params}) -> dict[str, Any]:\n{doc}"
         f"        return await invoke({json.dumps(entry.qualified)}, args, {kwargs})\n"
     )
+
+
+def python_declaration(entry: ToolEntry) -> str:
+    """How a program calls one tool, as the Python method the SDK generates (``tools.<upstream>.<tool>``)."""
+    method = textwrap.dedent(_method(entry, identifier(entry.name)))
+    body = method[: method.rindex("    return await invoke")] + "    ...\n"
+    return f"# await tools.{identifier(entry.upstream)}.{identifier(entry.name)}(...)\n{body}"
 
 
 def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Any, Final
 
-from conduit.sdk.naming import unique_identifiers
+from conduit.sdk.naming import identifier, unique_identifiers
 from conduit.upstream.registry import ToolEntry
 
 _MAX_DEPTH: Final = 6
@@ -98,6 +98,15 @@ def _namespaces(entries: Iterable[ToolEntry], typed: bool) -> str:
         comment = doc_comment(f"Tools of upstream '{upstream}'.", "    ")
         blocks.append(f"{comment}    {namespaces[upstream]}: Object.freeze({{\n{members}    }}),\n")
     return "".join(blocks)
+
+
+def typescript_declaration(entry: ToolEntry) -> str:
+    """How a program calls one tool, as a typed TypeScript declaration with its doc comment."""
+    namespace, name = identifier(entry.upstream), identifier(entry.name)
+    optional = "?" if not (entry.input_schema or {}).get("required") else ""
+    comment = doc_comment(entry.description, "")
+    signature = f"(args{optional}: {schema_type(entry.input_schema)}) => Promise<CallToolResult>"
+    return f"{comment}tools.{namespace}.{name}: {signature}"
 
 
 def generate_typescript_sdk(entries: Iterable[ToolEntry]) -> str:

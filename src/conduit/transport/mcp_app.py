@@ -27,6 +27,7 @@ from conduit.core.gateway import Gateway, outcome_payload
 from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError, UpstreamError
 from conduit.observability.context import REQUEST_ID
 from conduit.security.allowlist import Allowlist
+from conduit.transport import disclosure_tools
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        tools = _conduit_tools()
+        tools = [*_conduit_tools(), *disclosure_tools.TOOLS.values()]
         if not gateway.config.code_mode_only:
             catalog = await gateway.registry.catalog()
             tools.extend(
@@ -234,6 +235,15 @@ def build_server(gateway: Gateway) -> Server[Any]:
                     raise MCPError(exc.code, exc.message) from None
                 return execution_result({"stdout": "", "stderr": "", "exitCode": 1, "error": _error(exc)}, True)
             return execution_result(outcome_payload(outcome), outcome.error is not None)
+        if params.name in disclosure_tools.TOOLS:
+            try:
+                answer = await disclosure_tools.call(gateway, params.name, arguments)
+            except ConduitError as exc:
+                raise MCPError(exc.code, exc.message) from None
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=json.dumps(answer, ensure_ascii=False))],
+                structured_content=answer,
+            )
         if params.name.startswith(PREFIX):
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (not available in this version)")
         if gateway.config.code_mode_only:

@@ -1,0 +1,64 @@
+"""Checking tool arguments against the tool's JSON Schema before the upstream sees them.
+
+``permissive`` (the default) validates wherever a tool has a usable schema; ``strict`` also
+refuses tools whose schema is missing or unusable. Every problem names the argument's path
+and the rule it broke, so a program (or an agent) can fix its call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+_MAX_PROBLEMS: Final = 10
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    """Where in the arguments: ``args``, ``args.items[2].name``..."""
+    rule: str
+    """The JSON Schema keyword that failed (``required``, ``type``, ``enum``...)."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} ({self.rule})"
+
+
+def usable_schema(schema: Mapping[str, Any] | None) -> bool:
+    """Whether ``schema`` says anything a validator can check (an empty or broken one does not)."""
+    if not schema or set(schema) <= {"type", "$schema"} and schema.get("type") in (None, "object"):
+        return False
+    try:
+        Draft202012Validator.check_schema(dict(schema))
+    except SchemaError:
+        return False
+    return True
+
+
+def check_arguments(schema: Mapping[str, Any] | None, arguments: Mapping[str, Any]) -> list[Problem]:
+    """The problems of ``arguments`` under ``schema`` (empty when valid or when there is nothing to check).
+
+    >>> schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n", "s"]}
+    >>> [str(p) for p in check_arguments(schema, {"n": "1"})]
+    ["args: 's' is a required property (required)", "args.n: '1' is not of type 'integer' (type)"]
+    """
+    if not usable_schema(schema):
+        return []
+    assert schema is not None
+    validator = Draft202012Validator(dict(schema))
+    errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    return [Problem(_path(error.absolute_path), str(error.validator), error.message) for error in errors][
+        :_MAX_PROBLEMS
+    ]
+
+
+def _path(parts: Any) -> str:
+    text = "args"
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text

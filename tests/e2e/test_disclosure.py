@@ -1,0 +1,132 @@
+"""Progressive disclosure tools and argument validation, over MCP (stdio and HTTP) and in every runtime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from conduit.config.schema import Config
+from conduit.core.gateway import Gateway
+from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, MASTER, http_upstream, run_code
+
+pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
+
+
+async def disclose(client: Client, tool: str, **arguments: Any) -> Any:
+    result = await client.call_tool(f"conduit__mcp_{tool}", arguments)
+    assert not result.is_error, result
+    return result.structured_content
+
+
+async def test_packages_then_stubs_then_one_schema(conduit: Client) -> None:
+    listed = await conduit.list_tools()
+    names = {tool.name for tool in listed.tools}
+    assert {f"conduit__mcp_{n}" for n in ("list_tool_packages", "list_tool_stubs", "read_tool_schema")} <= names
+    packages = {p["packageId"]: p for p in (await disclose(conduit, "list_tool_packages"))["packages"]}
+    assert packages["toolbox"]["status"] == "ok"
+    assert packages["toolbox"]["transport"] == "stdio"
+    assert packages["toolbox"]["toolCount"] >= 7
+    assert packages["time"]["toolCount"] == 2
+    stubs = {s["toolId"]: s for s in (await disclose(conduit, "list_tool_stubs", packageId="toolbox"))["tools"]}
+    assert stubs["toolbox__add"] == {"toolId": "toolbox__add", "name": "add", "description": "Add two numbers."}
+    assert "inputSchema" not in stubs["toolbox__add"]
+    schema = await disclose(conduit, "read_tool_schema", toolId="toolbox.add")
+    assert schema["inputSchema"]["required"] == ["a", "b"]
+    assert "tools.toolbox.add: (args: { a: number; b: number }) => Promise<CallToolResult>" in schema["typescript"]
+    assert "Returns the sum as structured content." in schema["typescript"]
+    assert "async def add(self, args: dict[str, Any] | None = None, /, *, a: float" in schema["python"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "fragment"),
+    [
+        ("list_tool_stubs", {"packageId": "nope"}, "unknown package 'nope' (known: time, toolbox)"),
+        ("list_tool_stubs", {}, "packageId must be a non-empty string"),
+        ("read_tool_schema", {"toolId": "toolbox__nope"}, "unknown tool 'toolbox__nope'"),
+        ("search_tools", {"query": "  !! "}, "at least one word"),
+        ("search_tools", {"query": "add", "limit": 0}, "limit must be an integer from 1 to 50"),
+        ("validate_tool", {"toolName": "toolbox.add", "args": [1]}, "args must be an object"),
+        ("list_tool_packages", {"extra": 1}, "unknown argument(s): extra"),
+    ],
+)
+async def test_bad_disclosure_requests_are_invalid_params(
+    conduit: Client, tool: str, arguments: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(MCPError) as caught:
+        await conduit.call_tool(f"conduit__mcp_{tool}", arguments)
+    assert caught.value.error.code == -32602
+    assert fragment in caught.value.error.message
+
+
+async def test_search_ranks_names_above_descriptions(conduit: Client) -> None:
+    matches = (await disclose(conduit, "search_tools", query="add two numbers"))["matches"]
+    assert matches[0]["toolId"] == "toolbox__add"
+    converted = (await disclose(conduit, "search_tools", query="convert timezone", limit=1))["matches"]
+    assert [m["toolId"] for m in converted] == ["time__convert_time"]
+    assert (await disclose(conduit, "search_tools", query="zebra"))["matches"] == []
+
+
+async def test_validate_names_each_field_and_rule(conduit: Client) -> None:
+    checked = await disclose(conduit, "validate_tool", toolName="toolbox__add", args={"a": "one"})
+    assert checked["valid"] is False
+    assert {(e["path"], e["rule"]) for e in checked["errors"]} == {("args", "required"), ("args.a", "type")}
+    assert await disclose(conduit, "validate_tool", toolName="toolbox.add", args={"a": 1, "b": 2}) == {
+        "valid": True,
+        "errors": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("tool", "code"),
+    [
+        (EXECUTE_TS, "try { await tools.toolbox.add({a: 'one', b: 2}); } catch (e) { return [e.code, e.message]; }"),
+        (
+            EXECUTE_ISOLATE,
+            "try { await tools.toolbox.add({a: 'one', b: 2}); } catch (e) { return [e.code, e.message]; }",
+        ),
+        (
+            EXECUTE_PYTHON,
+            "try:\n    await tools.toolbox.add(a='one', b=2)\nexcept ToolError as e:\n    r = [e.code, str(e)]\nr",
+        ),
+    ],
+)
+async def test_invalid_arguments_are_refused_before_the_upstream_in_every_runtime(
+    conduit: Client, tool: str, code: str
+) -> None:
+    is_error, out = await run_code(conduit, tool, code)
+    assert not is_error, out
+    error_code, message = out["result"]
+    assert error_code == -32602
+    assert "args.a: 'one' is not of type 'number' (type)" in message
+
+
+async def test_a_proxied_call_with_invalid_arguments_is_invalid_params(conduit: Client) -> None:
+    with pytest.raises(MCPError) as caught:
+        await conduit.call_tool("toolbox__add", {"a": 1})
+    assert caught.value.error.code == -32602
+    assert "args: 'b' is a required property (required)" in caught.value.error.message
+
+
+async def test_strict_mode_refuses_tools_without_a_schema(tmp_path: Path) -> None:
+    async with http_upstream("--transport", "plain", "--auth", "none") as base:
+        for mode, expected in (("strict", -32602), ("permissive", None)):
+            config = Config.model_validate(
+                {
+                    "validationMode": mode,
+                    "network": {"allowPrivateNetworks": True},
+                    "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+                    "upstreams": [{"id": "remote", "type": "http", "url": f"{base}/mcp"}],
+                }
+            )
+            code = """
+            const echoed = (await tools.remote.echo({text: "hi"})).structuredContent.text;
+            try { await tools.remote.whoami({}); return [echoed, null]; } catch (e) { return [echoed, e.code]; }
+            """
+            async with Gateway.open(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gw:
+                outcome = await gw.execute("typescript", code)
+            assert outcome.result == ["hi", expected], (mode, outcome)
