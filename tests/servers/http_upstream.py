@@ -29,6 +29,8 @@ import mcp_types as types
 import uvicorn
 from mcp.server import Server
 from mcp.server.sse import SseServerTransport
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.subscriptions import ToolsListChanged
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,15 +43,17 @@ CLIENT_ID = "conduit-test-client"
 CLIENT_SECRET = "test-client-secret-77e0"
 FIRST_REFRESH_TOKEN = "refresh-0"
 
+ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 TOOLS = [
-    types.Tool(
-        name="echo",
-        description="Return the text.",
-        input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
-    ),
+    types.Tool(name="echo", description="Return the text.", input_schema=ECHO_SCHEMA),
     types.Tool(name="whoami", description="Which credential reached the server.", input_schema={"type": "object"}),
     types.Tool(name="hang", description="Never answer.", input_schema={"type": "object"}),
     types.Tool(name="die", description="Exit the server process mid-call.", input_schema={"type": "object"}),
+    types.Tool(
+        name="grow",
+        description="Add a tool named `extra_<n>`; with notify, send notifications/tools/list_changed.",
+        input_schema={"type": "object", "properties": {"notify": {"type": "boolean"}}},
+    ),
 ]
 
 
@@ -62,13 +66,15 @@ class State:
         self.reused_refresh_tokens = 0
         self.unauthorized = 0
         self.credential = ""
+        self.extra_tools: list[types.Tool] = []
+        self.bus = InMemorySubscriptionBus()
 
 
 def build_server(state: State) -> Server:
     async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=TOOLS)
+        return types.ListToolsResult(tools=TOOLS + state.extra_tools)
 
-    async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         args = params.arguments or {}
         if params.name == "echo":
             text = str(args.get("text", ""))
@@ -84,9 +90,23 @@ def build_server(state: State) -> Server:
             await anyio.sleep_forever()
         if params.name == "die":
             os._exit(3)
+        if params.name == "grow":
+            name = f"extra_{len(state.extra_tools) + 1}"
+            state.extra_tools.append(types.Tool(name=name, description="Added at run time.", input_schema=ECHO_SCHEMA))
+            if args.get("notify"):
+                await state.bus.publish(ToolsListChanged())  # 2026-07-28 sessions: subscriptions/listen
+            return types.CallToolResult(content=[types.TextContent(type="text", text=name)])
+        if params.name.startswith("extra_"):
+            return types.CallToolResult(content=[types.TextContent(type="text", text=params.name)])
         return types.CallToolResult(content=[types.TextContent(type="text", text="unknown tool")], is_error=True)
 
-    return Server("http-upstream", version="1.0", on_list_tools=list_tools, on_call_tool=call_tool)
+    return Server(
+        "http-upstream",
+        version="1.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_subscriptions_listen=ListenHandler(state.bus),
+    )
 
 
 def credential_of(request_headers: dict[str, str], auth: str, state: State) -> str | None:

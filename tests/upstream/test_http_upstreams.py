@@ -257,3 +257,44 @@ async def test_programs_reach_remote_upstreams_and_never_see_their_credentials(
     assert outcome.result == {"who": "bearer", "leaked": False}
     assert python.result == "bearer"
     assert BEARER not in outcome.stdout + outcome.stderr
+
+
+async def tool_names(registry: UpstreamRegistry) -> set[str]:
+    return {entry.name for entry in (await registry.catalog()).tools}
+
+
+async def test_the_tool_list_is_refreshed_after_its_ttl(task_group: anyio.abc.TaskGroup) -> None:
+    async with http_upstream("--transport", "streamable", "--auth", "none") as base:
+        upstream = {"id": "g", "type": "streamableHttp", "url": f"{base}/mcp", "toolsCacheTtlMs": 300}
+        registry = make_registry(task_group, upstream)
+        assert "extra_1" not in await tool_names(registry)
+        version = registry.version
+        await registry.call(await registry.resolve("g__grow"), {})
+        assert "extra_1" not in await tool_names(registry)  # still within the TTL: the cached list
+        await anyio.sleep(0.4)
+        assert "extra_1" in await tool_names(registry)
+        assert registry.version != version  # generated SDKs are rebuilt for the new list
+        result = await registry.call(await registry.resolve("g__extra_1"), {"text": "x"})
+        assert result.content[0].text == "extra_1"  # type: ignore[union-attr]
+        await registry.aclose()
+
+
+async def test_a_list_changed_notification_triggers_a_new_listing(task_group: anyio.abc.TaskGroup) -> None:
+    async with http_upstream("--transport", "sse", "--auth", "none") as base:
+        upstream = {"id": "g", "type": "sse", "url": f"{base}/sse", "toolsCacheTtlMs": 0}
+        registry = make_registry(task_group, upstream)
+        assert "extra_1" not in await tool_names(registry)
+        await registry.call(await registry.resolve("g__grow"), {"notify": True})
+        names: set[str] = set()
+
+        async def refreshed() -> bool:
+            names.update(await tool_names(registry))
+            return "extra_1" in names
+
+        with anyio.fail_after(10):
+            while not await refreshed():  # noqa: ASYNC110 (the notification arrives on the upstream's stream)
+                await anyio.sleep(0.05)
+        await registry.call(await registry.resolve("g__grow"), {})  # no notification, no TTL: not seen
+        await anyio.sleep(0.3)
+        assert "extra_2" not in await tool_names(registry)
+        await registry.aclose()

@@ -101,6 +101,9 @@ class UpstreamConfig(_Model):
     credentials: Credentials | None = None
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 60_000
     """Per-call timeout for this upstream's tools."""
+    tools_cache_ttl_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 300_000
+    """How long the upstream's tool list is trusted before it is listed again (0: until it reconnects or
+    sends notifications/tools/list_changed, which always triggers a new listing)."""
     connect_timeout_ms: Annotated[int, Field(gt=0, le=600_000)] = 20_000
     """Time allowed to start (stdio) or reach (HTTP) the upstream and list its tools."""
 

@@ -26,6 +26,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client._transport import Transport
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared.exceptions import MCPError
 
 from conduit.config.schema import UpstreamConfig
@@ -101,6 +102,11 @@ class UpstreamConnection:
         self.failures = 0
         """Connection attempts that failed in a row (reset by a successful connect)."""
         self._retry_at = 0.0
+        self._tools_at = 0.0
+        self._tools_stale = False
+        self._refresh_lock = anyio.Lock()
+        self.generation = 0
+        """Changes whenever the tool list may have changed (a connect, a refresh); keys SDK caches."""
         self.connects = 0
         """How many times the connection has been (re)opened; for health and tests."""
 
@@ -118,8 +124,22 @@ class UpstreamConnection:
         Raises:
             UpstreamError: the upstream cannot be started or reached.
         """
-        await self._ensure_connected()
+        client = await self._ensure_connected()
         assert self._tools is not None
+        ttl = self.config.tools_cache_ttl_ms / 1000
+        expired = ttl > 0 and anyio.current_time() - self._tools_at > ttl
+        if self._tools_stale or expired:
+            async with self._refresh_lock:
+                if self._tools_stale or anyio.current_time() - self._tools_at > ttl > 0:
+                    self._tools_stale = False
+                    try:
+                        with anyio.fail_after(self.config.connect_timeout_ms / 1000):
+                            self._tools = await _list_all_tools(client)
+                    except Exception as exc:  # keep serving the last good list; the call path notices a dead link
+                        logger.warning("upstream %s: refreshing its tool list failed: %s", self.id, _describe(exc))
+                    else:
+                        self.generation += 1
+                    self._tools_at = anyio.current_time()
         return self._tools
 
     async def call_tool(self, name: str, arguments: Mapping[str, Any]) -> types.CallToolResult:
@@ -193,19 +213,21 @@ class UpstreamConnection:
         started = False
         try:
             async with AsyncExitStack() as stack:
-                client = await stack.enter_async_context(Client(await self._transport(stack), mode="auto"))
-                listed = await client.list_tools()
-                tools = list(listed.tools)
-                cursor = listed.next_cursor
-                while cursor:
-                    listed = await client.list_tools(cursor=cursor)
-                    tools.extend(listed.tools)
-                    cursor = listed.next_cursor
+                transport = await self._transport(stack)
+                client = await stack.enter_async_context(
+                    Client(transport, mode="auto", message_handler=self._on_message)
+                )
+                tools = await _list_all_tools(client)
                 self._client, self._tools, self._close, self._closed = client, tools, close, closed
+                self._tools_at, self._tools_stale = anyio.current_time(), False
+                self.generation += 1
                 logger.info("upstream %s connected with %d tools", self.id, len(tools))
                 task_status.started()
                 started = True
-                await close.wait()
+                async with anyio.create_task_group() as watchers:
+                    watchers.start_soon(self._watch_tool_changes, client)
+                    await close.wait()
+                    watchers.cancel_scope.cancel()
         except Exception as exc:
             if not started:
                 raise
@@ -255,6 +277,23 @@ class UpstreamConnection:
             return streamable_http_client(config.url, http_client=http)
         return plain_http_client(config.url, http)
 
+    async def _watch_tool_changes(self, client: Client) -> None:
+        """On 2026-07-28 sessions, subscribe to tool-list changes (older ones notify unasked: see _on_message)."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    logger.info("upstream %s says its tools changed; listing them again on next use", self.id)
+                    self._tools_stale = True
+        except ListenNotSupportedError:
+            return
+        except Exception as exc:  # a server without subscriptions: the TTL still refreshes its list
+            logger.debug("upstream %s: no tool-change subscription (%s)", self.id, _describe(exc))
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            logger.info("upstream %s says its tools changed; listing them again on next use", self.id)
+            self._tools_stale = True
+
     async def _note_response(self, response: httpx2.Response) -> None:
         if response.status_code >= 400:
             where = response.request.url.copy_with(query=None)
@@ -275,6 +314,18 @@ class UpstreamConnection:
         close.set()
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await closed.wait()
+
+
+async def _list_all_tools(client: Client) -> list[types.Tool]:
+    """Every tool the upstream lists, following pagination."""
+    listed = await client.list_tools()
+    tools = list(listed.tools)
+    cursor = listed.next_cursor
+    while cursor:
+        listed = await client.list_tools(cursor=cursor)
+        tools.extend(listed.tools)
+        cursor = listed.next_cursor
+    return tools
 
 
 def _describe(exc: BaseException) -> str:

@@ -107,8 +107,8 @@ class UpstreamRegistry:
 
     @property
     def version(self) -> tuple[tuple[str, int], ...]:
-        """Changes whenever an upstream is added or (re)connected, i.e. whenever tools may have changed."""
-        return tuple((connection.id, connection.connects) for connection in self._connections.values())
+        """Changes whenever an upstream is added, (re)connected or re-listed, i.e. whenever tools may have changed."""
+        return tuple((connection.id, connection.generation) for connection in self._connections.values())
 
     async def catalog(self) -> Catalog:
         """Every upstream's tools, asked concurrently; failures are reported, not raised."""
