@@ -12,7 +12,16 @@ from mcp.shared.exceptions import MCPError
 
 from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
-from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, MASTER, http_upstream, run_code
+from support import (
+    EXECUTE_ISOLATE,
+    EXECUTE_PYTHON,
+    EXECUTE_TS,
+    MASTER,
+    http_upstream,
+    run_code,
+    stdio_client_for,
+    write_config,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -130,3 +139,30 @@ async def test_strict_mode_refuses_tools_without_a_schema(tmp_path: Path) -> Non
             async with Gateway.open(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gw:
                 outcome = await gw.execute("typescript", code)
             assert outcome.result == ["hi", expected], (mode, outcome)
+
+
+async def test_code_mode_only_lists_only_conduit_tools_and_refuses_direct_calls(
+    tmp_path: Path, toolbox_command: dict[str, Any]
+) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "codeModeOnly": True,
+            "upstreams": [{"id": "toolbox", **toolbox_command}],
+            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+        },
+    )
+    async with Client(stdio_client_for(config)) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names and all(name.startswith("conduit__") for name in names)
+        assert "conduit__mcp_search_tools" in names
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("toolbox__add", {"a": 1, "b": 2})
+        assert caught.value.error.code == -32602
+        assert "code-mode-only" in caught.value.error.message
+        is_error, out = await run_code(
+            client, EXECUTE_TS, "return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;"
+        )
+        assert (is_error, out["result"]) == (False, 3)
+        stubs = await disclose(client, "list_tool_stubs", packageId="toolbox")
+        assert any(stub["toolId"] == "toolbox__add" for stub in stubs["tools"])

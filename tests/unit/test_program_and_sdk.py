@@ -10,7 +10,7 @@ import pytest
 from conduit.sandbox.deno import find_deno
 from conduit.sandbox.program import wrap_program
 from conduit.sdk.naming import identifier, unique_identifiers
-from conduit.sdk.typescript import generate_typescript_sdk, schema_type
+from conduit.sdk.typescript import generate_typescript_sdk, schema_type, typescript_declaration
 from conduit.upstream.registry import ToolEntry
 
 
@@ -64,6 +64,12 @@ ENTRIES = [
     ),
     ToolEntry("git-hub", "list", "", {"type": "object", "properties": {}}),
     ToolEntry("time", "now", "Current time.", {}),
+    ToolEntry(
+        "docs",
+        "search",
+        "Search the docs.",
+        {"type": "object", "properties": {"text": {"type": "string", "description": "Words."}}, "required": ["text"]},
+    ),
 ]
 
 
@@ -87,6 +93,7 @@ def test_generated_sdk_type_checks_with_deno(tmp_path: Path) -> None:
         "const { tools, discoverMCPTools } = createTools(async () => ({}));\n"
         'await tools.git_hub.create_issue({ title: "t", labels: ["x"] });\n'
         "await tools.git_hub.list();\n"
+        'await tools.docs.search({ text: "deno" });\n'
         'await tools.$raw("time__now", {});\n'
         "await discoverMCPTools();\n"
     )
@@ -102,3 +109,29 @@ def deno_check(module: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {"DENO_DIR": str(home / "deno"), "HOME": str(home), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
     argv = [find_deno(None), "check", "--no-config", "--no-lock", str(module)]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_property_descriptions_become_doc_comments_in_the_typescript_declaration() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "description": "Words to find. */ not a comment end"},
+            "limit": {"type": "integer"},
+            "filter": {"type": "object", "properties": {"tag": {"type": "string", "description": "nested"}}},
+        },
+        "required": ["text"],
+    }
+    declaration = typescript_declaration(ToolEntry("docs", "search-pages", "Search the docs.", schema))
+    assert declaration.splitlines() == [
+        "/**",
+        " * Search the docs.",
+        " */",
+        "tools.docs.search_pages: (args: {",
+        "  /**",
+        "   * Words to find. *\u2215 not a comment end",
+        "   */",
+        "  text: string;",
+        "  limit?: number;",
+        "  filter?: { tag?: string };",
+        "}) => Promise<CallToolResult>",
+    ]

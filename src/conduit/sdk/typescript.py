@@ -63,16 +63,24 @@ def _object_type(schema: Mapping[str, Any], depth: int) -> str:
     properties = schema.get("properties")
     required = set(schema.get("required") or ())
     members: list[str] = []
+    described = False
     if isinstance(properties, Mapping):
         for name, sub in properties.items():
             optional = "" if name in required else "?"
-            members.append(
-                f"{json.dumps(name) if not name.isidentifier() else name}{optional}: {schema_type(sub, depth + 1)}"
-            )
+            member = f"{json.dumps(name) if not name.isidentifier() else name}{optional}: {schema_type(sub, depth + 1)}"
+            description = sub.get("description") if isinstance(sub, Mapping) else None
+            if depth == 0 and isinstance(description, str) and description.strip():
+                described = True
+                member = doc_comment(description, "  ") + "  " + member
+            members.append(member)
     extra = schema.get("additionalProperties", True)
     if extra is not False and not members:
         return "Record<string, unknown>"
-    return "{ " + "; ".join(members) + " }" if members else "Record<string, never>"
+    if not members:
+        return "Record<string, never>"
+    if described:  # one member per line, each under its description
+        return "{\n" + "".join(f"{m if m.startswith('  ') else '  ' + m};\n" for m in members) + "}"
+    return "{ " + "; ".join(members) + " }"
 
 
 def _tool_member(entry: ToolEntry, name: str, typed: bool) -> str:
