@@ -6,18 +6,28 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from conduit.cli.common import add_config_option, load
 from conduit.errors import SandboxStartError
+from conduit.sandbox.walls import Walls
+
+ENABLE_HINTS: Final = {
+    "process-group": "",
+    "cgroup-memory": "Run Conduit as root, or in a cgroup delegated to it (systemd: Delegate=yes).",
+    "cgroup-pids": "Run Conduit as root, or in a cgroup delegated to it (systemd: Delegate=yes).",
+    "landlock": "Needs Linux 5.13+ with landlock in the kernel's lsm= list.",
+    "no-new-privs": "Needs Linux.",
+    "rlimit-cpu": "Needs Linux.",
+}
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "doctor",
         help="check the installation",
-        description="Check Deno, the harnesses, Pyodide's files, mini-racer and the config; exit 1 if any is "
-        "missing or broken.",
+        description="Check Deno, the harnesses, Pyodide's files, mini-racer, the config and the OS isolation "
+        "layers; exit 1 if a piece is missing or a required layer is unavailable.",
         epilog="examples:\n  conduit doctor\n  conduit doctor --config examples/demo.yaml --quiet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,6 +69,17 @@ def doctor(args: argparse.Namespace) -> int:
     except Exception as exc:  # a missing or broken native library shows up as any of several errors
         problems.append(f"FAIL  isolate runtime: mini-racer unusable: {exc} (run `make setup`)")
     report.append(f"ok    config: {loaded.source or 'defaults (no config file)'}")
+    walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
+    try:
+        for layer in walls.layers:
+            if layer.active:
+                report.append(f"ok    isolation {layer.name}: {layer.detail}")
+            elif layer.name in config.isolation.require:
+                problems.append(f"FAIL  isolation {layer.name} (required): {layer.detail}. {ENABLE_HINTS[layer.name]}")
+            else:
+                report.append(f"off   isolation {layer.name}: {layer.detail}. {ENABLE_HINTS[layer.name]}")
+    finally:
+        walls.close()
     for line in ([] if args.quiet else report) + problems:
         print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)
     return 1 if problems else 0

@@ -124,6 +124,18 @@ class UpstreamConfig(_Model):
         return self
 
 
+Layer = Literal["process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu"]
+
+
+class IsolationConfig(_Model):
+    """OS walls around every sandbox process, used wherever this machine offers them."""
+
+    enabled: bool = True
+    """false: only the runtimes' own sandboxes and a process group (for comparison; never in production)."""
+    require: list[Layer] = Field(default_factory=list)
+    """Walls Conduit must have: it refuses to start when one is unavailable (``conduit doctor`` says why)."""
+
+
 class NetworkConfig(_Model):
     """Where outbound HTTP (remote upstreams, token endpoints) may go besides the public internet."""
 
@@ -195,6 +207,7 @@ class Config(_Model):
     pools: Pools = Field(default_factory=Pools)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
     @field_validator("ipc_bearer_token")

@@ -28,7 +28,14 @@ from conduit.config.loader import format_validation_error
 from conduit.config.schema import Config, UpstreamConfig
 from conduit.core.admission import Admission
 from conduit.core.validation import check_arguments, usable_schema
-from conduit.errors import INVALID_PARAMS, METHOD_NOT_FOUND, ConduitError, ToolDeniedError, UnknownToolError
+from conduit.errors import (
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    ConduitError,
+    SandboxStartError,
+    ToolDeniedError,
+    UnknownToolError,
+)
 from conduit.observability.context import EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing, traces_endpoint
@@ -37,6 +44,7 @@ from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.isolate import IsolateRuntime
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.walls import Walls
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
 from conduit.security.allowlist import Allowlist, AllowlistError
@@ -68,9 +76,11 @@ class Gateway:
         sessions: SessionRegistry,
         runtimes: Mapping[str, Runtime],
         tracing: Tracing | None = None,
+        walls: Walls | None = None,
     ) -> None:
         self.config = config
         self.tracing = tracing or Tracing(None, "conduit")
+        self.walls = walls
         self.master_token = master_token
         self.registry = registry
         self.bridge = bridge
@@ -97,7 +107,12 @@ class Gateway:
     ) -> AsyncIterator[Gateway]:
         """Start the bridge and runtimes; on exit stop upstreams and remove private files."""
         work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
+        walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
         try:
+            missing = walls.missing(config.isolation.require)
+            if missing:
+                reasons = "; ".join(f"{layer.name}: {layer.detail}" for layer in walls.layers if layer.name in missing)
+                raise SandboxStartError(f"required isolation layers are unavailable: {reasons}")
             async with anyio.create_task_group() as tg:
                 sessions = SessionRegistry(master_token)
                 registry = UpstreamRegistry(
@@ -108,7 +123,9 @@ class Gateway:
                 holder: list[Gateway] = []
                 bridge = BridgeServer(sessions, _Deferred(holder))
                 address = await bridge.start(tg)
-                deno = DenoRuntime(deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir)
+                deno = DenoRuntime(
+                    deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls
+                )
                 pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
                 memory = config.resource_limits.memory_limit_mb
                 pools = {
@@ -121,7 +138,7 @@ class Gateway:
                 }
                 for pool in pools.values():
                     pool.start(tg)
-                isolate = IsolateRuntime(bridge=address, work_dir=work_dir)
+                isolate = IsolateRuntime(bridge=address, work_dir=work_dir, walls=walls, memory_limit_mb=memory)
                 await isolate.start(tg)
                 endpoint = traces_endpoint(config.tracing.otlp_endpoint, host_env)
                 tracing = Tracing(endpoint, config.tracing.service_name)
@@ -133,6 +150,7 @@ class Gateway:
                     sessions=sessions,
                     runtimes={**pools, "isolate": isolate},
                     tracing=tracing,
+                    walls=walls,
                 )
                 holder.append(gateway)
                 try:
@@ -147,6 +165,7 @@ class Gateway:
                         await anyio.to_thread.run_sync(tracing.shutdown)
                     tg.cancel_scope.cancel()
         finally:
+            walls.close()
             shutil.rmtree(work_dir, ignore_errors=True)
 
     # -- executions -------------------------------------------------------------------------------------
@@ -361,7 +380,9 @@ class Gateway:
         healthy = all(entry["status"] == "ok" for entry in runtimes.values()) and all(
             entry["status"] != "failing" for entry in upstreams.values()
         )
-        return healthy, {"status": "ok" if healthy else "degraded", "runtimes": runtimes, "upstreams": upstreams}
+        isolation = {layer.name: layer.active for layer in self.walls.layers} if self.walls else {}
+        report = {"status": "ok" if healthy else "degraded", "runtimes": runtimes, "upstreams": upstreams}
+        return healthy, {**report, "isolation": isolation}
 
     def register_upstream(self, raw: Any) -> str:
         """Add an upstream at run time (master token only).

@@ -24,10 +24,12 @@ from anyio.abc import Process
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
+from conduit.sandbox.cgroups import Cgroup
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.process import destroy, kill_group, pump, spawn
 from conduit.sandbox.program import wrap_program
+from conduit.sandbox.walls import Profile, Walls
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +58,10 @@ class DenoRuntime:
 
     name = "typescript"
 
-    def __init__(self, *, deno_path: str, bridge: BridgeAddress, work_dir: Path) -> None:
+    def __init__(self, *, deno_path: str, bridge: BridgeAddress, work_dir: Path, walls: Walls | None = None) -> None:
         self.deno_path = deno_path
         self.bridge = bridge
+        self.walls = walls
         self.home = work_dir / "deno-home"
         self._deno_dir = work_dir / "deno-dir"
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -92,18 +95,45 @@ class DenoRuntime:
             "NO_COLOR": "1",
         }
 
+    def profile(self, *read_only: str, baseline_mb: int = 128) -> Profile:
+        """What a Deno sandbox may touch on disk: Deno, the harnesses, ``read_only``; its private dirs read-write."""
+        return Profile(
+            (self.deno_path, str(HARNESS.parent), *read_only),
+            (str(self.home), str(self._deno_dir)),
+            baseline_mb,
+        )
+
+    async def start(self, argv: list[str], profile: Profile, memory_limit_mb: int) -> tuple[Process, Cgroup | None]:
+        """Spawn a Deno sandbox process behind the walls (if any), with its cgroup."""
+        cgroup = None
+        if self.walls is not None:
+            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb)
+        try:
+            process = await spawn(argv, env=self.env(), cwd=str(self.home))
+        except BaseException:
+            if cgroup is not None:
+                await cgroup.remove()
+            raise
+        return process, cgroup
+
     async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
-        process = await spawn(self.argv(memory_limit_mb), env=self.env(), cwd=str(self.home))
-        return DenoSandbox(process, self.bridge, wrap_program)
+        process, cgroup = await self.start(self.argv(memory_limit_mb), self.profile(), memory_limit_mb)
+        return DenoSandbox(process, self.bridge, wrap_program, cgroup=cgroup)
 
 
 class DenoSandbox:
     """A started Deno harness waiting for its one job (TypeScript, or Python on Pyodide)."""
 
     def __init__(
-        self, process: Process, bridge: BridgeAddress, transform: Callable[[str], str], stdout_head: bytes = b""
+        self,
+        process: Process,
+        bridge: BridgeAddress,
+        transform: Callable[[str], str],
+        stdout_head: bytes = b"",
+        cgroup: Cgroup | None = None,
     ) -> None:
         self._process = process
+        self._cgroup = cgroup
         self._bridge = bridge
         self._transform = transform
         self._stdout_head = stdout_head
@@ -162,6 +192,7 @@ class DenoSandbox:
             timed_out = scope.cancelled_caught
         finally:
             await destroy(process)
+            memory_killed = await self._release_cgroup()
         collector.finish()
         return classify(
             collector,
@@ -170,8 +201,20 @@ class DenoSandbox:
             timed_out=timed_out,
             timeout_ms=limits.timeout_ms,
             duration_ms=(time.perf_counter() - started) * 1000,
+            memory_killed=memory_killed,
         )
 
     async def discard(self) -> None:
         self._used = True
         await destroy(self._process)
+        await self._release_cgroup()
+
+    async def _release_cgroup(self) -> bool:
+        """Remove the sandbox's cgroup; whether the kernel killed the sandbox at its memory cap."""
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is None:
+            return False
+        with anyio.CancelScope(shield=True):
+            killed = cgroup.oom_killed()
+            await cgroup.remove()
+        return killed

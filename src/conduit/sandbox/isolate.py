@@ -23,14 +23,18 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
+from conduit.sandbox.cgroups import Cgroup
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.process import destroy, kill_group, pump, spawn
+from conduit.sandbox.walls import Walls, python_profile
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 30.0
 DEADLINE_GRACE: Final = 0.5
+WORKER_BASELINE_MB: Final = 128
+"""A worker's memory besides its isolates' heaps (Python, mini-racer, V8's own), for its cgroup cap."""
 """Extra time the host gives a worker beyond the program's timeout before killing it."""
 MAX_MESSAGE: Final = 64 * 1024 * 1024
 
@@ -41,6 +45,7 @@ class Worker:
     reader: BufferedByteReceiveStream
     jobs: int = 0
     stderr_tail: list[str] = field(default_factory=list)
+    cgroup: Cgroup | None = None
 
     @property
     def pid(self) -> int:
@@ -59,8 +64,19 @@ class IsolateRuntime:
 
     name = "isolate"
 
-    def __init__(self, *, bridge: BridgeAddress, work_dir: Path, warm: int = 1, max_idle: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        bridge: BridgeAddress,
+        work_dir: Path,
+        warm: int = 1,
+        max_idle: int = 4,
+        walls: Walls | None = None,
+        memory_limit_mb: int = 256,
+    ) -> None:
         self._bridge = bridge
+        self._walls = walls
+        self._memory_cap_mb = memory_limit_mb
         self._cwd = work_dir
         self._warm = warm
         self._max_idle = max(warm, max_idle)
@@ -80,7 +96,7 @@ class IsolateRuntime:
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         for worker in idle:
-            await destroy(worker.process)
+            await _destroy(worker)
 
     @property
     def idle(self) -> int:
@@ -98,7 +114,7 @@ class IsolateRuntime:
         else:
             kill_group(worker.process)
             if self._tg is not None:
-                self._tg.start_soon(destroy, worker.process)
+                self._tg.start_soon(_destroy, worker)
         self._refill()
 
     def _refill(self) -> None:
@@ -125,24 +141,42 @@ class IsolateRuntime:
         return self.last_error if not self._idle else None
 
     async def _spawn(self) -> Worker:
-        process = await spawn(self.argv(), env={"LANG": "C.UTF-8"}, cwd=str(self._cwd))
+        argv, cgroup = self.argv(), None
+        if self._walls is not None:
+            profile = python_profile([str(self._cwd)], WORKER_BASELINE_MB)
+            argv, cgroup = self._walls.launch(argv, profile, self._memory_cap_mb)
+        try:
+            process = await spawn(argv, env={"LANG": "C.UTF-8"}, cwd=str(self._cwd))
+        except BaseException:
+            if cgroup is not None:
+                await cgroup.remove()
+            raise
         assert process.stdout is not None
-        worker = Worker(process, BufferedByteReceiveStream(process.stdout))
+        worker = Worker(process, BufferedByteReceiveStream(process.stdout), cgroup=cgroup)
         if self._tg is not None:
             self._tg.start_soon(pump, process.stderr, lambda chunk: _keep_tail(worker, chunk))
         try:
             with anyio.fail_after(READY_TIMEOUT):
                 ready = await worker.receive()
         except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, ValueError) as exc:
-            await destroy(process)
-            raise SandboxStartError(f"isolate worker did not start: {exc or type(exc).__name__}") from exc
+            await _destroy(worker)
+            tail = " | ".join(worker.stderr_tail[-2:])
+            raise SandboxStartError(f"isolate worker did not start: {exc or type(exc).__name__} {tail}") from exc
         except BaseException:
-            await destroy(process)  # cancelled while starting: leave nothing behind
+            await _destroy(worker)  # cancelled while starting: leave nothing behind
             raise
         if ready.get("type") != "ready":
             await destroy(process)
             raise SandboxStartError("isolate worker did not start: unexpected greeting")
         return worker
+
+
+async def _destroy(worker: Worker) -> None:
+    """Kill and reap a worker, then remove its cgroup."""
+    await destroy(worker.process)
+    if worker.cgroup is not None:
+        with anyio.CancelScope(shield=True):
+            await worker.cgroup.remove()
 
 
 def _keep_tail(worker: Worker, chunk: bytes) -> None:
@@ -185,6 +219,7 @@ class IsolateSandbox:
         worker.jobs += 1
         record: dict[str, Any] | None = None
         crash: str | None = None
+        memory_killed = False
         started = time.perf_counter()
         reusable = False
         try:
@@ -194,6 +229,9 @@ class IsolateSandbox:
                     reusable = record is not None and record.get("status") != "limit" and not collector.tripped
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, ValueError, OSError):
                     crash = "the isolate worker crashed"
+                    with anyio.move_on_after(1):
+                        await worker.process.wait()  # the kernel's OOM counter is final once the worker is gone
+                    memory_killed = worker.cgroup is not None and worker.cgroup.oom_killed()
                     logger.warning("isolate worker %d died: %s", worker.pid, " | ".join(worker.stderr_tail[-3:]))
         finally:
             self._runtime.release(worker, reusable)  # cancelled, tripped or timed out: the worker is killed
@@ -208,6 +246,7 @@ class IsolateSandbox:
             timeout_ms=limits.timeout_ms,
             duration_ms=(time.perf_counter() - started) * 1000,
             crash=crash,
+            memory_killed=memory_killed,
         )
 
     @staticmethod

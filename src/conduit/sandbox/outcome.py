@@ -33,6 +33,7 @@ def classify(
     timeout_ms: int,
     duration_ms: float,
     crash: str | None = None,
+    memory_killed: bool = False,
 ) -> RunOutcome:
     """The outcome of one run.
 
@@ -44,6 +45,7 @@ def classify(
         timeout_ms: the deadline, for the message.
         duration_ms: wall time of the run.
         crash: why the sandbox died without a record, when the runtime knows (an internal error).
+        memory_killed: the kernel killed the sandbox at its cgroup memory cap.
     """
     stdout, stderr = collector.stdout(), collector.stderr()
     code = exit_code if exit_code is not None and exit_code >= 0 else KILLED_EXIT
@@ -53,6 +55,8 @@ def classify(
 
     if collector.violation is not None:
         return failed(*collector.violation)
+    if memory_killed:
+        return failed(MEMORY_LIMIT, "execution exceeded its memory limit (killed at the sandbox's memory cap)")
     if timed_out or (record is not None and record.get("limit") == "timeout"):
         return failed(TIMEOUT, f"execution timed out after {timeout_ms} ms")
     if record is not None and record.get("limit") == "memory":

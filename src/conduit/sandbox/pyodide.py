@@ -20,7 +20,6 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from conduit.errors import INVALID_PARAMS, ConduitError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
-from conduit.sandbox.process import destroy, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +29,8 @@ READY: Final = b"CONDUIT-READY\n"
 LOAD_TIMEOUT: Final = 60.0
 MIN_MEMORY_MB: Final = 64
 """Pyodide's WASM module starts at 30 MiB; below this a program has no room to run."""
+PYODIDE_BASELINE_MB: Final = 256
+"""Memory a loaded Pyodide process holds besides Python's WASM memory (~170 MB measured), for its cgroup cap."""
 JS_HEAP_MB: Final = 256
 """V8 heap for the JavaScript side of Pyodide (Python's own memory is the capped WASM memory)."""
 
@@ -77,7 +78,8 @@ class PyodideRuntime:
         problem = check_pyodide_dir(self._dir)
         if problem:
             raise SandboxStartError(problem)
-        process = await spawn(self.argv(memory_limit_mb), env=self._deno.env(), cwd=str(self._deno.home))
+        profile = self._deno.profile(str(self._dir), baseline_mb=PYODIDE_BASELINE_MB)
+        process, cgroup = await self._deno.start(self.argv(memory_limit_mb), profile, memory_limit_mb)
         assert process.stdout is not None
         reader = BufferedByteReceiveStream(process.stdout)
         try:
@@ -87,12 +89,12 @@ class PyodideRuntime:
                 raise anyio.IncompleteRead
         except BaseException as exc:
             if not isinstance(exc, (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound)):
-                await destroy(process)  # cancelled while loading: leave nothing behind
+                await DenoSandbox(process, self._bridge, str, cgroup=cgroup).discard()  # cancelled while loading
                 raise
             detail = ""
             if process.stderr is not None:
                 with anyio.move_on_after(1):
                     detail = (await process.stderr.receive(4096)).decode(errors="replace").strip().splitlines()[-1]
-            await destroy(process)
+            await DenoSandbox(process, self._bridge, str, cgroup=cgroup).discard()
             raise SandboxStartError(f"Python sandbox did not start: {detail or type(exc).__name__}") from exc
-        return DenoSandbox(process, self._bridge, str, stdout_head=bytes(reader.buffer))
+        return DenoSandbox(process, self._bridge, str, stdout_head=bytes(reader.buffer), cgroup=cgroup)

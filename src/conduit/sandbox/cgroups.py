@@ -1,0 +1,179 @@
+"""Per-sandbox cgroups: a hard memory cap and a process-count cap, cgroup v1 or v2.
+
+At start, :func:`detect` finds where this process may create cgroups: under its own cgroup
+in the v1 ``memory`` and ``pids`` hierarchies, or in the unified (v2) hierarchy when the
+``memory`` and ``pids`` controllers can be delegated to a child. Each sandbox then gets
+its own leaf (:class:`Cgroup`), which the launcher joins before it becomes the runtime; the
+host reads the leaf's OOM-kill counter to tell a memory-cap kill from a crash, and removes
+the leaf once the sandbox is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class CgroupSupport:
+    """Where sandbox cgroups go; ``memory`` / ``pids`` are parent directories (None: unavailable)."""
+
+    version: int
+    memory: Path | None
+    pids: Path | None
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.memory is not None or self.pids is not None
+
+
+def _own_path(controller: str) -> str | None:
+    """This process's path in the v1 hierarchy holding ``controller``, or in the v2 one for ``""``."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if controller and controller in controllers.split(","):
+            return path
+        if not controller and hierarchy == "0" and not controllers:
+            return path
+    return None
+
+
+def _make_parent(base: Path) -> Path | None:
+    parent = base / f"conduit-{os.getpid()}"
+    try:
+        parent.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return parent
+
+
+def detect(root: Path = CGROUP_ROOT) -> CgroupSupport:
+    """What this machine lets Conduit do with cgroups, creating this process's parent cgroups."""
+    reasons: list[str] = []
+    v1: dict[str, Path | None] = {}
+    for controller, probe in (("memory", "memory.limit_in_bytes"), ("pids", "pids.max")):
+        own = _own_path(controller)
+        hierarchy = root / controller
+        if own is None or not hierarchy.is_dir():
+            v1[controller] = None
+            continue
+        base = hierarchy / own.lstrip("/")
+        parent = _make_parent(base) if os.access(base, os.W_OK) else None
+        if parent is None or not (parent / probe).exists():
+            reasons.append(f"cgroup v1 {controller}: {base} is not writable")
+            v1[controller] = None
+        else:
+            v1[controller] = parent
+    if v1.get("memory") or v1.get("pids"):
+        return CgroupSupport(1, v1.get("memory"), v1.get("pids"))
+    controllers_file = root / "cgroup.controllers"
+    if controllers_file.exists():
+        available = set(controllers_file.read_text().split())
+        own = _own_path("") or "/"
+        base = root / own.lstrip("/")
+        if {"memory", "pids"} <= available and os.access(base, os.W_OK):
+            parent = _make_parent(base)
+            if parent is not None:
+                try:
+                    (parent / "cgroup.subtree_control").write_text("+memory +pids")
+                    return CgroupSupport(2, parent, parent)
+                except OSError as exc:
+                    reasons.append(f"cgroup v2: cannot delegate memory and pids under {parent}: {exc.strerror}")
+        else:
+            reasons.append(f"cgroup v2: controllers here are {' '.join(sorted(available)) or 'none'}")
+    return CgroupSupport(0, None, None, "; ".join(reasons) or "no cgroup hierarchy is mounted")
+
+
+class Cgroup:
+    """One sandbox's cgroup leaves (one per hierarchy in v1, one in v2)."""
+
+    def __init__(self, support: CgroupSupport, memory_bytes: int, max_pids: int) -> None:
+        self.support = support
+        name = f"sandbox-{next(_counter)}"
+        self.leaves: list[Path] = []
+        self._memory_leaf: Path | None = None
+        if support.version == 2 and support.memory is not None:
+            leaf = support.memory / name
+            leaf.mkdir()
+            (leaf / "memory.max").write_text(str(memory_bytes))
+            swap = leaf / "memory.swap.max"
+            if swap.exists():
+                swap.write_text("0")
+            (leaf / "pids.max").write_text(str(max_pids))
+            self.leaves.append(leaf)
+            self._memory_leaf = leaf
+            return
+        if support.memory is not None:
+            leaf = support.memory / name
+            leaf.mkdir()
+            (leaf / "memory.limit_in_bytes").write_text(str(memory_bytes))
+            memsw = leaf / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                memsw.write_text(str(memory_bytes))
+            self.leaves.append(leaf)
+            self._memory_leaf = leaf
+        if support.pids is not None:
+            leaf = support.pids / name
+            leaf.mkdir()
+            (leaf / "pids.max").write_text(str(max_pids))
+            self.leaves.append(leaf)
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(leaf / "cgroup.procs") for leaf in self.leaves]
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed something in this cgroup for exceeding its memory cap."""
+        if self._memory_leaf is None:
+            return False
+        name = "memory.events" if self.support.version == 2 else "memory.oom_control"
+        try:
+            text = (self._memory_leaf / name).read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                return True
+        return False
+
+    async def remove(self) -> None:
+        """Remove the leaves once their processes are gone (retrying briefly while the kernel finishes)."""
+        for leaf in self.leaves:
+            for _ in range(50):
+                try:
+                    leaf.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    await anyio.sleep(0.01)
+        self.leaves = []
+
+
+def remove_parents(support: CgroupSupport) -> None:
+    """Remove this process's parent cgroups at shutdown (best effort: leaves still busy keep them)."""
+    for parent in {support.memory, support.pids} - {None}:
+        assert parent is not None
+        for leaf in parent.glob("sandbox-*"):
+            try:
+                leaf.rmdir()
+            except OSError:
+                pass
+        try:
+            parent.rmdir()
+        except OSError:
+            pass

@@ -1,0 +1,155 @@
+"""The OS walls around sandbox processes: which are available here, and how each sandbox gets them.
+
+Detected once at start (:meth:`Walls.detect`), reported by ``conduit doctor`` and ``/health``,
+and applied to every Deno, Pyodide and isolate-worker process through the launcher in
+:mod:`conduit.sandbox.confine`:
+
+- ``cgroup-memory``: a hard memory cap per sandbox (the runtime's own limit plus its baseline);
+  a kill at the cap is reported as the memory error (-32009).
+- ``cgroup-pids``: a cap on processes and threads per sandbox (Worker and fork floods).
+- ``landlock``: the file system is reduced to what the runtime needs, read-only, plus its private
+  home; everything else is invisible.
+- ``no-new-privs``: nothing inside can gain privileges (setuid binaries, file capabilities).
+- ``rlimit-cpu``: a CPU-time ceiling as a backstop to the host's wall-clock deadline.
+- ``process-group``: every sandbox leads its own session and is killed as a group (always on).
+
+A wall that is unavailable is reported with the reason; ``isolation.require`` makes Conduit
+refuse to start without the walls it names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from conduit.errors import SandboxStartError
+from conduit.sandbox import confine
+from conduit.sandbox.cgroups import Cgroup, CgroupSupport, detect, remove_parents
+
+logger = logging.getLogger(__name__)
+
+LAYERS: Final = ("process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu")
+CONFINE: Final = Path(confine.__file__)
+MAX_PIDS: Final = 128
+"""Threads and processes per sandbox: Deno uses ~15, a Worker flood hits this."""
+SYSTEM_READ_ONLY: Final = (
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/usr/lib",
+    "/usr/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/usr/share/zoneinfo",
+    "/dev/null",
+    "/dev/urandom",
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    active: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one kind of sandbox needs from the file system, and its memory beyond the runtime's limit."""
+
+    read_only: tuple[str, ...]
+    read_write: tuple[str, ...] = ()
+    baseline_mb: int = 128
+
+
+@dataclass
+class Walls:
+    """The walls this machine offers, and the launcher argv that puts a sandbox behind them."""
+
+    cgroups: CgroupSupport
+    landlock_abi: int
+    cpu_seconds: int
+    layers: list[Layer] = field(default_factory=list)
+
+    @classmethod
+    def detect(cls, timeout_ms: int, *, enabled: bool = True) -> Walls:
+        """Find what is available (``enabled=False``: only the process group, for comparison runs)."""
+        if not enabled or not sys.platform.startswith("linux"):
+            reason = "disabled by isolation.enabled: false" if sys.platform.startswith("linux") else "not Linux"
+            walls = cls(CgroupSupport(0, None, None, reason), 0, 0)
+        else:
+            walls = cls(detect(), confine.landlock_abi(), math.ceil(timeout_ms / 1000) + 60)
+        walls.layers = walls._describe(enabled)
+        return walls
+
+    def _describe(self, enabled: bool) -> list[Layer]:
+        off = "disabled by isolation.enabled: false"
+        cg = self.cgroups
+        version = f"cgroup v{cg.version}" if cg.version else ""
+        landlock = f"Landlock ABI {self.landlock_abi}" if self.landlock_abi else "the kernel has no Landlock"
+        return [
+            Layer("process-group", True, "own session and process group, killed as a whole"),
+            Layer(
+                "cgroup-memory",
+                cg.memory is not None,
+                f"{version} memory cap per sandbox" if cg.memory else (off if not enabled else cg.reason),
+            ),
+            Layer(
+                "cgroup-pids",
+                cg.pids is not None,
+                f"{version} pids.max={MAX_PIDS} per sandbox" if cg.pids else (off if not enabled else cg.reason),
+            ),
+            Layer("landlock", enabled and self.landlock_abi > 0, landlock if enabled else off),
+            Layer("no-new-privs", enabled, "prctl(PR_SET_NO_NEW_PRIVS)" if enabled else off),
+            Layer("rlimit-cpu", self.cpu_seconds > 0, f"RLIMIT_CPU {self.cpu_seconds} s" if enabled else off),
+        ]
+
+    def missing(self, required: Iterable[str]) -> list[str]:
+        """The required layers that are not active here."""
+        active = {layer.name for layer in self.layers if layer.active}
+        return [name for name in required if name not in active]
+
+    def launch(self, argv: Sequence[str], profile: Profile, memory_limit_mb: int) -> tuple[list[str], Cgroup | None]:
+        """``argv`` behind every available wall, and the sandbox's cgroup (to check and remove afterwards).
+
+        Raises:
+            SandboxStartError: the cgroup could not be created.
+        """
+        spec: dict[str, object] = {}
+        cgroup: Cgroup | None = None
+        if self.cgroups.available:
+            try:
+                cgroup = Cgroup(self.cgroups, (memory_limit_mb + profile.baseline_mb) << 20, MAX_PIDS)
+            except OSError as exc:
+                raise SandboxStartError(f"cannot create the sandbox's cgroup: {exc}") from exc
+            spec["cgroups"] = cgroup.procs_files
+        if self.cpu_seconds:
+            spec["cpu_seconds"] = self.cpu_seconds
+        if self.landlock_abi:
+            read_only = [*SYSTEM_READ_ONLY, *profile.read_only]
+            spec["landlock"] = {"read_only": read_only, "read_write": list(profile.read_write)}
+            spec["no_new_privs"] = True
+        elif any(layer.name == "no-new-privs" and layer.active for layer in self.layers):
+            spec["no_new_privs"] = True
+        if not spec:
+            return list(argv), cgroup
+        return [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv], cgroup
+
+    def close(self) -> None:
+        remove_parents(self.cgroups)
+
+
+def python_profile(read_write: Sequence[str], baseline_mb: int) -> Profile:
+    """What a Python worker process needs: its interpreter, the standard library, and Conduit's packages."""
+    import site
+
+    roots = {sys.base_prefix, sys.prefix, os.path.realpath(sys.executable), *site.getsitepackages()}
+    roots.add(str(Path(__file__).resolve().parents[2]))  # the directory holding the `conduit` package
+    return Profile(tuple(sorted(roots)), tuple(read_write), baseline_mb)

@@ -1,0 +1,195 @@
+"""OS walls around sandbox processes: memory and pids caps, Landlock, no-new-privileges, CPU limit.
+
+Each test attempts the attack and checks it fails; where this machine lacks a layer, the test
+says so (skip with the reason) instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conduit.config.schema import Config
+from conduit.core.gateway import Gateway
+from conduit.errors import MEMORY_LIMIT
+from conduit.sandbox.base import BridgeAddress
+from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
+from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.walls import CONFINE, SYSTEM_READ_ONLY, Walls
+from support import MASTER, TOOLBOX, conduit, wait_until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.deno]
+
+WALLS = Walls.detect(30_000)
+WALLS.close()
+ACTIVE = {layer.name: layer for layer in WALLS.layers}
+
+
+def need(*names: str) -> None:
+    for name in names:
+        if not ACTIVE[name].active:
+            pytest.skip(f"{name} is unavailable on this machine: {ACTIVE[name].detail}")
+
+
+@pytest.fixture(scope="module")
+async def walled(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    config = Config.model_validate(
+        {
+            "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}],
+            "resourceLimits": {"memoryLimitMb": 128, "timeoutMs": 20_000},
+            "pools": {"typescript": {"warm": 1}, "python": {"warm": 1}},
+        }
+    )
+    base = tmp_path_factory.mktemp("walls")
+    async with Gateway.open(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gateway:
+        yield gateway
+
+
+async def still_serves(gateway: Gateway, language: str) -> None:
+    code = (
+        "r = await tools.toolbox.add(a=1, b=2)\nr['structuredContent']['sum']"
+        if language == "python"
+        else ("return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;")
+    )
+    outcome = await gateway.execute(language, code)
+    assert (outcome.error, outcome.result) == (None, 3)
+
+
+BOMBS = [
+    ("typescript", "const held = []; while (true) { const a = new Uint8Array(16 << 20); a.fill(1); held.push(a); }"),
+    ("typescript", "const h = []; while (true) h.push(new Float64Array(8 << 20).fill(1.5));"),
+    ("python", "held = []\nwhile True:\n    held.append(bytearray(16 << 20))"),
+    ("isolate", "const h = []; while (true) h.push('x'.repeat(1 << 20) + Math.random());"),
+]
+
+
+@pytest.mark.parametrize(("language", "code"), BOMBS)
+async def test_memory_bombs_end_quickly_with_the_memory_error(walled: Gateway, language: str, code: str) -> None:
+    need("cgroup-memory")
+    outcome = await walled.execute(language, code)
+    assert outcome.error is not None and outcome.error.code == MEMORY_LIMIT, outcome
+    assert outcome.duration_ms < 2_000, f"{language} bomb took {outcome.duration_ms:.0f} ms"
+    await still_serves(walled, language)
+
+
+async def test_a_worker_flood_is_contained(walled: Gateway) -> None:
+    need("cgroup-pids", "cgroup-memory")
+    code = """
+    const source = URL.createObjectURL(new Blob(["setInterval(() => {}, 1000)"], {type: "application/javascript"}));
+    const workers = [];
+    for (let i = 0; i < 2000; i++) workers.push(new Worker(source, {type: "module"}));
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    return workers.length;
+    """
+    outcome = await walled.execute("typescript", code)
+    assert outcome.error is not None, "2000 workers started and ran"
+    await still_serves(walled, "typescript")
+
+
+async def test_sandbox_processes_run_in_their_cgroup_with_no_new_privileges(walled: Gateway) -> None:
+    need("cgroup-memory", "no-new-privs")
+    pool = walled.runtimes["typescript"]
+    assert isinstance(pool, PooledRuntime)
+    sandbox = await pool.runtime.prepare(128)
+    assert isinstance(sandbox, DenoSandbox)
+    try:
+        await wait_until(lambda: read(f"/proc/{sandbox.pid}/comm").strip() == "deno")  # the launcher has exec'd
+        status = read(f"/proc/{sandbox.pid}/status")
+        assert "NoNewPrivs:\t1" in status
+        memberships = read(f"/proc/{sandbox.pid}/cgroup")
+        assert "/sandbox-" in memberships
+        leaf = next(line.split(":", 2)[2] for line in memberships.splitlines() if ":memory:" in line)
+        limit = int(read(f"/sys/fs/cgroup/memory{leaf}/memory.limit_in_bytes"))
+        assert limit == (128 + 128) << 20
+    finally:
+        await sandbox.discard()
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def confined(
+    profile_read_only: list[str], argv: list[str], read_write: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    spec = {"landlock": {"read_only": profile_read_only, "read_write": read_write or []}, "no_new_privs": True}
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_landlock_hides_the_host_even_from_a_deno_granted_read_everywhere(tmp_path: Path) -> None:
+    need("landlock")
+    runtime = DenoRuntime(deno_path=find_deno(None), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
+    profile = runtime.profile()
+    program = tmp_path / "deno-home" / "steal.ts"
+    program.write_text(
+        'for (const path of ["/etc/passwd", "/root", "/proc/1/environ"]) {\n'
+        "  try { Deno.readFileSync(path); console.log(`READ ${path}`); }\n"
+        "  catch (e) { console.log(`${path}: ${e.name}`); }\n"
+        "}\n"
+        'try { Deno.writeTextFileSync("/tmp/conduit-landlock-probe", "x"); console.log("WROTE"); }\n'
+        "catch (e) { console.log(`write: ${e.name}`); }\n"
+    )
+    argv = [runtime.deno_path, "run", "--allow-read", "--allow-write", "--no-config", "--no-lock", str(program)]
+    env = {**runtime.env(), "PATH": "/usr/bin:/bin"}
+    spec = {"landlock": {"read_only": [*SYSTEM_READ_ONLY, *profile.read_only], "read_write": list(profile.read_write)}}
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(runtime.home),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "READ" not in done.stdout and "WROTE" not in done.stdout, done.stdout
+    assert "/etc/passwd: PermissionDenied" in done.stdout
+    assert not Path("/tmp/conduit-landlock-probe").exists()
+
+
+def test_landlock_allows_what_the_profile_names_and_nothing_else(tmp_path: Path) -> None:
+    need("landlock")
+    allowed = tmp_path / "allowed.txt"
+    allowed.write_text("fine")
+    python = [sys.executable, "-I", "-S", "-c"]
+    probe = (
+        "import sys\nfor p in sys.argv[1:]:\n"
+        "    try: open(p).read(); print('read', p)\n"
+        "    except OSError as e: print('denied', p, e.errno)"
+    )
+    roots = [sys.base_prefix, sys.prefix, os.path.realpath(sys.executable), "/lib", "/lib64", "/usr/lib"]
+    done = confined([*roots, str(allowed)], [*python, probe, str(allowed), "/etc/passwd", str(TOOLBOX)])
+    assert done.returncode == 0, done.stderr
+    assert f"read {allowed}" in done.stdout
+    assert "denied /etc/passwd 13" in done.stdout
+    assert f"denied {TOOLBOX} 13" in done.stdout
+
+
+def test_a_required_layer_that_is_missing_stops_conduit_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "conduit.yaml"
+    config.write_text("transport: stdio\nisolation:\n  enabled: false\n  require: [landlock, cgroup-memory]\n")
+    doctor = conduit("doctor", "--config", str(config))
+    assert doctor.returncode == 1
+    assert "FAIL  isolation landlock (required): disabled by isolation.enabled: false" in doctor.stderr
+    served = conduit("serve", "--config", str(config), stdin="")
+    assert served.returncode == 1
+    assert "required isolation layers are unavailable: cgroup-memory" in served.stderr
+
+
+def test_doctor_lists_every_layer(tmp_path: Path) -> None:
+    done = conduit("doctor", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in ("process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu"):
+        assert f"isolation {name}:" in done.stdout
