@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from conduit.config.loader import LoadedConfig, load_config
+from conduit.config.schema import Config
+from conduit.observability.logging import configure_logging
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -17,3 +20,15 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace, **overrides: Any) -> LoadedConfig:
     """The config named by ``--config`` (or found as usual), with ``overrides`` winning."""
     return load_config(getattr(args, "config", None), os.environ, Path.cwd(), overrides)
+
+
+def setup_logging(config: Config, *, level: str | None = None, extra_secrets: Iterable[str] = ()) -> None:
+    """Logging as the config says (level, format, redaction), at ``level`` when a command wants quieter logs."""
+    configure_logging(
+        level or config.log_level,
+        [*config.secret_values(), *extra_secrets],
+        config.secret_redaction_patterns,
+        {"json": True, "text": False}.get(config.log_format),
+        credentials=config.redact_credentials,
+        pii=config.redact_pii,
+    )

@@ -15,11 +15,10 @@ from typing import Any, Final, TextIO
 
 import anyio
 
-from conduit.cli.common import add_config_option, load
+from conduit.cli.common import add_config_option, load, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.core.gateway import outcome_payload
 from conduit.errors import ConduitError, SandboxStartError
-from conduit.observability.logging import configure_logging
 from conduit.sandbox.base import RunOutcome
 from conduit.security.tokens import mint_token
 
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     # A one-shot run needs no sandboxes started ahead of it.
     loaded = load(args, pools={"typescript": {"warm": 0}, "python": {"warm": 0}}, opsEnabled=False)
     config = loaded.config
-    configure_logging("warning", config.secret_values(), config.secret_redaction_patterns)
+    setup_logging(config, level="warning")
     try:
         outcome = anyio.run(_execute, loaded, language, code, allowed, limits)
     except SandboxStartError as exc:

@@ -9,9 +9,8 @@ from typing import Any
 
 import anyio
 
-from conduit.cli.common import add_config_option, load
+from conduit.cli.common import add_config_option, load, setup_logging
 from conduit.errors import SandboxStartError
-from conduit.observability.logging import configure_logging
 from conduit.security.tokens import mint_token
 
 EPILOG = """\
@@ -58,8 +57,7 @@ def serve(args: argparse.Namespace) -> int:
         token = mint_token()
         if config.transport == "http":
             print(f"Conduit master token (IPC_BEARER_TOKEN was not set): {token}", file=sys.stderr, flush=True)
-    json_lines = {"json": True, "text": False}.get(config.log_format)
-    configure_logging(config.log_level, [*config.secret_values(), token], config.secret_redaction_patterns, json_lines)
+    setup_logging(config, extra_secrets=[token])
     try:
         anyio.run(run_server, loaded, token, dict(os.environ))
     except SandboxStartError as exc:

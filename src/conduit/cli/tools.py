@@ -14,9 +14,8 @@ from typing import Any, Final
 
 import anyio
 
-from conduit.cli.common import add_config_option, load
+from conduit.cli.common import add_config_option, load, setup_logging
 from conduit.config.loader import LoadedConfig
-from conduit.observability.logging import configure_logging
 from conduit.sdk.naming import identifier
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk, schema_type
@@ -60,7 +59,7 @@ def add_parser(commands: Any) -> None:
 
 def tools(args: argparse.Namespace) -> int:
     loaded = load(args)
-    configure_logging("warning", loaded.config.secret_values(), loaded.config.secret_redaction_patterns)
+    setup_logging(loaded.config, level="warning")
     catalog = anyio.run(_catalog, loaded)
     for upstream, reason in catalog.failures.items():
         print(f"conduit: upstream {upstream!r} could not be listed: {reason}", file=sys.stderr)

@@ -189,6 +189,9 @@ class Config(_Model):
     """Executions running at once."""
     max_queue: Annotated[int, Field(ge=0, le=100_000)] = 100
     """Executions waiting for a slot; beyond this, new ones are refused as busy (-32000)."""
+    rate_limit: str = "1200/minute"
+    """Executions and proxied tool calls per HTTP client address (``limits`` syntax: ``"120/minute;2000/hour"``;
+    empty: unlimited). Discovery, initialisation and pings are never counted; stdio is never limited."""
     max_code_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
     """Largest program accepted, in UTF-8 bytes."""
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
@@ -200,6 +203,11 @@ class Config(_Model):
     """List only Conduit's own tools to MCP clients, not the proxied ``<upstream>__<tool>`` ones."""
     secret_redaction_patterns: list[str] = Field(default_factory=list)
     """Extra regular expressions whose matches are scrubbed from logs."""
+    redact_credentials: bool = True
+    """Scrub credential-shaped strings from logs: bearer tokens, JWTs, known API-key formats, private keys,
+    ``password=...``-style values (configured secrets are always scrubbed)."""
+    redact_pii: bool = True
+    """Scrub PII from logs: emails, phone numbers, Luhn-valid card numbers, national ids."""
     deno_path: str | None = None
     """Deno executable. Default: the one installed by PyPI's ``deno`` package."""
     pyodide_path: str | None = None
@@ -218,6 +226,18 @@ class Config(_Model):
         if len(token.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (or unset, to have one generated)")
         return token
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, spec: str) -> str:
+        from limits import parse_many
+
+        if spec.strip():
+            try:
+                parse_many(spec)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit like '120/minute;2000/hour': {exc}") from None
+        return spec
 
     @field_validator("secret_redaction_patterns")
     @classmethod

@@ -27,6 +27,7 @@ from conduit.bridge.sessions import Principal, SessionRegistry
 from conduit.config.loader import format_validation_error
 from conduit.config.schema import Config, UpstreamConfig
 from conduit.core.admission import Admission
+from conduit.core.ratelimit import RateLimiter
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import (
     INVALID_PARAMS,
@@ -89,6 +90,7 @@ class Gateway:
         rl = config.resource_limits
         self.limits = Limits(rl.timeout_ms, rl.memory_limit_mb, rl.max_output_bytes, rl.max_log_entries)
         self.admission = Admission(config.max_concurrent, config.max_queue)
+        self.rate_limiter = RateLimiter(config.rate_limit)
         self._sdk_cache: OrderedDict[tuple[Any, ...], str] = OrderedDict()
         self.metrics = Metrics()
         self.metrics.watch(

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from conduit.observability.context import EXECUTION_ID, REQUEST_ID
+from conduit.observability.redaction import scrub
 
 REDACTED: Final = "[REDACTED]"
 FIELDS: Final = ("request_id", "execution_id", "runtime", "outcome", "exit_code", "tool", "duration_ms", "upstream")
@@ -39,22 +40,27 @@ def redact(text: str, secrets: Iterable[str], patterns: Iterable[re.Pattern[str]
 class RedactingFilter(logging.Filter):
     """Renders each record's message once and scrubs it (and any exception text)."""
 
-    def __init__(self, secrets: Iterable[str], patterns: Iterable[str]) -> None:
+    def __init__(
+        self, secrets: Iterable[str], patterns: Iterable[str], *, credentials: bool = True, pii: bool = True
+    ) -> None:
         super().__init__()
         self._secrets = [s for s in secrets if len(s) >= 4]
         self._patterns = [re.compile(p) for p in patterns]
+        self._credentials = credentials
+        self._pii = pii
+
+    def _clean(self, text: str) -> str:
+        return scrub(redact(text, self._secrets, self._patterns), credentials=self._credentials, pii=self._pii)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage(), self._secrets, self._patterns)
+        record.msg = self._clean(record.getMessage())
         record.args = None
         for name in FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):
-                setattr(record, name, redact(value, self._secrets, self._patterns))
+                setattr(record, name, self._clean(value))
         if record.exc_info:
-            record.exc_text = redact(
-                logging.Formatter().formatException(record.exc_info), self._secrets, self._patterns
-            )
+            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
 
@@ -101,18 +107,26 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str, secrets: Iterable[str], patterns: Iterable[str], json_lines: bool | None = None
+    level: str,
+    secrets: Iterable[str],
+    patterns: Iterable[str],
+    json_lines: bool | None = None,
+    *,
+    credentials: bool = True,
+    pii: bool = True,
 ) -> None:
     """Send logs to stderr at ``level``, redacting configured secrets and patterns.
 
     Args:
         json_lines: JSON lines; default: JSON unless stderr is a terminal.
+        credentials: also scrub credential-shaped strings (bearer tokens, JWTs, API keys, private keys).
+        pii: also scrub PII (emails, phone numbers, Luhn-valid card numbers, national ids).
     """
     handler = logging.StreamHandler(sys.stderr)
     as_json = not sys.stderr.isatty() if json_lines is None else json_lines
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     handler.addFilter(ContextFilter())
-    handler.addFilter(RedactingFilter(secrets, patterns))
+    handler.addFilter(RedactingFilter(secrets, patterns, credentials=credentials, pii=pii))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

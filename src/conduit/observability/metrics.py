@@ -106,6 +106,9 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "conduit_rate_limited", "Requests refused by the per-client rate limit.", registry=self.registry
+        )
         self.tool_calls = Counter(
             "conduit_tool_calls",
             "Tool calls made by sandboxed programs.",

@@ -24,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 
 from conduit import __version__
 from conduit.core.gateway import Gateway, outcome_payload
-from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError, UpstreamError
+from conduit.errors import BUSY, INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError, UpstreamError
 from conduit.observability.context import REQUEST_ID
 from conduit.security.allowlist import Allowlist
 from conduit.transport import disclosure_tools
@@ -218,6 +218,8 @@ def build_server(gateway: Gateway) -> Server[Any]:
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         REQUEST_ID.set(str(ctx.request_id) if ctx.request_id is not None else uuid.uuid4().hex)
         arguments = params.arguments or {}
+        if params.name not in disclosure_tools.TOOLS:
+            _admit(gateway, ctx)
         if params.name in _LANGUAGE_TOOLS:
             language = _LANGUAGE_TOOLS[params.name][0]
             _check_arguments(arguments)
@@ -264,6 +266,23 @@ def build_server(gateway: Gateway) -> Server[Any]:
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
+
+
+def _admit(gateway: Gateway, ctx: ServerRequestContext[Any]) -> None:
+    """Count one unit of work against the HTTP client's rate limit (stdio is never limited).
+
+    Raises:
+        MCPError: the client is over its limit (-32000, with when to retry).
+    """
+    client = getattr(ctx.request, "client", None) if ctx.request is not None else None
+    if client is None:
+        return
+    retry_after = gateway.rate_limiter.admit(str(client.host))
+    if retry_after is not None:
+        gateway.metrics.rate_limited.inc()
+        raise MCPError(
+            BUSY, f"rate limit {gateway.rate_limiter.spec} exceeded for {client.host}; retry in {retry_after:.1f} s"
+        )
 
 
 def _error(exc: ConduitError) -> dict[str, Any]:

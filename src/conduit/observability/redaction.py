@@ -1,0 +1,90 @@
+"""What log redaction removes besides the configured secret values: credential shapes and PII.
+
+Patterns are deliberately specific (known token formats, key=value secrets, Luhn-valid card
+numbers, formatted phone numbers) so that ids, ports, durations and timestamps in logs stay
+readable. Each match is replaced by a label saying what was there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final
+
+Replacement = str | Callable[[re.Match[str]], str]
+
+_SECRET_NAMES: Final = (
+    r"password|passwd|passphrase|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token"
+    r"|id[_-]?token|auth[_-]?token|private[_-]?key|token"
+)
+
+CREDENTIAL_PATTERNS: Final[tuple[tuple[re.Pattern[str], Replacement], ...]] = (
+    (
+        re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.DOTALL),
+        "[REDACTED private key]",
+    ),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), "[REDACTED jwt]"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), lambda m: f"{m.group(1)} [REDACTED]"),
+    (
+        re.compile(
+            r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+            r"|glpat-[A-Za-z0-9_-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}"
+            r"|sk_(?:live|test)_[A-Za-z0-9]{16,})"
+        ),
+        "[REDACTED api key]",
+    ),
+    (
+        re.compile(rf"(?i)\b({_SECRET_NAMES})(\"?'?\s*[:=]\s*\"?'?)([^\s\"'&,;]{{4,}})"),
+        lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]",
+    ),
+)
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = [int(c) for c in match.group(0) if c.isdigit()]
+    return "[REDACTED card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+
+
+PII_PATTERNS: Final[tuple[tuple[re.Pattern[str], Replacement], ...]] = (
+    (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), "[REDACTED email]"),
+    (re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _card),
+    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[REDACTED national id]"),  # US SSN
+    (re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b"), "[REDACTED national id]"),  # UK NINO
+    (
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}"
+            r"|\(\d{3}\)\s?\d{3}[\s.-]\d{4}|\b\d{3}[.-]\d{3}[.-]\d{4})\b"
+        ),
+        "[REDACTED phone]",
+    ),
+)
+
+
+def luhn_valid(digits: list[int]) -> bool:
+    """The Luhn checksum card numbers carry.
+
+    >>> luhn_valid([int(c) for c in "4111111111111111"]), luhn_valid([int(c) for c in "4111111111111112"])
+    (True, False)
+    """
+    total = 0
+    for index, digit in enumerate(reversed(digits)):
+        if index % 2:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def scrub(text: str, *, credentials: bool = True, pii: bool = True) -> str:
+    """``text`` with credential-shaped strings and PII replaced by labels.
+
+    >>> scrub("Authorization: Bearer abcdefghij12345 from ann@example.com card 4111 1111 1111 1111")
+    'Authorization: Bearer [REDACTED] from [REDACTED email] card [REDACTED card]'
+    >>> scrub("port 8080 took 12.5 ms at 2026-11-25T17:48:00 id 1234567890abcdef")
+    'port 8080 took 12.5 ms at 2026-11-25T17:48:00 id 1234567890abcdef'
+    """
+    groups = (CREDENTIAL_PATTERNS if credentials else ()) + (PII_PATTERNS if pii else ())
+    for pattern, replacement in groups:
+        text = pattern.sub(replacement, text)
+    return text
