@@ -21,7 +21,7 @@ from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
 from conduit.sandbox.pool import PooledRuntime
-from conduit.sandbox.walls import CONFINE, SYSTEM_READ_ONLY, Walls
+from conduit.sandbox.walls import CONFINE, LAYERS, SYSTEM_READ_ONLY, Walls
 from support import MASTER, TOOLBOX, conduit, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
@@ -102,6 +102,10 @@ async def test_sandbox_processes_run_in_their_cgroup_with_no_new_privileges(wall
         await wait_until(lambda: read(f"/proc/{sandbox.pid}/comm").strip() == "deno")  # the launcher has exec'd
         status = read(f"/proc/{sandbox.pid}/status")
         assert "NoNewPrivs:\t1" in status
+        walls = walled.walls
+        assert walls is not None
+        if walls.uid is not None and walls.uid_kinds.get("typescript"):
+            assert f"Uid:\t{walls.uid}\t{walls.uid}" in status  # running as root, the sandbox is not
         memberships = read(f"/proc/{sandbox.pid}/cgroup")
         assert "/sandbox-" in memberships
         leaf = next(line.split(":", 2)[2] for line in memberships.splitlines() if ":memory:" in line)
@@ -191,5 +195,5 @@ def test_a_required_layer_that_is_missing_stops_conduit_at_start(tmp_path: Path)
 def test_doctor_lists_every_layer(tmp_path: Path) -> None:
     done = conduit("doctor", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    for name in ("process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu"):
+    for name in LAYERS:
         assert f"isolation {name}:" in done.stdout

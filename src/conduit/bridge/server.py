@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
@@ -21,6 +22,7 @@ from anyio.streams.stapled import MultiListener
 
 from conduit.bridge.sessions import Principal, SessionRegistry
 from conduit.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, ConduitError
+from conduit.observability.redaction import scrub
 from conduit.sandbox.base import BridgeAddress
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,21 @@ class BridgeHandler(Protocol):
     async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
         """Serve one authenticated request; raise :class:`ConduitError` for a JSON-RPC error."""
         ...
+
+
+_URL: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"()<>]+", re.IGNORECASE)
+_HOST_PATH: Final = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def sandbox_safe(message: str) -> str:
+    """An error message fit for untrusted code: no URLs, host paths, credentials or PII.
+
+    >>> sandbox_safe("token endpoint unreachable: All connection attempts failed (http://10.0.0.5:8080/token)")
+    'token endpoint unreachable: All connection attempts failed ([url])'
+    >>> sandbox_safe("cannot read /srv/conduit/conf/secret.yaml for 'toolbox__add'")
+    "cannot read [path] for 'toolbox__add'"
+    """
+    return scrub(_HOST_PATH.sub("[path]", _URL.sub("[url]", message)))
 
 
 def error_response(request_id: Any, code: int, message: str) -> dict[str, Any]:
@@ -122,7 +139,7 @@ class BridgeServer:
                 raise ConduitError("params must be an object", code=INVALID_PARAMS)
             result = await self._handler.handle_bridge(principal, method, params)
         except ConduitError as exc:
-            return error_response(request_id, exc.code, exc.message)
+            return error_response(request_id, exc.code, sandbox_safe(exc.message))
         except Exception:
             logger.exception("bridge method %s failed", method)
             return error_response(request_id, INTERNAL_ERROR, "internal error")

@@ -19,6 +19,7 @@ ENABLE_HINTS: Final = {
     "landlock": "Needs Linux 5.13+ with landlock in the kernel's lsm= list.",
     "no-new-privs": "Needs Linux.",
     "rlimit-cpu": "Needs Linux.",
+    "unprivileged-uid": "Needs a 'nobody' user, and runtime files (Deno, Pyodide, Python) readable by it.",
 }
 
 

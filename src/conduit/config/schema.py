@@ -124,7 +124,9 @@ class UpstreamConfig(_Model):
         return self
 
 
-Layer = Literal["process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu"]
+Layer = Literal[
+    "process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu", "unprivileged-uid"
+]
 
 
 class IsolationConfig(_Model):

@@ -7,8 +7,11 @@ here knows about MCP transports or Starlette.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -33,7 +36,6 @@ from conduit.errors import (
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
     ConduitError,
-    SandboxStartError,
     ToolDeniedError,
     UnknownToolError,
 )
@@ -111,10 +113,7 @@ class Gateway:
         work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
         walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
         try:
-            missing = walls.missing(config.isolation.require)
-            if missing:
-                reasons = "; ".join(f"{layer.name}: {layer.detail}" for layer in walls.layers if layer.name in missing)
-                raise SandboxStartError(f"required isolation layers are unavailable: {reasons}")
+            os.chmod(work_dir, 0o711)  # sandboxes running as another uid pass through to their own directory
             async with anyio.create_task_group() as tg:
                 sessions = SessionRegistry(master_token)
                 registry = UpstreamRegistry(
@@ -129,6 +128,8 @@ class Gateway:
                     deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls
                 )
                 pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
+                await anyio.to_thread.run_sync(_probe_walls, walls, deno, pyodide_dir)
+                walls.check_required(config.isolation.require)
                 memory = config.resource_limits.memory_limit_mb
                 pools = {
                     "typescript": PooledRuntime(deno, warm=config.pools.typescript.warm, memory_limit_mb=memory),
@@ -423,6 +424,16 @@ class Gateway:
         if method == "mcp_register_upstream":
             return {"id": self.register_upstream(params.get("upstream", params))}
         raise ConduitError(f"unknown method {method!r}", code=METHOD_NOT_FOUND)
+
+
+def _probe_walls(walls: Walls, deno: DenoRuntime, pyodide_dir: Path) -> None:
+    """Learn which runtimes can drop to the unprivileged uid (a no-op unless Conduit runs as root)."""
+    env = deno.env()
+    walls.probe_uid("typescript", [deno.deno_path, "eval", "0"], env=env, read_write=deno.private_dirs)
+    wasm = json.dumps(str(pyodide_dir / "pyodide.mjs"))
+    walls.probe_uid("python", [deno.deno_path, "eval", f"Deno.readFileSync({wasm})"], env=env)
+    worker = [sys.executable, "-I", "-c", "import conduit.sandbox.isolate_worker"]
+    walls.probe_uid("isolate", worker, env={"LANG": "C.UTF-8"})
 
 
 class _Deferred:

@@ -95,19 +95,22 @@ class DenoRuntime:
             "NO_COLOR": "1",
         }
 
+    @property
+    def private_dirs(self) -> list[str]:
+        """The directories only its sandboxes use (given to the sandbox uid when there is one)."""
+        return [str(self.home), str(self._deno_dir)]
+
     def profile(self, *read_only: str, baseline_mb: int = 128) -> Profile:
         """What a Deno sandbox may touch on disk: Deno, the harnesses, ``read_only``; its private dirs read-write."""
-        return Profile(
-            (self.deno_path, str(HARNESS.parent), *read_only),
-            (str(self.home), str(self._deno_dir)),
-            baseline_mb,
-        )
+        return Profile((self.deno_path, str(HARNESS.parent), *read_only), tuple(self.private_dirs), baseline_mb)
 
-    async def start(self, argv: list[str], profile: Profile, memory_limit_mb: int) -> tuple[Process, Cgroup | None]:
+    async def start(
+        self, argv: list[str], profile: Profile, memory_limit_mb: int, kind: str = "typescript"
+    ) -> tuple[Process, Cgroup | None]:
         """Spawn a Deno sandbox process behind the walls (if any), with its cgroup."""
         cgroup = None
         if self.walls is not None:
-            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb)
+            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb, kind)
         try:
             process = await spawn(argv, env=self.env(), cwd=str(self.home))
         except BaseException:

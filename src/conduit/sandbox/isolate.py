@@ -143,8 +143,8 @@ class IsolateRuntime:
     async def _spawn(self) -> Worker:
         argv, cgroup = self.argv(), None
         if self._walls is not None:
-            profile = python_profile([str(self._cwd)], WORKER_BASELINE_MB)
-            argv, cgroup = self._walls.launch(argv, profile, self._memory_cap_mb)
+            profile = python_profile([], WORKER_BASELINE_MB)
+            argv, cgroup = self._walls.launch(argv, profile, self._memory_cap_mb, "isolate")
         try:
             process = await spawn(argv, env={"LANG": "C.UTF-8"}, cwd=str(self._cwd))
         except BaseException:

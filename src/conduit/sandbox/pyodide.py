@@ -79,7 +79,7 @@ class PyodideRuntime:
         if problem:
             raise SandboxStartError(problem)
         profile = self._deno.profile(str(self._dir), baseline_mb=PYODIDE_BASELINE_MB)
-        process, cgroup = await self._deno.start(self.argv(memory_limit_mb), profile, memory_limit_mb)
+        process, cgroup = await self._deno.start(self.argv(memory_limit_mb), profile, memory_limit_mb, "python")
         assert process.stdout is not None
         reader = BufferedByteReceiveStream(process.stdout)
         try:

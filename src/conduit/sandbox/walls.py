@@ -11,6 +11,8 @@ and applied to every Deno, Pyodide and isolate-worker process through the launch
   home; everything else is invisible.
 - ``no-new-privs``: nothing inside can gain privileges (setuid binaries, file capabilities).
 - ``rlimit-cpu``: a CPU-time ceiling as a backstop to the host's wall-clock deadline.
+- ``unprivileged-uid``: when Conduit runs as root, sandboxes run as ``nobody`` (for each runtime
+  whose files that user can reach; checked by starting the runtime once at start).
 - ``process-group``: every sandbox leads its own session and is killed as a group (always on).
 
 A wall that is unavailable is reported with the reason; ``isolation.require`` makes Conduit
@@ -23,6 +25,8 @@ import json
 import logging
 import math
 import os
+import pwd
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +39,16 @@ from conduit.sandbox.cgroups import Cgroup, CgroupSupport, detect, remove_parent
 
 logger = logging.getLogger(__name__)
 
-LAYERS: Final = ("process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu")
+LAYERS: Final = (
+    "process-group",
+    "cgroup-memory",
+    "cgroup-pids",
+    "landlock",
+    "no-new-privs",
+    "rlimit-cpu",
+    "unprivileged-uid",
+)
+SANDBOX_USER: Final = "nobody"
 CONFINE: Final = Path(confine.__file__)
 MAX_PIDS: Final = 128
 """Threads and processes per sandbox: Deno uses ~15, a Worker flood hits this."""
@@ -77,6 +90,10 @@ class Walls:
     landlock_abi: int
     cpu_seconds: int
     layers: list[Layer] = field(default_factory=list)
+    uid: int | None = None
+    """The uid sandboxes drop to (None: Conduit is not root, or the layer is off)."""
+    uid_kinds: dict[str, bool] = field(default_factory=dict)
+    """Per kind of sandbox: whether its runtime works as ``uid`` (probed once)."""
 
     @classmethod
     def detect(cls, timeout_ms: int, *, enabled: bool = True) -> Walls:
@@ -86,8 +103,54 @@ class Walls:
             walls = cls(CgroupSupport(0, None, None, reason), 0, 0)
         else:
             walls = cls(detect(), confine.landlock_abi(), math.ceil(timeout_ms / 1000) + 60)
+            walls.uid = _sandbox_uid()
         walls.layers = walls._describe(enabled)
         return walls
+
+    def probe_uid(self, kind: str, argv: Sequence[str], *, env: dict[str, str], read_write: Sequence[str] = ()) -> None:
+        """Find out once whether sandboxes of ``kind`` can run as the unprivileged uid (``argv`` must exit 0).
+
+        ``read_write`` (the sandbox's private directories) are given to that uid first.
+        """
+        if self.uid is None or kind in self.uid_kinds:
+            return
+        for path in read_write:
+            os.chown(path, self.uid, self.uid)
+        spec = json.dumps({"uid": self.uid})
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", "-S", str(CONFINE), spec, "--", *argv],
+                capture_output=True,
+                timeout=30,
+                cwd="/",
+                env=env,
+                check=False,
+            )
+            works = done.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            works = False
+        if not works:
+            for path in read_write:
+                os.chown(path, 0, 0)
+            logger.info("%s sandboxes run as root: their runtime does not start as uid %d", kind, self.uid)
+        self.uid_kinds[kind] = works
+        self.layers = [layer for layer in self.layers if layer.name != "unprivileged-uid"] + [self._uid_layer()]
+
+    def _uid_layer(self) -> Layer:
+        if os.geteuid() != 0:
+            return Layer("unprivileged-uid", True, f"Conduit itself runs as uid {os.geteuid()}")
+        if self.uid is None:
+            return Layer("unprivileged-uid", False, f"no '{SANDBOX_USER}' user on this machine")
+        if not self.uid_kinds:
+            return Layer("unprivileged-uid", True, f"uid {self.uid} wherever a runtime starts as it (checked at start)")
+        dropped = sorted(kind for kind, works in self.uid_kinds.items() if works)
+        kept = sorted(kind for kind, works in self.uid_kinds.items() if not works)
+        detail = f"sandboxes run as uid {self.uid}"
+        if dropped or kept:
+            detail = f"uid {self.uid} for {', '.join(dropped) or 'none'}"
+            if kept:
+                detail += f"; root for {', '.join(kept)} (their files are not readable by uid {self.uid})"
+        return Layer("unprivileged-uid", not kept, detail)
 
     def _describe(self, enabled: bool) -> list[Layer]:
         off = "disabled by isolation.enabled: false"
@@ -109,6 +172,7 @@ class Walls:
             Layer("landlock", enabled and self.landlock_abi > 0, landlock if enabled else off),
             Layer("no-new-privs", enabled, "prctl(PR_SET_NO_NEW_PRIVS)" if enabled else off),
             Layer("rlimit-cpu", self.cpu_seconds > 0, f"RLIMIT_CPU {self.cpu_seconds} s" if enabled else off),
+            self._uid_layer() if enabled else Layer("unprivileged-uid", os.geteuid() != 0, off),
         ]
 
     def missing(self, required: Iterable[str]) -> list[str]:
@@ -116,7 +180,18 @@ class Walls:
         active = {layer.name for layer in self.layers if layer.active}
         return [name for name in required if name not in active]
 
-    def launch(self, argv: Sequence[str], profile: Profile, memory_limit_mb: int) -> tuple[list[str], Cgroup | None]:
+    def check_required(self, required: Iterable[str]) -> None:
+        """Raises:
+        SandboxStartError: a required layer is unavailable (the message says why).
+        """
+        missing = self.missing(required)
+        if missing:
+            reasons = "; ".join(f"{layer.name}: {layer.detail}" for layer in self.layers if layer.name in missing)
+            raise SandboxStartError(f"required isolation layers are unavailable: {reasons}")
+
+    def launch(
+        self, argv: Sequence[str], profile: Profile, memory_limit_mb: int, kind: str = ""
+    ) -> tuple[list[str], Cgroup | None]:
         """``argv`` behind every available wall, and the sandbox's cgroup (to check and remove afterwards).
 
         Raises:
@@ -138,12 +213,24 @@ class Walls:
             spec["no_new_privs"] = True
         elif any(layer.name == "no-new-privs" and layer.active for layer in self.layers):
             spec["no_new_privs"] = True
+        if self.uid is not None and self.uid_kinds.get(kind):
+            spec["uid"] = self.uid
         if not spec:
             return list(argv), cgroup
         return [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv], cgroup
 
     def close(self) -> None:
         remove_parents(self.cgroups)
+
+
+def _sandbox_uid() -> int | None:
+    """The uid sandboxes drop to when Conduit runs as root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SANDBOX_USER).pw_uid
+    except KeyError:
+        return None
 
 
 def python_profile(read_write: Sequence[str], baseline_mb: int) -> Profile:
