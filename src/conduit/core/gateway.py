@@ -128,7 +128,7 @@ class Gateway:
                     deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls
                 )
                 pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
-                await anyio.to_thread.run_sync(_probe_walls, walls, deno, pyodide_dir)
+                await _probe_walls(walls, deno, pyodide_dir)
                 walls.check_required(config.isolation.require)
                 memory = config.resource_limits.memory_limit_mb
                 pools = {
@@ -426,14 +426,14 @@ class Gateway:
         raise ConduitError(f"unknown method {method!r}", code=METHOD_NOT_FOUND)
 
 
-def _probe_walls(walls: Walls, deno: DenoRuntime, pyodide_dir: Path) -> None:
+async def _probe_walls(walls: Walls, deno: DenoRuntime, pyodide_dir: Path) -> None:
     """Learn which runtimes can drop to the unprivileged uid (a no-op unless Conduit runs as root)."""
     env = deno.env()
-    walls.probe_uid("typescript", [deno.deno_path, "eval", "0"], env=env, read_write=deno.private_dirs)
+    await walls.probe_uid("typescript", [deno.deno_path, "eval", "0"], env=env, read_write=deno.private_dirs)
     wasm = json.dumps(str(pyodide_dir / "pyodide.mjs"))
-    walls.probe_uid("python", [deno.deno_path, "eval", f"Deno.readFileSync({wasm})"], env=env)
+    await walls.probe_uid("python", [deno.deno_path, "eval", f"Deno.readFileSync({wasm})"], env=env)
     worker = [sys.executable, "-I", "-c", "import conduit.sandbox.isolate_worker"]
-    walls.probe_uid("isolate", worker, env={"LANG": "C.UTF-8"})
+    await walls.probe_uid("isolate", worker, env={"LANG": "C.UTF-8"})
 
 
 class _Deferred:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -20,6 +21,8 @@ import anyio
 
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 _counter = itertools.count(1)
+_retired: list[Cgroup] = []
+"""Leaves whose processes were still exiting when released; removed by the next sweep."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Cgroup:
     """One sandbox's cgroup leaves (one per hierarchy in v1, one in v2)."""
 
     def __init__(self, support: CgroupSupport, memory_bytes: int, max_pids: int) -> None:
+        sweep()
         self.support = support
         name = f"sandbox-{next(_counter)}"
         self.leaves: list[Path] = []
@@ -150,22 +154,50 @@ class Cgroup:
                 return True
         return False
 
-    async def remove(self) -> None:
-        """Remove the leaves once their processes are gone (retrying briefly while the kernel finishes)."""
+    def try_remove(self) -> bool:
+        """Remove the leaves whose processes are gone; whether none is left."""
+        remaining = []
         for leaf in self.leaves:
-            for _ in range(50):
-                try:
-                    leaf.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    await anyio.sleep(0.01)
-        self.leaves = []
+            try:
+                leaf.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                remaining.append(leaf)
+        self.leaves = remaining
+        return not remaining
+
+    def release(self) -> None:
+        """Leave the leaves for the next sweep (when the next sandbox is started, off the request path).
+
+        Removing a memory cgroup costs the kernel milliseconds, and this runs on the path that returns
+        an execution's result.
+        """
+        _retired.append(self)
+
+    async def remove(self) -> None:
+        """Remove the leaves, waiting up to half a second for their processes to be gone."""
+        for _ in range(50):
+            if self.try_remove():
+                return
+            await anyio.sleep(0.01)
+        _retired.append(self)
+
+
+def sweep() -> None:
+    """Try again to remove released leaves whose processes were still exiting."""
+    pending = list(_retired)
+    _retired.clear()
+    _retired.extend(cgroup for cgroup in pending if not cgroup.try_remove())
 
 
 def remove_parents(support: CgroupSupport) -> None:
     """Remove this process's parent cgroups at shutdown (best effort: leaves still busy keep them)."""
+    for _ in range(50):
+        sweep()
+        if not _retired:
+            break
+        time.sleep(0.01)
     for parent in {support.memory, support.pids} - {None}:
         assert parent is not None
         for leaf in parent.glob("sandbox-*"):

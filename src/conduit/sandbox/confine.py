@@ -157,8 +157,12 @@ def main(argv: Sequence[str]) -> int:
         print("usage: python -m conduit.sandbox.confine SPEC_JSON -- ARGV...", file=sys.stderr)
         return 2
     try:
-        apply(json.loads(argv[0]))
-        os.execv(argv[2], list(argv[2:]))
+        spec = json.loads(argv[0])
+        apply(spec)
+        # The environment the runtime was meant to have: this interpreter may have added to its own
+        # (PEP 538 sets LC_CTYPE under the C locale), and nothing of that must leak into the sandbox.
+        env = spec.get("env")
+        os.execve(argv[2], list(argv[2:]), env if isinstance(env, dict) else os.environ)
     except (ConfineError, OSError, ValueError) as exc:
         print(f"conduit-confine: {exc}", file=sys.stderr)
     return LAUNCH_FAILED

@@ -21,6 +21,7 @@ from typing import Final
 
 import anyio
 from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
@@ -33,6 +34,8 @@ from conduit.sandbox.walls import Profile, Walls
 
 logger = logging.getLogger(__name__)
 
+READY: Final = b"CONDUIT-READY\n"
+READY_TIMEOUT: Final = 30.0
 HARNESS: Final = Path(__file__).parent / "harness" / "deno_harness.js"
 RUN_FLAGS: Final = ("run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock")
 """``deno run`` with nothing loaded from outside: no prompts, remote modules, npm, config or lock file."""
@@ -110,7 +113,7 @@ class DenoRuntime:
         """Spawn a Deno sandbox process behind the walls (if any), with its cgroup."""
         cgroup = None
         if self.walls is not None:
-            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb, kind)
+            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb, kind, self.env())
         try:
             process = await spawn(argv, env=self.env(), cwd=str(self.home))
         except BaseException:
@@ -121,7 +124,34 @@ class DenoRuntime:
 
     async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
         process, cgroup = await self.start(self.argv(memory_limit_mb), self.profile(), memory_limit_mb)
-        return DenoSandbox(process, self.bridge, wrap_program, cgroup=cgroup)
+        head = await wait_until_ready(process, cgroup, READY_TIMEOUT, "TypeScript sandbox")
+        return DenoSandbox(process, self.bridge, wrap_program, stdout_head=head, cgroup=cgroup)
+
+
+async def wait_until_ready(process: Process, cgroup: Cgroup | None, within_s: float, what: str) -> bytes:
+    """Wait for a harness's ready line; returns the stdout bytes read after it.
+
+    Raises:
+        SandboxStartError: the harness died or did not get ready in time (the process is destroyed).
+    """
+    assert process.stdout is not None
+    reader = BufferedByteReceiveStream(process.stdout)
+    try:
+        with anyio.fail_after(within_s):
+            line = await reader.receive_until(b"\n", 4096)
+        if line != READY.rstrip(b"\n"):
+            raise anyio.IncompleteRead
+    except BaseException as exc:
+        if not isinstance(exc, (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound)):
+            await DenoSandbox(process, BridgeAddress("", 0), str, cgroup=cgroup).discard()  # cancelled: clean up
+            raise
+        detail = ""
+        if process.stderr is not None:
+            with anyio.move_on_after(1):
+                detail = (await process.stderr.receive(4096)).decode(errors="replace").strip().splitlines()[-1]
+        await DenoSandbox(process, BridgeAddress("", 0), str, cgroup=cgroup).discard()
+        raise SandboxStartError(f"{what} did not start: {detail or type(exc).__name__}") from exc
+    return bytes(reader.buffer)
 
 
 class DenoSandbox:
@@ -195,7 +225,7 @@ class DenoSandbox:
             timed_out = scope.cancelled_caught
         finally:
             await destroy(process)
-            memory_killed = await self._release_cgroup()
+            memory_killed = self._release_cgroup()
         collector.finish()
         return classify(
             collector,
@@ -210,14 +240,13 @@ class DenoSandbox:
     async def discard(self) -> None:
         self._used = True
         await destroy(self._process)
-        await self._release_cgroup()
+        self._release_cgroup()
 
-    async def _release_cgroup(self) -> bool:
+    def _release_cgroup(self) -> bool:
         """Remove the sandbox's cgroup; whether the kernel killed the sandbox at its memory cap."""
         cgroup, self._cgroup = self._cgroup, None
         if cgroup is None:
             return False
-        with anyio.CancelScope(shield=True):
-            killed = cgroup.oom_killed()
-            await cgroup.remove()
+        killed = cgroup.oom_killed()
+        cgroup.release()
         return killed

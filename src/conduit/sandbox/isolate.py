@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 30.0
 DEADLINE_GRACE: Final = 0.5
+WORKER_ENV: Final = {"LANG": "C.UTF-8"}
 WORKER_BASELINE_MB: Final = 128
 """A worker's memory besides its isolates' heaps (Python, mini-racer, V8's own), for its cgroup cap."""
 """Extra time the host gives a worker beyond the program's timeout before killing it."""
@@ -144,9 +145,9 @@ class IsolateRuntime:
         argv, cgroup = self.argv(), None
         if self._walls is not None:
             profile = python_profile([], WORKER_BASELINE_MB)
-            argv, cgroup = self._walls.launch(argv, profile, self._memory_cap_mb, "isolate")
+            argv, cgroup = self._walls.launch(argv, profile, self._memory_cap_mb, "isolate", WORKER_ENV)
         try:
-            process = await spawn(argv, env={"LANG": "C.UTF-8"}, cwd=str(self._cwd))
+            process = await spawn(argv, env=WORKER_ENV, cwd=str(self._cwd))
         except BaseException:
             if cgroup is not None:
                 await cgroup.remove()

@@ -14,18 +14,14 @@ import sys
 from pathlib import Path
 from typing import Final
 
-import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
-
 from conduit.errors import INVALID_PARAMS, ConduitError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.deno import DenoRuntime, DenoSandbox
+from conduit.sandbox.deno import DenoRuntime, DenoSandbox, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
 PYODIDE_VERSION: Final = "314.0.7"
 HARNESS: Final = Path(__file__).parent / "harness" / "pyodide_harness.js"
-READY: Final = b"CONDUIT-READY\n"
 LOAD_TIMEOUT: Final = 60.0
 MIN_MEMORY_MB: Final = 64
 """Pyodide's WASM module starts at 30 MiB; below this a program has no room to run."""
@@ -80,21 +76,5 @@ class PyodideRuntime:
             raise SandboxStartError(problem)
         profile = self._deno.profile(str(self._dir), baseline_mb=PYODIDE_BASELINE_MB)
         process, cgroup = await self._deno.start(self.argv(memory_limit_mb), profile, memory_limit_mb, "python")
-        assert process.stdout is not None
-        reader = BufferedByteReceiveStream(process.stdout)
-        try:
-            with anyio.fail_after(LOAD_TIMEOUT):
-                line = await reader.receive_until(b"\n", 4096)
-            if line != READY.rstrip(b"\n"):
-                raise anyio.IncompleteRead
-        except BaseException as exc:
-            if not isinstance(exc, (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound)):
-                await DenoSandbox(process, self._bridge, str, cgroup=cgroup).discard()  # cancelled while loading
-                raise
-            detail = ""
-            if process.stderr is not None:
-                with anyio.move_on_after(1):
-                    detail = (await process.stderr.receive(4096)).decode(errors="replace").strip().splitlines()[-1]
-            await DenoSandbox(process, self._bridge, str, cgroup=cgroup).discard()
-            raise SandboxStartError(f"Python sandbox did not start: {detail or type(exc).__name__}") from exc
-        return DenoSandbox(process, self._bridge, str, stdout_head=bytes(reader.buffer), cgroup=cgroup)
+        head = await wait_until_ready(process, cgroup, LOAD_TIMEOUT, "Python sandbox")
+        return DenoSandbox(process, self._bridge, str, stdout_head=head, cgroup=cgroup)

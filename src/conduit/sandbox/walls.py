@@ -26,12 +26,13 @@ import logging
 import math
 import os
 import pwd
-import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+import anyio
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox import confine
@@ -107,7 +108,9 @@ class Walls:
         walls.layers = walls._describe(enabled)
         return walls
 
-    def probe_uid(self, kind: str, argv: Sequence[str], *, env: dict[str, str], read_write: Sequence[str] = ()) -> None:
+    async def probe_uid(
+        self, kind: str, argv: Sequence[str], *, env: dict[str, str], read_write: Sequence[str] = ()
+    ) -> None:
         """Find out once whether sandboxes of ``kind`` can run as the unprivileged uid (``argv`` must exit 0).
 
         ``read_write`` (the sandbox's private directories) are given to that uid first.
@@ -116,18 +119,14 @@ class Walls:
             return
         for path in read_write:
             os.chown(path, self.uid, self.uid)
-        spec = json.dumps({"uid": self.uid})
+        spec = json.dumps({"uid": self.uid, "env": env})
         try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-S", str(CONFINE), spec, "--", *argv],
-                capture_output=True,
-                timeout=30,
-                cwd="/",
-                env=env,
-                check=False,
-            )
+            with anyio.fail_after(30):
+                done = await anyio.run_process(
+                    [sys.executable, "-I", "-S", str(CONFINE), spec, "--", *argv], cwd="/", env=env, check=False
+                )
             works = done.returncode == 0
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, TimeoutError):
             works = False
         if not works:
             for path in read_write:
@@ -190,7 +189,12 @@ class Walls:
             raise SandboxStartError(f"required isolation layers are unavailable: {reasons}")
 
     def launch(
-        self, argv: Sequence[str], profile: Profile, memory_limit_mb: int, kind: str = ""
+        self,
+        argv: Sequence[str],
+        profile: Profile,
+        memory_limit_mb: int,
+        kind: str = "",
+        env: Mapping[str, str] | None = None,
     ) -> tuple[list[str], Cgroup | None]:
         """``argv`` behind every available wall, and the sandbox's cgroup (to check and remove afterwards).
 
@@ -217,6 +221,8 @@ class Walls:
             spec["uid"] = self.uid
         if not spec:
             return list(argv), cgroup
+        if env is not None:
+            spec["env"] = dict(env)
         return [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv], cgroup
 
     def close(self) -> None:

@@ -38,6 +38,10 @@ function describeError(error, programUrl, sdkUrl) {
   return { name: "Error", message: scrub(error, programUrl, sdkUrl) };
 }
 
+// Loaded and waiting: the host counts this sandbox as warm only from here on.
+const ready = encoder.encode("CONDUIT-READY\n");
+for (let written = 0; written < ready.length; ) written += Deno.stdout.writeSync(ready.subarray(written));
+
 const job = await readJob();
 const conn = await Deno.connect({ hostname: job.bridge.host, port: job.bridge.port, transport: "tcp" });
 conn.setNoDelay(true);
