@@ -197,3 +197,20 @@ def test_doctor_lists_every_layer(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for name in LAYERS:
         assert f"isolation {name}:" in done.stdout
+
+
+async def test_every_runtime_runs_unprivileged_when_conduit_is_root(walled: Gateway) -> None:
+    need("unprivileged-uid")
+    walls = walled.walls
+    assert walls is not None
+    if walls.uid is None:
+        pytest.skip("Conduit is not running as root here: there is no uid to drop")
+    for name in ("typescript", "isolate"):
+        runtime = walled.runtimes[name]
+        sandbox = await (runtime.runtime if isinstance(runtime, PooledRuntime) else runtime).prepare(128)
+        try:
+            comm = "deno" if name == "typescript" else "python"
+            await wait_until(lambda: read(f"/proc/{sandbox.pid}/comm").strip().startswith(comm))  # noqa: B023
+            await wait_until(lambda: f"Uid:\t{walls.uid}\t" in read(f"/proc/{sandbox.pid}/status"))  # noqa: B023
+        finally:
+            await sandbox.discard()

@@ -87,7 +87,11 @@ class IsolateRuntime:
         self.last_error: str | None = None
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-I", "-m", "conduit.sandbox.isolate_worker"]
+        argv = [sys.executable, "-I", "-m", "conduit.sandbox.isolate_worker"]
+        walls = self._walls
+        if walls is not None and walls.uid is not None and walls.late_uid("isolate"):
+            argv += ["--uid", str(walls.uid)]  # its Python cannot start as that uid: it drops after loading
+        return argv
 
     async def start(self, tg: TaskGroup) -> None:
         """Begin keeping ``warm`` workers ready, in ``tg``."""

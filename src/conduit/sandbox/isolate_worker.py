@@ -205,12 +205,26 @@ async def run_job(job: dict[str, Any]) -> bool:
     return reusable
 
 
+def drop_privileges(argv: list[str]) -> None:
+    """``--uid N``: become uid/gid N now that everything the worker needs is loaded (before any job).
+
+    For interpreters the unprivileged user cannot start from (a Python under /root): the worker
+    starts as root behind its other walls, loads Python, mini-racer, V8 and ICU, then drops.
+    """
+    if len(argv) == 2 and argv[0] == "--uid":
+        uid = int(argv[1])
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
 async def main() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     with mini_racer(loop) as warm:  # load V8 and ICU before the first job arrives
         warm.eval("1")
+    drop_privileges(sys.argv[1:])
     send({"type": "ready"})
     while line := await reader.readline():
         if not await run_job(json.loads(line)):

@@ -50,6 +50,8 @@ LAYERS: Final = (
     "unprivileged-uid",
 )
 SANDBOX_USER: Final = "nobody"
+LATE_UID_KINDS: Final = frozenset({"isolate"})
+"""Runtimes that can drop the uid themselves after loading (before any job), if they cannot start as it."""
 CONFINE: Final = Path(confine.__file__)
 MAX_PIDS: Final = 128
 """Threads and processes per sandbox: Deno uses ~15, a Worker flood hits this."""
@@ -135,6 +137,10 @@ class Walls:
         self.uid_kinds[kind] = works
         self.layers = [layer for layer in self.layers if layer.name != "unprivileged-uid"] + [self._uid_layer()]
 
+    def late_uid(self, kind: str) -> bool:
+        """Whether sandboxes of ``kind`` start as root and drop the uid themselves once loaded."""
+        return self.uid is not None and kind in LATE_UID_KINDS and self.uid_kinds.get(kind) is False
+
     def _uid_layer(self) -> Layer:
         if os.geteuid() != 0:
             return Layer("unprivileged-uid", True, f"Conduit itself runs as uid {os.geteuid()}")
@@ -143,12 +149,13 @@ class Walls:
         if not self.uid_kinds:
             return Layer("unprivileged-uid", True, f"uid {self.uid} wherever a runtime starts as it (checked at start)")
         dropped = sorted(kind for kind, works in self.uid_kinds.items() if works)
-        kept = sorted(kind for kind, works in self.uid_kinds.items() if not works)
-        detail = f"sandboxes run as uid {self.uid}"
-        if dropped or kept:
-            detail = f"uid {self.uid} for {', '.join(dropped) or 'none'}"
-            if kept:
-                detail += f"; root for {', '.join(kept)} (their files are not readable by uid {self.uid})"
+        late = sorted(kind for kind in self.uid_kinds if self.late_uid(kind))
+        kept = sorted(kind for kind, works in self.uid_kinds.items() if not works and kind not in late)
+        detail = f"uid {self.uid} for {', '.join(dropped) or 'none'}"
+        if late:
+            detail += f"; {', '.join(late)} drop to it after loading their runtime"
+        if kept:
+            detail += f"; root for {', '.join(kept)} (their files are not readable by uid {self.uid})"
         return Layer("unprivileged-uid", not kept, detail)
 
     def _describe(self, enabled: bool) -> list[Layer]:
