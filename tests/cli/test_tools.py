@@ -99,3 +99,15 @@ def test_version() -> None:
     done = conduit("--version")
     assert done.returncode == 0
     assert done.stdout.startswith("conduit ")
+
+
+def test_doctor_checks_that_each_upstream_is_reachable(tmp_path: Path) -> None:
+    upstreams = [
+        {"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]},
+        {"id": "ghost", "command": str(tmp_path / "no-such-server")},
+    ]
+    done = conduit("doctor", "--config", str(write_config(tmp_path, {"upstreams": upstreams})))
+    assert done.returncode == 1
+    assert "ok    upstream toolbox: reachable, " in done.stdout
+    assert "FAIL  upstream ghost: " in done.stderr
+    assert "no-such-server" in done.stderr  # the cause, not just "unavailable"

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
+
 from conduit.cli.common import add_config_option, load
 from conduit.errors import SandboxStartError
 from conduit.sandbox.walls import Walls
@@ -70,6 +72,16 @@ def doctor(args: argparse.Namespace) -> int:
     except Exception as exc:  # a missing or broken native library shows up as any of several errors
         problems.append(f"FAIL  isolate runtime: mini-racer unusable: {exc} (run `make setup`)")
     report.append(f"ok    config: {loaded.source or 'defaults (no config file)'}")
+    if config.upstreams:
+        from conduit.cli.tools import catalog_of
+
+        catalog, causes = anyio.run(catalog_of, loaded)
+        for upstream in config.upstreams:
+            if upstream.id in causes:
+                problems.append(f"FAIL  upstream {upstream.id}: {causes[upstream.id]}")
+            else:
+                count = sum(1 for entry in catalog.tools if entry.upstream == upstream.id)
+                report.append(f"ok    upstream {upstream.id}: reachable, {count} tools")
     walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
     try:
         for layer in walls.layers:

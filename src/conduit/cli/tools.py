@@ -60,8 +60,8 @@ def add_parser(commands: Any) -> None:
 def tools(args: argparse.Namespace) -> int:
     loaded = load(args)
     setup_logging(loaded.config, level="warning")
-    catalog = anyio.run(_catalog, loaded)
-    for upstream, reason in catalog.failures.items():
+    catalog, causes = anyio.run(catalog_of, loaded)
+    for upstream, reason in causes.items():
         print(f"conduit: upstream {upstream!r} could not be listed: {reason}", file=sys.stderr)
     failed = 1 if catalog.failures else 0
     if args.sdk:
@@ -82,7 +82,8 @@ def tools(args: argparse.Namespace) -> int:
     return failed
 
 
-async def _catalog(loaded: LoadedConfig) -> Catalog:
+async def catalog_of(loaded: LoadedConfig) -> tuple[Catalog, dict[str, str]]:
+    """Every configured upstream's tools (connected, listed and closed again), and why each failure failed."""
     async with anyio.create_task_group() as tg:
         network = policy_for(loaded.config.network)
         registry = UpstreamRegistry(base_dir=loaded.base_dir, host_env=dict(os.environ), tg=tg, network=network)
@@ -90,11 +91,15 @@ async def _catalog(loaded: LoadedConfig) -> Catalog:
             registry.add(upstream)
         try:
             catalog = await registry.catalog()
+            causes = {
+                upstream_id: registry.connections[upstream_id].last_error or reason
+                for upstream_id, reason in catalog.failures.items()
+            }
         finally:
             with anyio.CancelScope(shield=True):
                 await registry.aclose()
             tg.cancel_scope.cancel()
-    return catalog
+    return catalog, causes
 
 
 def _listing(catalog: Catalog, loaded: LoadedConfig) -> str:
