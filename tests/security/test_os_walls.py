@@ -62,6 +62,7 @@ async def still_serves(gateway: Gateway, language: str) -> None:
 
 
 BOMBS = [
+    ("typescript", "const held = []; while (true) held.push({text: 'x'.repeat(64) + Math.random(), n: [1, 2, 3]});"),
     ("typescript", "const held = []; while (true) { const a = new Uint8Array(16 << 20); a.fill(1); held.push(a); }"),
     ("typescript", "const h = []; while (true) h.push(new Float64Array(8 << 20).fill(1.5));"),
     ("python", "held = []\nwhile True:\n    held.append(bytearray(16 << 20))"),
