@@ -1,10 +1,13 @@
 """Latency benchmark: Conduit's runtimes beside the bare floors they are built on, measured in one run.
 
-Usage: ``make bench`` (or ``.venv/bin/python bench/run.py [--runs N]``). Prints one table:
-median, p95 and max per scenario, and the ratio of each median to its floor: a bare
+Usage: ``make bench`` (or ``.venv/bin/python bench/run.py [--runs N]``). Prints a latency table
+(median, p95 and max per scenario, and the ratio of each median to its floor: a bare
 ``deno run`` of a trivial program for TypeScript, a cold Pyodide load for Python, a bare
-mini-racer context for isolates. Runs are timed with a warm sandbox available (the time pools
-spend refilling between runs is not counted; the cold floor shows what it costs).
+mini-racer context for isolates), then throughput at 1, 4 and 8 executions in flight beside
+what the machine can spawn (bare ``deno run`` with two workers), then RSS of Conduit's own process
+and of its whole process tree, idle and at peak under load. Latency runs are timed with a warm
+sandbox available (the time pools spend refilling between runs is not counted; the cold floor
+shows what it costs).
 """
 
 from __future__ import annotations
@@ -118,6 +121,89 @@ async def wait_for_pools(gateway: Gateway) -> None:
             await anyio.sleep(0.05)
 
 
+def bare_deno_rate(seconds: float = 3.0, workers: int = 2) -> float:
+    """What the machine can spawn: bare ``deno run`` processes per second with ``workers`` at a time."""
+    import concurrent.futures
+
+    deno = find_deno(None)
+    with tempfile.TemporaryDirectory() as home:
+        env = {"DENO_DIR": home, "HOME": home, "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
+        argv = [deno, *RUN_FLAGS, "-"]
+        deadline = time.perf_counter() + seconds
+
+        def loop() -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                subprocess.run(argv, input=b"const x = 1 + 1;", env=env, check=True, capture_output=True)
+                done += 1
+            return done
+
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            total = sum(pool.map(lambda _: loop(), range(workers)))
+        return total / (time.perf_counter() - started)
+
+
+def tree_rss_mb(root: int) -> tuple[float, float]:
+    """RSS of process ``root`` alone and of its whole process tree, in MiB."""
+
+    def rss(pid: int) -> float:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss(pid)
+        stack.extend(children.get(pid, []))
+    return rss(root), total
+
+
+async def throughput(gateway: Gateway, language: str, in_flight: int, count: int) -> tuple[float, float]:
+    """Executions per second with ``in_flight`` at a time, and the peak process-tree RSS meanwhile."""
+    await wait_for_pools(gateway)
+    code = "1 + 1" if language == "python" else "return 1 + 1;"
+    remaining = count
+    peak = 0.0
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            outcome = await gateway.execute(language, code)
+            if outcome.error is not None:
+                raise RuntimeError(f"{language}: {outcome.error}")
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, tree_rss_mb(os.getpid())[1])
+            await anyio.sleep(0.1)
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as sampler:
+        sampler.start_soon(sample)
+        async with anyio.create_task_group() as workers:
+            for _ in range(in_flight):
+                workers.start_soon(worker)
+        sampler.cancel_scope.cancel()
+    return count / (time.perf_counter() - started), peak
+
+
 async def main(runs: int) -> None:
     config = Config.model_validate(
         {"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}]}
@@ -147,6 +233,17 @@ async def main(runs: int) -> None:
 
                 count = py_runs if language == "python" else runs
                 rows.append((f"{language}: {name}", await measure(count, run), floor_name))
+        await wait_for_pools(gw)
+        await anyio.sleep(1)
+        own_idle, tree_idle = tree_rss_mb(os.getpid())
+        rates: dict[str, list[float]] = {}
+        peak_rss = 0.0
+        counts = {"typescript": 40, "python": 12, "isolate": 200}
+        for language in ("typescript", "python", "isolate"):
+            for in_flight in (1, 4, 8):
+                rate, peak = await throughput(gw, language, in_flight, counts[language])
+                rates.setdefault(language, []).append(rate)
+                peak_rss = max(peak_rss, peak)
     floor_medians = {f"{name} (floor)": statistics.median(samples) for name, samples in floors.values()}
     print(
         f"# Conduit latency, {runs} runs per scenario ({py_runs} for Python; {platform.machine()}, "
@@ -158,6 +255,20 @@ async def main(runs: int) -> None:
         median, p95, worst = summarize(samples)
         ratio = f"{median / floor_medians[f'{floor} (floor)']:.2f}" if floor else "1.00"
         print(f"| {name:<38} | {median:>9.2f} | {p95:>8.2f} | {worst:>8.2f} | {ratio:>7} |")
+    spawn_rate = bare_deno_rate()
+    print("\n# Throughput, executions per second (trivial program)\n")
+    print(f"| {'runtime':<38} | {'1 in flight':>11} | {'4 in flight':>11} | {'8 in flight':>11} |")
+    print(f"|{'-' * 40}|{'-' * 12}:|{'-' * 12}:|{'-' * 12}:|")
+    for language, values in rates.items():
+        print(f"| {language:<38} | " + " | ".join(f"{value:>11.1f}" for value in values) + " |")
+    name = "bare deno run, 2 workers (floor)"
+    print(f"| {name:<38} | {'':>11} | {'':>11} | {spawn_rate:>11.1f} |")
+    share = rates["typescript"][2] / spawn_rate * 100
+    print(f"\nTypeScript at 8 in flight: {share:.0f} % of what the machine can spawn.")
+    print(
+        f"\n# Memory (RSS)\n\nConduit's own process, idle: {own_idle:.0f} MiB; whole process tree (pools, isolate "
+        f"workers, upstreams) idle: {tree_idle:.0f} MiB; peak under load: {peak_rss:.0f} MiB."
+    )
 
 
 if __name__ == "__main__":
