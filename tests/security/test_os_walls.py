@@ -19,6 +19,7 @@ from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
+from conduit.sandbox.cgroups import detect, remove_parents
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sandbox.walls import CONFINE, LAYERS, SYSTEM_READ_ONLY, Walls
@@ -225,3 +226,17 @@ async def test_every_runtime_runs_unprivileged_when_conduit_is_root(walled: Gate
             await wait_until(lambda: f"Uid:\t{walls.uid}\t" in read(f"/proc/{sandbox.pid}/status"))  # noqa: B023
         finally:
             await sandbox.discard()
+
+
+def test_cgroups_left_by_a_killed_conduit_are_removed_at_the_next_start() -> None:
+    need("cgroup-memory")
+    first = detect()
+    assert first.memory is not None
+    stale = first.memory.parent / "conduit-999999999"
+    (stale / "sandbox-1").mkdir(parents=True)
+    remove_parents(first)
+    again = detect()
+    try:
+        assert not stale.exists()
+    finally:
+        remove_parents(again)

@@ -54,7 +54,25 @@ def _own_path(controller: str) -> str | None:
     return None
 
 
+def _remove_stale(base: Path) -> None:
+    """Remove the parent cgroups (and their empty leaves) of Conduit processes that no longer exist."""
+    for parent in base.glob("conduit-*"):
+        pid = parent.name.removeprefix("conduit-")
+        if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+            continue
+        for leaf in parent.glob("sandbox-*"):
+            try:
+                leaf.rmdir()
+            except OSError:
+                pass
+        try:
+            parent.rmdir()
+        except OSError:
+            pass
+
+
 def _make_parent(base: Path) -> Path | None:
+    _remove_stale(base)  # left behind by Conduit processes that were killed before they could clean up
     parent = base / f"conduit-{os.getpid()}"
     try:
         parent.mkdir(exist_ok=True)
