@@ -7,6 +7,8 @@ and the rule it broke, so a program (or an agent) can fix its call.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -15,6 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 _MAX_PROBLEMS: Final = 10
+_CACHED_SCHEMAS: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,7 @@ class Problem:
 
 def usable_schema(schema: Mapping[str, Any] | None) -> bool:
     """Whether ``schema`` says anything a validator can check (an empty or broken one does not)."""
-    if not schema or set(schema) <= {"type", "$schema"} and schema.get("type") in (None, "object"):
-        return False
-    try:
-        Draft202012Validator.check_schema(dict(schema))
-    except SchemaError:
-        return False
-    return True
+    return _validator(schema) is not None
 
 
 def check_arguments(schema: Mapping[str, Any] | None, arguments: Mapping[str, Any]) -> list[Problem]:
@@ -47,14 +44,35 @@ def check_arguments(schema: Mapping[str, Any] | None, arguments: Mapping[str, An
     >>> [str(p) for p in check_arguments(schema, {"n": "1"})]
     ["args: 's' is a required property (required)", "args.n: '1' is not of type 'integer' (type)"]
     """
-    if not usable_schema(schema):
+    validator = _validator(schema)
+    if validator is None:
         return []
-    assert schema is not None
-    validator = Draft202012Validator(dict(schema))
     errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     return [Problem(_path(error.absolute_path), str(error.validator), error.message) for error in errors][
         :_MAX_PROBLEMS
     ]
+
+
+def _validator(schema: Mapping[str, Any] | None) -> Draft202012Validator | None:
+    """The compiled validator for ``schema`` (None: nothing to check), built once per distinct schema.
+
+    Every tool call is validated, so checking the schema itself and compiling it must not happen per call.
+    """
+    if not schema:
+        return None
+    return _compiled(json.dumps(schema, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=_CACHED_SCHEMAS)
+def _compiled(canonical: str) -> Draft202012Validator | None:
+    schema = json.loads(canonical)
+    if not isinstance(schema, dict) or set(schema) <= {"type", "$schema"} and schema.get("type") in (None, "object"):
+        return None
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError:
+        return None
+    return Draft202012Validator(schema)
 
 
 def _path(parts: Any) -> str:
