@@ -20,7 +20,7 @@ from conduit.sdk.naming import identifier
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk, schema_type
 from conduit.upstream.network import policy_for
-from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
+from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry, qualify
 
 SDKS: Final = {
     "ts": generate_typescript_sdk,
@@ -68,7 +68,7 @@ def tools(args: argparse.Namespace) -> int:
         print(SDKS[args.sdk](catalog.tools), end="")
         return failed
     if args.name:
-        qualified = args.name if "__" in args.name else args.name.replace(".", "__", 1)
+        qualified = qualify(args.name)
         entry = catalog.find(qualified)
         if entry is None:
             print(f"conduit: no tool {args.name!r} (try `conduit tools` for the list)", file=sys.stderr)

@@ -17,7 +17,7 @@ from conduit.errors import INVALID_PARAMS, ConduitError
 from conduit.sdk.python import python_declaration
 from conduit.sdk.typescript import typescript_declaration
 from conduit.upstream.connection import UpstreamConnection
-from conduit.upstream.registry import Catalog, ToolEntry
+from conduit.upstream.registry import Catalog, ToolEntry, qualify
 
 SEARCH_LIMIT: Final = 10
 _TERM: Final = re.compile(r"[a-z0-9]+")
@@ -78,7 +78,7 @@ def find_tool(catalog: Catalog, tool_id: Any) -> ToolEntry:
     """
     if not isinstance(tool_id, str) or not tool_id:
         raise ConduitError("the tool id must be a non-empty string", code=INVALID_PARAMS)
-    qualified = tool_id if "__" in tool_id else tool_id.replace(".", "__", 1)
+    qualified = qualify(tool_id)
     entry = catalog.find(qualified)
     if entry is None:
         raise ConduitError(f"unknown tool {tool_id!r} (search with conduit__mcp_search_tools)", code=INVALID_PARAMS)

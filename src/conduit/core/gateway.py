@@ -52,7 +52,7 @@ from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.upstream.network import policy_for
-from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry
+from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry, qualify
 
 logger = logging.getLogger(__name__)
 AUDIT = logging.getLogger("conduit.audit")
@@ -305,7 +305,7 @@ class Gateway:
             arguments = {}
         if not isinstance(arguments, dict):
             raise ConduitError("arguments must be an object", code=INVALID_PARAMS)
-        qualified = name if "__" in name or "." not in name else name.replace(".", "__", 1)
+        qualified = qualify(name)
         upstream, sep, tool = qualified.partition("__")
         if not sep:
             raise UnknownToolError(f"unknown tool {name!r}: use '<upstream>__<tool>' or '<upstream>.<tool>'")
@@ -325,7 +325,7 @@ class Gateway:
     async def _audited_call(self, principal: Principal, name: Any, arguments: Any) -> types.CallToolResult:
         """A bridge tool call, counted, timed and written to the audit log (never its arguments or result)."""
         started = time.perf_counter()
-        upstream = name.replace(".", "__", 1).partition("__")[0] if isinstance(name, str) else "?"
+        upstream = qualify(name).partition("__")[0] if isinstance(name, str) else "?"
         if upstream not in self.registry.connections:
             upstream = "unknown"
         code: int | None = None

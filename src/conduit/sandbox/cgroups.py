@@ -60,15 +60,20 @@ def _remove_stale(base: Path) -> None:
         pid = parent.name.removeprefix("conduit-")
         if not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
             continue
-        for leaf in parent.glob("sandbox-*"):
-            try:
-                leaf.rmdir()
-            except OSError:
-                pass
+        _remove_parent(parent)
+
+
+def _remove_parent(parent: Path) -> None:
+    """Remove a parent cgroup and its empty leaves (best effort: a leaf still in use keeps both)."""
+    for leaf in parent.glob("sandbox-*"):
         try:
-            parent.rmdir()
+            leaf.rmdir()
         except OSError:
             pass
+    try:
+        parent.rmdir()
+    except OSError:
+        pass
 
 
 def _make_parent(base: Path) -> Path | None:
@@ -218,12 +223,4 @@ def remove_parents(support: CgroupSupport) -> None:
         time.sleep(0.01)
     for parent in {support.memory, support.pids} - {None}:
         assert parent is not None
-        for leaf in parent.glob("sandbox-*"):
-            try:
-                leaf.rmdir()
-            except OSError:
-                pass
-        try:
-            parent.rmdir()
-        except OSError:
-            pass
+        _remove_parent(parent)

@@ -94,8 +94,7 @@ def restrict_file_system(read_only: Iterable[str], read_write: Iterable[str]) ->
         for paths, rights in ((read_only, READ_ONLY), (read_write, READ_WRITE)):
             for path in paths:
                 _add_rule(libc, int(ruleset), path, rights & handled)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise ConfineError(f"prctl(NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
+        no_new_privileges()  # landlock_restrict_self requires it of an unprivileged caller
         if libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, int(ruleset), 0) != 0:
             raise ConfineError(f"landlock_restrict_self: {os.strerror(ctypes.get_errno())}")
     finally:

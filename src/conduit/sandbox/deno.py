@@ -128,6 +128,16 @@ class DenoRuntime:
         return DenoSandbox(process, self.bridge, wrap_program, stdout_head=head, cgroup=cgroup)
 
 
+async def discard_process(process: Process, cgroup: Cgroup | None) -> bool:
+    """Destroy a sandbox process and release its cgroup; whether the kernel killed it at its memory cap."""
+    await destroy(process)
+    if cgroup is None:
+        return False
+    killed = cgroup.oom_killed()
+    cgroup.release()
+    return killed
+
+
 async def wait_until_ready(process: Process, cgroup: Cgroup | None, within_s: float, what: str) -> bytes:
     """Wait for a harness's ready line; returns the stdout bytes read after it.
 
@@ -143,13 +153,13 @@ async def wait_until_ready(process: Process, cgroup: Cgroup | None, within_s: fl
             raise anyio.IncompleteRead
     except BaseException as exc:
         if not isinstance(exc, (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound)):
-            await DenoSandbox(process, BridgeAddress("", 0), str, cgroup=cgroup).discard()  # cancelled: clean up
+            await discard_process(process, cgroup)  # cancelled while loading: leave nothing behind
             raise
         detail = ""
         if process.stderr is not None:
             with anyio.move_on_after(1):
                 detail = (await process.stderr.receive(4096)).decode(errors="replace").strip().splitlines()[-1]
-        await DenoSandbox(process, BridgeAddress("", 0), str, cgroup=cgroup).discard()
+        await discard_process(process, cgroup)
         raise SandboxStartError(f"{what} did not start: {detail or type(exc).__name__}") from exc
     return bytes(reader.buffer)
 
@@ -224,8 +234,7 @@ class DenoSandbox:
                     await process.wait()
             timed_out = scope.cancelled_caught
         finally:
-            await destroy(process)
-            memory_killed = self._release_cgroup()
+            memory_killed = await self._discard()
         collector.finish()
         return classify(
             collector,
@@ -239,14 +248,8 @@ class DenoSandbox:
 
     async def discard(self) -> None:
         self._used = True
-        await destroy(self._process)
-        self._release_cgroup()
+        await self._discard()
 
-    def _release_cgroup(self) -> bool:
-        """Remove the sandbox's cgroup; whether the kernel killed the sandbox at its memory cap."""
+    async def _discard(self) -> bool:
         cgroup, self._cgroup = self._cgroup, None
-        if cgroup is None:
-            return False
-        killed = cgroup.oom_killed()
-        cgroup.release()
-        return killed
+        return await discard_process(self._process, cgroup)

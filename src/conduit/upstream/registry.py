@@ -63,6 +63,15 @@ class Catalog:
         return next((entry for entry in self.tools if entry.qualified == qualified), None)
 
 
+def qualify(name: str) -> str:
+    """A tool name as ``upstream__tool``; ``upstream.tool`` is accepted too.
+
+    >>> qualify("time.get_current_time"), qualify("toolbox__add"), qualify("add")
+    ('time__get_current_time', 'toolbox__add', 'add')
+    """
+    return name if SEPARATOR in name else name.replace(".", SEPARATOR, 1)
+
+
 def split_qualified(qualified: str) -> tuple[str, str]:
     """``"time__get_current_time"`` -> ``("time", "get_current_time")``.
 
