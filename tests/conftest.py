@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,33 @@ async def conduit(request: pytest.FixtureRequest, e2e_config: Path, anyio_backen
     else:
         async with ConduitHttp.start(e2e_config) as server, server.client() as client:
             yield client
+
+
+@pytest.fixture
+def loopback_listener() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A live TCP listener on 127.0.0.1 that records every connection it accepts."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join(2)
+    server.close()
+    for conn in accepted:
+        conn.close()
 
 
 __all__ = ["CONDUIT"]

@@ -73,13 +73,7 @@ class ConduitHttp:
             ops_url = await _wait_for_url(log, process, "Conduit ops on ")
             yield cls(url=url, token=token, process=process, log=log, ops_url=ops_url.split()[0])
         finally:
-            if process.returncode is None:
-                process.terminate()
-            with anyio.move_on_after(10):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
+            await stop_process(process, grace=10)
 
     @asynccontextmanager
     async def client(self, token: str | None = None) -> AsyncIterator[Client]:
@@ -87,6 +81,17 @@ class ConduitHttp:
         async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
             async with Client(streamable_http_client(self.url, http_client=http)) as client:
                 yield client
+
+
+async def stop_process(process: anyio.abc.Process, grace: float) -> None:
+    """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL; always closes the pipes."""
+    if process.returncode is None:
+        process.terminate()
+    with anyio.move_on_after(grace):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+    await process.aclose()
 
 
 async def wait_until(predicate: Callable[[], bool], interval: float = 0.05) -> None:
@@ -152,10 +157,4 @@ async def http_upstream(*args: str) -> AsyncIterator[str]:
                 line += await process.stdout.receive()
         yield line.decode().split()[-1]
     finally:
-        if process.returncode is None:
-            process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()
+        await stop_process(process, grace=5)

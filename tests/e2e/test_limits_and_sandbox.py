@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 from mcp import Client
@@ -109,33 +107,6 @@ async def test_subprocess_is_refused(conduit: Client) -> None:
     is_error, out = await run_ts(conduit, 'return new Deno.Command("/bin/sh", {args: ["-c", "id"]}).outputSync().code;')
     assert is_error
     assert "NotCapable" in out["stderr"]
-
-
-@pytest.fixture
-def loopback_listener() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A live TCP listener on 127.0.0.1 that records every connection it accepts."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
-    stop.set()
-    thread.join(2)
-    server.close()
-    for conn in accepted:
-        conn.close()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

@@ -8,8 +8,7 @@ benign execution in the same runtime still succeeds.
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +48,6 @@ async def server(
     for canary in (ENV_CANARY, TOKEN_CANARY):
         assert canary not in log, f"{canary} reached the server log"
         assert not any(canary in text for text in SEEN), f"{canary} reached a response"
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A loopback TCP listener the sandbox must not reach; records every accepted connection."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
-    stop.set()
-    thread.join(2)
-    server.close()
 
 
 async def attack(server: ConduitHttp, runtime: str, code: str, **arguments: Any) -> dict[str, Any]:
@@ -158,8 +134,10 @@ EGRESS = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_network_egress(server: ConduitHttp, listener: tuple[int, list[socket.socket]], runtime: str) -> None:
-    port, accepted = listener
+async def test_network_egress(
+    server: ConduitHttp, loopback_listener: tuple[int, list[socket.socket]], runtime: str
+) -> None:
+    port, accepted = loopback_listener
     out = await attack(server, runtime, EGRESS[runtime].format(port=port))
     assert refused(out), out
     assert accepted == []
