@@ -116,7 +116,7 @@ async def wait_for_pools(gateway: Gateway) -> None:
     pools = [pool for pool in gateway.runtimes.values() if isinstance(pool, PooledRuntime)]
     with anyio.fail_after(120):
         while True:
-            if all(pool.ready >= pool.warm for pool in pools):
+            if all(pool.full for pool in pools):
                 return
             await anyio.sleep(0.05)
 
@@ -204,20 +204,21 @@ async def throughput(gateway: Gateway, language: str, in_flight: int, count: int
     return count / (time.perf_counter() - started), peak
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, languages: tuple[str, ...]) -> None:
     config = Config.model_validate(
         {"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}]}
     )
     py_runs = max(5, runs // 5)
-    floors = {
-        "typescript": ("bare deno run", bare_deno(runs)),
-        "python": ("cold Pyodide load in Deno", cold_pyodide(max(3, py_runs // 2))),
-        "isolate": ("bare mini-racer context", bare_mini_racer(runs)),
+    floor_makers = {
+        "typescript": ("bare deno run", lambda: bare_deno(runs)),
+        "python": ("cold Pyodide load in Deno", lambda: cold_pyodide(max(3, py_runs // 2))),
+        "isolate": ("bare mini-racer context", lambda: bare_mini_racer(runs)),
     }
+    floors = {language: (name, make()) for language, (name, make) in floor_makers.items() if language in languages}
     rows: list[tuple[str, list[float], str | None]] = []
     token = "bench-token-0123456789"
     async with Gateway.open(config, master_token=token, base_dir=ROOT, host_env=dict(os.environ)) as gw:
-        for language in ("typescript", "python", "isolate"):
+        for language in languages:
             floor_name, floor_samples = floors[language]
             rows.append((f"{floor_name} (floor)", floor_samples, None))
             programs = PY_PROGRAMS if language == "python" else PROGRAMS
@@ -239,7 +240,7 @@ async def main(runs: int) -> None:
         rates: dict[str, list[float]] = {}
         peak_rss = 0.0
         counts = {"typescript": 40, "python": 12, "isolate": 200}
-        for language in ("typescript", "python", "isolate"):
+        for language in languages:
             for in_flight in (1, 4, 8):
                 rate, peak = await throughput(gw, language, in_flight, counts[language])
                 rates.setdefault(language, []).append(rate)
@@ -263,8 +264,9 @@ async def main(runs: int) -> None:
         print(f"| {language:<38} | " + " | ".join(f"{value:>11.1f}" for value in values) + " |")
     name = "bare deno run, 2 workers (floor)"
     print(f"| {name:<38} | {'':>11} | {'':>11} | {spawn_rate:>11.1f} |")
-    share = rates["typescript"][2] / spawn_rate * 100
-    print(f"\nTypeScript at 8 in flight: {share:.0f} % of what the machine can spawn.")
+    if "typescript" in rates:
+        share = rates["typescript"][2] / spawn_rate * 100
+        print(f"\nTypeScript at 8 in flight: {share:.0f} % of what the machine can spawn.")
     print(
         f"\n# Memory (RSS)\n\nConduit's own process, idle: {own_idle:.0f} MiB; whole process tree (pools, isolate "
         f"workers, upstreams) idle: {tree_idle:.0f} MiB; peak under load: {peak_rss:.0f} MiB."
@@ -274,4 +276,8 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="measured runs per scenario (default 50)")
-    anyio.run(main, parser.parse_args().runs)
+    parser.add_argument(
+        "--runtimes", default="typescript,python,isolate", help="comma-separated runtimes to measure (default: all)"
+    )
+    args = parser.parse_args()
+    anyio.run(main, args.runs, tuple(name for name in args.runtimes.split(",") if name))

@@ -35,7 +35,7 @@ async def gateway(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) 
         {
             "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}],
             "maxCodeBytes": 10_000,
-            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
         }
     )
     base = tmp_path_factory.mktemp("gw")
@@ -54,7 +54,7 @@ def e2e_config(tmp_path_factory: pytest.TempPathFactory, toolbox_command: dict[s
                 {"id": "time", "command": "mcp-server-time", "args": ["--local-timezone", "Etc/UTC"]},
             ],
             "resourceLimits": {"timeoutMs": 10_000, "memoryLimitMb": 128},
-            "pools": {"typescript": {"warm": 1}, "python": {"warm": 1}},
+            "pools": {"typescript": {"min": 1, "max": 2}, "python": {"min": 1, "max": 2}},
         },
     )
 

@@ -51,7 +51,7 @@ async def test_http_clients_are_rate_limited_on_work_only_and_stdio_never(
         {
             "rateLimit": "3/minute",
             "upstreams": [{"id": "toolbox", **toolbox_command}],
-            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
         },
     )
     async with ConduitHttp.start(config) as server, server.client() as client:

@@ -128,7 +128,7 @@ async def test_strict_mode_refuses_tools_without_a_schema(tmp_path: Path) -> Non
                 {
                     "validationMode": mode,
                     "network": {"allowPrivateNetworks": True},
-                    "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+                    "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
                     "upstreams": [{"id": "remote", "type": "http", "url": f"{base}/mcp"}],
                 }
             )
@@ -149,7 +149,7 @@ async def test_code_mode_only_lists_only_conduit_tools_and_refuses_direct_calls(
         {
             "codeModeOnly": True,
             "upstreams": [{"id": "toolbox", **toolbox_command}],
-            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
         },
     )
     async with Client(stdio_client_for(config)) as client:

@@ -27,7 +27,7 @@ async def server(
         tmp_path_factory.mktemp("ops"),
         {
             "upstreams": [{"id": "toolbox", **toolbox_command}],
-            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
             "maxConcurrent": 2,
         },
     )
@@ -100,7 +100,7 @@ async def test_health_is_503_with_reasons_when_a_runtime_or_upstream_fails(
         tmp_path,
         {
             "pyodidePath": str(tmp_path / "no-pyodide"),
-            "pools": {"python": {"warm": 0}},
+            "pools": {"python": {"min": 0, "max": 0}},
             "upstreams": [{"id": "broken", "command": str(tmp_path / "no-such-server")}],
         },
     )

@@ -211,7 +211,7 @@ async def test_program_exit_codes(conduit: Client) -> None:
 
 async def test_six_concurrent_executions_with_a_pool_of_two(tmp_path: Path, toolbox_command: dict[str, Any]) -> None:
     config = write_config(
-        tmp_path, {"pools": {"python": {"warm": 2}}, "upstreams": [{"id": "toolbox", **toolbox_command}]}
+        tmp_path, {"pools": {"python": {"min": 2}}, "upstreams": [{"id": "toolbox", **toolbox_command}]}
     )
     results: list[tuple[bool, dict[str, Any]]] = []
     async with Client(stdio_client_for(config)) as client:

@@ -81,7 +81,7 @@ async def test_an_execution_span_has_a_child_span_per_tool_call(
         tmp_path,
         {
             "upstreams": [{"id": "toolbox", **toolbox_command}],
-            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
             "tracing": {"otlpEndpoint": endpoint, "serviceName": "conduit-under-test"},
         },
     )

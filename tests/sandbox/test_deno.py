@@ -37,7 +37,8 @@ async def test_sandbox_started_ahead_waits_for_its_job_then_runs_it(gateway: Gat
     assert process_alive(sandbox.pid)
     outcome = await sandbox.run(Job("return 'ready';", SDK, "no-token", LIMITS))
     assert outcome.result == "ready"
-    assert not process_alive(sandbox.pid)
+    # Killed when its record arrived; reaped in the background rather than before the run returns.
+    await wait_until(lambda: not process_alive(sandbox.pid))
 
 
 async def test_a_sandbox_runs_exactly_one_program(gateway: Gateway) -> None:

@@ -39,7 +39,7 @@ async def server(
         {
             "upstreams": [{"id": "toolbox", **toolbox_command}],
             "resourceLimits": {"timeoutMs": 15_000, "memoryLimitMb": 128},
-            "pools": {"typescript": {"warm": 1}, "python": {"warm": 1}},
+            "pools": {"typescript": {"min": 1, "max": 2}, "python": {"min": 1, "max": 2}},
         },
     )
     async with ConduitHttp.start(config, token=TOKEN_CANARY, extra_env={"CONDUIT_TEST_SECRET": ENV_CANARY}) as running:

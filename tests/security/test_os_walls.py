@@ -6,7 +6,6 @@ says so (skip with the reason) instead of passing silently.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.cgroups import detect, remove_parents
+from conduit.sandbox.confine import encode_spec
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sandbox.walls import CONFINE, LAYERS, SYSTEM_READ_ONLY, Walls
@@ -44,7 +44,7 @@ async def walled(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -
         {
             "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}],
             "resourceLimits": {"memoryLimitMb": 128, "timeoutMs": 20_000},
-            "pools": {"typescript": {"warm": 1}, "python": {"warm": 1}},
+            "pools": {"typescript": {"min": 1, "max": 2}, "python": {"min": 1, "max": 2}},
         }
     )
     base = tmp_path_factory.mktemp("walls")
@@ -136,7 +136,7 @@ def confined(
 ) -> subprocess.CompletedProcess[str]:
     spec = {"landlock": {"read_only": profile_read_only, "read_write": read_write or []}, "no_new_privs": True}
     return subprocess.run(
-        [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv],
+        [sys.executable, "-I", "-S", str(CONFINE), encode_spec(spec), "--", *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -161,7 +161,7 @@ def test_landlock_hides_the_host_even_from_a_deno_granted_read_everywhere(tmp_pa
     env = {**runtime.env(), "PATH": "/usr/bin:/bin"}
     spec = {"landlock": {"read_only": [*SYSTEM_READ_ONLY, *profile.read_only], "read_write": list(profile.read_write)}}
     done = subprocess.run(
-        [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv],
+        [sys.executable, "-I", "-S", str(CONFINE), encode_spec(spec), "--", *argv],
         capture_output=True,
         text=True,
         timeout=60,

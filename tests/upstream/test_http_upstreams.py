@@ -232,7 +232,7 @@ async def test_programs_reach_remote_upstreams_and_never_see_their_credentials(
     config = Config.model_validate(
         {
             "network": {"allowPrivateNetworks": True},
-            "pools": {"typescript": {"warm": 0}, "python": {"warm": 0}},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
             "upstreams": [
                 {
                     "id": "remote",

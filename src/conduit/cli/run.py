@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         token = args.token or os.environ.get("IPC_BEARER_TOKEN", "")
         return run_remote(args.url, token, language, code, allowed, limits)
     # A one-shot run needs no sandboxes started ahead of it.
-    loaded = load(args, pools={"typescript": {"warm": 0}, "python": {"warm": 0}}, opsEnabled=False)
+    cold = {"min": 0, "max": 0}
+    loaded = load(args, pools={"typescript": cold, "python": cold, "isolate": {"min": 0}}, opsEnabled=False)
     config = loaded.config
     setup_logging(config, level="warning")
     try:

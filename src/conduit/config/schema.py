@@ -40,15 +40,43 @@ class ResourceLimits(_Model):
 
 
 class PoolConfig(_Model):
-    """Sandboxes of one runtime kept started ahead of demand (each still runs exactly one program)."""
+    """Sandboxes of one runtime kept started ahead of demand (TypeScript and Python sandboxes still run
+    exactly one program each; isolate workers create a fresh V8 isolate per program)."""
 
-    warm: Annotated[int, Field(ge=0, le=64)] = 2
-    """How many to keep ready at the default memory limit; 0 starts every sandbox on demand."""
+    min: Annotated[int, Field(ge=0, le=64)] = 2
+    """Kept ready at all times (within ``maxIdleMemoryMb``); 0 starts sandboxes only on demand."""
+    max: Annotated[int, Field(ge=0, le=256)] = 8
+    """Ready or starting at most, when demand is high; 0 turns the pool off (every sandbox starts cold)."""
+    max_idle_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 1024
+    """Ceiling on the memory the ready sandboxes hold together (private resident memory)."""
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> PoolConfig:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class TypeScriptPool(PoolConfig):
+    max_idle_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 512
+    """A ready TypeScript sandbox holds ~20-40 MiB."""
+
+
+class PythonPool(PoolConfig):
+    max: Annotated[int, Field(ge=0, le=256)] = 4
+    """A Python sandbox takes ~0.4 s of CPU to start: more would not refill faster on a small machine."""
+
+
+class IsolatePool(PoolConfig):
+    min: Annotated[int, Field(ge=0, le=64)] = 1
+    max_idle_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 512
+    """An isolate worker holds ~30-60 MiB between programs."""
 
 
 class Pools(_Model):
-    typescript: PoolConfig = Field(default_factory=PoolConfig)
-    python: PoolConfig = Field(default_factory=PoolConfig)
+    typescript: TypeScriptPool = Field(default_factory=TypeScriptPool)
+    python: PythonPool = Field(default_factory=PythonPool)
+    isolate: IsolatePool = Field(default_factory=IsolatePool)
 
 
 class Credentials(_Model):

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from conduit.bridge.server import BridgeServer
 from conduit.bridge.sessions import Principal, SessionRegistry
 from conduit.config.loader import format_validation_error
-from conduit.config.schema import Config, UpstreamConfig
+from conduit.config.schema import Config, PoolConfig, UpstreamConfig
 from conduit.core.admission import Admission
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.validation import check_arguments, usable_schema
@@ -45,8 +45,9 @@ from conduit.observability.tracing import Tracing, traces_endpoint
 from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.isolate import IsolateRuntime
-from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
 from conduit.sandbox.walls import Walls
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
@@ -100,6 +101,7 @@ class Gateway:
                 queue_depth=lambda: self.admission.waiting,
                 running=lambda: self.admission.running,
                 pooled=self._pooled,
+                pooled_memory=self._pooled_memory,
                 upstreams=lambda: {cid: conn.connected for cid, conn in self.registry.connections.items()},
             )
         )
@@ -127,21 +129,32 @@ class Gateway:
                 deno = DenoRuntime(
                     deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls
                 )
+                deno.reaper = tg
                 pyodide_dir = Path(config.pyodide_path) if config.pyodide_path else default_pyodide_dir()
                 await _probe_walls(walls, deno, pyodide_dir)
                 walls.check_required(config.isolation.require)
                 memory = config.resource_limits.memory_limit_mb
+                cpus = len(os.sched_getaffinity(0)) or 1
+                python = PyodideRuntime(
+                    deno=deno,
+                    pyodide_dir=pyodide_dir,
+                    snapshot=PyodideSnapshot.for_runtime(deno, pyodide_dir, work_dir),
+                )
                 pools = {
-                    "typescript": PooledRuntime(deno, warm=config.pools.typescript.warm, memory_limit_mb=memory),
-                    "python": PooledRuntime(
-                        PyodideRuntime(deno=deno, pyodide_dir=pyodide_dir),
-                        warm=config.pools.python.warm,
-                        memory_limit_mb=memory,
+                    "typescript": PooledRuntime(
+                        deno, sizing=_sizing(config.pools.typescript, 2 * cpus), memory_limit_mb=memory
                     ),
+                    "python": PooledRuntime(python, sizing=_sizing(config.pools.python, cpus), memory_limit_mb=memory),
                 }
                 for pool in pools.values():
                     pool.start(tg)
-                isolate = IsolateRuntime(bridge=address, work_dir=work_dir, walls=walls, memory_limit_mb=memory)
+                isolate = IsolateRuntime(
+                    bridge=address,
+                    work_dir=work_dir,
+                    walls=walls,
+                    memory_limit_mb=memory,
+                    sizing=_sizing(config.pools.isolate, cpus),
+                )
                 await isolate.start(tg)
                 endpoint = traces_endpoint(config.tracing.otlp_endpoint, host_env)
                 tracing = Tracing(endpoint, config.tracing.service_name)
@@ -362,6 +375,13 @@ class Gateway:
             counts["isolate"] = isolate.idle
         return counts
 
+    def _pooled_memory(self) -> dict[str, int]:
+        return {
+            name: runtime.idle_memory_bytes
+            for name, runtime in self.runtimes.items()
+            if isinstance(runtime, (PooledRuntime, IsolateRuntime))
+        }
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every runtime can run programs and no upstream is failing, with the details."""
         runtimes: dict[str, dict[str, Any]] = {}
@@ -371,6 +391,7 @@ class Gateway:
             if problem:
                 entry["reason"] = problem
             entry["pooled"] = self._pooled().get(name, 0)
+            entry["pooledMemoryMb"] = round(self._pooled_memory().get(name, 0) / 2**20, 1)
             runtimes[name] = entry
         upstreams: dict[str, dict[str, Any]] = {}
         for upstream_id, connection in self.registry.connections.items():
@@ -454,3 +475,8 @@ def outcome_payload(outcome: RunOutcome) -> dict[str, Any]:
     if outcome.error is not None:
         payload["error"] = {"code": outcome.error.code, "message": outcome.error.message}
     return payload
+
+
+def _sizing(pool: PoolConfig, max_starting: int) -> PoolSizing:
+    """A pool's configured size, starting at most ``max_starting`` sandboxes at once."""
+    return PoolSizing(pool.min, pool.max, pool.max_idle_memory_mb, max_starting)

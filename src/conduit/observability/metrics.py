@@ -68,6 +68,7 @@ class LiveState:
     queue_depth: Callable[[], int]
     running: Callable[[], int]
     pooled: Callable[[], Mapping[str, int]]
+    pooled_memory: Callable[[], Mapping[str, int]]
     upstreams: Callable[[], Mapping[str, bool]]
 
 
@@ -83,6 +84,14 @@ class _LiveCollector(Collector):
         for runtime, count in sorted(self._state.pooled().items()):
             pooled.add_metric([runtime], count)
         yield pooled
+        memory = GaugeMetricFamily(
+            "conduit_sandboxes_pooled_memory_bytes",
+            "Private resident memory held by started, waiting sandboxes.",
+            labels=["runtime"],
+        )
+        for runtime, held in sorted(self._state.pooled_memory().items()):
+            memory.add_metric([runtime], held)
+        yield memory
         connected = GaugeMetricFamily(
             "conduit_upstream_connected", "1 when the upstream connection is open.", labels=["upstream"]
         )

@@ -88,7 +88,8 @@ class Sandbox(Protocol):
     """A prepared sandbox: runs exactly one job, then is gone."""
 
     async def run(self, job: Job) -> RunOutcome:
-        """Run the job to completion, enforcing its limits; always leaves no process behind."""
+        """Run the job to completion, enforcing its limits; the sandbox is killed before this returns
+        (and reaped at once, or in the background when its output was already complete)."""
         ...
 
     async def discard(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import anyio
-from anyio.abc import Process
+from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
@@ -28,7 +28,7 @@ from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
 from conduit.sandbox.cgroups import Cgroup
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.process import destroy, kill_group, pump, spawn
+from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, set_niceness, spawn
 from conduit.sandbox.program import wrap_program
 from conduit.sandbox.walls import Profile, Walls
 
@@ -67,6 +67,8 @@ class DenoRuntime:
         self.walls = walls
         self.home = work_dir / "deno-home"
         self._deno_dir = work_dir / "deno-dir"
+        self.reaper: TaskGroup | None = None
+        """Task group that reaps finished sandboxes in the background (set by the gateway)."""
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._deno_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -108,24 +110,27 @@ class DenoRuntime:
         return Profile((self.deno_path, str(HARNESS.parent), *read_only), tuple(self.private_dirs), baseline_mb)
 
     async def start(
-        self, argv: list[str], profile: Profile, memory_limit_mb: int, kind: str = "typescript"
+        self, argv: list[str], profile: Profile, memory_limit_mb: int, kind: str = "typescript", niceness: int = 0
     ) -> tuple[Process, Cgroup | None]:
-        """Spawn a Deno sandbox process behind the walls (if any), with its cgroup."""
+        """Spawn a Deno sandbox process behind the walls (if any), with its cgroup, at ``niceness``."""
         cgroup = None
         if self.walls is not None:
-            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb, kind, self.env())
+            argv, cgroup = self.walls.launch(argv, profile, memory_limit_mb, kind, self.env(), niceness)
         try:
             process = await spawn(argv, env=self.env(), cwd=str(self.home))
         except BaseException:
             if cgroup is not None:
                 await cgroup.remove()
             raise
+        if niceness and self.walls is None:
+            set_niceness(process.pid, niceness)  # the launcher does it before exec when there is one
         return process, cgroup
 
-    async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
-        process, cgroup = await self.start(self.argv(memory_limit_mb), self.profile(), memory_limit_mb)
+    async def prepare(self, memory_limit_mb: int, *, niceness: int = 0) -> DenoSandbox:
+        argv = self.argv(memory_limit_mb)
+        process, cgroup = await self.start(argv, self.profile(), memory_limit_mb, niceness=niceness)
         head = await wait_until_ready(process, cgroup, READY_TIMEOUT, "TypeScript sandbox")
-        return DenoSandbox(process, self.bridge, wrap_program, stdout_head=head, cgroup=cgroup)
+        return DenoSandbox(process, self.bridge, wrap_program, stdout_head=head, cgroup=cgroup, reaper=self.reaper)
 
 
 async def discard_process(process: Process, cgroup: Cgroup | None) -> bool:
@@ -174,8 +179,11 @@ class DenoSandbox:
         transform: Callable[[str], str],
         stdout_head: bytes = b"",
         cgroup: Cgroup | None = None,
+        reaper: TaskGroup | None = None,
     ) -> None:
         self._process = process
+        self._reaper = reaper
+        """Where a finished sandbox is reaped in the background (else it is reaped before the run returns)."""
         self._cgroup = cgroup
         self._bridge = bridge
         self._transform = transform
@@ -190,6 +198,12 @@ class DenoSandbox:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    def memory_bytes(self) -> int:
+        return private_memory_bytes(self._process.pid)
+
+    def set_priority(self, niceness: int) -> None:
+        set_niceness(self._process.pid, niceness)
 
     async def run(self, job: Job) -> RunOutcome:
         if self._used:
@@ -209,15 +223,23 @@ class DenoSandbox:
         process = self._process
         started = time.perf_counter()
 
+        finished = anyio.Event()
+
         def guarded(feed: Callable[[bytes], None]) -> Callable[[bytes], None]:
             def sink(chunk: bytes) -> None:
                 feed(chunk)
                 if collector.tripped:
                     kill_group(process)
+                elif collector.complete:
+                    finished.set()
 
             return sink
 
-        timed_out = False
+        async def exited() -> None:
+            await process.wait()
+            finished.set()
+
+        timed_out = complete = False
         if self._stdout_head:
             collector.feed_stdout(self._stdout_head)
         try:
@@ -225,21 +247,29 @@ class DenoSandbox:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(pump, process.stdout, guarded(collector.feed_stdout))
                     tg.start_soon(pump, process.stderr, guarded(collector.feed_stderr))
+                    tg.start_soon(exited)
                     assert process.stdin is not None
                     try:
                         await process.stdin.send(json.dumps(payload).encode() + b"\n")
                         await process.stdin.aclose()
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         pass  # the process died before reading its job: its exit status tells why
-                    await process.wait()
+                    await finished.wait()
+                    complete = collector.complete
+                    if complete:  # everything is here: the process's own exit (~ms for Pyodide) is not waited for
+                        tg.cancel_scope.cancel()
             timed_out = scope.cancelled_caught
         finally:
-            memory_killed = await self._discard()
+            memory_killed = await self._discard(wait=not complete)
         collector.finish()
+        record = collector.record()
+        exit_code = process.returncode
+        if complete and record is not None and isinstance(record.get("exitCode"), int):
+            exit_code = record["exitCode"]
         return classify(
             collector,
-            collector.record(),
-            exit_code=process.returncode,
+            record,
+            exit_code=exit_code,
             timed_out=timed_out,
             timeout_ms=limits.timeout_ms,
             duration_ms=(time.perf_counter() - started) * 1000,
@@ -250,6 +280,14 @@ class DenoSandbox:
         self._used = True
         await self._discard()
 
-    async def _discard(self) -> bool:
+    async def _discard(self, wait: bool = True) -> bool:
+        """Kill the process; reap it and release its cgroup now, or (``wait=False``, with a reaper) later.
+
+        Returns whether the kernel killed it at its memory cap (always False when not waited for).
+        """
         cgroup, self._cgroup = self._cgroup, None
+        if not wait and self._reaper is not None:
+            kill_group(self._process)
+            self._reaper.start_soon(discard_process, self._process, cgroup)
+            return False
         return await discard_process(self._process, cgroup)

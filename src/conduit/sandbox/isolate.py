@@ -1,9 +1,10 @@
 """JavaScript sandboxes: a fresh V8 isolate per program, hosted in supervised worker processes.
 
 The server never touches an isolate itself (see :mod:`conduit.sandbox.isolate_worker`). It
-keeps a few workers started and idle; a program gets one worker, which creates a fresh
-context for it, and the worker returns to the idle set only if the run ended cleanly. A
-worker that trips a limit, misses the host deadline or dies is killed and replaced.
+keeps workers started and idle (``min`` always, up to ``max`` after a burst, within a memory
+ceiling); a program gets one worker, which creates a fresh isolate for it, and the worker
+returns to the idle set only if the run ended cleanly. A worker that trips a limit, misses
+the host deadline or dies is killed and replaced.
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
 from conduit.sandbox.cgroups import Cgroup
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.process import destroy, kill_group, pump, spawn
+from conduit.sandbox.pool import PoolSizing
+from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, spawn
 from conduit.sandbox.walls import Walls, python_profile
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT: Final = 30.0
 DEADLINE_GRACE: Final = 0.5
+"""Extra time the host gives a worker beyond the program's timeout before killing it."""
 WORKER_ENV: Final = {"LANG": "C.UTF-8"}
 WORKER_BASELINE_MB: Final = 128
 """A worker's memory besides its isolates' heaps (Python, mini-racer, V8's own), for its cgroup cap."""
-"""Extra time the host gives a worker beyond the program's timeout before killing it."""
 MAX_MESSAGE: Final = 64 * 1024 * 1024
+DEFAULT_SIZING: Final = PoolSizing(min=1, max=8, max_idle_memory_mb=512, max_starting=2)
 
 
 @dataclass
@@ -70,8 +73,7 @@ class IsolateRuntime:
         *,
         bridge: BridgeAddress,
         work_dir: Path,
-        warm: int = 1,
-        max_idle: int = 4,
+        sizing: PoolSizing = DEFAULT_SIZING,
         walls: Walls | None = None,
         memory_limit_mb: int = 256,
     ) -> None:
@@ -79,8 +81,7 @@ class IsolateRuntime:
         self._walls = walls
         self._memory_cap_mb = memory_limit_mb
         self._cwd = work_dir
-        self._warm = warm
-        self._max_idle = max(warm, max_idle)
+        self.sizing = sizing
         self._idle: list[Worker] = []
         self._starting = 0
         self._tg: TaskGroup | None = None
@@ -94,7 +95,7 @@ class IsolateRuntime:
         return argv
 
     async def start(self, tg: TaskGroup) -> None:
-        """Begin keeping ``warm`` workers ready, in ``tg``."""
+        """Begin keeping ``sizing.min`` workers ready, in ``tg``."""
         self._tg = tg
         self._refill()
 
@@ -107,6 +108,10 @@ class IsolateRuntime:
     def idle(self) -> int:
         return len(self._idle)
 
+    @property
+    def idle_memory_bytes(self) -> int:
+        return sum(private_memory_bytes(worker.pid) for worker in self._idle)
+
     async def prepare(self, memory_limit_mb: int) -> IsolateSandbox:
         worker = self._idle.pop() if self._idle else await self._spawn()
         self._refill()
@@ -114,7 +119,7 @@ class IsolateRuntime:
 
     def release(self, worker: Worker, reusable: bool) -> None:
         """Take a worker back: idle again after a clean run, otherwise killed at once (and reaped later)."""
-        if reusable and worker.process.returncode is None and len(self._idle) < self._max_idle:
+        if reusable and worker.process.returncode is None and self._keeps(worker):
             self._idle.append(worker)
         else:
             kill_group(worker.process)
@@ -122,10 +127,18 @@ class IsolateRuntime:
                 self._tg.start_soon(_destroy, worker)
         self._refill()
 
+    def _keeps(self, worker: Worker) -> bool:
+        """Whether an idle worker fits: fewer than ``max`` idle and within the memory ceiling."""
+        if len(self._idle) >= self.sizing.max:
+            return False
+        held = self.idle_memory_bytes + private_memory_bytes(worker.pid)
+        return held <= self.sizing.max_idle_memory_mb << 20
+
     def _refill(self) -> None:
         if self._tg is None:
             return
-        while len(self._idle) + self._starting < self._warm:
+        wanted = min(self.sizing.min, self.sizing.max)
+        while len(self._idle) + self._starting < wanted and self._starting < self.sizing.max_starting:
             self._starting += 1
             self._tg.start_soon(self._spawn_idle)
 

@@ -4,7 +4,9 @@ The sandbox cannot be trusted to count its own output, so the host counts every 
 reads. The first byte past ``max_output_bytes`` or the first line past ``max_log_entries``
 trips the limit: the collector keeps exactly what fitted, records which limit tripped, and
 tells its owner to kill the sandbox. The runtime's result record travels on stdout behind a
-per-job marker; it is split off here and never counts as program output.
+per-job marker, and an end marker closes stderr; both are split off here and never count as
+program output. Once both have arrived the output is :attr:`~OutputCollector.complete`, and the
+host need not wait for the process to finish exiting.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
 from conduit.sandbox.base import Limits
 
 RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
+END_PREFIX: Final = b"\x1eCONDUIT-END:"
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ class OutputCollector:
         self._stderr = _Stream("stderr")
         self._pending = bytearray()
         """stdout bytes that might be the start of the marker."""
+        self._end_marker = END_PREFIX + nonce.encode() + b"\n"
+        self._stderr_pending = bytearray()
+        """stderr bytes that might be the start of the end marker."""
+        self._stderr_ended = False
         self._record: bytearray | None = None
         self._bytes = 0
         self._lines = 0
@@ -78,26 +85,32 @@ class OutputCollector:
         if self._record is not None:
             self._feed_record(chunk)
             return
-        buffer = self._pending + chunk
-        index = buffer.find(self._marker)
-        if index >= 0:
-            self._accept(self._stdout, bytes(buffer[:index]))
-            self._pending = bytearray()
+        output, self._pending, rest = _split_at(self._pending, chunk, self._marker)
+        self._accept(self._stdout, output)
+        if rest is not None:
             self._record = bytearray()
-            self._feed_record(bytes(buffer[index + len(self._marker) :]))
-            return
-        keep = _partial_suffix(buffer, self._marker)
-        self._pending = bytearray(buffer[len(buffer) - keep :]) if keep else bytearray()
-        self._accept(self._stdout, bytes(buffer[: len(buffer) - keep]))
+            self._feed_record(rest)
 
     def feed_stderr(self, chunk: bytes) -> None:
-        self._accept(self._stderr, chunk)
+        if self._stderr_ended:
+            return
+        output, self._stderr_pending, rest = _split_at(self._stderr_pending, chunk, self._end_marker)
+        self._accept(self._stderr, output)
+        self._stderr_ended = rest is not None
+
+    @property
+    def complete(self) -> bool:
+        """The sandbox marked the end of stderr and its record arrived whole: no more output will come."""
+        return self._stderr_ended and self._record is not None and self._record.endswith(b"\n")
 
     def finish(self) -> None:
         """The streams ended: bytes held back as a possible marker start are output after all."""
         if self._pending:
             pending, self._pending = bytes(self._pending), bytearray()
             self._accept(self._stdout, pending)
+        if self._stderr_pending:
+            pending, self._stderr_pending = bytes(self._stderr_pending), bytearray()
+            self._accept(self._stderr, pending)
 
     def record(self) -> dict[str, Any] | None:
         """The runtime's result record, if one arrived complete and well formed."""
@@ -155,6 +168,17 @@ class OutputCollector:
                 except Exception:  # live streaming is best effort: it must never break the run
                     logger.warning("live output listener failed; streaming stops, the run goes on", exc_info=True)
                     self._listener = None
+
+
+def _split_at(pending: bytearray, chunk: bytes, marker: bytes) -> tuple[bytes, bytearray, bytes | None]:
+    """Scan ``pending + chunk`` for ``marker``: (output before it, bytes held back because they may start
+    it, bytes after it or None when it has not arrived)."""
+    buffer = pending + chunk
+    index = buffer.find(marker)
+    if index >= 0:
+        return bytes(buffer[:index]), bytearray(), bytes(buffer[index + len(marker) :])
+    keep = _partial_suffix(buffer, marker)
+    return bytes(buffer[: len(buffer) - keep]), bytearray(buffer[len(buffer) - keep :]), None
 
 
 def _partial_suffix(buffer: bytes | bytearray, marker: bytes) -> int:

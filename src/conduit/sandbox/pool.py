@@ -1,22 +1,41 @@
 """Pools of sandboxes started ahead of demand, each used for exactly one program.
 
-A :class:`PooledRuntime` wraps any runtime. It keeps ``warm`` sandboxes prepared at the
-default memory limit; a request at that limit takes one (and a replacement starts in the
-background), any other request, or one that finds the pool empty, gets a cold sandbox.
-Sandboxes are never returned to the pool: fresh is guaranteed, warm is best effort.
+A :class:`PooledRuntime` wraps a runtime that makes single-use sandboxes (Deno, Pyodide). It
+keeps sandboxes prepared at the default memory limit and hands each out once; sandboxes are
+never returned, so fresh is guaranteed and warm is best effort.
+
+Sizing follows demand between ``min`` and ``max``: a request that finds the pool empty raises
+the target by one, and after :data:`SHRINK_AFTER_S` without such a miss the target falls back
+one step at a time, discarding the surplus. Sandboxes start in the background, at most
+``max_starting`` at once, at a lower CPU priority than running programs (raised back when one
+is handed out), and never beyond ``max_idle_memory_mb`` of memory held by idle sandboxes.
+
+A request at another memory limit gets a cold sandbox. A request that finds the pool empty
+while sandboxes are starting waits for the next one to be ready (the same wait a cold start
+would cost, without starting an extra process); with nothing starting it starts a cold one.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+import math
+import time
+from dataclasses import dataclass
+from typing import Final, Protocol
 
+import anyio
 from anyio.abc import TaskGroup
 
 from conduit.errors import ConduitError
 from conduit.sandbox.base import Sandbox
 
 logger = logging.getLogger(__name__)
+
+SHRINK_AFTER_S: Final = 30.0
+"""A pool grown by demand keeps its size this long after the last request that found it empty."""
+CHECK_EVERY_S: Final = 5.0
+RETRY_AFTER_S: Final = 1.0
+"""Pause after a failed start before the pool tries again (a broken runtime must not spin)."""
 
 
 class PoolableSandbox(Sandbox, Protocol):
@@ -25,27 +44,61 @@ class PoolableSandbox(Sandbox, Protocol):
         """False once the prepared process has died (it is then discarded, not handed out)."""
         ...
 
+    def memory_bytes(self) -> int:
+        """Memory the idle sandbox holds (private resident pages), 0 when unknown."""
+        ...
+
+    def set_priority(self, niceness: int) -> None:
+        """Best effort: run at ``niceness`` from now on."""
+        ...
+
 
 class PoolableRuntime(Protocol):
     name: str
 
-    async def prepare(self, memory_limit_mb: int) -> PoolableSandbox: ...
+    async def prepare(self, memory_limit_mb: int, *, niceness: int = 0) -> PoolableSandbox: ...
 
     def problem(self) -> str | None:
         """Why this runtime cannot start sandboxes (missing files...), or None."""
         ...
 
 
-class PooledRuntime:
-    """``runtime`` with ``warm`` sandboxes kept prepared at ``memory_limit_mb``."""
+@dataclass(frozen=True)
+class PoolSizing:
+    min: int
+    """Sandboxes kept ready at all times (within the memory ceiling)."""
+    max: int
+    """Sandboxes ready or starting at most, when demand is high."""
+    max_idle_memory_mb: int
+    """Ceiling on memory held by the ready sandboxes together."""
+    max_starting: int
+    """Sandboxes starting in the background at once."""
+    background_niceness: int = 10
+    """CPU niceness of sandboxes while they start and wait (0 again when handed out)."""
 
-    def __init__(self, runtime: PoolableRuntime, *, warm: int, memory_limit_mb: int) -> None:
+
+@dataclass
+class _Ready:
+    sandbox: PoolableSandbox
+    memory: int
+
+
+class PooledRuntime:
+    """``runtime`` with sandboxes kept prepared at ``memory_limit_mb``, sized by ``sizing``."""
+
+    def __init__(self, runtime: PoolableRuntime, *, sizing: PoolSizing, memory_limit_mb: int) -> None:
         self.runtime = runtime
         self.name = runtime.name
-        self.warm = warm
+        self.sizing = sizing
         self.memory_limit_mb = memory_limit_mb
-        self._ready: list[PoolableSandbox] = []
+        self.target = min(sizing.min, sizing.max)
+        self._ready: list[_Ready] = []
         self._starting = 0
+        self._estimate = 0
+        """Memory of the last sandbox that got ready: what one more is expected to hold."""
+        self._changed = anyio.Event()
+        self._last_miss = -math.inf
+        self._retry_at = -math.inf
         self._tg: TaskGroup | None = None
         self.cold_starts = 0
         self.failures = 0
@@ -55,50 +108,111 @@ class PooledRuntime:
     def ready(self) -> int:
         return len(self._ready)
 
+    @property
+    def starting(self) -> int:
+        return self._starting
+
+    @property
+    def idle_memory_bytes(self) -> int:
+        return sum(entry.memory for entry in self._ready)
+
+    @property
+    def full(self) -> bool:
+        """Whether every sandbox the pool wants is ready (or the memory ceiling stops it adding one)."""
+        return len(self._ready) >= self.target or (self._starting == 0 and not self._room_for_one())
+
     def start(self, tg: TaskGroup) -> None:
-        """Begin filling the pool in ``tg``."""
+        """Begin filling the pool in ``tg``, and keep it sized."""
         self._tg = tg
         self._refill()
+        tg.start_soon(self._keep_sized)
 
     async def aclose(self) -> None:
         self._tg = None
         ready, self._ready = self._ready, []
-        for sandbox in ready:
-            await sandbox.discard()
+        for entry in ready:
+            await entry.sandbox.discard()
+        self._signal()
 
     async def prepare(self, memory_limit_mb: int) -> Sandbox:
-        if memory_limit_mb == self.memory_limit_mb:
-            while self._ready:
-                sandbox = self._ready.pop(0)
-                self._refill()
-                if sandbox.alive:
-                    return sandbox
-                await sandbox.discard()
+        if memory_limit_mb == self.memory_limit_mb and self.sizing.max > 0:
+            sandbox = await self._take()
+            if sandbox is not None:
+                return sandbox
         self.cold_starts += 1
         return await self.runtime.prepare(memory_limit_mb)
 
+    async def _take(self) -> PoolableSandbox | None:
+        """A ready sandbox, waiting for one that is starting if need be; None when none is coming."""
+        missed = False
+        while True:
+            while self._ready:
+                sandbox = self._ready.pop(0).sandbox
+                if sandbox.alive:
+                    sandbox.set_priority(0)
+                    self._refill()
+                    return sandbox
+                await sandbox.discard()
+            if not missed:
+                missed = True
+                self._last_miss = time.monotonic()
+                self.target = min(self.sizing.max, self.target + 1)
+                self._refill()
+            if self._starting == 0 or self._tg is None:
+                return None
+            changed = self._changed
+            await changed.wait()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _room_for_one(self) -> bool:
+        held = self.idle_memory_bytes + (self._starting + 1) * self._estimate
+        return held <= self.sizing.max_idle_memory_mb << 20
+
     def _refill(self) -> None:
-        if self._tg is None:
+        if self._tg is None or time.monotonic() < self._retry_at:
             return
-        while len(self._ready) + self._starting < self.warm:
+        while (
+            len(self._ready) + self._starting < self.target
+            and self._starting < self.sizing.max_starting
+            and self._room_for_one()
+        ):
             self._starting += 1
             self._tg.start_soon(self._prepare_one)
 
     async def _prepare_one(self) -> None:
         try:
-            sandbox = await self.runtime.prepare(self.memory_limit_mb)
+            sandbox = await self.runtime.prepare(self.memory_limit_mb, niceness=self.sizing.background_niceness)
         except ConduitError as exc:
             self.failures += 1
             self.last_error = exc.message
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
             logger.warning("could not pre-start a %s sandbox: %s", self.name, exc.message)
             return
         finally:
             self._starting -= 1
+            self._signal()
         self.last_error = None
         if self._tg is None:
             await sandbox.discard()
-        else:
-            self._ready.append(sandbox)
+            return
+        memory = sandbox.memory_bytes()
+        self._estimate = memory
+        self._ready.append(_Ready(sandbox, memory))
+        self._signal()
+        self._refill()
+
+    async def _keep_sized(self) -> None:
+        """Shrink a pool grown by demand once the demand is gone; retry starts after failures."""
+        while self._tg is not None:
+            await anyio.sleep(CHECK_EVERY_S)
+            if self.target > self.sizing.min and time.monotonic() - self._last_miss > SHRINK_AFTER_S:
+                self.target -= 1
+                while len(self._ready) > max(self.target, 0):
+                    await self._ready.pop(0).sandbox.discard()
+            self._refill()
 
     def problem(self) -> str | None:
         """Why sandboxes cannot be started, or None (a runtime's own check, then the last pre-start failure)."""

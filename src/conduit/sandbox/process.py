@@ -52,6 +52,34 @@ async def destroy(process: Process) -> None:
             await process.aclose()
 
 
+def set_niceness(pid: int, niceness: int) -> None:
+    """Best effort: give every thread of process ``pid`` the CPU niceness ``niceness``.
+
+    Linux keeps niceness per thread, so each one is set. Lowering it needs privilege
+    (CAP_SYS_NICE); without it the process keeps the niceness it has.
+    """
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        threads = [str(pid)]
+    for tid in threads:
+        with contextlib.suppress(OSError, ValueError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+
+
+def private_memory_bytes(pid: int) -> int:
+    """Resident memory process ``pid`` holds for itself (anonymous and shared-memory pages), 0 if unknown."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
 async def pump(stream: ByteReceiveStream | None, sink: Callable[[bytes], None]) -> None:
     """Feed everything ``stream`` yields into ``sink`` until end of stream."""
     if stream is None:

@@ -1,10 +1,11 @@
 """Python sandboxes: CPython (Pyodide, WASM) in a fresh Deno process per program.
 
-Loading Pyodide takes about two seconds, so the harness does it before it is given a job:
-it loads Pyodide with read access to Pyodide's own files only, caps the WASM memory at the
-sandbox's limit, connects to the bridge, revokes every Deno permission, and only then says
-it is ready (see ``harness/pyodide_harness.js``). A pool of such sandboxes started ahead of
-demand makes a Python execution answer in milliseconds while each still runs exactly once.
+The harness loads Pyodide before it is given a job: with read access to Pyodide's own files
+(and the memory snapshot) only, it restores the interpreter from the snapshot (~0.2 s; a full
+load without one takes ~2 s), caps the WASM memory at the sandbox's limit, connects to the
+bridge, revokes every Deno permission, and only then says it is ready (see
+``harness/pyodide_harness.js``). A pool of such sandboxes started ahead of demand makes a
+Python execution answer in milliseconds while each still runs exactly once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Final
 from conduit.errors import INVALID_PARAMS, ConduitError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, wait_until_ready
+from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -49,32 +51,42 @@ class PyodideRuntime:
 
     name = "python"
 
-    def __init__(self, *, deno: DenoRuntime, pyodide_dir: Path) -> None:
+    def __init__(self, *, deno: DenoRuntime, pyodide_dir: Path, snapshot: PyodideSnapshot | None = None) -> None:
         self._deno = deno
         self._dir = pyodide_dir
         self._bridge: BridgeAddress = deno.bridge
+        self.snapshot = snapshot
 
-    def argv(self, memory_limit_mb: int) -> list[str]:
+    def readable(self, snapshot: Path | None) -> list[str]:
+        """What a Python sandbox may read: Pyodide's directory, and the snapshot when it lives elsewhere."""
+        if snapshot is None or snapshot.is_relative_to(self._dir):
+            return [str(self._dir)]
+        return [str(self._dir), str(snapshot)]
+
+    def argv(self, memory_limit_mb: int, snapshot: Path | None = None) -> list[str]:
         return [
-            *self._deno.sandbox_flags(JS_HEAP_MB, f"--allow-read={self._dir}"),
+            *self._deno.sandbox_flags(JS_HEAP_MB, f"--allow-read={','.join(self.readable(snapshot))}"),
             str(HARNESS),
             str(self._dir),
             str(memory_limit_mb),
             self._bridge.host,
             str(self._bridge.port),
+            *([str(snapshot)] if snapshot else []),
         ]
 
     def problem(self) -> str | None:
         """Why Python sandboxes cannot start, or None."""
         return self._deno.problem() or check_pyodide_dir(self._dir)
 
-    async def prepare(self, memory_limit_mb: int) -> DenoSandbox:
+    async def prepare(self, memory_limit_mb: int, *, niceness: int = 0) -> DenoSandbox:
         if memory_limit_mb < MIN_MEMORY_MB:
             raise ConduitError(f"limits.memoryLimitMb: Python needs at least {MIN_MEMORY_MB}", code=INVALID_PARAMS)
         problem = check_pyodide_dir(self._dir)
         if problem:
             raise SandboxStartError(problem)
-        profile = self._deno.profile(str(self._dir), baseline_mb=PYODIDE_BASELINE_MB)
-        process, cgroup = await self._deno.start(self.argv(memory_limit_mb), profile, memory_limit_mb, "python")
+        snapshot = await self.snapshot.path() if self.snapshot else None
+        profile = self._deno.profile(*self.readable(snapshot), baseline_mb=PYODIDE_BASELINE_MB)
+        argv = self.argv(memory_limit_mb, snapshot)
+        process, cgroup = await self._deno.start(argv, profile, memory_limit_mb, "python", niceness)
         head = await wait_until_ready(process, cgroup, LOAD_TIMEOUT, "Python sandbox")
-        return DenoSandbox(process, self._bridge, str, stdout_head=head, cgroup=cgroup)
+        return DenoSandbox(process, self._bridge, str, stdout_head=head, cgroup=cgroup, reaper=self._deno.reaper)

@@ -21,7 +21,6 @@ refuse to start without the walls it names.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -121,7 +120,7 @@ class Walls:
             return
         for path in read_write:
             os.chown(path, self.uid, self.uid)
-        spec = json.dumps({"uid": self.uid, "env": env})
+        spec = confine.encode_spec({"uid": self.uid, "env": env})
         try:
             with anyio.fail_after(30):
                 done = await anyio.run_process(
@@ -202,6 +201,7 @@ class Walls:
         memory_limit_mb: int,
         kind: str = "",
         env: Mapping[str, str] | None = None,
+        niceness: int = 0,
     ) -> tuple[list[str], Cgroup | None]:
         """``argv`` behind every available wall, and the sandbox's cgroup (to check and remove afterwards).
 
@@ -218,6 +218,8 @@ class Walls:
             spec["cgroups"] = cgroup.procs_files
         if self.cpu_seconds:
             spec["cpu_seconds"] = self.cpu_seconds
+        if niceness:
+            spec["niceness"] = niceness
         if self.landlock_abi:
             read_only = [*SYSTEM_READ_ONLY, *profile.read_only]
             spec["landlock"] = {"read_only": read_only, "read_write": list(profile.read_write)}
@@ -230,7 +232,7 @@ class Walls:
             return list(argv), cgroup
         if env is not None:
             spec["env"] = dict(env)
-        return [sys.executable, "-I", "-S", str(CONFINE), json.dumps(spec), "--", *argv], cgroup
+        return [sys.executable, "-I", "-S", str(CONFINE), confine.encode_spec(spec), "--", *argv], cgroup
 
     def close(self) -> None:
         remove_parents(self.cgroups)

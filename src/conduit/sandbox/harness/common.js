@@ -2,6 +2,7 @@
 // the bridge client, and the result record written behind the job's marker.
 
 export const RESULT_PREFIX = "\x1eCONDUIT-RESULT:";
+export const END_PREFIX = "\x1eCONDUIT-END:";
 export const encoder = new TextEncoder();
 export const decoder = new TextDecoder();
 
@@ -119,9 +120,21 @@ export function encodeResult(value, maxBytes) {
   return { status: "ok", value: JSON.parse(json) };
 }
 
-export function report(nonce, payload) {
-  const line = encoder.encode(`${RESULT_PREFIX}${nonce}:${JSON.stringify(payload)}\n`);
+/** Write all of `bytes` to `stream` (a Deno stdio stream); returns how many were written. */
+export function writeAll(stream, bytes) {
   let written = 0;
-  while (written < line.length) written += Deno.stdout.writeSync(line.subarray(written));
+  while (written < bytes.length) written += stream.writeSync(bytes.subarray(written));
+  return written;
+}
+
+/**
+ * Report the outcome and end the process with `exitCode`. The end marker on stderr and the record on
+ * stdout (after everything the program wrote to each) tell the host the output is complete, so it
+ * need not wait for the process to finish exiting.
+ */
+export function finish(nonce, payload, exitCode) {
+  writeAll(Deno.stderr, encoder.encode(`${END_PREFIX}${nonce}\n`));
+  writeAll(Deno.stdout, encoder.encode(`${RESULT_PREFIX}${nonce}:${JSON.stringify({ ...payload, exitCode })}\n`));
+  Deno.exit(exitCode);
 }
 

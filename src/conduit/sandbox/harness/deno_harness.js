@@ -7,7 +7,7 @@
 // import is permission-checked), and reports the program's return value on stdout behind
 // a per-job marker that user code cannot know. Then it exits: one sandbox, one program.
 
-import { BridgeClient, dataUrl, encodeResult, encoder, readJob, report } from "./common.js";
+import { BridgeClient, dataUrl, encodeResult, encoder, finish, readJob } from "./common.js";
 
 // Deno abbreviates long data: URLs in messages ("data:...;base64,AbCd......XyZ"), so both the
 // full URLs and their abbreviations are replaced by the names the client knows.
@@ -57,8 +57,7 @@ function fail(error) {
   const stack = cleanStack(error, programUrl, sdkUrl);
   const line = encoder.encode(`Uncaught ${stack}\n`);
   Deno.stderr.writeSync(line);
-  report(job.nonce, { status: "error", error: describeError(error, programUrl, sdkUrl) });
-  Deno.exit(1);
+  finish(job.nonce, { status: "error", error: describeError(error, programUrl, sdkUrl) }, 1);
 }
 
 globalThis.addEventListener("unhandledrejection", (event) => {
@@ -78,8 +77,7 @@ try {
   }
   const program = await import(programUrl);
   const value = await program.default;
-  report(job.nonce, encodeResult(value, job.maxResultBytes));
-  Deno.exit(0);
+  finish(job.nonce, encodeResult(value, job.maxResultBytes), 0);
 } catch (error) {
   fail(error);
 }

@@ -7,13 +7,16 @@
 // job. From then on files, env, new connections, subprocesses and dynamic imports all fail for
 // Python and JS alike, while the already-open bridge connection keeps working.
 //
-// Args: <pyodide dir> <wasm memory limit MiB> <bridge host> <bridge port>.
+// Args: <pyodide dir> <wasm memory limit MiB> <bridge host> <bridge port> [<memory snapshot file>].
+// With a snapshot (made by pyodide_snapshot.js) the interpreter is restored instead of started.
 
-import { BridgeClient, encoder, readJob, report } from "./common.js";
+import { BridgeClient, encoder, finish, readJob, writeAll } from "./common.js";
+import { PYODIDE_ENV } from "./pyodide_common.js";
 import prelude from "./python_prelude.py" with { type: "text" };
 
-const [pyodideDir, memoryMb, bridgeHost, bridgePort] = Deno.args;
+const [pyodideDir, memoryMb, bridgeHost, bridgePort, snapshotFile] = Deno.args;
 const WASM_PAGE = 65536;
+const WARM_UP_RUNS = 20;
 const REVOKED = ["read", "write", "net", "env", "run", "sys", "ffi", "import"];
 
 // --- WASM memory ceiling -------------------------------------------------------------------------
@@ -84,15 +87,14 @@ WebAssembly.instantiateStreaming = async (response, imports) =>
 
 // --- load, connect, seal -------------------------------------------------------------------------
 
-function writeAll(stream, bytes) {
-  let written = 0;
-  while (written < bytes.length) written += stream.writeSync(bytes.subarray(written));
-  return bytes.length;
-}
 
 const indexUrl = new URL(`file://${pyodideDir.endsWith("/") ? pyodideDir : pyodideDir + "/"}`);
 const { loadPyodide } = await import(new URL("pyodide.mjs", indexUrl).href);
-const pyodide = await loadPyodide({ indexURL: indexUrl.pathname, env: { HOME: "/home/pyodide" } });
+const pyodide = await loadPyodide({
+  indexURL: indexUrl.pathname,
+  env: PYODIDE_ENV,
+  ...(snapshotFile ? { _loadSnapshot: Deno.readFileSync(snapshotFile) } : {}),
+});
 pyodide.setStdout({ write: (buffer) => writeAll(Deno.stdout, buffer) });
 pyodide.setStderr({ write: (buffer) => writeAll(Deno.stderr, buffer) });
 
@@ -111,6 +113,16 @@ pyodide.registerJsModule("_conduit_bridge", {
 pyodide.runPython(prelude, { filename: "<conduit>" });
 const run = pyodide.pyimport("_conduit").run;
 
+// A restored interpreter runs on V8's baseline WASM code: the first program would take ~10x longer
+// than later ones. Running a fixed program (no tools, no output) through the same path a few times
+// lets V8 optimise the hot functions before the sandbox says it is ready. The real run replaces
+// everything this touches (the SDK module, the program's source lines).
+if (snapshotFile) {
+  const sdk = "class _Tools:\n    pass\n\ntools = _Tools()\n";
+  const program = "data = {'n': [i * i for i in range(64)], 's': f'{len(tools.__dict__)}'}\nsorted(data)";
+  for (let i = 0; i < WARM_UP_RUNS; i++) await run(program, sdk, 4096);
+}
+
 for (const name of REVOKED) Deno.permissions.revokeSync({ name });
 writeAll(Deno.stdout, encoder.encode("CONDUIT-READY\n"));
 
@@ -126,5 +138,4 @@ try {
   const message = "the Python runtime failed after the program changed it (patched builtins or stdlib?)";
   record = { status: "error", error: { name: "RuntimeError", message } };
 }
-report(job.nonce, record);
-Deno.exit(record.status === "ok" ? 0 : record.status === "exit" ? record.code : 1);
+finish(job.nonce, record, record.status === "ok" ? 0 : record.status === "exit" ? record.code : 1);
