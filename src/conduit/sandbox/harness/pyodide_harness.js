@@ -16,7 +16,7 @@ import prelude from "./python_prelude.py" with { type: "text" };
 
 const [pyodideDir, memoryMb, bridgeHost, bridgePort, snapshotFile] = Deno.args;
 const WASM_PAGE = 65536;
-const WARM_UP_RUNS = 20;
+const WARM_UP_RUNS = 10;
 const REVOKED = ["read", "write", "net", "env", "run", "sys", "ffi", "import"];
 
 // --- WASM memory ceiling -------------------------------------------------------------------------
