@@ -28,6 +28,7 @@ import anyio
 from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.sandbox.deno import RUN_FLAGS, find_deno
+from conduit.sandbox.isolate import IsolateRuntime
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sandbox.pyodide import default_pyodide_dir
 
@@ -204,6 +205,20 @@ async def throughput(gateway: Gateway, language: str, in_flight: int, count: int
     return count / (time.perf_counter() - started), peak
 
 
+async def burst(gateway: Gateway, languages: tuple[str, ...], size: int = 50) -> tuple[float, float]:
+    """``size`` trivial executions at once, spread over ``languages``: seconds until all are done, then
+    seconds until every pool is full again."""
+    await wait_for_pools(gateway)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for index in range(size):
+            language = languages[index % len(languages)]
+            tg.start_soon(gateway.execute, language, "1 + 1" if language == "python" else "return 1 + 1;")
+    done = time.perf_counter()
+    await wait_for_pools(gateway)
+    return done - started, time.perf_counter() - done
+
+
 async def main(runs: int, languages: tuple[str, ...]) -> None:
     config = Config.model_validate(
         {"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}]}
@@ -237,14 +252,20 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
         await wait_for_pools(gw)
         await anyio.sleep(1)
         own_idle, tree_idle = tree_rss_mb(os.getpid())
+        pooled = {
+            name: runtime.idle_memory_bytes / 2**20
+            for name, runtime in gw.runtimes.items()
+            if isinstance(runtime, (PooledRuntime, IsolateRuntime))
+        }
         rates: dict[str, list[float]] = {}
         peak_rss = 0.0
-        counts = {"typescript": 40, "python": 12, "isolate": 200}
+        counts = {"typescript": 60, "python": 24, "isolate": 200}
         for language in languages:
             for in_flight in (1, 4, 8):
                 rate, peak = await throughput(gw, language, in_flight, counts[language])
                 rates.setdefault(language, []).append(rate)
                 peak_rss = max(peak_rss, peak)
+        burst_seconds, refill_seconds = await burst(gw, languages)
     floor_medians = {f"{name} (floor)": statistics.median(samples) for name, samples in floors.values()}
     print(
         f"# Conduit latency, {runs} runs per scenario ({py_runs} for Python; {platform.machine()}, "
@@ -268,8 +289,15 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
         share = rates["typescript"][2] / spawn_rate * 100
         print(f"\nTypeScript at 8 in flight: {share:.0f} % of what the machine can spawn.")
     print(
+        f"\nA burst of 50 executions at once ({', '.join(languages)} in turn; at most 10 run, the rest queue): "
+        f"all done in {burst_seconds:.1f} s; every pool full again {refill_seconds:.1f} s later."
+    )
+    print(
         f"\n# Memory (RSS)\n\nConduit's own process, idle: {own_idle:.0f} MiB; whole process tree (pools, isolate "
-        f"workers, upstreams) idle: {tree_idle:.0f} MiB; peak under load: {peak_rss:.0f} MiB."
+        f"workers, upstreams) idle: {tree_idle:.0f} MiB; peak under load: {peak_rss:.0f} MiB.\n"
+        "Held by idle pooled sandboxes (private resident memory): "
+        + ", ".join(f"{name} {held:.0f} MiB" for name, held in pooled.items())
+        + "."
     )
 
 
