@@ -7,6 +7,8 @@ one job and is then gone. Untrusted code failing in any way (exception, limit, c
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -105,3 +107,19 @@ class Runtime(Protocol):
     async def prepare(self, memory_limit_mb: int) -> Sandbox:
         """Start a sandbox ready to take one job with at most ``memory_limit_mb`` of heap."""
         ...
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_sdk(sdk: str) -> bytes:
+    return json.dumps(sdk).encode()
+
+
+def job_line(fields: Mapping[str, Any], sdk: str) -> bytes:
+    """``fields`` and ``"sdk": sdk`` as one JSON line for a sandbox's stdin.
+
+    The SDK source is the same object for every execution of a catalog version (the gateway caches
+    it), so it is JSON-encoded once, not per execution.
+    """
+    head = json.dumps(fields).encode()
+    opening = head[:-1] + b", " if len(head) > 2 else b"{"
+    return opening + b'"sdk": ' + _encoded_sdk(sdk) + b"}\n"

@@ -10,7 +10,6 @@ group in every outcome.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -24,7 +23,7 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
+from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, job_line
 from conduit.sandbox.cgroups import Cgroup
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
@@ -216,7 +215,6 @@ class DenoSandbox:
             "nonce": nonce,
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},
-            "sdk": job.sdk,
             "program": self._transform(job.program),
             "maxResultBytes": limits.max_output_bytes,
         }
@@ -250,7 +248,7 @@ class DenoSandbox:
                     tg.start_soon(exited)
                     assert process.stdin is not None
                     try:
-                        await process.stdin.send(json.dumps(payload).encode() + b"\n")
+                        await process.stdin.send(job_line(payload, job.sdk))
                         await process.stdin.aclose()
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         pass  # the process died before reading its job: its exit status tells why

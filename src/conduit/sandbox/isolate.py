@@ -23,7 +23,7 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.base import BridgeAddress, Job, RunOutcome
+from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, job_line
 from conduit.sandbox.cgroups import Cgroup
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
@@ -223,7 +223,6 @@ class IsolateSandbox:
         payload = {
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},
-            "sdk": job.sdk,
             "program": job.program,
             "maxResultBytes": limits.max_output_bytes,
             "limits": {
@@ -243,7 +242,7 @@ class IsolateSandbox:
         try:
             with anyio.move_on_after(limits.timeout_ms / 1000 + DEADLINE_GRACE) as deadline:
                 try:
-                    record = await self._exchange(worker, payload, collector)
+                    record = await self._exchange(worker, job_line(payload, job.sdk), collector)
                     reusable = record is not None and record.get("status") != "limit" and not collector.tripped
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, ValueError, OSError):
                     crash = "the isolate worker crashed"
@@ -268,10 +267,10 @@ class IsolateSandbox:
         )
 
     @staticmethod
-    async def _exchange(worker: Worker, payload: dict[str, Any], collector: OutputCollector) -> dict[str, Any] | None:
+    async def _exchange(worker: Worker, payload: bytes, collector: OutputCollector) -> dict[str, Any] | None:
         """Send the job; feed output to ``collector`` until the outcome record arrives or a limit trips."""
         assert worker.process.stdin is not None
-        await worker.process.stdin.send(json.dumps(payload).encode() + b"\n")
+        await worker.process.stdin.send(payload)
         while not collector.tripped:
             message = await worker.receive()
             if message.get("type") == "output":

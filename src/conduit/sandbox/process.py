@@ -35,11 +35,19 @@ async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> Pro
 
 
 def kill_group(process: Process) -> None:
-    """SIGKILL the process's whole group; a group already gone is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    """SIGKILL the process's whole group; a group already gone is fine.
+
+    The leader is signalled directly only if the group cannot be: ``Popen.kill`` polls the process
+    first, and reaping it there would steal the exit status from the event loop's child watcher
+    (which then reports 255).
+    """
+    try:
         os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
 
 async def destroy(process: Process) -> None:
