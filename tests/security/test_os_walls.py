@@ -7,8 +7,10 @@ says so (skip with the reason) instead of passing silently.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,11 +20,11 @@ from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.cgroups import detect, remove_parents
+from conduit.sandbox.cgroups import CgroupSupport, detect, remove_parents
 from conduit.sandbox.confine import encode_spec
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
 from conduit.sandbox.pool import PooledRuntime
-from conduit.sandbox.walls import CONFINE, LAYERS, SYSTEM_READ_ONLY, Walls
+from conduit.sandbox.walls import CONFINE, LAYERS, NATIVE_CONFINE, SYSTEM_READ_ONLY, Walls, native_launcher
 from support import MASTER, TOOLBOX, conduit, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
@@ -131,17 +133,91 @@ def read(path: str) -> str:
     return Path(path).read_text()
 
 
+LAUNCHERS = ("python", "native")
+
+
+def launcher_walls(launcher: str) -> Walls:
+    """Walls that only build launcher commands, with the Python or the native launcher."""
+    native = native_launcher() if launcher == "native" else None
+    if launcher == "native" and native is None:
+        pytest.skip("the native launcher is not built here (no C compiler at `make setup`)")
+    return Walls(CgroupSupport(0, None, None, "not needed"), 0, 0, native=native)
+
+
 def confined(
-    profile_read_only: list[str], argv: list[str], read_write: list[str] | None = None
+    profile_read_only: list[str], argv: list[str], read_write: list[str] | None = None, launcher: str = "python"
 ) -> subprocess.CompletedProcess[str]:
     spec = {"landlock": {"read_only": profile_read_only, "read_write": read_write or []}, "no_new_privs": True}
     return subprocess.run(
-        [sys.executable, "-I", "-S", str(CONFINE), encode_spec(spec), "--", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        launcher_walls(launcher).command(spec, argv), capture_output=True, text=True, timeout=60, check=False
     )
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_both_launchers_apply_every_wall_the_same_way(launcher: str) -> None:
+    need("landlock")
+    walls = launcher_walls(launcher)
+    own = Path(tempfile.mkdtemp(prefix="conduit-launcher-"))  # under /tmp: reachable by the sandbox uid
+    try:
+        probe = (
+            "grep -E '^(NoNewPrivs|Uid)' /proc/self/status; echo nice $(nice); echo cpu $(ulimit -t); env | sort; "
+            "if head -c1 /etc/passwd | grep -q .; then echo READ-PASSWD; fi; "
+            "if echo x > /tmp/conduit-probe-$$; then echo WROTE-TMP; fi; "
+            f"if echo ok > {own}/mine; then echo WROTE-OWN; fi"
+        )
+        read_only = [*SYSTEM_READ_ONLY, "/bin", "/usr/bin", "/proc"]
+        spec: dict[str, object] = {
+            "cpu_seconds": 77,
+            "niceness": 3,
+            "no_new_privs": True,
+            "landlock": {"read_only": read_only, "read_write": [str(own)]},
+            "env": {"CONDUIT_PROBE": "yes", "PATH": "/usr/bin:/bin"},
+        }
+        root = os.geteuid() == 0
+        if root:
+            spec["uid"] = 65534
+            os.chown(own, 65534, 65534)
+        done = subprocess.run(walls.command(spec, ["/bin/sh", "-c", probe]), capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "NoNewPrivs:\t1" in lines
+    if root:
+        assert any(line.startswith("Uid:\t65534\t65534") for line in lines), lines
+    assert "nice 3" in lines and "cpu 77" in lines
+    assert "CONDUIT_PROBE=yes" in lines and not any(line.startswith("HOME=") for line in lines)
+    assert "READ-PASSWD" not in lines and "WROTE-TMP" not in lines, lines
+    assert "WROTE-OWN" in lines, (lines, done.stderr)
+
+
+def test_the_native_launcher_refuses_what_it_cannot_apply(tmp_path: Path) -> None:
+    native = launcher_walls("native").native
+    assert native is not None
+    cases = {
+        ("--bogus", "--", "/bin/true"): "unknown option: --bogus",
+        ("--cpu", "many", "--", "/bin/true"): "not a number: --cpu",
+        ("--cgroup", str(tmp_path / "absent" / "cgroup.procs"), "--", "/bin/true"): "joining cgroup",
+        ("--nnp",): "usage",
+        ("--", str(tmp_path / "missing-binary")): "execve",
+    }
+    for args, message in cases.items():
+        done = subprocess.run([native, *args], capture_output=True, text=True, timeout=10, check=False)
+        assert done.returncode == 121, (args, done)
+        assert message in done.stderr, (args, done.stderr)
+
+
+def test_walls_use_the_native_launcher_when_it_is_built() -> None:
+    walls = Walls.detect(30_000)
+    try:
+        if native_launcher() is None:
+            pytest.skip("the native launcher is not built here (no C compiler at `make setup`)")
+        assert walls.native == str(NATIVE_CONFINE)
+        command = walls.command({"no_new_privs": True}, ["/bin/true"])
+        assert command == [str(NATIVE_CONFINE), "--nnp", "--", "/bin/true"]
+        assert subprocess.run(command, timeout=10, check=False).returncode == 0
+    finally:
+        walls.close()
 
 
 def test_landlock_hides_the_host_even_from_a_deno_granted_read_everywhere(tmp_path: Path) -> None:
@@ -175,7 +251,8 @@ def test_landlock_hides_the_host_even_from_a_deno_granted_read_everywhere(tmp_pa
     assert not Path("/tmp/conduit-landlock-probe").exists()
 
 
-def test_landlock_allows_what_the_profile_names_and_nothing_else(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_landlock_allows_what_the_profile_names_and_nothing_else(launcher: str, tmp_path: Path) -> None:
     need("landlock")
     allowed = tmp_path / "allowed.txt"
     allowed.write_text("fine")
@@ -186,7 +263,8 @@ def test_landlock_allows_what_the_profile_names_and_nothing_else(tmp_path: Path)
         "    except OSError as e: print('denied', p, e.errno)"
     )
     roots = [sys.base_prefix, sys.prefix, os.path.realpath(sys.executable), "/lib", "/lib64", "/usr/lib"]
-    done = confined([*roots, str(allowed)], [*python, probe, str(allowed), "/etc/passwd", str(TOOLBOX)])
+    argv = [*python, probe, str(allowed), "/etc/passwd", str(TOOLBOX)]
+    done = confined([*roots, str(allowed)], argv, launcher=launcher)
     assert done.returncode == 0, done.stderr
     assert f"read {allowed}" in done.stdout
     assert "denied /etc/passwd 13" in done.stdout

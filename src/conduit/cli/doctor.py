@@ -91,6 +91,8 @@ def doctor(args: argparse.Namespace) -> int:
                 problems.append(f"FAIL  isolation {layer.name} (required): {layer.detail}. {ENABLE_HINTS[layer.name]}")
             else:
                 report.append(f"off   isolation {layer.name}: {layer.detail}. {ENABLE_HINTS[layer.name]}")
+        if config.isolation.enabled:
+            report.append(f"{'ok  ' if walls.native else 'note'}  sandbox launcher: {walls.launcher}")
     finally:
         walls.close()
     for line in ([] if args.quiet else report) + problems:

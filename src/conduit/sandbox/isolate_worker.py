@@ -39,19 +39,32 @@ def send(message: dict[str, Any]) -> None:
 
 
 class Bridge:
-    """A pipelined JSON-RPC client for the host bridge."""
+    """A pipelined JSON-RPC client for the host bridge, connected on the first request (a program
+    that calls no tool never opens a connection)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self._address = (host, port)
         self._token = token
         self._next = 1
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._task = asyncio.ensure_future(self._read())
+        self._writer: asyncio.StreamWriter | None = None
+        self._connecting: asyncio.Task[asyncio.StreamWriter] | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    async def _read(self) -> None:
+    async def _connection(self) -> asyncio.StreamWriter:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await self._connecting
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection(*self._address)
+        self._writer = writer
+        self._task = asyncio.ensure_future(self._read(reader))
+        return writer
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while line := await self._reader.readline():
+            while line := await reader.readline():
                 message = json.loads(line)
                 future = self._pending.pop(message.get("id"), None)
                 if future is not None and not future.done():
@@ -91,8 +104,9 @@ class Bridge:
             "params": params,
             "auth": {"bearerToken": self._token},
         }
-        self._writer.write(json.dumps(request).encode() + b"\n")
-        await self._writer.drain()
+        writer = await self._connection()
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
         answer = await future
         if "error" in answer:
             error = answer["error"]
@@ -100,8 +114,12 @@ class Bridge:
         return json.dumps({"result": answer.get("result")})
 
     async def aclose(self) -> None:
-        self._task.cancel()
-        self._writer.close()
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def forward_output(output_json: Any) -> None:
@@ -162,8 +180,7 @@ async def drain_after_stop(racer: Any) -> None:
 async def run_job(job: dict[str, Any]) -> bool:
     """Run one job in a fresh context; returns False when the worker must not be reused."""
     limits = job["limits"]
-    reader, writer = await asyncio.open_connection(job["bridge"]["host"], job["bridge"]["port"])
-    bridge = Bridge(reader, writer, job["token"])
+    bridge = Bridge(job["bridge"]["host"], job["bridge"]["port"], job["token"])
     reusable = True
     try:
         with mini_racer(asyncio.get_running_loop()) as racer:

@@ -1,8 +1,9 @@
 """The OS walls around sandbox processes: which are available here, and how each sandbox gets them.
 
 Detected once at start (:meth:`Walls.detect`), reported by ``conduit doctor`` and ``/health``,
-and applied to every Deno, Pyodide and isolate-worker process through the launcher in
-:mod:`conduit.sandbox.confine`:
+and applied to every Deno, Pyodide and isolate-worker process through a launcher: the native
+``conduit-confine`` (``native/conduit_confine.c``, built by ``make setup`` when a C compiler is
+present; ~1 ms) or else its Python twin :mod:`conduit.sandbox.confine` (~12 ms per start):
 
 - ``cgroup-memory``: a hard memory cap per sandbox (the runtime's own limit plus its baseline);
   a kill at the cap is reported as the memory error (-32009).
@@ -29,7 +30,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 
@@ -52,6 +53,9 @@ SANDBOX_USER: Final = "nobody"
 LATE_UID_KINDS: Final = frozenset({"isolate"})
 """Runtimes that can drop the uid themselves after loading (before any job), if they cannot start as it."""
 CONFINE: Final = Path(confine.__file__)
+NATIVE_CONFINE: Final = Path(sys.prefix) / "bin" / "conduit-confine"
+NATIVE_PROTOCOL: Final = "1"
+"""The argument protocol the native launcher must print for ``--protocol`` to be used."""
 MAX_PIDS: Final = 128
 """Threads and processes per sandbox: Deno uses ~15, a Worker flood hits this."""
 SYSTEM_READ_ONLY: Final = (
@@ -96,6 +100,8 @@ class Walls:
     """The uid sandboxes drop to (None: Conduit is not root, or the layer is off)."""
     uid_kinds: dict[str, bool] = field(default_factory=dict)
     """Per kind of sandbox: whether its runtime works as ``uid`` (probed once)."""
+    native: str | None = None
+    """The native launcher, when it is built and speaks this protocol; else the Python one is used."""
 
     @classmethod
     def detect(cls, timeout_ms: int, *, enabled: bool = True) -> Walls:
@@ -106,6 +112,7 @@ class Walls:
         else:
             walls = cls(detect(), confine.landlock_abi(), math.ceil(timeout_ms / 1000) + 60)
             walls.uid = _sandbox_uid()
+            walls.native = native_launcher()
         walls.layers = walls._describe(enabled)
         return walls
 
@@ -120,11 +127,10 @@ class Walls:
             return
         for path in read_write:
             os.chown(path, self.uid, self.uid)
-        spec = confine.encode_spec({"uid": self.uid, "env": env})
         try:
             with anyio.fail_after(30):
                 done = await anyio.run_process(
-                    [sys.executable, "-I", "-S", str(CONFINE), spec, "--", *argv], cwd="/", env=env, check=False
+                    self.command({"uid": self.uid, "env": env}, argv), cwd="/", env=env, check=False
                 )
             works = done.returncode == 0
         except (OSError, TimeoutError):
@@ -232,10 +238,52 @@ class Walls:
             return list(argv), cgroup
         if env is not None:
             spec["env"] = dict(env)
-        return [sys.executable, "-I", "-S", str(CONFINE), confine.encode_spec(spec), "--", *argv], cgroup
+        return self.command(spec, argv), cgroup
+
+    @property
+    def launcher(self) -> str:
+        """Which launcher applies the walls, for ``conduit doctor``."""
+        return f"native ({self.native})" if self.native else f"Python ({CONFINE}); build the native one: make setup"
+
+    def command(self, spec: Mapping[str, Any], argv: Sequence[str]) -> list[str]:
+        """The launcher command that applies ``spec`` (the keys :func:`confine.apply` knows) and runs ``argv``."""
+        if self.native is None:
+            return [sys.executable, "-I", "-S", str(CONFINE), confine.encode_spec(dict(spec)), "--", *argv]
+        command = [self.native]
+        for procs in spec.get("cgroups", []):
+            command += ["--cgroup", procs]
+        for key, flag in (("cpu_seconds", "--cpu"), ("niceness", "--nice")):
+            if spec.get(key):
+                command += [flag, str(spec[key])]
+        if spec.get("no_new_privs"):
+            command.append("--nnp")
+        landlock = spec.get("landlock")
+        if landlock:
+            command.append("--landlock")
+            for flag, paths in (("--ro", landlock.get("read_only", [])), ("--rw", landlock.get("read_write", []))):
+                for path in paths:
+                    command += [flag, path]
+        if spec.get("uid") is not None:
+            command += ["--uid", str(spec["uid"]), "--gid", str(spec.get("gid", spec["uid"]))]
+        if spec.get("env") is not None:
+            command.append("--clear-env")
+            for name, value in spec["env"].items():
+                command += ["--env", f"{name}={value}"]
+        return [*command, "--", *argv]
 
     def close(self) -> None:
         remove_parents(self.cgroups)
+
+
+def native_launcher(path: Path = NATIVE_CONFINE) -> str | None:
+    """``path`` if it is the native launcher for this protocol, else None (the Python launcher is used)."""
+    import subprocess
+
+    try:
+        answer = subprocess.run([str(path), "--protocol"], capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    return str(path) if answer.returncode == 0 and answer.stdout.strip() == NATIVE_PROTOCOL else None
 
 
 def _sandbox_uid() -> int | None:

@@ -33,16 +33,21 @@ export function dataUrl(source, mediaType) {
 }
 
 export class BridgeClient {
-  #conn;
+  #open;
+  #conn = null;
   #token;
   #nextId = 1;
   #pending = new Map();
   #writeChain = Promise.resolve();
 
-  constructor(conn, token = null) {
-    this.#conn = conn;
+  /**
+   * `connection` is an open Deno.Conn, or a function that opens one: the connection is then made
+   * on the first request, so a program that calls no tool never connects.
+   */
+  constructor(connection, token = null) {
+    this.#open = typeof connection === "function" ? connection : () => connection;
     this.#token = token;
-    this.#readLoop();
+    if (typeof connection !== "function") this.#connection();
   }
 
   /** The session token; a connection opened before the job arrives gets it afterwards. */
@@ -50,10 +55,21 @@ export class BridgeClient {
     this.#token = value;
   }
 
-  async #readLoop() {
+  #connection() {
+    if (this.#conn === null) {
+      this.#conn = Promise.resolve(this.#open()).then((conn) => {
+        conn.setNoDelay(true);
+        this.#readLoop(conn);
+        return conn;
+      });
+    }
+    return this.#conn;
+  }
+
+  async #readLoop(conn) {
     let buffer = "";
     try {
-      for await (const chunk of this.#conn.readable) {
+      for await (const chunk of conn.readable) {
         buffer += decoder.decode(chunk, { stream: true });
         let newline;
         while ((newline = buffer.indexOf("\n")) >= 0) {
@@ -92,8 +108,9 @@ export class BridgeClient {
     const promise = new Promise((resolve, reject) => this.#pending.set(id, { resolve, reject }));
     const bytes = encoder.encode(line);
     this.#writeChain = this.#writeChain.then(async () => {
+      const conn = await this.#connection();
       let written = 0;
-      while (written < bytes.length) written += await this.#conn.write(bytes.subarray(written));
+      while (written < bytes.length) written += await conn.write(bytes.subarray(written));
     }).catch((err) => {
       const waiter = this.#pending.get(id);
       this.#pending.delete(id);

@@ -42,10 +42,15 @@ function describeError(error, programUrl, sdkUrl) {
 const ready = encoder.encode("CONDUIT-READY\n");
 for (let written = 0; written < ready.length; ) written += Deno.stdout.writeSync(ready.subarray(written));
 
+// Taken before any program runs: a program that replaces Deno.connect cannot see the bridge traffic.
+const connect = Deno.connect.bind(Deno);
+
 const job = await readJob();
-const conn = await Deno.connect({ hostname: job.bridge.host, port: job.bridge.port, transport: "tcp" });
-conn.setNoDelay(true);
-const bridge = new BridgeClient(conn, job.token);
+// Connected on the first tool call (a program that calls none never opens a connection).
+const bridge = new BridgeClient(
+  () => connect({ hostname: job.bridge.host, port: job.bridge.port, transport: "tcp" }),
+  job.token,
+);
 
 const sdkUrl = dataUrl(job.sdk, "application/typescript");
 const programUrl = dataUrl(job.program, "application/typescript");

@@ -98,8 +98,8 @@ const pyodide = await loadPyodide({
 pyodide.setStdout({ write: (buffer) => writeAll(Deno.stdout, buffer) });
 pyodide.setStderr({ write: (buffer) => writeAll(Deno.stderr, buffer) });
 
+// Connected now, before every permission is revoked (the open connection keeps working afterwards).
 const conn = await Deno.connect({ hostname: bridgeHost, port: Number(bridgePort), transport: "tcp" });
-conn.setNoDelay(true);
 const bridge = new BridgeClient(conn);
 pyodide.registerJsModule("_conduit_bridge", {
   call: async (method, paramsJson) => {
