@@ -112,6 +112,22 @@ def bare_mini_racer(runs: int) -> list[float]:
     return samples
 
 
+async def direct_mcp_call(runs: int) -> list[float]:
+    """One ``tools/call`` straight to the toolbox upstream with the official MCP client, over stdio: the
+    floor a tool call through Conduit is compared with."""
+    from mcp import Client, StdioServerParameters
+
+    server = StdioServerParameters(command=sys.executable, args=[str(TOOLBOX)], env=dict(os.environ))
+    async with Client(server, mode="auto") as client:
+        samples = []
+        for index in range(runs + 1):
+            started = time.perf_counter()
+            await client.call_tool("add", {"a": 1, "b": 2})
+            if index:
+                samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 async def wait_for_pools(gateway: Gateway) -> None:
     """Time warm runs on a quiet machine: wait until every pool is full again (refills are not timed)."""
     pools = [pool for pool in gateway.runtimes.values() if isinstance(pool, PooledRuntime)]
@@ -231,6 +247,7 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
     }
     floors = {language: (name, make()) for language, (name, make) in floor_makers.items() if language in languages}
     rows: list[tuple[str, list[float], str | None]] = []
+    call_floor = await direct_mcp_call(runs)
     token = "bench-token-0123456789"
     async with Gateway.open(config, master_token=token, base_dir=ROOT, host_env=dict(os.environ)) as gw:
         for language in languages:
@@ -277,6 +294,16 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
         median, p95, worst = summarize(samples)
         ratio = f"{median / floor_medians[f'{floor} (floor)']:.2f}" if floor else "1.00"
         print(f"| {name:<38} | {median:>9.2f} | {p95:>8.2f} | {worst:>8.2f} | {ratio:>7} |")
+    medians = {name: statistics.median(samples) for name, samples, _ in rows}
+    floor_call = statistics.median(call_floor)
+    print(f"\n# Tool calls: what one call adds, beside a direct MCP call to the same upstream ({floor_call:.2f} ms)\n")
+    print(f"| {'runtime':<38} | {'1 call - trivial':>16} | {'10 sequential / 10':>18} | {'minus direct':>12} |")
+    print(f"|{'-' * 40}|{'-' * 17}:|{'-' * 19}:|{'-' * 13}:|")
+    for language in languages:
+        trivial = medians[f"{language}: trivial"]
+        one = medians[f"{language}: 1 tool call"] - trivial
+        each = (medians[f"{language}: 10 sequential calls"] - trivial) / 10
+        print(f"| {language:<38} | {one:>16.2f} | {each:>18.2f} | {each - floor_call:>12.2f} |")
     spawn_rate = bare_deno_rate()
     print("\n# Throughput, executions per second (trivial program)\n")
     print(f"| {'runtime':<38} | {'1 in flight':>11} | {'4 in flight':>11} | {'8 in flight':>11} |")

@@ -6,5 +6,5 @@ export const PYODIDE_ENV = { HOME: "/home/pyodide" };
 /** Modules imported before the snapshot is taken: the prelude's own, and those programs use most. */
 export const SNAPSHOT_IMPORTS = [
   "asyncio", "builtins", "collections", "dataclasses", "datetime", "functools", "itertools", "json",
-  "linecache", "math", "re", "sys", "traceback", "types", "pyodide.code",
+  "linecache", "math", "re", "sys", "traceback", "types", "typing", "pyodide.code",
 ];

@@ -118,8 +118,17 @@ const run = pyodide.pyimport("_conduit").run;
 // lets V8 optimise the hot functions before the sandbox says it is ready. The real run replaces
 // everything this touches (the SDK module, the program's source lines).
 if (snapshotFile) {
-  const sdk = "class _Tools:\n    pass\n\ntools = _Tools()\n";
-  const program = "data = {'n': [i * i for i in range(64)], 's': f'{len(tools.__dict__)}'}\nsorted(data)";
+  // Shaped like a generated SDK (see conduit/sdk/python.py), so its compile path gets optimised too.
+  const sdk = [
+    "from typing import Any, Literal",
+    "class _Tools:",
+    "    async def add(self, args: dict[str, Any] | None = None, /, *, a: float = _MISSING) -> dict[str, Any]:",
+    '        """Add.\n\n        Args:\n            a (float, required)\n        """',
+    "        return args",
+    "tools = _Tools()",
+    "",
+  ].join("\n");
+  const program = "data = {'n': [i * i for i in range(64)], 's': f'{await tools.add({})}'}\nsorted(data)";
   for (let i = 0; i < WARM_UP_RUNS; i++) await run(program, sdk, 4096);
 }
 
