@@ -89,6 +89,25 @@ async def test_ready_sandboxes_wait_at_a_lower_priority_and_run_at_normal_priori
         tg.cancel_scope.cancel()
 
 
+async def test_the_newest_ready_sandbox_is_handed_out_first_and_the_oldest_kept_for_bursts(
+    gateway: Gateway,
+) -> None:
+    sizing = PoolSizing(min=2, max=2, max_idle_memory_mb=4096, max_starting=1)
+    pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        await wait_until(lambda: pool.ready == 2)
+        oldest, newest = (entry.sandbox for entry in pool._ready)
+        first = await pool.prepare(128)
+        assert first is newest
+        second = await pool.prepare(128)
+        assert second is oldest
+        for sandbox in (first, second):
+            await sandbox.discard()
+        await pool.aclose()
+        tg.cancel_scope.cancel()
+
+
 async def test_the_idle_memory_ceiling_holds_even_below_min(gateway: Gateway) -> None:
     sizing = PoolSizing(min=3, max=3, max_idle_memory_mb=1, max_starting=3)
     pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
