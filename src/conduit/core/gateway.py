@@ -46,6 +46,7 @@ from conduit.sandbox.base import Job, Limits, RunOutcome, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.isolate import IsolateRuntime
 from conduit.sandbox.pool import PooledRuntime, PoolSizing
+from conduit.sandbox.process import use_pidfd_child_watcher
 from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
 from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
 from conduit.sandbox.walls import Walls
@@ -112,6 +113,7 @@ class Gateway:
         cls, config: Config, *, master_token: str, base_dir: Path, host_env: Mapping[str, str]
     ) -> AsyncIterator[Gateway]:
         """Start the bridge and runtimes; on exit stop upstreams and remove private files."""
+        use_pidfd_child_watcher()
         work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
         walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
         try:

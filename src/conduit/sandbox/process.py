@@ -6,9 +6,11 @@ group takes every descendant with it, and nothing the sandbox starts can outlive
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
@@ -20,6 +22,68 @@ from conduit.errors import SandboxStartError
 REAP_TIMEOUT: Final = 5.0
 """Bound on waiting for a SIGKILLed group leader to be reaped."""
 READ_CHUNK: Final = 64 * 1024
+
+
+class _PidfdChildWatcher(asyncio.AbstractChildWatcher):
+    """What Python 3.12 does by default: wait for each child through a pidfd on the loop running when it
+    started (no thread per child, no loop to attach)."""
+
+    def add_child_handler(self, pid: int, callback: Callable[..., object], *args: object) -> None:
+        loop = asyncio.get_running_loop()
+        pidfd = os.pidfd_open(pid)
+        loop.add_reader(pidfd, self._do_wait, loop, pid, pidfd, callback, args)
+
+    @staticmethod
+    def _do_wait(
+        loop: asyncio.AbstractEventLoop, pid: int, pidfd: int, callback: Callable[..., object], args: tuple[object, ...]
+    ) -> None:
+        loop.remove_reader(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            returncode = 255  # reaped elsewhere: the same report asyncio's own watchers give
+        finally:
+            os.close(pidfd)
+        callback(pid, returncode, *args)
+
+    def remove_child_handler(self, pid: int) -> bool:
+        return True
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _PidfdChildWatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+def use_pidfd_child_watcher() -> None:
+    """On Python 3.11, wait for child processes through pidfds instead of a thread per child.
+
+    3.11's default (``ThreadedChildWatcher``) starts a thread for every subprocess to wait for it:
+    ~1 ms of the event loop's time per sandbox start. Linux 5.3+ offers pidfds, which the running
+    loop polls like any file descriptor (3.12 does this by default). Process-wide; it serves
+    whichever asyncio loop is running when a child starts.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    policy = asyncio.get_event_loop_policy()
+    if isinstance(policy.get_child_watcher(), _PidfdChildWatcher):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # the kernel has no pidfds: keep the default
+    policy.set_child_watcher(_PidfdChildWatcher())
 
 
 async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> Process:
