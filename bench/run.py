@@ -320,7 +320,7 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
         each = (medians[f"{language}: 10 sequential calls"] - trivial) / 10
         print(f"| {language:<38} | {one:>16.2f} | {each:>18.2f} | {each - floor_call:>12.2f} |")
     spawn_rate = bare_deno_rate()
-    print("\n# Throughput, executions per second (trivial program, sustained: after a ramp of 2x in-flight executions)\n")
+    print("\n# Throughput, executions per second (trivial program; sustained, after a ramp of 2x in-flight runs)\n")
     print(f"| {'runtime':<38} | {'1 in flight':>11} | {'4 in flight':>11} | {'8 in flight':>11} |")
     print(f"|{'-' * 40}|{'-' * 12}:|{'-' * 12}:|{'-' * 12}:|")
     for language, values in rates.items():
