@@ -387,13 +387,14 @@ class Gateway:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every runtime can run programs and no upstream is failing, with the details."""
         runtimes: dict[str, dict[str, Any]] = {}
+        pooled, pooled_memory = self._pooled(), self._pooled_memory()
         for name, runtime in self.runtimes.items():
             problem = runtime.problem() if isinstance(runtime, (PooledRuntime, IsolateRuntime)) else None
             entry: dict[str, Any] = {"status": "unavailable" if problem else "ok"}
             if problem:
                 entry["reason"] = problem
-            entry["pooled"] = self._pooled().get(name, 0)
-            entry["pooledMemoryMb"] = round(self._pooled_memory().get(name, 0) / 2**20, 1)
+            entry["pooled"] = pooled.get(name, 0)
+            entry["pooledMemoryMb"] = round(pooled_memory.get(name, 0) / 2**20, 1)
             runtimes[name] = entry
         upstreams: dict[str, dict[str, Any]] = {}
         for upstream_id, connection in self.registry.connections.items():
