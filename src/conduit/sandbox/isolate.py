@@ -50,6 +50,8 @@ class Worker:
     jobs: int = 0
     stderr_tail: list[str] = field(default_factory=list)
     cgroup: Cgroup | None = None
+    memory: int = 0
+    """Private resident memory, measured when the worker last went idle."""
 
     @property
     def pid(self) -> int:
@@ -110,7 +112,7 @@ class IsolateRuntime:
 
     @property
     def idle_memory_bytes(self) -> int:
-        return sum(private_memory_bytes(worker.pid) for worker in self._idle)
+        return sum(worker.memory for worker in self._idle)
 
     async def prepare(self, memory_limit_mb: int) -> IsolateSandbox:
         worker = self._idle.pop() if self._idle else await self._spawn()
@@ -131,8 +133,8 @@ class IsolateRuntime:
         """Whether an idle worker fits: fewer than ``max`` idle and within the memory ceiling."""
         if len(self._idle) >= self.sizing.max:
             return False
-        held = self.idle_memory_bytes + private_memory_bytes(worker.pid)
-        return held <= self.sizing.max_idle_memory_mb << 20
+        worker.memory = private_memory_bytes(worker.pid)
+        return self.idle_memory_bytes + worker.memory <= self.sizing.max_idle_memory_mb << 20
 
     def _refill(self) -> None:
         if self._tg is None:
@@ -152,6 +154,7 @@ class IsolateRuntime:
         finally:
             self._starting -= 1
         self.last_error = None
+        worker.memory = private_memory_bytes(worker.pid)
         self._idle.append(worker)
 
     def problem(self) -> str | None:
