@@ -7,7 +7,7 @@
 // import is permission-checked), and reports the program's return value on stdout behind
 // a per-job marker that user code cannot know. Then it exits: one sandbox, one program.
 
-import { BridgeClient, dataUrl, encodeResult, encoder, finish, readJob } from "./common.js";
+import { BridgeClient, dataUrl, encodeResult, encoder, finish, readJob, writeAll } from "./common.js";
 
 // Deno abbreviates long data: URLs in messages ("data:...;base64,AbCd......XyZ"), so both the
 // full URLs and their abbreviations are replaced by the names the client knows.
@@ -39,8 +39,7 @@ function describeError(error, programUrl, sdkUrl) {
 }
 
 // Loaded and waiting: the host counts this sandbox as warm only from here on.
-const ready = encoder.encode("CONDUIT-READY\n");
-for (let written = 0; written < ready.length; ) written += Deno.stdout.writeSync(ready.subarray(written));
+writeAll(Deno.stdout, encoder.encode("CONDUIT-READY\n"));
 
 // Taken before any program runs: a program that replaces Deno.connect cannot see the bridge traffic.
 const connect = Deno.connect.bind(Deno);

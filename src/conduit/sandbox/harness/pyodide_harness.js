@@ -11,7 +11,7 @@
 // With a snapshot (made by pyodide_snapshot.js) the interpreter is restored instead of started.
 
 import { BridgeClient, encoder, finish, readJob, writeAll } from "./common.js";
-import { PYODIDE_ENV } from "./pyodide_common.js";
+import { loadPyodideFrom } from "./pyodide_common.js";
 import prelude from "./python_prelude.py" with { type: "text" };
 
 const [pyodideDir, memoryMb, bridgeHost, bridgePort, snapshotFile] = Deno.args;
@@ -87,14 +87,10 @@ WebAssembly.instantiateStreaming = async (response, imports) =>
 
 // --- load, connect, seal -------------------------------------------------------------------------
 
-
-const indexUrl = new URL(`file://${pyodideDir.endsWith("/") ? pyodideDir : pyodideDir + "/"}`);
-const { loadPyodide } = await import(new URL("pyodide.mjs", indexUrl).href);
-const pyodide = await loadPyodide({
-  indexURL: indexUrl.pathname,
-  env: PYODIDE_ENV,
-  ...(snapshotFile ? { _loadSnapshot: Deno.readFileSync(snapshotFile) } : {}),
-});
+const pyodide = await loadPyodideFrom(
+  pyodideDir,
+  snapshotFile ? { _loadSnapshot: Deno.readFileSync(snapshotFile) } : {},
+);
 pyodide.setStdout({ write: (buffer) => writeAll(Deno.stdout, buffer) });
 pyodide.setStderr({ write: (buffer) => writeAll(Deno.stderr, buffer) });
 

@@ -7,13 +7,10 @@
 //
 // Args: <pyodide dir>.
 
-import { PYODIDE_ENV, SNAPSHOT_IMPORTS } from "./pyodide_common.js";
+import { writeAll } from "./common.js";
+import { loadPyodideFrom, SNAPSHOT_IMPORTS } from "./pyodide_common.js";
 
 const [pyodideDir] = Deno.args;
-const indexUrl = new URL(`file://${pyodideDir.endsWith("/") ? pyodideDir : pyodideDir + "/"}`);
-const { loadPyodide } = await import(new URL("pyodide.mjs", indexUrl).href);
-const pyodide = await loadPyodide({ indexURL: indexUrl.pathname, env: PYODIDE_ENV, _makeSnapshot: true });
+const pyodide = await loadPyodideFrom(pyodideDir, { _makeSnapshot: true });
 pyodide.runPython(`import ${SNAPSHOT_IMPORTS.join(", ")}`);
-const snapshot = pyodide.makeMemorySnapshot();
-let written = 0;
-while (written < snapshot.length) written += Deno.stdout.writeSync(snapshot.subarray(written));
+writeAll(Deno.stdout, pyodide.makeMemorySnapshot());
