@@ -94,7 +94,8 @@ class PyodideSnapshot:
         self._deno = deno_path
         self._env = deno_env
         self._dir = pyodide_dir
-        self._fallback = work_dir / "pyodide-snapshots"
+        self._places = (pyodide_dir / ".conduit-snapshots", work_dir / "pyodide-snapshots")
+        """Where snapshots are looked for and kept, in order: beside Pyodide, else the work directory."""
         self._lock = anyio.Lock()
         self._path: Path | None = None
         self.failed: str | None = None
@@ -120,7 +121,7 @@ class PyodideSnapshot:
             except OSError as exc:
                 self.failed = f"cannot read Pyodide's files: {exc.strerror or exc}"
                 return None
-            for directory in (self._dir / ".conduit-snapshots", self._fallback):
+            for directory in self._places:
                 candidate = directory / name
                 if await anyio.to_thread.run_sync(_verified, candidate):
                     self._path = candidate
@@ -131,7 +132,7 @@ class PyodideSnapshot:
                 self.failed = exc.message
                 logger.warning("Python sandboxes will load Pyodide in full (~2 s each): %s", exc.message)
                 return None
-            for directory in (self._dir / ".conduit-snapshots", self._fallback):
+            for directory in self._places:
                 try:
                     self._path = await anyio.to_thread.run_sync(_store, directory, name, data)
                     return self._path

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import pwd
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -277,11 +278,9 @@ class Walls:
 
 def native_launcher(path: Path = NATIVE_CONFINE) -> str | None:
     """``path`` if it is the native launcher for this protocol, else None (the Python launcher is used)."""
-    import subprocess
-
     try:
         answer = subprocess.run([str(path), "--protocol"], capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return None
     return str(path) if answer.returncode == 0 and answer.stdout.strip() == NATIVE_PROTOCOL else None
 
