@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -41,6 +42,22 @@ async def fast_sizing(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     yield
 
 
+@asynccontextmanager
+async def running_pool(
+    runtime: DenoRuntime, *, min: int, max: int, max_starting: int, max_idle_memory_mb: int = 4096
+) -> AsyncIterator[PooledRuntime]:
+    """A pool of ``runtime``'s sandboxes (at 128 MiB) filling in the background; closed afterwards."""
+    sizing = PoolSizing(min=min, max=max, max_idle_memory_mb=max_idle_memory_mb, max_starting=max_starting)
+    pool = PooledRuntime(runtime, sizing=sizing, memory_limit_mb=128)
+    async with anyio.create_task_group() as tg:
+        pool.start(tg)
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+            tg.cancel_scope.cancel()
+
+
 def niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
@@ -48,11 +65,8 @@ def niceness(pid: int) -> int:
 async def test_a_pool_grows_under_demand_up_to_max_then_shrinks_back_to_min(
     gateway: Gateway, fast_sizing: None
 ) -> None:
-    sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=4)
-    pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
     sdk = generate_typescript_sdk([])
-    async with anyio.create_task_group() as tg:
-        pool.start(tg)
+    async with running_pool(deno_of(gateway), min=1, max=3, max_starting=4) as pool:
         await wait_until(lambda: pool.ready == 1)
         assert pool.target == 1
 
@@ -68,15 +82,10 @@ async def test_a_pool_grows_under_demand_up_to_max_then_shrinks_back_to_min(
         await wait_until(lambda: pool.ready == 3)
         assert pool.cold_starts == 0  # every request was served by the pool (or waited for a start)
         await wait_until(lambda: pool.target == 1 and pool.ready == 1)  # demand gone: surplus discarded
-        await pool.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_ready_sandboxes_wait_at_a_lower_priority_and_run_at_normal_priority(gateway: Gateway) -> None:
-    sizing = PoolSizing(min=1, max=1, max_idle_memory_mb=4096, max_starting=1)
-    pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
-    async with anyio.create_task_group() as tg:
-        pool.start(tg)
+    async with running_pool(deno_of(gateway), min=1, max=1, max_starting=1) as pool:
         await wait_until(lambda: pool.ready == 1)
         waiting = pool._ready[0].sandbox
         assert niceness(waiting.pid) == 10
@@ -85,17 +94,12 @@ async def test_ready_sandboxes_wait_at_a_lower_priority_and_run_at_normal_priori
         if os.geteuid() == 0:  # lowering niceness needs privilege
             assert niceness(waiting.pid) == 0
         await sandbox.discard()
-        await pool.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_the_newest_ready_sandbox_is_handed_out_first_and_the_oldest_kept_for_bursts(
     gateway: Gateway,
 ) -> None:
-    sizing = PoolSizing(min=2, max=2, max_idle_memory_mb=4096, max_starting=1)
-    pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
-    async with anyio.create_task_group() as tg:
-        pool.start(tg)
+    async with running_pool(deno_of(gateway), min=2, max=2, max_starting=1) as pool:
         await wait_until(lambda: pool.ready == 2)
         oldest, newest = (entry.sandbox for entry in pool._ready)
         first = await pool.prepare(128)
@@ -104,15 +108,10 @@ async def test_the_newest_ready_sandbox_is_handed_out_first_and_the_oldest_kept_
         assert second is oldest
         for sandbox in (first, second):
             await sandbox.discard()
-        await pool.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_the_idle_memory_ceiling_holds_even_below_min(gateway: Gateway) -> None:
-    sizing = PoolSizing(min=3, max=3, max_idle_memory_mb=1, max_starting=3)
-    pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
-    async with anyio.create_task_group() as tg:
-        pool.start(tg)
+    async with running_pool(deno_of(gateway), min=3, max=3, max_starting=3, max_idle_memory_mb=1) as pool:
         await wait_until(lambda: pool.ready >= 1 and pool.starting == 0)
         await anyio.sleep(0.3)
         # With no estimate yet, up to max_starting may start at once; once one has been measured
@@ -125,38 +124,26 @@ async def test_the_idle_memory_ceiling_holds_even_below_min(gateway: Gateway) ->
         await anyio.sleep(0.5)
         assert pool.ready == ready - 1  # nothing replaced it: the ceiling is already exceeded
         assert pool.full
-        await pool.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_a_lower_memory_limit_gets_a_sandbox_of_its_own(gateway: Gateway) -> None:
-    sizing = PoolSizing(min=1, max=1, max_idle_memory_mb=4096, max_starting=1)
-    pool = PooledRuntime(deno_of(gateway), sizing=sizing, memory_limit_mb=128)
-    async with anyio.create_task_group() as tg:
-        pool.start(tg)
+    async with running_pool(deno_of(gateway), min=1, max=1, max_starting=1) as pool:
         await wait_until(lambda: pool.ready == 1)
         sandbox = await pool.prepare(64)
         assert pool.cold_starts == 1 and pool.ready == 1
         await sandbox.discard()
-        await pool.aclose()
-        tg.cancel_scope.cancel()
 
 
 async def test_a_pool_that_cannot_start_sandboxes_reports_why_and_does_not_spin(
     gateway: Gateway, tmp_path: Path
 ) -> None:
     broken = DenoRuntime(deno_path=str(tmp_path / "no-deno"), bridge=deno_of(gateway).bridge, work_dir=tmp_path)
-    sizing = PoolSizing(min=2, max=2, max_idle_memory_mb=4096, max_starting=2)
-    pool = PooledRuntime(broken, sizing=sizing, memory_limit_mb=128)
-    async with anyio.create_task_group() as tg:
-        pool.start(tg)
+    async with running_pool(broken, min=2, max=2, max_starting=2) as pool:
         await anyio.sleep(0.5)
         assert pool.failures <= 4  # one attempt per slot, then a pause before retrying
         assert pool.problem() is not None
         with pytest.raises(Exception, match="cannot start"):
             await pool.prepare(128)
-        await pool.aclose()
-        tg.cancel_scope.cancel()
 
 
 # -- the Pyodide snapshot -------------------------------------------------------------------------------
