@@ -69,12 +69,17 @@ def test_sdk_stubs_are_the_generated_sdk(config: str, sdk: str, expected: str) -
     assert expected in done.stdout
 
 
-def test_an_unreachable_upstream_is_reported_and_the_rest_still_listed(tmp_path: Path) -> None:
+def with_a_dead_upstream(tmp_path: Path) -> Path:
+    """A config with the toolbox and an upstream whose command does not exist."""
     upstreams = [
         {"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]},
         {"id": "ghost", "command": str(tmp_path / "no-such-server")},
     ]
-    done = conduit("tools", "--config", str(write_config(tmp_path, {"upstreams": upstreams})))
+    return write_config(tmp_path, {"upstreams": upstreams})
+
+
+def test_an_unreachable_upstream_is_reported_and_the_rest_still_listed(tmp_path: Path) -> None:
+    done = conduit("tools", "--config", str(with_a_dead_upstream(tmp_path)))
     assert done.returncode == 1
     assert "upstream 'ghost' could not be listed" in done.stderr
     assert "ghost  (unavailable)" in done.stdout
@@ -102,11 +107,7 @@ def test_version() -> None:
 
 
 def test_doctor_checks_that_each_upstream_is_reachable(tmp_path: Path) -> None:
-    upstreams = [
-        {"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]},
-        {"id": "ghost", "command": str(tmp_path / "no-such-server")},
-    ]
-    done = conduit("doctor", "--config", str(write_config(tmp_path, {"upstreams": upstreams})))
+    done = conduit("doctor", "--config", str(with_a_dead_upstream(tmp_path)))
     assert done.returncode == 1
     assert "ok    upstream toolbox: reachable, " in done.stdout
     assert "FAIL  upstream ghost: " in done.stderr
