@@ -105,15 +105,20 @@ async def test_denied_tool_is_refused_before_it_is_looked_up(gateway: Gateway, b
 
 STEAL_TOKEN = """
 let stolen = null;
-const original = TextEncoder.prototype.encode;
-TextEncoder.prototype.encode = function (text) {
-  if (typeof text === "string" && text.includes('"bearerToken"')) stolen = JSON.parse(text).auth.bearerToken;
-  return original.call(this, text);
+// The harness took its encoder before the program ran; what it cannot take is the connection's class:
+// intercept the bytes the SDK's request writes on its bridge connection.
+const conn = await Deno.connect({ hostname: "127.0.0.1", port: PORT });
+let owner = Object.getPrototypeOf(conn);
+while (!Object.hasOwn(owner, "write")) owner = Object.getPrototypeOf(owner);
+const original = owner.write;
+owner.write = function (bytes) {
+  const text = new TextDecoder().decode(bytes);
+  if (text.includes('"bearerToken"')) stolen = JSON.parse(text).auth.bearerToken;
+  return original.call(this, bytes);
 };
 await tools.toolbox.echo({ text: "prime" });
-TextEncoder.prototype.encode = original;
+owner.write = original;
 
-const conn = await Deno.connect({ hostname: "127.0.0.1", port: PORT });
 const reader = conn.readable.getReader();
 let buffered = "";
 async function ask(method, params) {
@@ -153,14 +158,14 @@ async def test_program_that_steals_its_session_token_gains_nothing(gateway: Gate
 async def test_sdk_and_raw_calls_outside_the_allowlist_throw_forbidden(gateway: Gateway) -> None:
     code = """
     const codes = [];
-    for (const call of [() => tools.toolbox.add({a: 1, b: 2}), () => tools.$raw("toolbox__add", {a: 1, b: 2}),
+    for (const call of [() => tools.$raw("toolbox__add", {a: 1, b: 2}), () => tools.$raw("toolbox.add", {a: 1}),
                         () => tools.$raw("nothere__tool", {})]) {
       try { await call(); codes.push("called"); } catch (e) { codes.push(e.code); }
     }
-    return codes;
+    return [codes, Object.keys(tools.toolbox)];
     """
     outcome = await gateway.execute("typescript", code, allowed_tools=["toolbox.echo"])
-    assert outcome.result == [FORBIDDEN, FORBIDDEN, FORBIDDEN]
+    assert outcome.result == [[FORBIDDEN, FORBIDDEN, FORBIDDEN], ["echo"]]
 
 
 async def test_unknown_tool_inside_the_allowlist_throws_unknown_tool(gateway: Gateway) -> None:
@@ -171,6 +176,9 @@ async def test_unknown_tool_inside_the_allowlist_throws_unknown_tool(gateway: Ga
 
 
 async def test_empty_allowlist_denies_everything(gateway: Gateway) -> None:
-    code = "try { await tools.toolbox.echo({text: 'x'}); } catch (e) { return [e.code, (await discoverMCPTools())]; }"
+    code = (
+        "try { await tools.$raw('toolbox__echo', {text: 'x'}); }"
+        " catch (e) { return [e.code, await discoverMCPTools(), Object.keys(tools)]; }"
+    )
     outcome = await gateway.execute("typescript", code, allowed_tools=[])
-    assert outcome.result == [FORBIDDEN, []]
+    assert outcome.result == [FORBIDDEN, [], ["$raw"]]

@@ -54,7 +54,7 @@ async def test_raw_calls_discovery_and_published_upstream(conduit: Client) -> No
 async def test_denied_and_unknown_calls_throw_sanitised_errors_with_codes(conduit: Client) -> None:
     code = """
     const seen = [];
-    for (const call of [() => tools.toolbox.add({a: 1, b: 2}), () => tools.$raw("time__nope", {}),
+    for (const call of [() => tools.$raw("toolbox__add", {a: 1, b: 2}), () => tools.$raw("time__nope", {}),
                         () => tools.toolbox.crash({})]) {
       try { await call(); seen.push("ok"); } catch (e) { seen.push([e.name, e.code, e.message]); }
     }
@@ -213,3 +213,15 @@ async def test_timers_work(conduit: Client) -> None:
     """
     is_error, out = await run_js(conduit, code)
     assert (is_error, out["result"]) == (False, ["late"])
+
+
+async def test_a_program_written_as_a_module_runs_in_strict_mode(conduit: Client) -> None:
+    code = (
+        "export {};\nexport const f = () => 2;\nlet sloppy = 'allowed';\n"
+        "try { undeclared = 1; } catch (e) { sloppy = e.name; }\nreturn [f(), sloppy];"
+    )
+    is_error, out = await run_js(conduit, code)
+    assert (is_error, out.get("result")) == (False, [2, "ReferenceError"]), out
+    is_error, out = await run_js(conduit, 'import x from "./x.js";\nreturn x;')
+    assert is_error
+    assert 'program.js:1: cannot import "./x.js"' in out["error"]["message"]

@@ -69,7 +69,7 @@ async def test_metrics_change_as_executions_run(server: ConduitHttp) -> None:
         assert (
             await run_js(
                 client,
-                "try { await tools.toolbox.add({a: 1, b: 2}); } catch (e) { throw e; }",
+                "try { await tools.$raw('toolbox__add', {a: 1, b: 2}); } catch (e) { throw e; }",
                 allowedTools=["toolbox.echo"],
             )
         )[0]
@@ -265,7 +265,8 @@ async def test_each_tool_call_gets_one_audit_record_without_arguments_or_results
     async with server.client() as client:
         is_error, out = await run_ts(client, code + "return 1;", allowedTools=["toolbox.echo", "toolbox.fail"])
         assert not is_error, out
-        denied, _ = await run_ts(client, "try { await tools.toolbox.add({a: 1, b: 2}); } catch {}", allowedTools=[])
+        forbidden = "try { await tools.$raw('toolbox__add', {a: 1, b: 2}); } catch {}"
+        denied, _ = await run_ts(client, forbidden, allowedTools=[])
     log = server.log.read_text()
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     started = [r for r in records if r["message"] == "execution started"][-2:]

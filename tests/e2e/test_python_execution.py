@@ -71,7 +71,7 @@ slept = await asyncio.gather(*(tools.toolbox.sleep(seconds=0.5) for _ in range(1
 async def test_denied_unknown_and_failed_calls_raise_tool_error_with_code(conduit: Client) -> None:
     code = """
 codes = []
-for call in (lambda: tools.toolbox.add(a=1, b=2), lambda: tools.raw("time__nope", {}),
+for call in (lambda: tools.raw("toolbox__add", {"a": 1, "b": 2}), lambda: tools.raw("time__nope", {}),
              lambda: tools.toolbox.crash()):
     try:
         await call()
@@ -82,6 +82,8 @@ codes
 """
     is_error, out = await run_py(conduit, code, allowedTools=["time.*", "toolbox.crash"])
     assert (is_error, out.get("result")) == (False, [-32003, -32004, -32005]), out
+    is_error, out = await run_py(conduit, "hasattr(tools.toolbox, 'add')", allowedTools=["time.*", "toolbox.crash"])
+    assert (is_error, out.get("result")) == (False, False), out  # what it may not call, it cannot see
 
 
 async def test_exception_gives_a_clean_traceback_and_exit_code_1(conduit: Client) -> None:

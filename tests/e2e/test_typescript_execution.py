@@ -163,3 +163,37 @@ async def test_proxied_upstream_tool_called_directly(conduit: Client) -> None:
     result = await conduit.call_tool("toolbox__add", {"a": 1, "b": 2})
     assert result.structured_content == {"sum": 3}
     assert not result.is_error
+
+
+MODULE_PROGRAM = """export {};
+import type { CallToolResult } from "./types.ts";
+export interface Sum { sum: number }
+export const twice = (n: number): number => 2 * n;
+const result: CallToolResult = await tools.toolbox.add({ a: 20, b: 1 });
+export default twice((result.structuredContent as Sum).sum);
+"""
+
+
+async def test_a_program_written_as_a_module_runs_with_top_level_await_and_its_default_as_result(
+    conduit: Client,
+) -> None:
+    is_error, out = await run_ts(conduit, MODULE_PROGRAM)
+    assert (is_error, out.get("result")) == (False, 42), out
+
+
+async def test_a_module_program_returns_and_keeps_its_line_numbers(conduit: Client) -> None:
+    is_error, out = await run_ts(conduit, 'export {};\nexport const x = 2;\n\nthrow new Error("at line four");')
+    assert is_error
+    assert "program.ts:4" in out["stderr"], out
+    is_error, out = await run_ts(conduit, "export {};\nconst r = await Promise.resolve(7);\nreturn r;")
+    assert (is_error, out.get("result")) == (False, 7)
+
+
+async def test_a_value_import_is_a_clear_error_before_anything_runs(conduit: Client) -> None:
+    code = 'console.log("never printed");\nimport { helper } from "./helpers.ts";\nreturn helper();'
+    is_error, out = await run_ts(conduit, code)
+    assert is_error
+    assert out["stdout"] == ""
+    assert out["error"]["code"] == -32001
+    assert 'program.ts:2: cannot import "./helpers.ts"' in out["error"]["message"]
+    assert "tools" in out["error"]["message"]

@@ -12,13 +12,13 @@ from conduit.errors import TIMEOUT, SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, Limits
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
 from conduit.sandbox.pool import PooledRuntime
-from conduit.sdk.typescript import generate_typescript_sdk
+from conduit.sdk.typescript import generate_deno_sdk
 from support import process_alive, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
 
 LIMITS = Limits(timeout_ms=5000, memory_limit_mb=128, max_output_bytes=100_000, max_log_entries=1000)
-SDK = generate_typescript_sdk([])
+SDK = generate_deno_sdk([])
 
 
 def proc_file(pid: int, name: str) -> list[bytes]:
@@ -93,3 +93,21 @@ async def test_sessions_are_gone_after_every_execution(gateway: Gateway) -> None
             tg.start_soon(gateway.execute, "typescript", "await tools.toolbox.echo({text: 'x'}); return 1;")
     assert gateway.sessions.active == 0
     assert gateway.admission.running == 0
+
+
+async def test_each_sandbox_has_a_private_home_that_goes_with_it(gateway: Gateway) -> None:
+    first, second = await prepare(gateway), await prepare(gateway)
+    assert first.home != second.home and first.home.parent == second.home.parent
+    await wait_until(lambda: any(arg.startswith(b"--allow-net") for arg in proc_file(first.pid, "cmdline")))
+    environ = dict(entry.split(b"=", 1) for entry in proc_file(first.pid, "environ") if entry)
+    assert environ[b"DENO_DIR"] == environ[b"HOME"] == str(first.home).encode()
+    code = "localStorage.setItem('k', 'v'); await caches.open('c'); return localStorage.getItem('k');"
+    outcome = await first.run(Job(code, SDK, "t", LIMITS))
+    assert outcome.result == "v"
+    await wait_until(lambda: not first.home.exists())  # removed once the process was reaped
+    # The other sandbox's home holds Deno's own caches (seeded before it started), nothing of any program.
+    names = {path.name for path in second.home.iterdir()}
+    assert "v8_code_cache_v2" in names
+    assert "location_data" not in names and "gen" not in names, names
+    await second.discard()
+    assert not second.home.exists()

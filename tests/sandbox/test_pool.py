@@ -21,7 +21,7 @@ from conduit.sandbox.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
 from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
 from conduit.sdk.python import generate_python_sdk
-from conduit.sdk.typescript import generate_typescript_sdk
+from conduit.sdk.typescript import generate_deno_sdk
 from support import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
@@ -65,7 +65,7 @@ def niceness(pid: int) -> int:
 async def test_a_pool_grows_under_demand_up_to_max_then_shrinks_back_to_min(
     gateway: Gateway, fast_sizing: None
 ) -> None:
-    sdk = generate_typescript_sdk([])
+    sdk = generate_deno_sdk([])
     async with running_pool(deno_of(gateway), min=1, max=3, max_starting=4) as pool:
         await wait_until(lambda: pool.ready == 1)
         assert pool.target == 1
@@ -152,7 +152,7 @@ async def test_a_pool_that_cannot_start_sandboxes_reports_why_and_does_not_spin(
 @pytest.fixture
 def place(gateway: Gateway) -> Iterator[Path]:
     """A directory sandboxes can reach (inside the gateway's work directory, which is 0711)."""
-    path = Path(tempfile.mkdtemp(dir=deno_of(gateway).home.parent))
+    path = Path(tempfile.mkdtemp(dir=deno_of(gateway).work_dir))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -13,55 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client
-
-from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, ConduitHttp, run_code, write_config
+from canary_server import ENV_CANARY, TOKEN_CANARY, TOOL, AttackServer, attack_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
-ENV_CANARY = "canary-env-7d41c09e5b2a"
-TOKEN_CANARY = "canary-master-token-5f0e2b9a71c4"
-TOOL = {"typescript": EXECUTE_TS, "python": EXECUTE_PYTHON, "isolate": EXECUTE_ISOLATE}
-BENIGN = {
-    "typescript": "return (await tools.toolbox.add({a: 2, b: 3})).structuredContent.sum;",
-    "isolate": "return (await tools.toolbox.add({a: 2, b: 3})).structuredContent.sum;",
-    "python": "(await tools.toolbox.add(a=2, b=3))['structuredContent']['sum']",
-}
-SEEN: list[str] = []
-
 
 @pytest.fixture(scope="module")
-async def server(
-    anyio_backend: str, tmp_path_factory: pytest.TempPathFactory, toolbox_command: dict[str, Any]
-) -> AsyncIterator[ConduitHttp]:
-    config = write_config(
-        tmp_path_factory.mktemp("attacks"),
-        {
-            "upstreams": [{"id": "toolbox", **toolbox_command}],
-            "resourceLimits": {"timeoutMs": 15_000, "memoryLimitMb": 128},
-            "pools": {"typescript": {"min": 1, "max": 2}, "python": {"min": 1, "max": 2}},
-        },
-    )
-    async with ConduitHttp.start(config, token=TOKEN_CANARY, extra_env={"CONDUIT_TEST_SECRET": ENV_CANARY}) as running:
+async def server(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AttackServer]:
+    async with attack_server(tmp_path_factory.mktemp("attacks")) as running:
         yield running
-        log = running.log.read_text()
-    for canary in (ENV_CANARY, TOKEN_CANARY):
-        assert canary not in log, f"{canary} reached the server log"
-        assert not any(canary in text for text in SEEN), f"{canary} reached a response"
 
 
-async def attack(server: ConduitHttp, runtime: str, code: str, **arguments: Any) -> dict[str, Any]:
-    """Run the attack, then prove the runtime still serves; returns the attack's result."""
-    async with server.client() as client:
-        _, out = await run_code(client, TOOL[runtime], code, **arguments)
-        SEEN.append(repr(out))
-        await benign(client, runtime)
-    return out
-
-
-async def benign(client: Client, runtime: str) -> None:
-    is_error, out = await run_code(client, TOOL[runtime], BENIGN[runtime])
-    assert (is_error, out.get("result")) == (False, 5), out
+async def attack(server: AttackServer, runtime: str, code: str, **arguments: Any) -> dict[str, Any]:
+    return await server.attack(runtime, code, **arguments)
 
 
 def exists(path: str) -> bool:
@@ -82,7 +46,7 @@ READ_PASSWD = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_file_read(server: ConduitHttp, runtime: str) -> None:
+async def test_file_read(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, READ_PASSWD[runtime])
     assert "root:x:0:0" not in repr(out)
     assert refused(out), out
@@ -96,7 +60,7 @@ WRITE_FILE = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_file_write(server: ConduitHttp, runtime: str) -> None:
+async def test_file_write(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, WRITE_FILE[runtime].format(runtime=runtime))
     assert refused(out), out
     assert not exists(f"/tmp/conduit-attack-{runtime}")
@@ -114,7 +78,7 @@ READ_ENV = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_environment_and_secrets(server: ConduitHttp, runtime: str) -> None:
+async def test_environment_and_secrets(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, READ_ENV[runtime])
     text = repr(out)
     assert ENV_CANARY not in text and TOKEN_CANARY not in text
@@ -135,7 +99,7 @@ EGRESS = {
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
 async def test_network_egress(
-    server: ConduitHttp, loopback_listener: tuple[int, list[socket.socket]], runtime: str
+    server: AttackServer, loopback_listener: tuple[int, list[socket.socket]], runtime: str
 ) -> None:
     port, accepted = loopback_listener
     out = await attack(server, runtime, EGRESS[runtime].format(port=port))
@@ -153,7 +117,7 @@ SPAWN = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_subprocess_spawn(server: ConduitHttp, runtime: str) -> None:
+async def test_subprocess_spawn(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, SPAWN[runtime])
     assert "uid=" not in repr(out)
     assert refused(out), out
@@ -163,7 +127,7 @@ CPU_BURN = {"typescript": "while (true) {}", "isolate": "while (true) {}", "pyth
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_cpu_burn_ends_at_the_deadline(server: ConduitHttp, runtime: str) -> None:
+async def test_cpu_burn_ends_at_the_deadline(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, CPU_BURN[runtime], limits={"timeoutMs": 1000})
     assert out["error"]["code"] == -32008
 
@@ -176,7 +140,7 @@ FLOOD = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_output_flood_is_cut(server: ConduitHttp, runtime: str) -> None:
+async def test_output_flood_is_cut(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, FLOOD[runtime], limits={"maxOutputBytes": 50_000})
     assert out["error"]["code"] == -32013
     assert len(out["stdout"].encode()) <= 50_000
@@ -185,25 +149,25 @@ async def test_output_flood_is_cut(server: ConduitHttp, runtime: str) -> None:
 # -- the allowlist on every path -----------------------------------------------------------------------
 
 BYPASS = {
-    "typescript": "const codes = [];\n"
-    "for (const call of [() => tools.toolbox.add({a: 1, b: 1}), () => tools.$raw('toolbox__add', {a: 1, b: 1}),"
+    "typescript": "const codes = [typeof tools.toolbox.add === 'undefined' ? 'hidden' : 'visible'];\n"
+    "for (const call of [() => tools.$raw('toolbox__add', {a: 1, b: 1}),"
     " () => tools.$raw('toolbox.add', {a: 1, b: 1}), () => tools.$raw('add', {a: 1, b: 1})]) {\n"
     "  try { await call(); codes.push('called'); } catch (e) { codes.push(e.code); }\n}\n"
     "return [codes, (await discoverMCPTools()).map((t) => t.name)];",
     "python": "codes = []\nfor name in ('toolbox__add', 'toolbox.add', 'add'):\n    try:\n"
     "        await tools.raw(name, {'a': 1, 'b': 1})\n        codes.append('called')\n"
     "    except ToolError as e:\n        codes.append(e.code)\n"
-    "try:\n    await tools.toolbox.add(a=1, b=1)\n    codes.insert(0, 'called')\nexcept ToolError as e:\n"
-    "    codes.insert(0, e.code)\n[codes, [t['name'] for t in await discover_mcp_tools()]]",
+    "codes.insert(0, 'visible' if hasattr(tools.toolbox, 'add') else 'hidden')\n"
+    "[codes, [t['name'] for t in await discover_mcp_tools()]]",
 }
 BYPASS["isolate"] = BYPASS["typescript"]
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_allowlist_bypass(server: ConduitHttp, runtime: str) -> None:
+async def test_allowlist_bypass(server: AttackServer, runtime: str) -> None:
     out = await attack(server, runtime, BYPASS[runtime], allowedTools=["toolbox.echo"])
     codes, visible = out["result"]
-    assert codes[:3] == [-32003, -32003, -32003]
+    assert codes[:3] == ["hidden", -32003, -32003]  # the SDK shows no forbidden tool; calls by name are refused
     assert codes[3] in (-32003, -32004) if len(codes) > 3 else True
     assert visible == ["toolbox__echo"]
 
@@ -218,7 +182,7 @@ PLANT = {
 
 
 @pytest.mark.parametrize("runtime", sorted(TOOL))
-async def test_state_does_not_leak_between_runs(server: ConduitHttp, runtime: str) -> None:
+async def test_state_does_not_leak_between_runs(server: AttackServer, runtime: str) -> None:
     plant, probe = PLANT[runtime]
     await attack(server, runtime, plant)
     out = await attack(server, runtime, probe)
@@ -228,7 +192,7 @@ async def test_state_does_not_leak_between_runs(server: ConduitHttp, runtime: st
 # -- runtime-specific escapes ---------------------------------------------------------------------------
 
 
-async def test_pyodide_js_bridge_reaches_nothing(server: ConduitHttp) -> None:
+async def test_pyodide_js_bridge_reaches_nothing(server: AttackServer) -> None:
     code = (
         "import js, pyodide.code\nresults = []\n"
         "for probe in ('Deno.readTextFileSync(\"/etc/hostname\")', 'Deno.env.get(\"CONDUIT_TEST_SECRET\")',"
@@ -240,7 +204,7 @@ async def test_pyodide_js_bridge_reaches_nothing(server: ConduitHttp) -> None:
     assert "reached" not in out["result"], out
 
 
-async def test_v8_constructor_chains_find_no_host(server: ConduitHttp) -> None:
+async def test_v8_constructor_chains_find_no_host(server: AttackServer) -> None:
     code = (
         "const g = (function () {}).constructor('return this')();\n"
         "const viaError = new Error().constructor.constructor('return this')();\n"
@@ -250,7 +214,7 @@ async def test_v8_constructor_chains_find_no_host(server: ConduitHttp) -> None:
     assert out["result"] == [True, True, "undefined", "undefined", "undefined"]
 
 
-async def test_deno_static_import_of_a_host_file(server: ConduitHttp) -> None:
+async def test_deno_static_import_of_a_host_file(server: AttackServer) -> None:
     out = await attack(server, "typescript", 'import t from "/etc/passwd" with {type: "text"};\nreturn t;')
     assert refused(out), out
     assert "root:x:0:0" not in repr(out)

@@ -223,32 +223,36 @@ def test_walls_use_the_native_launcher_when_it_is_built() -> None:
 def test_landlock_hides_the_host_even_from_a_deno_granted_read_everywhere(tmp_path: Path) -> None:
     need("landlock")
     runtime = DenoRuntime(deno_path=find_deno(None), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
-    profile = runtime.profile()
-    program = tmp_path / "deno-home" / "steal.ts"
-    program.write_text(
-        'for (const path of ["/etc/passwd", "/root", "/proc/1/environ"]) {\n'
-        "  try { Deno.readFileSync(path); console.log(`READ ${path}`); }\n"
-        "  catch (e) { console.log(`${path}: ${e.name}`); }\n"
-        "}\n"
-        'try { Deno.writeTextFileSync("/tmp/conduit-landlock-probe", "x"); console.log("WROTE"); }\n'
-        "catch (e) { console.log(`write: ${e.name}`); }\n"
-    )
-    argv = [runtime.deno_path, "run", "--allow-read", "--allow-write", "--no-config", "--no-lock", str(program)]
-    env = {**runtime.env(), "PATH": "/usr/bin:/bin"}
-    spec = {"landlock": {"read_only": [*SYSTEM_READ_ONLY, *profile.read_only], "read_write": list(profile.read_write)}}
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", str(CONFINE), encode_spec(spec), "--", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=str(runtime.home),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "READ" not in done.stdout and "WROTE" not in done.stdout, done.stdout
-    assert "/etc/passwd: PermissionDenied" in done.stdout
-    assert not Path("/tmp/conduit-landlock-probe").exists()
+    home = runtime.homes.make()
+    try:
+        profile = runtime.profile()
+        program = home / "steal.ts"
+        program.write_text(
+            'for (const path of ["/etc/passwd", "/root", "/proc/1/environ"]) {\n'
+            "  try { Deno.readFileSync(path); console.log(`READ ${path}`); }\n"
+            "  catch (e) { console.log(`${path}: ${e.name}`); }\n"
+            "}\n"
+            'try { Deno.writeTextFileSync("/tmp/conduit-landlock-probe", "x"); console.log("WROTE"); }\n'
+            "catch (e) { console.log(`write: ${e.name}`); }\n"
+        )
+        argv = [runtime.deno_path, "run", "--allow-read", "--allow-write", "--no-config", "--no-lock", str(program)]
+        env = {**runtime.env(home), "PATH": "/usr/bin:/bin"}
+        spec = {"landlock": {"read_only": [*SYSTEM_READ_ONLY, *profile.read_only], "read_write": [str(home)]}}
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", str(CONFINE), encode_spec(spec), "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=str(home),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "READ" not in done.stdout and "WROTE" not in done.stdout, done.stdout
+        assert "/etc/passwd: PermissionDenied" in done.stdout
+        assert not Path("/tmp/conduit-landlock-probe").exists()
+    finally:
+        runtime.homes.close()
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

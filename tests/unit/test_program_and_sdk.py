@@ -1,4 +1,4 @@
-"""Program wrapping, identifier-safe names and the generated TypeScript SDK."""
+"""Identifier-safe names and the generated TypeScript SDK."""
 
 from __future__ import annotations
 
@@ -8,26 +8,9 @@ from pathlib import Path
 import pytest
 
 from conduit.sandbox.deno import find_deno
-from conduit.sandbox.program import wrap_program
 from conduit.sdk.naming import identifier, unique_identifiers
 from conduit.sdk.typescript import generate_typescript_sdk, schema_type, typescript_declaration
 from conduit.upstream.registry import ToolEntry
-
-
-def test_wrapping_keeps_line_numbers_and_lifts_imports() -> None:
-    code = (
-        'const a = 1;\nimport x from "file:///etc/passwd" with { type: "text" };\n'
-        'import {\n  y,\n} from "./m.ts";\nreturn a;'
-    )
-    wrapped = wrap_program(code)
-    lines = wrapped.splitlines()
-    assert lines[0].startswith('import x from "file:///etc/passwd" with { type: "text" }; import { y, } from "./m.ts";')
-    assert lines[0].endswith("export default (async () => {const a = 1;")
-    assert lines[5] == "return a;"
-
-
-def test_dynamic_import_is_not_lifted() -> None:
-    assert wrap_program('const m = await import("x");').startswith("export default (async () => {const m")
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
 from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
 from conduit.sandbox.walls import Walls
 from conduit.sdk.python import generate_python_sdk
-from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk
+from conduit.sdk.typescript import generate_deno_sdk, generate_javascript_sdk
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry, qualify
@@ -61,7 +61,7 @@ AUDIT = logging.getLogger("conduit.audit")
 
 LANGUAGES: Final = ("typescript", "python", "isolate")
 SDK_GENERATORS: Final = {
-    "typescript": generate_typescript_sdk,
+    "typescript": generate_deno_sdk,
     "python": generate_python_sdk,
     "isolate": generate_javascript_sdk,
 }
@@ -116,6 +116,7 @@ class Gateway:
         use_pidfd_child_watcher()
         work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
         walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
+        deno: DenoRuntime | None = None
         try:
             os.chmod(work_dir, 0o711)  # sandboxes running as another uid pass through to their own directory
             async with anyio.create_task_group() as tg:
@@ -183,6 +184,8 @@ class Gateway:
                         await anyio.to_thread.run_sync(tracing.shutdown)
                     tg.cancel_scope.cancel()
         finally:
+            if deno is not None:
+                deno.homes.close()
             walls.close()
             shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -245,7 +248,7 @@ class Gateway:
         with self.tracing.execution(execution_id, language) as span:
             try:
                 async with self.admission.slot():
-                    sdk = self._sdk(language, await self.registry.catalog())
+                    sdk = self._sdk(language, await self.registry.catalog(), allowlist)
                     sandbox = await runtime.prepare(effective.memory_limit_mb)
                     with self.sessions.session(execution_id, allowlist) as session:
                         logger.info("execution started", extra={"runtime": language})
@@ -275,16 +278,18 @@ class Gateway:
                     self.metrics.execution_seconds.labels(language).observe(time.perf_counter() - started)
                 EXECUTION_ID.reset(token)
 
-    def _sdk(self, language: str, catalog: Catalog) -> str:
-        """The SDK for every discovered tool, generated once per catalog version.
+    def _sdk(self, language: str, catalog: Catalog, allowlist: Allowlist) -> str:
+        """The SDK of the tools ``allowlist`` covers, generated once per catalog version and set of tools.
 
-        It names tools outside the execution's allowlist too, so calling one fails with a clear
-        forbidden error (-32003) from the host rather than a TypeError on a missing property.
+        Nothing outside the allowlist is in it (names, descriptions, schemas, upstreams): a program cannot
+        discover a tool it may not call. Calling one anyway (``$raw``) fails on the host with the same
+        error as a tool that does not exist.
         """
-        key = (language, self.registry.version, tuple(entry.qualified for entry in catalog.tools))
+        permitted = tuple(entry for entry in catalog.tools if allowlist.permits(entry.upstream, entry.name))
+        key = (language, self.registry.version, tuple(entry.qualified for entry in permitted))
         cached = self._sdk_cache.get(key)
         if cached is None:
-            cached = SDK_GENERATORS[language](catalog.tools)
+            cached = SDK_GENERATORS[language](permitted)
             self._sdk_cache[key] = cached
             if len(self._sdk_cache) > _SDK_CACHE_SIZE:
                 self._sdk_cache.popitem(last=False)
@@ -452,10 +457,16 @@ class Gateway:
 
 async def _probe_walls(walls: Walls, deno: DenoRuntime, pyodide_dir: Path) -> None:
     """Learn which runtimes can drop to the unprivileged uid (a no-op unless Conduit runs as root)."""
-    env = deno.env()
-    await walls.probe_uid("typescript", [deno.deno_path, "eval", "0"], env=env, read_write=deno.private_dirs)
     wasm = json.dumps(str(pyodide_dir / "pyodide.mjs"))
-    await walls.probe_uid("python", [deno.deno_path, "eval", f"Deno.readFileSync({wasm})"], env=env)
+    for kind, argv in (
+        ("typescript", [deno.deno_path, "eval", "0"]),
+        ("python", [deno.deno_path, "eval", f"Deno.readFileSync({wasm})"]),
+    ):
+        home = deno.homes.make()
+        try:
+            await walls.probe_uid(kind, argv, env=deno.env(home), read_write=[str(home)])
+        finally:
+            deno.homes.remove(home)
     worker = [sys.executable, "-I", "-c", "import conduit.sandbox.isolate_worker"]
     await walls.probe_uid("isolate", worker, env={"LANG": "C.UTF-8"})
 

@@ -6,6 +6,11 @@ in the v1 ``memory`` and ``pids`` hierarchies, or in the unified (v2) hierarchy 
 its own leaf (:class:`Cgroup`), which the launcher joins before it becomes the runtime; the
 host reads the leaf's OOM-kill counter to tell a memory-cap kill from a crash, and removes
 the leaf once the sandbox is gone.
+
+A process held at its cap does not always die: the kernel first reclaims the leaf's file pages
+(the runtime's own code among them), and a program that keeps allocating can crawl on refaults
+for many seconds before the OOM killer acts. So while a program runs, :func:`watch_cap` reads the
+leaf's peak usage and kills the sandbox the first time it reaches the cap.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -20,6 +26,10 @@ from typing import Final
 import anyio
 
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
+CAP_POLL_S: Final = 0.025
+"""How often a running sandbox's cgroup is checked for having met its memory cap."""
+CAP_SLACK: Final = 1 << 20
+"""How close to its cap a cgroup's peak usage counts as at it."""
 _counter = itertools.count(1)
 _retired: list[Cgroup] = []
 """Leaves whose processes were still exiting when released; removed by the next sweep."""
@@ -129,6 +139,7 @@ class Cgroup:
     def __init__(self, support: CgroupSupport, memory_bytes: int, max_pids: int) -> None:
         sweep()
         self.support = support
+        self.memory_bytes = memory_bytes
         name = f"sandbox-{next(_counter)}"
         self.leaves: list[Path] = []
         self._memory_leaf: Path | None = None
@@ -177,6 +188,33 @@ class Cgroup:
                 return True
         return False
 
+    @property
+    def caps_memory(self) -> bool:
+        return self._memory_leaf is not None
+
+    def at_cap(self) -> bool:
+        """Whether this cgroup's memory has reached its cap (the kernel then reclaims, and OOM-kills last).
+
+        Read from the peak usage (``memory.max_usage_in_bytes`` in v1, ``memory.peak`` in v2), so a
+        peak between two checks is not missed; v2 also counts charges that met the cap in the ``max``
+        line of ``memory.events``. Within :data:`CAP_SLACK` of the cap counts as at it: charges come in
+        batches of up to 64 pages, so usage stops short of the cap by up to 256 KiB.
+        """
+        leaf = self._memory_leaf
+        if leaf is None:
+            return False
+        try:
+            if self.support.version == 2:
+                for line in (leaf / "memory.events").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "max" and int(value) > 0:
+                        return True
+                peak = leaf / "memory.peak"
+                return peak.exists() and int(peak.read_text()) >= self.memory_bytes - CAP_SLACK
+            return int((leaf / "memory.max_usage_in_bytes").read_text()) >= self.memory_bytes - CAP_SLACK
+        except (OSError, ValueError):
+            return False
+
     def try_remove(self) -> bool:
         """Remove the leaves whose processes are gone; whether none is left."""
         remaining = []
@@ -205,6 +243,17 @@ class Cgroup:
                 return
             await anyio.sleep(0.01)
         _retired.append(self)
+
+
+async def watch_cap(cgroup: Cgroup, at_cap: Callable[[], None]) -> None:
+    """Call ``at_cap`` (which kills the sandbox) as soon as ``cgroup`` meets its memory cap; runs until cancelled."""
+    if not cgroup.caps_memory:
+        return
+    while True:
+        if cgroup.at_cap():
+            at_cap()
+            return
+        await anyio.sleep(CAP_POLL_S)
 
 
 def sweep() -> None:

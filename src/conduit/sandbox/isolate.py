@@ -29,6 +29,7 @@ from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.pool import PoolSizing
 from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, spawn
+from conduit.sandbox.program import isolate_body
 from conduit.sandbox.walls import Walls, python_profile
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class IsolateSandbox:
         payload = {
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},
-            "program": job.program,
+            "program": isolate_body(job.program),
             "maxResultBytes": limits.max_output_bytes,
             "limits": {
                 "timeoutMs": limits.timeout_ms,

@@ -18,6 +18,7 @@ token, exactly as a Deno sandbox's do, so the host enforces the same allowlist.
 from __future__ import annotations
 
 import asyncio
+import encodings.utf_16_le  # noqa: F401  (loaded now: after a late uid drop the stdlib may be unreadable)
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from py_mini_racer import JSEvalException, JSOOMException, JSParseException, mini_racer
+from py_mini_racer import JSEvalException, JSFunction, JSMappedObject, JSOOMException, JSParseException, mini_racer
 
 PRELUDE: Final = (
     (Path(__file__).parent / "harness" / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
@@ -76,13 +77,13 @@ class Bridge:
                 future.set_result({"error": {"code": -32603, "message": "bridge connection closed"}})
         self._pending.clear()
 
-    async def call(self, method: Any, params_json: Any, output_json: Any = "[]") -> str:
-        """Forward buffered output, then one request; always answers a JSON string.
+    async def call(self, method: Any, params_json: Any, output: Any = "") -> str:
+        """Forward the output the prelude handed over, then one request; always answers a JSON string.
 
         The answer is ``{"result": ...}`` or ``{"error": {"code", "message"}}``: nothing from Python
         (exceptions, tracebacks) ever reaches the isolate.
         """
-        forward_output(output_json)
+        forward_output(output)
         try:
             params = json.loads(str(params_json))
         except ValueError:
@@ -122,37 +123,60 @@ class Bridge:
             self._writer.close()
 
 
-def forward_output(output_json: Any) -> None:
-    """Send the program's buffered ``[[stream, text], ...]`` to the server, in order."""
-    try:
-        chunks = json.loads(str(output_json)) if not isinstance(output_json, list) else output_json
-    except ValueError:
-        return
-    for stream, text in chunks if isinstance(chunks, list) else ():
-        send({"type": "output", "stream": "stderr" if stream == "stderr" else "stdout", "data": str(text)})
+def decode_output(encoded: str) -> tuple[list[tuple[str, str]], str | None]:
+    """Split the prelude's output string into ``(stream, text)`` chunks and the outcome record's JSON.
+
+    The prelude writes ``o<n>:<text>`` (stdout) and ``e<n>:<text>`` (stderr), ``n`` in UTF-16 code units,
+    optionally followed by ``r<record JSON>``; offsets are taken in UTF-16 so any text, astral characters
+    included, comes back exactly.
+
+    >>> decode_output("o6:hi \\U0001f600\\ne2:!\\nr{}")
+    ([('stdout', 'hi 😀\\n'), ('stderr', '!\\n')], '{}')
+    """
+    units = encoded.encode("utf-16-le", "surrogatepass")
+    chunks: list[tuple[str, str]] = []
+    pos, end = 0, len(units)
+    while pos < end:
+        tag = units[pos]
+        if tag == ord("r") and units[pos + 1] == 0:
+            return chunks, units[pos + 2 :].decode("utf-16-le", "replace")
+        if tag not in (ord("o"), ord("e")) or units[pos + 1] != 0:
+            break  # not the prelude's format: nothing more can be trusted
+        length, pos = 0, pos + 2
+        while pos < end and 0x30 <= units[pos] <= 0x39 and units[pos + 1] == 0:
+            length = length * 10 + units[pos] - ord("0")
+            pos += 2
+        pos += 2
+        text = units[pos : pos + 2 * length].decode("utf-16-le", "replace")
+        chunks.append(("stderr" if tag == ord("e") else "stdout", text))
+        pos += 2 * length
+    return chunks, None
+
+
+def forward_output(encoded: Any) -> None:
+    """Send the program's output, handed over by the prelude, to the server in order."""
+    for stream, text in decode_output(str(encoded))[0]:
+        send({"type": "output", "stream": stream, "data": text})
 
 
 def program_script(code: str) -> str:
-    """The program as a script whose value is the runner's promise; user line N stays line N."""
-    opener = "(r => (delete globalThis.__conduitRunner, r((async () => {"
-    return f"{opener}{code}\n}})())))(globalThis.__conduitRunner)"
+    """The program as a script whose value is its promise; user line N stays line N."""
+    return f"(async () => {{{code}\n}})()"
 
 
 def setup_script(sdk: str, limits: dict[str, Any], max_result_bytes: int) -> str:
+    """A function of the host bridge that installs the prelude and returns its ``{run, drain}``."""
     caps = {
         "maxOutputBytes": int(limits.get("maxOutputBytes", max_result_bytes)),
         "maxLogEntries": int(limits.get("maxLogEntries", 10_000)),
     }
-    return (
-        f"globalThis.__conduitRunner = ({PRELUDE})(globalThis.__conduitCall, ({sdk}), {json.dumps(caps)});\n"
-        "delete globalThis.__conduitCall;"
-    )
+    return f"(hostCall) => ({PRELUDE})(hostCall, ({sdk}), {json.dumps(caps)})"
 
 
-async def run_program(racer: Any, code: str) -> Any:
-    """Evaluate the program and wait for the runner's outcome string (one await, one deadline)."""
+async def run_program(racer: Any, run: Any, code: str) -> Any:
+    """Evaluate the program, hand its promise to the prelude's runner and wait for the outcome string."""
     promise = await racer.eval_cancelable(program_script(code))
-    return await promise
+    return await (await run.cancelable()(promise))
 
 
 _PARSE_ERROR = re.compile(r"^<anonymous>:(\d+): SyntaxError: (.*)$")
@@ -169,10 +193,10 @@ def sanitize(text: str) -> str:
     return text.replace("<anonymous>", "program.js")
 
 
-async def drain_after_stop(racer: Any) -> None:
+async def drain_after_stop(drain: Any) -> None:
     """Fetch what a stopped program printed last; bounded, as the isolate may be unusable."""
     try:
-        forward_output(await asyncio.wait_for(racer.eval_cancelable("globalThis.__conduitDrain()"), 0.5))
+        forward_output(await asyncio.wait_for(drain.cancelable()(), 0.5))
     except Exception:  # an isolate past a limit may refuse anything; its last output is then lost
         return
 
@@ -186,33 +210,41 @@ async def run_job(job: dict[str, Any]) -> bool:
         with mini_racer(asyncio.get_running_loop()) as racer:
             racer.set_hard_memory_limit(int(limits["memoryLimitMb"]) * 1024 * 1024)
             async with racer.wrap_py_function(bridge.call) as host_call:
-                glob: Any = racer.eval("globalThis")
-                glob["__conduitCall"] = host_call
-                await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
+                install = await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
+                assert isinstance(install, JSFunction)
+                plumbing = await install.cancelable()(host_call)
+                assert isinstance(plumbing, JSMappedObject)
+                run, drain = plumbing["run"], plumbing["drain"]
                 try:
-                    outcome = await asyncio.wait_for(run_program(racer, job["program"]), limits["timeoutMs"] / 1000)
-                    record = json.loads(str(outcome))
+                    outcome = await asyncio.wait_for(
+                        run_program(racer, run, job["program"]), limits["timeoutMs"] / 1000
+                    )
+                    chunks, record_json = decode_output(str(outcome))
+                    for stream, text in chunks:
+                        send({"type": "output", "stream": stream, "data": text})
+                    record = json.loads(record_json) if record_json is not None else {}
+                    if not isinstance(record, dict):
+                        record = {}
                 except JSParseException as exc:
                     message = syntax_error_message(str(exc))
-                    forward_output([["stderr", f"Uncaught SyntaxError: {message}\n"]])
+                    send({"type": "output", "stream": "stderr", "data": f"Uncaught SyntaxError: {message}\n"})
                     record = {"status": "error", "error": {"name": "SyntaxError", "message": message}}
                 except JSOOMException:
                     record, reusable = {"status": "limit", "limit": "memory"}, False
-                    await drain_after_stop(racer)
+                    await drain_after_stop(drain)
                 except TimeoutError:
                     record, reusable = {"status": "limit", "limit": "timeout"}, False
-                    await drain_after_stop(racer)
+                    await drain_after_stop(drain)
                 except JSEvalException as exc:
                     if racer.was_hard_memory_limit_reached():
                         record, reusable = {"status": "limit", "limit": "memory"}, False
-                        await drain_after_stop(racer)
+                        await drain_after_stop(drain)
                     else:
                         message = sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else "Error")
                         record = {"status": "error", "error": {"name": "Error", "message": message}}
                 if racer.was_hard_memory_limit_reached() and record.get("status") != "limit":
                     record, reusable = {"status": "limit", "limit": "memory"}, False
-                forward_output(record.pop("output", []))
-                if "error" in record:
+                if isinstance(record.get("error"), dict):
                     record["error"]["message"] = sanitize(str(record["error"].get("message", "")))
                 send({"type": "done", "record": record})
                 if not reusable:

@@ -22,7 +22,6 @@ from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
 
 logger = logging.getLogger(__name__)
 
-PYODIDE_VERSION: Final = "314.0.7"
 HARNESS: Final = Path(__file__).parent / "harness" / "pyodide_harness.js"
 LOAD_TIMEOUT: Final = 60.0
 MIN_MEMORY_MB: Final = 64
@@ -65,7 +64,7 @@ class PyodideRuntime:
 
     def argv(self, memory_limit_mb: int, snapshot: Path | None = None) -> list[str]:
         return [
-            *self._deno.sandbox_flags(JS_HEAP_MB, f"--allow-read={','.join(self.readable(snapshot))}"),
+            *self._deno.sandbox_flags(JS_HEAP_MB, memory_limit_mb, f"--allow-read={','.join(self.readable(snapshot))}"),
             str(HARNESS),
             str(self._dir),
             str(memory_limit_mb),
@@ -87,6 +86,6 @@ class PyodideRuntime:
         snapshot = await self.snapshot.path() if self.snapshot else None
         profile = self._deno.profile(*self.readable(snapshot), baseline_mb=PYODIDE_BASELINE_MB)
         argv = self.argv(memory_limit_mb, snapshot)
-        process, cgroup = await self._deno.start(argv, profile, memory_limit_mb, "python", niceness)
-        head = await wait_until_ready(process, cgroup, LOAD_TIMEOUT, "Python sandbox")
-        return DenoSandbox(process, self._bridge, str, stdout_head=head, cgroup=cgroup, reaper=self._deno.reaper)
+        started = await self._deno.start(argv, profile, memory_limit_mb, "python", niceness)
+        head = await wait_until_ready(started, LOAD_TIMEOUT, "Python sandbox")
+        return DenoSandbox(started, self._bridge, str, stdout_head=head, reaper=self._deno.reaper)

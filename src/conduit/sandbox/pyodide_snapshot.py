@@ -104,7 +104,9 @@ class PyodideSnapshot:
     @classmethod
     def for_runtime(cls, deno: DenoRuntime, pyodide_dir: Path, work_dir: Path) -> PyodideSnapshot:
         """The snapshot made with ``deno``'s binary and environment."""
-        return cls(deno_path=deno.deno_path, deno_env=deno.env(), pyodide_dir=pyodide_dir, work_dir=work_dir)
+        return cls(
+            deno_path=deno.deno_path, deno_env=deno.env(deno.own_home), pyodide_dir=pyodide_dir, work_dir=work_dir
+        )
 
     @property
     def ready(self) -> Path | None:

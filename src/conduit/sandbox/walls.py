@@ -143,6 +143,10 @@ class Walls:
         self.uid_kinds[kind] = works
         self.layers = [layer for layer in self.layers if layer.name != "unprivileged-uid"] + [self._uid_layer()]
 
+    def uid_for(self, kind: str) -> int | None:
+        """The uid sandboxes of ``kind`` run as, when they drop to one from the start."""
+        return self.uid if self.uid is not None and self.uid_kinds.get(kind) else None
+
     def late_uid(self, kind: str) -> bool:
         """Whether sandboxes of ``kind`` start as root and drop the uid themselves once loaded."""
         return self.uid is not None and kind in LATE_UID_KINDS and self.uid_kinds.get(kind) is False
@@ -233,7 +237,7 @@ class Walls:
             spec["no_new_privs"] = True
         elif any(layer.name == "no-new-privs" and layer.active for layer in self.layers):
             spec["no_new_privs"] = True
-        if self.uid is not None and self.uid_kinds.get(kind):
+        if self.uid_for(kind) is not None:
             spec["uid"] = self.uid
         if not spec:
             return list(argv), cgroup

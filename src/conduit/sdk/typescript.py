@@ -122,6 +122,15 @@ def generate_typescript_sdk(entries: Iterable[ToolEntry]) -> str:
     return _TYPESCRIPT.replace("/*NAMESPACES*/\n", _namespaces(entries, typed=True))
 
 
+def generate_deno_sdk(entries: Iterable[ToolEntry]) -> str:
+    """The SDK a TypeScript sandbox imports: the JavaScript SDK as an ES module exporting ``createTools``.
+
+    Types only serve the declarations the model reads (:func:`generate_typescript_sdk`); the sandbox
+    does not type-check, so it is sent JavaScript and Deno has nothing to transpile (~1 ms per run).
+    """
+    return "export " + generate_javascript_sdk(entries)
+
+
 def generate_javascript_sdk(entries: Iterable[ToolEntry]) -> str:
     """The SDK as a plain JavaScript function expression ``function createTools(call) {...}`` (for V8 isolates)."""
     return _JAVASCRIPT.replace("/*NAMESPACES*/\n", _namespaces(entries, typed=False))

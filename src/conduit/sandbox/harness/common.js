@@ -1,10 +1,38 @@
 // Pieces shared by Conduit's Deno-hosted harnesses (TypeScript and Pyodide): reading the one job,
 // the bridge client, and the result record written behind the job's marker.
+//
+// What the harness needs to report an outcome (the stdio writers, exit, JSON, the text encoder) is
+// taken here, when the harness loads and before any program runs: a program that replaces
+// `Deno.stdout.writeSync`, `Deno.exit` or `JSON.stringify` changes only what it calls itself.
 
 export const RESULT_PREFIX = "\x1eCONDUIT-RESULT:";
 export const END_PREFIX = "\x1eCONDUIT-END:";
-export const encoder = new TextEncoder();
-export const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const apply = Reflect.apply;
+const encodeText = encoder.encode.bind(encoder);
+const subarray = Uint8Array.prototype.subarray;
+const stringify = JSON.stringify;
+const parse = JSON.parse;
+const exit = Deno.exit.bind(Deno);
+
+function writerOf(stream) {
+  const write = stream.writeSync.bind(stream);
+  return (bytes) => {
+    let written = 0;
+    while (written < bytes.length) written += write(apply(subarray, bytes, [written]));
+    return written;
+  };
+}
+
+/** Write all of `bytes` (or a string, UTF-8 encoded) to the process's stdout or stderr. */
+export const stdout = writerOf(Deno.stdout);
+export const stderr = writerOf(Deno.stderr);
+
+/** `text` as UTF-8 bytes, with the encoder taken before any program ran. */
+export function utf8(text) {
+  return encodeText(text);
+}
 
 export async function readJob() {
   const chunks = [];
@@ -16,11 +44,11 @@ export async function readJob() {
     bytes.set(chunk, offset);
     offset += chunk.length;
   }
-  return JSON.parse(decoder.decode(bytes));
+  return parse(decoder.decode(bytes));
 }
 
 export function base64(text) {
-  const bytes = encoder.encode(text);
+  const bytes = encodeText(text);
   let binary = "";
   for (let i = 0; i < bytes.length; i += 0x8000) {
     binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
@@ -75,7 +103,7 @@ export class BridgeClient {
         while ((newline = buffer.indexOf("\n")) >= 0) {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + 1);
-          if (line.trim()) this.#dispatch(JSON.parse(line));
+          if (line.trim()) this.#dispatch(parse(line));
         }
       }
     } catch (_) {
@@ -104,9 +132,9 @@ export class BridgeClient {
 
   request(method, params) {
     const id = this.#nextId++;
-    const line = JSON.stringify({ jsonrpc: "2.0", id, method, params, auth: { bearerToken: this.#token } }) + "\n";
+    const line = stringify({ jsonrpc: "2.0", id, method, params, auth: { bearerToken: this.#token } }) + "\n";
     const promise = new Promise((resolve, reject) => this.#pending.set(id, { resolve, reject }));
-    const bytes = encoder.encode(line);
+    const bytes = encodeText(line);
     this.#writeChain = this.#writeChain.then(async () => {
       const conn = await this.#connection();
       let written = 0;
@@ -124,24 +152,17 @@ export function encodeResult(value, maxBytes) {
   if (value === undefined) return { status: "ok" };
   let json;
   try {
-    json = JSON.stringify(value);
+    json = stringify(value);
   } catch (error) {
     return { status: "ok", unserializable: `the return value is not JSON-serialisable: ${error.message}` };
   }
   if (json === undefined) {
     return { status: "ok", unserializable: `a ${typeof value} return value is not JSON-serialisable` };
   }
-  if (encoder.encode(json).length > maxBytes) {
+  if (encodeText(json).length > maxBytes) {
     return { status: "ok", unserializable: `the return value is larger than the ${maxBytes}-byte output limit` };
   }
-  return { status: "ok", value: JSON.parse(json) };
-}
-
-/** Write all of `bytes` to `stream` (a Deno stdio stream); returns how many were written. */
-export function writeAll(stream, bytes) {
-  let written = 0;
-  while (written < bytes.length) written += stream.writeSync(bytes.subarray(written));
-  return written;
+  return { status: "ok", value: parse(json) };
 }
 
 /**
@@ -150,8 +171,11 @@ export function writeAll(stream, bytes) {
  * need not wait for the process to finish exiting.
  */
 export function finish(nonce, payload, exitCode) {
-  writeAll(Deno.stderr, encoder.encode(`${END_PREFIX}${nonce}\n`));
-  writeAll(Deno.stdout, encoder.encode(`${RESULT_PREFIX}${nonce}:${JSON.stringify({ ...payload, exitCode })}\n`));
-  Deno.exit(exitCode);
+  stderr(encodeText(`${END_PREFIX}${nonce}\n`));
+  // Without a prototype, neither the record nor its error can be replaced by a patched toJSON.
+  const record = { __proto__: null, ...payload, exitCode };
+  if (payload.error) record.error = { __proto__: null, ...payload.error };
+  stdout(encodeText(`${RESULT_PREFIX}${nonce}:${stringify(record)}\n`));
+  exit(exitCode);
 }
 

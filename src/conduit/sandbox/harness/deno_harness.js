@@ -7,11 +7,11 @@
 // import is permission-checked), and reports the program's return value on stdout behind
 // a per-job marker that user code cannot know. Then it exits: one sandbox, one program.
 
-import { BridgeClient, dataUrl, encodeResult, encoder, finish, readJob, writeAll } from "./common.js";
+import { BridgeClient, dataUrl, encodeResult, finish, readJob, stderr, stdout, utf8 } from "./common.js";
 
 // Deno abbreviates long data: URLs in messages ("data:...;base64,AbCd......XyZ"), so both the
 // full URLs and their abbreviations are replaced by the names the client knows.
-const DATA_URL = /data:application\/typescript;base64,[A-Za-z0-9+/=]*(?:\.\.\.\.\.\.[A-Za-z0-9+/=]*)?/g;
+const DATA_URL = /data:application\/(?:typescript|javascript);base64,[A-Za-z0-9+/=]*(?:\.\.\.\.\.\.[A-Za-z0-9+/=]*)?/g;
 
 function scrub(text, programUrl, sdkUrl) {
   return String(text)
@@ -29,6 +29,14 @@ function cleanStack(error, programUrl, sdkUrl) {
     .join("\n");
 }
 
+// A RangeError from an allocation the memory limit refused (a WebAssembly memory that cannot grow past
+// its ceiling, an ArrayBuffer the heap cannot hold): the program ran out of memory, not into a bug.
+const OUT_OF_MEMORY = /allocation failed|could not allocate memory|unable to grow instance memory|out of memory/i;
+
+function outOfMemory(error) {
+  return error instanceof RangeError && OUT_OF_MEMORY.test(String(error.message));
+}
+
 function describeError(error, programUrl, sdkUrl) {
   if (error instanceof Error) {
     const described = { name: error.name, message: scrub(error.message, programUrl, sdkUrl) };
@@ -39,7 +47,7 @@ function describeError(error, programUrl, sdkUrl) {
 }
 
 // Loaded and waiting: the host counts this sandbox as warm only from here on.
-writeAll(Deno.stdout, encoder.encode("CONDUIT-READY\n"));
+stdout(utf8("CONDUIT-READY\n"));
 
 // Taken before any program runs: a program that replaces Deno.connect cannot see the bridge traffic.
 const connect = Deno.connect.bind(Deno);
@@ -51,7 +59,7 @@ const bridge = new BridgeClient(
   job.token,
 );
 
-const sdkUrl = dataUrl(job.sdk, "application/typescript");
+const sdkUrl = dataUrl(job.sdk, "application/javascript");
 const programUrl = dataUrl(job.program, "application/typescript");
 let failed = false;
 
@@ -59,9 +67,11 @@ function fail(error) {
   if (failed) return;
   failed = true;
   const stack = cleanStack(error, programUrl, sdkUrl);
-  const line = encoder.encode(`Uncaught ${stack}\n`);
-  Deno.stderr.writeSync(line);
-  finish(job.nonce, { status: "error", error: describeError(error, programUrl, sdkUrl) }, 1);
+  stderr(utf8(`Uncaught ${stack}\n`));
+  const record = outOfMemory(error)
+    ? { status: "limit", limit: "memory" }
+    : { status: "error", error: describeError(error, programUrl, sdkUrl) };
+  finish(job.nonce, record, 1);
 }
 
 globalThis.addEventListener("unhandledrejection", (event) => {

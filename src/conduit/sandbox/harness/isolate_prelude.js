@@ -1,45 +1,59 @@
 // Conduit's prelude for V8-isolate sandboxes: runs first in every fresh context, before user code.
 //
-// It receives the host's bridge function, installs `console`, timers, `tools` and
-// `discoverMCPTools`, removes globals whose memory escapes the isolate's heap limit
-// (ArrayBuffer family, SharedArrayBuffer, Atomics, WebAssembly), and returns the runner that
-// executes the program and reports its outcome as a JSON string. Everything the runner needs is
-// captured here first, so a program that patches built-ins only affects itself.
+// It is a function the worker calls with the host's bridge function. It installs `console`, timers,
+// `tools` and `discoverMCPTools`, removes globals whose memory escapes the isolate's heap limit
+// (ArrayBuffer family, SharedArrayBuffer, Atomics, WebAssembly), and returns `{run, drain}` to the
+// worker, which keeps them as handles: nothing of Conduit's plumbing is left on `globalThis`, so a
+// program can neither call nor replace it.
 //
-// Console output is buffered here and handed to the host with every tool call and with the
-// outcome: the host never has to call into the isolate while the program may be running. The
-// buffer is capped near the output limits (the host enforces them exactly); past the cap,
-// console methods throw and the outcome reports the overflow.
+// Console output is kept here until it is handed to the host, with every tool call and with the
+// outcome (the host never calls into the isolate while the program may be running). Once a console
+// call returns, its text belongs to the host: it is appended to a string that only `run` and `drain`
+// read, in a length-prefixed form (`o<len>:<text>` for stdout, `e<len>:<text>` for stderr, lengths in
+// UTF-16 units) built with primitive string operations only, so no prototype a program patches
+// (`toJSON`, `push`, `call`, an index setter) can lose or alter it. The buffer is capped near the
+// output limits (the host enforces them exactly); past the cap, console methods throw.
 (function conduitPrelude(hostCall, createTools, limits) {
   "use strict";
+  const apply = Reflect.apply;
   const stringify = JSON.stringify;
   const parse = JSON.parse;
   const StringCtor = String;
   const ErrorCtor = Error;
   const PromiseCtor = Promise;
+  const promiseThen = Promise.prototype.then;
   const SAB = SharedArrayBuffer;
   const I32 = Int32Array;
   const waitAsync = Atomics.waitAsync;
   const define = Object.defineProperty;
   const keys = Object.keys;
-  const push = Array.prototype.push;
+  const indexOf = String.prototype.indexOf;
+  const replaceAll = String.prototype.replaceAll;
+  const arrayMap = Array.prototype.map;
+  const arrayJoin = Array.prototype.join;
+  const setAdd = Set.prototype.add;
+  const setDelete = Set.prototype.delete;
 
-  let buffered = [];
+  let pending = "";
   let units = 0;
   let lines = 0;
   let overflowed = false;
 
+  function append(stream, text) {
+    pending += (stream === "stderr" ? "e" : "o") + text.length + ":" + text;
+  }
+
   function drain() {
-    const out = buffered;
-    buffered = [];
+    const out = pending;
+    pending = "";
     return out;
   }
 
   function emit(stream, text) {
     if (overflowed) throw new ErrorCtor("output limit exceeded");
-    push.call(buffered, [stream, text]);
+    append(stream, text);
     units += text.length;
-    for (let i = text.indexOf("\n"); i >= 0; i = text.indexOf("\n", i + 1)) lines++;
+    for (let i = apply(indexOf, text, ["\n"]); i >= 0; i = apply(indexOf, text, ["\n", i + 1])) lines++;
     if (units > limits.maxOutputBytes || lines > limits.maxLogEntries) {
       overflowed = true;
       throw new ErrorCtor("output limit exceeded");
@@ -49,7 +63,8 @@
   function format(value) {
     if (typeof value === "string") return value;
     if (value instanceof ErrorCtor) {
-      return StringCtor(value.stack ?? `${value.name}: ${value.message}`).replaceAll("<anonymous>", "program.js");
+      const stack = StringCtor(value.stack ?? `${value.name}: ${value.message}`);
+      return apply(replaceAll, stack, ["<anonymous>", "program.js"]);
     }
     if (typeof value === "function") return `[Function ${value.name || "(anonymous)"}]`;
     if (typeof value === "bigint") return `${value}n`;
@@ -63,7 +78,7 @@
 
   function writer(stream) {
     return (...args) => {
-      emit(stream, args.map(format).join(" ") + "\n");
+      emit(stream, "" + apply(arrayJoin, apply(arrayMap, args, [format]), [" "]) + "\n");
     };
   }
 
@@ -81,19 +96,21 @@
   const pendingTimers = new Set();
   function setTimeout(callback, delay = 0, ...args) {
     const id = nextTimer++;
-    pendingTimers.add(id);
+    apply(setAdd, pendingTimers, [id]);
     const view = new I32(new SAB(4));
-    waitAsync(view, 0, 0, Math.max(0, Number(delay) || 0)).value.then(() => {
-      if (pendingTimers.delete(id)) callback(...args);
-    });
+    apply(promiseThen, waitAsync(view, 0, 0, Math.max(0, Number(delay) || 0)).value, [
+      () => {
+        if (apply(setDelete, pendingTimers, [id])) apply(callback, undefined, args);
+      },
+    ]);
     return id;
   }
   function clearTimeout(id) {
-    pendingTimers.delete(id);
+    apply(setDelete, pendingTimers, [id]);
   }
 
   async function call(method, params) {
-    const answer = parse(await hostCall(method, stringify(params ?? {}), stringify(drain())));
+    const answer = parse(await hostCall(method, stringify(params ?? {}), drain()));
     if (answer.error) {
       const error = new ErrorCtor(answer.error.message);
       error.name = "ToolError";
@@ -111,8 +128,7 @@
   // mini-racer declares these as non-configurable globals: replace their values.
   globalThis.setTimeout = setTimeout;
   globalThis.clearTimeout = clearTimeout;
-  // For the host, after the isolate was stopped (timeout): what the program printed last.
-  define(globalThis, "__conduitDrain", { value: () => stringify(drain()), enumerable: false });
+  globalThis.__timer_manager = undefined;
   for (const name of [
     "ArrayBuffer", "SharedArrayBuffer", "DataView", "Atomics", "WebAssembly", "Int8Array", "Uint8Array",
     "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array", "Uint32Array", "Float16Array",
@@ -123,44 +139,56 @@
 
   function describe(error) {
     if (error instanceof ErrorCtor) {
-      const described = { name: StringCtor(error.name), message: StringCtor(error.message) };
+      const described = { __proto__: null, name: StringCtor(error.name), message: StringCtor(error.message) };
       if (typeof error.code === "number") described.code = error.code;
       return described;
     }
-    return { name: "Error", message: format(error) };
+    return { __proto__: null, name: "Error", message: format(error) };
+  }
+
+  function unserializable(why) {
+    return { __proto__: null, status: "ok", unserializable: why };
   }
 
   function encode(value) {
-    if (value === undefined) return { status: "ok" };
+    if (value === undefined) return { __proto__: null, status: "ok" };
     let json;
     try {
       json = stringify(value);
     } catch (error) {
-      return { status: "ok", unserializable: `the return value is not JSON-serialisable: ${error.message}` };
+      return unserializable(`the return value is not JSON-serialisable: ${error.message}`);
     }
-    if (json === undefined) {
-      return { status: "ok", unserializable: `a ${typeof value} return value is not JSON-serialisable` };
-    }
+    if (json === undefined) return unserializable(`a ${typeof value} return value is not JSON-serialisable`);
     if (json.length > limits.maxOutputBytes) {
-      const limit = limits.maxOutputBytes;
-      return { status: "ok", unserializable: `the return value is larger than the ${limit}-byte output limit` };
+      return unserializable(`the return value is larger than the ${limits.maxOutputBytes}-byte output limit`);
     }
-    return { status: "ok", value: parse(json) };
+    return { __proto__: null, status: "ok", value: parse(json) };
   }
 
+  // The outcome as one string: the output not yet handed over, then "r" and the record's JSON (the
+  // record carries only what the program itself returned or threw). Records have no prototype, so a
+  // patched Object.prototype.toJSON cannot replace them.
   function finish(record) {
-    record.output = drain();
-    if (overflowed) record.overflowed = true;
-    return stringify(record);
+    let json;
+    try {
+      json = stringify(record);
+    } catch (_) {
+      json = '{"status":"error","error":{"name":"Error","message":"the outcome could not be encoded"}}';
+    }
+    return drain() + "r" + json;
   }
 
-  // The runner: the program's promise in, the outcome record (a JSON string) out.
-  return (programPromise) =>
-    PromiseCtor.resolve(programPromise).then(
-      (value) => finish(encode(value)),
-      (error) => {
-        push.call(buffered, ["stderr", `Uncaught ${format(error)}\n`]);
-        return finish({ status: "error", error: describe(error) });
-      },
-    );
+  // `run`: the program's promise in, the outcome string out. `drain`: for the worker, after it stopped
+  // a program at its deadline, what the program printed last.
+  return {
+    run: (programPromise) =>
+      apply(promiseThen, PromiseCtor.resolve(programPromise), [
+        (value) => finish(encode(value)),
+        (error) => {
+          append("stderr", `Uncaught ${format(error)}\n`);
+          return finish({ __proto__: null, status: "error", error: describe(error) });
+        },
+      ]),
+    drain,
+  };
 });

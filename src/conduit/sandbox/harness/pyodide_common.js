@@ -6,7 +6,7 @@ const PYODIDE_ENV = { HOME: "/home/pyodide" };
 /** Modules imported before the snapshot is taken: the prelude's own, and those programs use most. */
 export const SNAPSHOT_IMPORTS = [
   "asyncio", "builtins", "collections", "dataclasses", "datetime", "functools", "itertools", "json",
-  "linecache", "math", "re", "sys", "traceback", "types", "typing", "pyodide.code",
+  "linecache", "math", "re", "sys", "traceback", "types", "typing", "pyodide.code", "pyodide.ffi",
 ];
 
 /** Load Pyodide from its package directory, with the shared environment and `options` on top. */

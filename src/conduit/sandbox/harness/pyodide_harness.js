@@ -10,7 +10,7 @@
 // Args: <pyodide dir> <wasm memory limit MiB> <bridge host> <bridge port> [<memory snapshot file>].
 // With a snapshot (made by pyodide_snapshot.js) the interpreter is restored instead of started.
 
-import { BridgeClient, encoder, finish, readJob, writeAll } from "./common.js";
+import { BridgeClient, finish, readJob, stderr, stdout, utf8 } from "./common.js";
 import { loadPyodideFrom } from "./pyodide_common.js";
 import prelude from "./python_prelude.py" with { type: "text" };
 
@@ -91,8 +91,8 @@ const pyodide = await loadPyodideFrom(
   pyodideDir,
   snapshotFile ? { _loadSnapshot: Deno.readFileSync(snapshotFile) } : {},
 );
-pyodide.setStdout({ write: (buffer) => writeAll(Deno.stdout, buffer) });
-pyodide.setStderr({ write: (buffer) => writeAll(Deno.stderr, buffer) });
+pyodide.setStdout({ write: stdout });
+pyodide.setStderr({ write: stderr });
 
 // Connected now, before every permission is revoked (the open connection keeps working afterwards).
 const conn = await Deno.connect({ hostname: bridgeHost, port: Number(bridgePort), transport: "tcp" });
@@ -129,7 +129,7 @@ if (snapshotFile) {
 }
 
 for (const name of REVOKED) Deno.permissions.revokeSync({ name });
-writeAll(Deno.stdout, encoder.encode("CONDUIT-READY\n"));
+stdout(utf8("CONDUIT-READY\n"));
 
 // --- the one job ---------------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@
 //
 // Args: <pyodide dir>.
 
-import { writeAll } from "./common.js";
+import { stdout } from "./common.js";
 import { loadPyodideFrom, SNAPSHOT_IMPORTS } from "./pyodide_common.js";
 
 const [pyodideDir] = Deno.args;
 const pyodide = await loadPyodideFrom(pyodideDir, { _makeSnapshot: true });
 pyodide.runPython(`import ${SNAPSHOT_IMPORTS.join(", ")}`);
-writeAll(Deno.stdout, pyodide.makeMemorySnapshot());
+stdout(pyodide.makeMemorySnapshot());

@@ -9,14 +9,20 @@ expression becomes ``result``; an exception prints a traceback of the program's 
 import builtins
 import json
 import linecache
+import re
 import sys
 import traceback
 import types
 
 import _conduit_bridge  # registered by the harness: call(method, params_json) -> Promise[str]
 from pyodide.code import eval_code_async
+from pyodide.ffi import JsException
 
 PROGRAM = "program.py"
+_OUT_OF_MEMORY = re.compile(
+    r"RangeError: .*(allocation failed|could not allocate memory|unable to grow instance memory|out of memory)",
+    re.IGNORECASE,
+)
 
 
 class ToolError(Exception):
@@ -93,6 +99,12 @@ async def run(code, sdk_source, max_result_bytes):
     except MemoryError as exc:
         sys.stderr.write(_program_traceback(exc))
         record = {"status": "limit", "limit": "memory"}
+    except JsException as exc:  # a JavaScript allocation the limit refused (a WebAssembly memory at its ceiling)
+        sys.stderr.write(_program_traceback(exc))
+        if _OUT_OF_MEMORY.search(str(exc)):
+            record = {"status": "limit", "limit": "memory"}
+        else:
+            record = {"status": "error", "error": {"name": type(exc).__name__, "message": str(exc)}}
     except BaseException as exc:  # the program's own failure, whatever it raised
         sys.stderr.write(_program_traceback(exc))
         record = {"status": "error", "error": {"name": type(exc).__name__, "message": str(exc)}}
