@@ -31,7 +31,7 @@ $(VENV)/.ts-client: $(VENV)/.synced tests/clients/typescript/package.json tests/
 
 # The native sandbox launcher (~1 ms per sandbox start instead of ~12 ms for its Python twin). Optional:
 # without a C compiler Conduit uses the Python launcher, with the same walls.
-$(VENV)/bin/conduit-confine: src/conduit/sandbox/native/conduit_confine.c $(VENV)/.synced
+$(VENV)/bin/conduit-confine: src/conduit/sandbox/walls/native/conduit_confine.c $(VENV)/.synced
 	@if command -v $(CC) >/dev/null 2>&1 && $(CC) -O2 -Wall -Wextra -o $@ $<; then echo "built $@"; \
 	else echo "note: no working C compiler ($(CC)): sandboxes start through the Python launcher"; fi
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import anyio
 
 from conduit.config.schema import Config
+from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.sandbox.deno import RUN_FLAGS, find_deno
-from conduit.sandbox.isolate import IsolateRuntime
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sandbox.pyodide import default_pyodide_dir
 
@@ -264,7 +264,7 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
     rows: list[tuple[str, list[float], str | None]] = []
     call_floor = await direct_mcp_call(runs)
     token = "bench-token-0123456789"
-    async with Gateway.open(config, master_token=token, base_dir=ROOT, host_env=dict(os.environ)) as gw:
+    async with open_gateway(config, master_token=token, base_dir=ROOT, host_env=dict(os.environ)) as gw:
         for language in languages:
             floor_name, floor_samples = floors[language]
             rows.append((f"{floor_name} (floor)", floor_samples, None))
@@ -284,11 +284,7 @@ async def main(runs: int, languages: tuple[str, ...]) -> None:
         await wait_for_pools(gw)
         await anyio.sleep(1)
         own_idle, tree_idle = tree_rss_mb(os.getpid())
-        pooled = {
-            name: runtime.idle_memory_bytes / 2**20
-            for name, runtime in gw.runtimes.items()
-            if isinstance(runtime, (PooledRuntime, IsolateRuntime))
-        }
+        pooled = {name: runtime.status().pooled_memory_bytes / 2**20 for name, runtime in gw.runtimes.items()}
         rates: dict[str, list[float]] = {}
         peak_rss = 0.0
         counts = {"typescript": 60, "python": 24, "isolate": 200}

@@ -14,6 +14,7 @@ import pytest
 from mcp import Client
 
 from conduit.config.schema import Config
+from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from support import CONDUIT, MASTER, TOOLBOX, ConduitHttp, stdio_client_for, write_config
 
@@ -39,7 +40,7 @@ async def gateway(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) 
         }
     )
     base = tmp_path_factory.mktemp("gw")
-    async with Gateway.open(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gw:
+    async with open_gateway(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gw:
         yield gw
 
 

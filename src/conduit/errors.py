@@ -4,15 +4,23 @@ Infrastructure failing is an exception; untrusted code failing is a value
 (:class:`conduit.sandbox.base.RunOutcome`), never an exception. The tree::
 
     ConduitError                  root of everything Conduit raises on purpose
-    ├── ConfigError               a config file or env override is invalid (message lists key paths)
+    ├── InvalidParamsError        a request's arguments are wrong (type, size, pattern, unknown key)   *
+    │   └── ConfigError           a config file, env override or upstream definition is invalid       *
     ├── UpstreamError             an upstream MCP server failed (connect, call, timeout, died)
-    │   └── UnknownToolError      no upstream offers the requested tool
-    ├── ToolDeniedError           the caller's allowlist does not cover the tool
-    ├── AuthError                 a bridge request carried a missing, wrong or expired token
+    │   └── UnknownToolError      no upstream offers the requested tool                                *
+    ├── ToolDeniedError           the caller's allowlist does not cover the tool                       *
+    ├── AuthError                 a bridge request carried a missing, wrong or expired token           *
+    ├── MethodNotFoundError       no such bridge method, or a runtime this build lacks                 *
     ├── BusyError                 the execution queue is full
-    └── SandboxStartError         a sandbox process could not be started
+    ├── SandboxStartError         a sandbox process could not be started
+    ├── BlockedAddressError       the SSRF guard refused an outbound destination (security/ssrf.py)
+    ├── DiscoveryError            an OAuth server's metadata could not be found or is unusable
+    └── AuthorizationError        an OAuth authorization was denied, tampered with or refused
 
-Each carries ``code``: the JSON-RPC error code used when it crosses the wire.
+Each carries ``code``: the JSON-RPC error code used when it crosses the wire. The classes marked
+``*`` are the caller's fault (``caller_fault``): the request was wrong, so a front end answers with a
+protocol error; the others are work that failed, answered as a failed result where the front end has
+one (:mod:`conduit.transport.wire` for MCP).
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class ConduitError(Exception):
     """Root of the errors Conduit raises on purpose."""
 
     code: int = INTERNAL_ERROR
+    caller_fault: bool = False
+    """The request itself was wrong (answered as a protocol error), rather than the work failing."""
 
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
@@ -53,10 +63,15 @@ class ConduitError(Exception):
             self.code = code
 
 
-class ConfigError(ConduitError):
-    """The configuration is invalid; the message names each bad key path and why."""
+class InvalidParamsError(ConduitError):
+    """A request's arguments are wrong; the message names the argument and the rule."""
 
     code = INVALID_PARAMS
+    caller_fault = True
+
+
+class ConfigError(InvalidParamsError):
+    """The configuration is invalid; the message names each bad key path and why."""
 
 
 class UpstreamError(ConduitError):
@@ -69,18 +84,28 @@ class UnknownToolError(UpstreamError):
     """No configured upstream offers the requested tool."""
 
     code = UNKNOWN_TOOL
+    caller_fault = True
 
 
 class ToolDeniedError(ConduitError):
-    """The tool exists but the execution's allowlist does not cover it."""
+    """The execution's allowlist does not cover the tool (whether or not it exists)."""
 
     code = FORBIDDEN
+    caller_fault = True
 
 
 class AuthError(ConduitError):
     """A bridge request carried a missing, wrong or expired token, or a token without the right."""
 
     code = UNAUTHORIZED
+    caller_fault = True
+
+
+class MethodNotFoundError(ConduitError):
+    """No such bridge method, or an execution runtime this build does not have."""
+
+    code = METHOD_NOT_FOUND
+    caller_fault = True
 
 
 class BusyError(ConduitError):
@@ -93,3 +118,15 @@ class SandboxStartError(ConduitError):
     """A sandbox process could not be started (missing binary, spawn failure)."""
 
     code = INTERNAL_ERROR
+
+
+class BlockedAddressError(ConduitError):
+    """The SSRF guard refused a destination; the message says which address and why."""
+
+
+class DiscoveryError(ConduitError):
+    """An OAuth server's metadata could not be found or is unusable."""
+
+
+class AuthorizationError(ConduitError):
+    """The authorization failed: denied, tampered with, or refused by the server."""

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import anyio
 
 from conduit.config.loader import LoadedConfig
+from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.transport.disconnect import CancelOnDisconnect
 from conduit.transport.http import BearerAuth, serve_http
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
     """Serve until the client disconnects (stdio) or the process is stopped (HTTP); ops endpoints beside."""
     config = loaded.config
-    async with Gateway.open(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
+    async with open_gateway(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
         server = build_server(gw)
         async with anyio.create_task_group() as tg:
             if config.ops_enabled:

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from conduit.config.schema import Config
+from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.sandbox.isolate import IsolateRuntime
 from conduit.sandbox.pool import PooledRuntime
@@ -31,13 +32,13 @@ MIX = ["typescript"] * 30 + ["isolate"] * 12 + ["python"] * 8
 async def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     config = Config.model_validate({"upstreams": [{"id": "toolbox", "command": sys.executable, "args": [TOOLBOX]}]})
     base = tmp_path_factory.mktemp("burst")
-    async with Gateway.open(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gw:
+    async with open_gateway(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gw:
         yield gw
 
 
 def pools_full(gateway: Gateway) -> bool:
     for runtime in gateway.runtimes.values():
-        if isinstance(runtime, PooledRuntime) and runtime.ready < runtime.sizing.min:
+        if isinstance(runtime, PooledRuntime) and runtime.idle < runtime.sizing.min:
             return False
         if isinstance(runtime, IsolateRuntime) and runtime.idle < runtime.sizing.min:
             return False

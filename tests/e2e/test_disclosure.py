@@ -11,7 +11,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from conduit.config.schema import Config
-from conduit.core.gateway import Gateway
+from conduit.core.assembly import open_gateway
 from support import (
     EXECUTE_ISOLATE,
     EXECUTE_PYTHON,
@@ -136,7 +136,7 @@ async def test_strict_mode_refuses_tools_without_a_schema(tmp_path: Path) -> Non
             const echoed = (await tools.remote.echo({text: "hi"})).structuredContent.text;
             try { await tools.remote.whoami({}); return [echoed, null]; } catch (e) { return [echoed, e.code]; }
             """
-            async with Gateway.open(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gw:
+            async with open_gateway(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gw:
                 outcome = await gw.execute("typescript", code)
             assert outcome.result == ["hi", expected], (mode, outcome)
 

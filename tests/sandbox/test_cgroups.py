@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conduit.sandbox.cgroups import Cgroup, detect, remove_parents, watch_cap
 from conduit.sandbox.process import kill_group, spawn
+from conduit.sandbox.walls.cgroups import Cgroup, detect, remove_parents, watch_cap
 
 pytestmark = pytest.mark.anyio
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import TIMEOUT, SandboxStartError
-from conduit.sandbox.base import BridgeAddress, Job, Limits
+from conduit.sandbox.base import BridgeAddress, Job
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox
 from conduit.sandbox.pool import PooledRuntime
 from conduit.sdk.typescript import generate_deno_sdk
@@ -18,6 +19,7 @@ from support import process_alive, wait_until
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
 
 LIMITS = Limits(timeout_ms=5000, memory_limit_mb=128, max_output_bytes=100_000, max_log_entries=1000)
+SHORT = Limits(timeout_ms=800, memory_limit_mb=128, max_output_bytes=10_000, max_log_entries=100)
 SDK = generate_deno_sdk([])
 
 
@@ -58,7 +60,7 @@ async def test_discard_kills_an_unused_sandbox(gateway: Gateway) -> None:
 async def test_timeout_leaves_no_process_behind(gateway: Gateway) -> None:
     sandbox = await prepare(gateway)
     code = "new Worker(URL.createObjectURL(new Blob(['while(true){}'])), {type: 'module'}); while (true) {}"
-    outcome = await sandbox.run(Job(code, SDK, "t", Limits(800, 128, 10_000, 100)))
+    outcome = await sandbox.run(Job(code, SDK, "t", SHORT))
     assert outcome.error is not None and outcome.error.code == TIMEOUT
     assert not process_alive(sandbox.pid)
 

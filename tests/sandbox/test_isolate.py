@@ -9,9 +9,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import INTERNAL_ERROR, TIMEOUT
-from conduit.sandbox.base import Job, Limits
+from conduit.sandbox.base import Job
 from conduit.sandbox.isolate import IsolateRuntime, IsolateSandbox
 from conduit.sdk.typescript import generate_javascript_sdk
 from support import process_alive, wait_until
@@ -19,6 +20,7 @@ from support import process_alive, wait_until
 pytestmark = pytest.mark.anyio
 
 LIMITS = Limits(timeout_ms=5000, memory_limit_mb=64, max_output_bytes=100_000, max_log_entries=1000)
+SHORT = Limits(timeout_ms=500, memory_limit_mb=64, max_output_bytes=1000, max_log_entries=10)
 SDK = generate_javascript_sdk([])
 
 
@@ -60,7 +62,14 @@ async def test_a_worker_killed_mid_run_is_reported_and_replaced(gateway: Gateway
 
 async def test_a_worker_that_misses_its_deadline_is_killed(gateway: Gateway) -> None:
     sandbox = await prepare(gateway)
-    outcome = await sandbox.run(Job("await null; while (true) {}", SDK, "t", Limits(500, 64, 1000, 10)))
+    outcome = await sandbox.run(
+        Job(
+            "await null; while (true) {}",
+            SDK,
+            "t",
+            SHORT,
+        )
+    )
     assert outcome.error is not None and outcome.error.code == TIMEOUT
     await wait_until(lambda: not process_alive(sandbox.pid))
 

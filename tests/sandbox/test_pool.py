@@ -13,9 +13,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.sandbox import pool as pool_module
-from conduit.sandbox.base import Job, Limits
+from conduit.sandbox.base import Job
 from conduit.sandbox.deno import DenoRuntime
 from conduit.sandbox.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
@@ -67,7 +68,7 @@ async def test_a_pool_grows_under_demand_up_to_max_then_shrinks_back_to_min(
 ) -> None:
     sdk = generate_deno_sdk([])
     async with running_pool(deno_of(gateway), min=1, max=3, max_starting=4) as pool:
-        await wait_until(lambda: pool.ready == 1)
+        await wait_until(lambda: pool.idle == 1)
         assert pool.target == 1
 
         async def one(index: int) -> None:
@@ -79,14 +80,14 @@ async def test_a_pool_grows_under_demand_up_to_max_then_shrinks_back_to_min(
             for index in range(6):
                 burst.start_soon(one, index)
         assert pool.target == 3  # each miss raised it by one, capped at max
-        await wait_until(lambda: pool.ready == 3)
+        await wait_until(lambda: pool.idle == 3)
         assert pool.cold_starts == 0  # every request was served by the pool (or waited for a start)
-        await wait_until(lambda: pool.target == 1 and pool.ready == 1)  # demand gone: surplus discarded
+        await wait_until(lambda: pool.target == 1 and pool.idle == 1)  # demand gone: surplus discarded
 
 
 async def test_ready_sandboxes_wait_at_a_lower_priority_and_run_at_normal_priority(gateway: Gateway) -> None:
     async with running_pool(deno_of(gateway), min=1, max=1, max_starting=1) as pool:
-        await wait_until(lambda: pool.ready == 1)
+        await wait_until(lambda: pool.idle == 1)
         waiting = pool._ready[0].sandbox
         assert niceness(waiting.pid) == 10
         sandbox = await pool.prepare(128)
@@ -100,7 +101,7 @@ async def test_the_newest_ready_sandbox_is_handed_out_first_and_the_oldest_kept_
     gateway: Gateway,
 ) -> None:
     async with running_pool(deno_of(gateway), min=2, max=2, max_starting=1) as pool:
-        await wait_until(lambda: pool.ready == 2)
+        await wait_until(lambda: pool.idle == 2)
         oldest, newest = (entry.sandbox for entry in pool._ready)
         first = await pool.prepare(128)
         assert first is newest
@@ -112,25 +113,25 @@ async def test_the_newest_ready_sandbox_is_handed_out_first_and_the_oldest_kept_
 
 async def test_the_idle_memory_ceiling_holds_even_below_min(gateway: Gateway) -> None:
     async with running_pool(deno_of(gateway), min=3, max=3, max_starting=3, max_idle_memory_mb=1) as pool:
-        await wait_until(lambda: pool.ready >= 1 and pool.starting == 0)
+        await wait_until(lambda: pool.idle >= 1 and pool.starting == 0)
         await anyio.sleep(0.3)
         # With no estimate yet, up to max_starting may start at once; once one has been measured
         # (a Deno sandbox holds far more than 1 MiB) no more start.
         held = pool.idle_memory_bytes
         assert held > 1 << 20
-        ready = pool.ready
+        idle = pool.idle
         sandbox = await pool.prepare(128)
         await sandbox.discard()
         await anyio.sleep(0.5)
-        assert pool.ready == ready - 1  # nothing replaced it: the ceiling is already exceeded
+        assert pool.idle == idle - 1  # nothing replaced it: the ceiling is already exceeded
         assert pool.full
 
 
 async def test_a_lower_memory_limit_gets_a_sandbox_of_its_own(gateway: Gateway) -> None:
     async with running_pool(deno_of(gateway), min=1, max=1, max_starting=1) as pool:
-        await wait_until(lambda: pool.ready == 1)
+        await wait_until(lambda: pool.idle == 1)
         sandbox = await pool.prepare(64)
-        assert pool.cold_starts == 1 and pool.ready == 1
+        assert pool.cold_starts == 1 and pool.idle == 1
         await sandbox.discard()
 
 
@@ -141,7 +142,7 @@ async def test_a_pool_that_cannot_start_sandboxes_reports_why_and_does_not_spin(
     async with running_pool(broken, min=2, max=2, max_starting=2) as pool:
         await anyio.sleep(0.5)
         assert pool.failures <= 4  # one attempt per slot, then a pause before retrying
-        assert pool.problem() is not None
+        assert pool.status().problem is not None
         with pytest.raises(Exception, match="cannot start"):
             await pool.prepare(128)
 

@@ -76,9 +76,9 @@ async def server(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -
 def cgroup_memory() -> None:
     walls = Walls.detect(30_000)
     walls.close()
-    layer = next(layer for layer in walls.layers if layer.name == "cgroup-memory")
-    if not layer.active:
-        pytest.skip(f"cgroup-memory is unavailable on this machine: {layer.detail}")
+    wall = next(wall for wall in walls.report if wall.name == "cgroup-memory")
+    if not wall.active:
+        pytest.skip(f"cgroup-memory is unavailable on this machine: {wall.detail}")
 
 
 async def bomb_beside_a_spinner(server: AttackServer, runtime: str, code: str) -> tuple[dict[str, object], float]:

@@ -17,21 +17,22 @@ from pathlib import Path
 import pytest
 
 from conduit.config.schema import Config
+from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.cgroups import CgroupSupport, detect, remove_parents
-from conduit.sandbox.confine import encode_spec
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
 from conduit.sandbox.pool import PooledRuntime
-from conduit.sandbox.walls import CONFINE, LAYERS, NATIVE_CONFINE, SYSTEM_READ_ONLY, Walls, native_launcher
+from conduit.sandbox.walls.cgroups import CgroupSupport, detect, remove_parents
+from conduit.sandbox.walls.confine import encode_spec
+from conduit.sandbox.walls.launch import CONFINE, NATIVE_CONFINE, SYSTEM_READ_ONLY, WALL_NAMES, Walls, native_launcher
 from support import MASTER, TOOLBOX, conduit, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]
 
 WALLS = Walls.detect(30_000)
 WALLS.close()
-ACTIVE = {layer.name: layer for layer in WALLS.layers}
+ACTIVE = {wall.name: wall for wall in WALLS.report}
 
 
 def need(*names: str) -> None:
@@ -50,7 +51,7 @@ async def walled(anyio_backend: str, tmp_path_factory: pytest.TempPathFactory) -
         }
     )
     base = tmp_path_factory.mktemp("walls")
-    async with Gateway.open(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gateway:
+    async with open_gateway(config, master_token=MASTER, base_dir=base, host_env=dict(os.environ)) as gateway:
         yield gateway
 
 
@@ -289,7 +290,7 @@ def test_a_required_layer_that_is_missing_stops_conduit_at_start(tmp_path: Path)
 def test_doctor_lists_every_layer(tmp_path: Path) -> None:
     done = conduit("doctor", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    for name in LAYERS:
+    for name in WALL_NAMES:
         assert f"isolation {name}:" in done.stdout
 
 

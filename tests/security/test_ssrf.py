@@ -13,7 +13,8 @@ import httpcore2
 import httpx2
 import pytest
 
-from conduit.security.ssrf import BlockedAddressError, NetworkPolicy, checked_addresses
+from conduit.errors import BlockedAddressError
+from conduit.security.ssrf import NetworkPolicy, checked_addresses
 from conduit.upstream.network import GuardedBackend, guarded_client
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from conduit.config.schema import Config, UpstreamConfig
-from conduit.core.gateway import Gateway
+from conduit.core.assembly import open_gateway
 from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.registry import UpstreamRegistry
@@ -248,7 +248,7 @@ async def test_programs_reach_remote_upstreams_and_never_see_their_credentials(
     const seen = JSON.stringify([Object.getOwnPropertyNames(globalThis), await discoverMCPTools()]);
     return {{who, leaked: seen.includes({BEARER!r})}};
     """
-    async with Gateway.open(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gateway:
+    async with open_gateway(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gateway:
         outcome = await gateway.execute("typescript", code)
         python = await gateway.execute(
             "python", "r = await tools.remote.whoami()\nr['structuredContent']['credential']"

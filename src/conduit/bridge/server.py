@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
@@ -21,9 +20,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
 from conduit.bridge.sessions import Principal, SessionRegistry
-from conduit.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, ConduitError
-from conduit.observability.redaction import scrub
+from conduit.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ConduitError, InvalidParamsError
 from conduit.sandbox.base import BridgeAddress
+from conduit.security.redact import sandbox_safe
 
 logger = logging.getLogger(__name__)
 
@@ -36,44 +35,40 @@ class BridgeHandler(Protocol):
         ...
 
 
-_URL: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"()<>]+", re.IGNORECASE)
-_HOST_PATH: Final = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
-
-
-def sandbox_safe(message: str) -> str:
-    """An error message fit for untrusted code: no URLs, host paths, credentials or PII.
-
-    >>> sandbox_safe("token endpoint unreachable: All connection attempts failed (http://10.0.0.5:8080/token)")
-    'token endpoint unreachable: All connection attempts failed ([url])'
-    >>> sandbox_safe("cannot read /srv/conduit/conf/secret.yaml for 'toolbox__add'")
-    "cannot read [path] for 'toolbox__add'"
-    """
-    return scrub(_HOST_PATH.sub("[path]", _URL.sub("[url]", message)))
-
-
 def error_response(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
 class BridgeServer:
-    """Listens on 127.0.0.1 (a free port) for sandbox and master-token clients."""
+    """Listens on 127.0.0.1 (a free port) for sandbox and master-token clients.
 
-    def __init__(self, sessions: SessionRegistry, handler: BridgeHandler, host: str = "127.0.0.1") -> None:
+    Binding and serving are two steps: :meth:`bind` gives the address the runtimes need before the
+    handler (the gateway, which needs the runtimes) exists; :meth:`serve` starts answering. A sandbox
+    that connects in between waits in the listen backlog.
+    """
+
+    def __init__(self, sessions: SessionRegistry, host: str = "127.0.0.1") -> None:
         self._sessions = sessions
-        self._handler = handler
+        self._handler: BridgeHandler | None = None
         self._host = host
+        self._listener: MultiListener[SocketStream] | None = None
         self.address: BridgeAddress | None = None
         self._scope = anyio.CancelScope()
 
-    async def start(self, tg: TaskGroup) -> BridgeAddress:
-        """Bind and start serving in ``tg``; returns the address sandboxes connect to."""
-        listener = await anyio.create_tcp_listener(local_host=self._host, local_port=0)
-        sockname = listener.listeners[0].extra(SocketAttribute.local_address)
+    async def bind(self) -> BridgeAddress:
+        """Listen on a free port; returns the address sandboxes connect to."""
+        self._listener = await anyio.create_tcp_listener(local_host=self._host, local_port=0)
+        sockname = self._listener.listeners[0].extra(SocketAttribute.local_address)
         assert isinstance(sockname, tuple)
         self.address = BridgeAddress(str(sockname[0]), int(sockname[1]))
-        tg.start_soon(self._serve, listener)
         logger.debug("bridge listening on %s:%d", self.address.host, self.address.port)
         return self.address
+
+    def serve(self, tg: TaskGroup, handler: BridgeHandler) -> None:
+        """Answer requests with ``handler``, in ``tg``, until :meth:`aclose`."""
+        assert self._listener is not None, "bind() first"
+        self._handler = handler
+        tg.start_soon(self._serve, self._listener)
 
     async def _serve(self, listener: MultiListener[SocketStream]) -> None:
         with self._scope:
@@ -83,6 +78,8 @@ class BridgeServer:
     async def aclose(self) -> None:
         """Stop accepting and drop open connections."""
         self._scope.cancel()
+        if self._handler is None and self._listener is not None:
+            await self._listener.aclose()  # bound but never served
 
     async def _serve_connection(self, stream: SocketStream) -> None:
         reader = BufferedByteReceiveStream(stream)
@@ -136,7 +133,8 @@ class BridgeServer:
         try:
             principal = self._sessions.authenticate(token, method)
             if not isinstance(params, dict):
-                raise ConduitError("params must be an object", code=INVALID_PARAMS)
+                raise InvalidParamsError("params must be an object")
+            assert self._handler is not None
             result = await self._handler.handle_bridge(principal, method, params)
         except ConduitError as exc:
             return error_response(request_id, exc.code, sandbox_safe(exc.message))

@@ -17,7 +17,12 @@ from conduit.errors import FORBIDDEN, AuthError
 from conduit.security.allowlist import Allowlist
 from conduit.security.tokens import mint_token, tokens_equal
 
-SESSION_METHODS: Final = frozenset({"mcp_discover_tools", "mcp_call_tool"})
+DISCOVER_TOOLS: Final = "mcp_discover_tools"
+CALL_TOOL: Final = "mcp_call_tool"
+REGISTER_UPSTREAM: Final = "mcp_register_upstream"
+EXECUTE_PREFIX: Final = "mcp_execute_"
+"""``mcp_execute_<language>`` runs a program (master token only)."""
+SESSION_METHODS: Final = frozenset({DISCOVER_TOOLS, CALL_TOOL})
 """The only bridge methods a session token may call."""
 
 

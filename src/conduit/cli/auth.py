@@ -103,7 +103,7 @@ def credentials_block(grant: Grant, mcp_url: str) -> str:
             f"  bearerToken: {quote(grant.access_token)}",
         ]
         return "\n".join(lines)
-    lines += ["credentials:", "  type: oauth2", f"  tokenUrl: {quote(grant.server.token_endpoint)}"]
+    lines += ["credentials:", "  type: oauth2", f"  tokenUrl: {quote(str(grant.server.token_endpoint))}"]
     lines.append(f"  clientId: {quote(grant.client.client_id)}")
     if grant.client.client_secret:
         lines.append(f"  clientSecret: {quote(grant.client.client_secret)}")

@@ -1,9 +1,11 @@
-"""What several commands share: loading the config with command-line overrides."""
+"""What several commands share: loading the config with command-line overrides, reporting a run."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,3 +34,13 @@ def setup_logging(config: Config, *, level: str | None = None, extra_secrets: It
         credentials=config.redact_credentials,
         pii=config.redact_pii,
     )
+
+
+def report(payload: dict[str, Any]) -> int:
+    """Print what follows a program's output (its result, its error) and return its exit code."""
+    if payload.get("result") is not None:
+        print(json.dumps(payload["result"], indent=2, ensure_ascii=False))
+    error = payload.get("error")
+    if isinstance(error, dict):
+        print(f"conduit: {error.get('message')} (error {error.get('code')})", file=sys.stderr)
+    return int(payload.get("exitCode", 1))

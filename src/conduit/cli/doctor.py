@@ -84,13 +84,13 @@ def doctor(args: argparse.Namespace) -> int:
                 report.append(f"ok    upstream {upstream.id}: reachable, {count} tools")
     walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
     try:
-        for layer in walls.layers:
-            if layer.active:
-                report.append(f"ok    isolation {layer.name}: {layer.detail}")
-            elif layer.name in config.isolation.require:
-                problems.append(f"FAIL  isolation {layer.name} (required): {layer.detail}. {ENABLE_HINTS[layer.name]}")
+        for wall in walls.report:
+            if wall.active:
+                report.append(f"ok    isolation {wall.name}: {wall.detail}")
+            elif wall.name in config.isolation.require:
+                problems.append(f"FAIL  isolation {wall.name} (required): {wall.detail}. {ENABLE_HINTS[wall.name]}")
             else:
-                report.append(f"off   isolation {layer.name}: {layer.detail}. {ENABLE_HINTS[layer.name]}")
+                report.append(f"off   isolation {wall.name}: {wall.detail}. {ENABLE_HINTS[wall.name]}")
         if config.isolation.enabled:
             report.append(f"{'ok  ' if walls.native else 'note'}  sandbox launcher: {walls.launcher}")
     finally:

@@ -17,13 +17,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conduit.cli.run import report
+from conduit.cli.common import report
+from conduit.core.languages import BY_NAME
 
-TOOLS: Final = {
-    "typescript": "conduit__mcp_execute_typescript",
-    "python": "conduit__mcp_execute_python",
-    "isolate": "conduit__mcp_execute_isolate",
-}
 _STDERR_PREFIX: Final = "[stderr] "
 
 
@@ -55,7 +51,7 @@ def run_remote(
             if probe.status_code == 401:
                 raise PermissionError("the server refused the token: pass --token or set IPC_BEARER_TOKEN")
             async with Client(streamable_http_client(url, http_client=http)) as client:
-                result = await client.call_tool(TOOLS[language], arguments, progress_callback=on_progress)
+                result = await client.call_tool(BY_NAME[language].tool, arguments, progress_callback=on_progress)
         payload = result.structured_content
         if not isinstance(payload, dict):
             raise MCPError(code=-32603, message="the server returned no structured result")

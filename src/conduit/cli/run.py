@@ -7,31 +7,19 @@ afterwards; the exit code is the program's (non-zero when it threw or hit a limi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, TextIO
 
 import anyio
 
-from conduit.cli.common import add_config_option, load, setup_logging
+from conduit.cli.common import add_config_option, load, report, setup_logging
 from conduit.config.loader import LoadedConfig
-from conduit.core.gateway import outcome_payload
+from conduit.core.languages import BY_ALIAS, BY_EXTENSION
 from conduit.errors import ConduitError, SandboxStartError
 from conduit.sandbox.base import RunOutcome
 from conduit.security.tokens import mint_token
-
-LANGUAGES: Final = {
-    "ts": "typescript",
-    "typescript": "typescript",
-    "py": "python",
-    "python": "python",
-    "js": "isolate",
-    "javascript": "isolate",
-    "isolate": "isolate",
-}
-EXTENSIONS: Final = {".ts": "typescript", ".mts": "typescript", ".py": "python", ".js": "isolate", ".mjs": "isolate"}
 
 EPILOG = """\
 The language follows the file's extension (.ts TypeScript in Deno, .py Python in Pyodide, .js JavaScript
@@ -54,7 +42,7 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", metavar="FILE", help="the program ('-' reads standard input; then --lang is needed)")
-    parser.add_argument("--lang", choices=sorted(LANGUAGES), help="the language (default: from FILE's extension)")
+    parser.add_argument("--lang", choices=sorted(BY_ALIAS), help="the language (default: from FILE's extension)")
     parser.add_argument(
         "--allow",
         action="append",
@@ -101,32 +89,22 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(outcome, ConduitError):  # the request was refused before anything ran
         print(f"conduit: {outcome.message}", file=sys.stderr)
         return 2
-    return report(outcome_payload(outcome))
-
-
-def report(payload: dict[str, Any]) -> int:
-    """Print what follows a program's output (its result, its error) and return its exit code."""
-    if payload.get("result") is not None:
-        print(json.dumps(payload["result"], indent=2, ensure_ascii=False))
-    error = payload.get("error")
-    if isinstance(error, dict):
-        print(f"conduit: {error.get('message')} (error {error.get('code')})", file=sys.stderr)
-    return int(payload.get("exitCode", 1))
+    return report(outcome.as_result())
 
 
 def _language(file: str, lang: str | None) -> str:
     if lang:
-        return LANGUAGES[lang]
-    language = EXTENSIONS.get(Path(file).suffix.lower())
+        return BY_ALIAS[lang].name
+    language = BY_EXTENSION.get(Path(file).suffix.lower())
     if language is None:
         raise ValueError(f"cannot tell the language of {file!r}: use --lang ts|py|js")
-    return language
+    return language.name
 
 
 async def _execute(
     loaded: LoadedConfig, language: str, code: str, allowed: list[str] | None, limits: dict[str, int] | None
 ) -> RunOutcome | ConduitError:
-    from conduit.core.gateway import Gateway
+    from conduit.core.assembly import open_gateway
 
     streams: dict[str, TextIO] = {"stdout": sys.stdout, "stderr": sys.stderr}
 
@@ -134,7 +112,7 @@ async def _execute(
         streams[stream].write(text)
         streams[stream].flush()
 
-    async with Gateway.open(
+    async with open_gateway(
         loaded.config, master_token=mint_token(), base_dir=loaded.base_dir, host_env=dict(os.environ)
     ) as gateway:
         try:

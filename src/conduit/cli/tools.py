@@ -10,26 +10,18 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Final
+from typing import Any
 
 import anyio
 
+from conduit.catalog import Catalog, ToolEntry, qualify
 from conduit.cli.common import add_config_option, load, setup_logging
 from conduit.config.loader import LoadedConfig
+from conduit.core.languages import BY_ALIAS
 from conduit.sdk.naming import identifier
-from conduit.sdk.python import generate_python_sdk
-from conduit.sdk.typescript import generate_javascript_sdk, generate_typescript_sdk, schema_type
+from conduit.sdk.typescript import schema_type
 from conduit.upstream.network import policy_for
-from conduit.upstream.registry import Catalog, ToolEntry, UpstreamRegistry, qualify
-
-SDKS: Final = {
-    "ts": generate_typescript_sdk,
-    "typescript": generate_typescript_sdk,
-    "py": generate_python_sdk,
-    "python": generate_python_sdk,
-    "js": generate_javascript_sdk,
-    "javascript": generate_javascript_sdk,
-}
+from conduit.upstream.registry import UpstreamRegistry
 
 EPILOG = """\
 Exit status 1 when an upstream could not be listed (what the others offer is still shown).
@@ -52,7 +44,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("name", nargs="?", metavar="TOOL", help="one tool, as 'upstream.tool' or 'upstream__tool'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--sdk", choices=sorted(SDKS), help="print the generated SDK stubs for this language")
+    parser.add_argument("--sdk", choices=sorted(BY_ALIAS), help="print the generated SDK stubs for this language")
     add_config_option(parser)
     parser.set_defaults(handler=tools)
 
@@ -65,7 +57,7 @@ def tools(args: argparse.Namespace) -> int:
         print(f"conduit: upstream {upstream!r} could not be listed: {reason}", file=sys.stderr)
     failed = 1 if catalog.failures else 0
     if args.sdk:
-        print(SDKS[args.sdk](catalog.tools), end="")
+        print(BY_ALIAS[args.sdk].stubs(catalog.tools), end="")
         return failed
     if args.name:
         qualified = qualify(args.name)
@@ -120,7 +112,7 @@ def _listing(catalog: Catalog, loaded: LoadedConfig) -> str:
 
 
 def _one(entry: ToolEntry) -> str:
-    namespace, method = identifier(entry.upstream), identifier(entry.name)
+    upstream, method = identifier(entry.upstream), identifier(entry.name)
     schema = entry.input_schema or {}
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
     keywords = ", ".join(f"{name}=..." for name in properties or {} if name.isidentifier())
@@ -130,8 +122,8 @@ def _one(entry: ToolEntry) -> str:
             "",
             entry.description.strip() or "(no description)",
             "",
-            f"TypeScript / JavaScript:  await tools.{namespace}.{method}(args: {schema_type(schema)})",
-            f"Python:                   await tools.{namespace}.{method}({keywords})",
+            f"TypeScript / JavaScript:  await tools.{upstream}.{method}(args: {schema_type(schema)})",
+            f"Python:                   await tools.{upstream}.{method}({keywords})",
             f'By name:                  await tools.$raw("{entry.qualified}", {{...}})',
             "",
             "input schema:",

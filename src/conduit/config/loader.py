@@ -19,7 +19,7 @@ import yaml
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
-from conduit.config.schema import Config
+from conduit.config.schema import Config, UpstreamConfig
 from conduit.errors import ConfigError
 
 DEFAULT_FILENAMES: Final = ("conduit.yaml", "conduit.yml", "conduit.json")
@@ -166,3 +166,15 @@ def load_config(
         where = str(source) if source else "configuration"
         raise ConfigError(f"{where} is invalid:\n{format_validation_error(exc)}") from None
     return LoadedConfig(config=config, source=source, base_dir=source.parent if source else cwd)
+
+
+def parse_upstream(raw: Any) -> UpstreamConfig:
+    """An upstream definition given at run time (``mcp_register_upstream``), checked as the config would be.
+
+    Raises:
+        ConfigError: the definition is invalid (each bad key path and why).
+    """
+    try:
+        return UpstreamConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid upstream:\n{format_validation_error(exc)}") from None

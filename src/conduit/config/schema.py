@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from conduit.errors import InvalidParamsError
 
 _ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
@@ -26,8 +29,13 @@ class _Model(BaseModel):
     )
 
 
-class ResourceLimits(_Model):
-    """Per-execution ceilings. A request may lower them, never raise them."""
+class Limits(_Model):
+    """Per-execution ceilings (``resourceLimits``). A request may lower them, never raise them.
+
+    The one model of the four limits: a request's ``limits`` lower it (:meth:`lowered`), sandboxes
+    receive it, and the execution tools' input schema and the isolate worker's job are derived from it
+    (:meth:`request_schema`, ``model_dump(by_alias=True)``).
+    """
 
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 30_000
     """Wall-clock time an execution may run before it is killed (-32008)."""
@@ -37,6 +45,43 @@ class ResourceLimits(_Model):
     """stdout + stderr bytes kept before the run is killed (-32013)."""
     max_log_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
     """Output lines (stdout + stderr) before the run is killed (-32014)."""
+
+    @classmethod
+    def wire_names(cls) -> dict[str, str]:
+        """``{"timeoutMs": "timeout_ms", ...}``: each limit's name on the wire and its attribute."""
+        return {to_camel(name): name for name in cls.model_fields}
+
+    def lowered(self, requested: Mapping[str, Any] | None) -> Limits:
+        """These limits, with any requested value that is lower taking its place.
+
+        >>> Limits().lowered({"timeoutMs": 500, "memoryLimitMb": 9999}).timeout_ms
+        500
+
+        Raises:
+            InvalidParamsError: a requested value is unknown, or not a positive integer.
+        """
+        if not requested:
+            return self
+        names = self.wire_names()
+        changes: dict[str, int] = {}
+        for key, value in requested.items():
+            if key not in names:
+                raise InvalidParamsError(f"limits.{key}: unknown limit (known: {', '.join(names)})")
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidParamsError(f"limits.{key}: must be a positive integer")
+            field = names[key]
+            changes[field] = min(value, getattr(self, field))
+        return self.model_copy(update=changes)
+
+    @classmethod
+    def request_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of a request's ``limits`` argument: any of the limits, each a positive integer."""
+        return {
+            "type": "object",
+            "description": "Lower the server's limits for this run (values above the server's ceilings are capped).",
+            "properties": {name: {"type": "integer", "minimum": 1} for name in cls.wire_names()},
+            "additionalProperties": False,
+        }
 
 
 class PoolConfig(_Model):
@@ -152,9 +197,10 @@ class UpstreamConfig(_Model):
         return self
 
 
-Layer = Literal[
+WallName = Literal[
     "process-group", "cgroup-memory", "cgroup-pids", "landlock", "no-new-privs", "rlimit-cpu", "unprivileged-uid"
 ]
+"""The OS walls around sandbox processes (``conduit.sandbox.walls``), as ``isolation.require`` names them."""
 
 
 class IsolationConfig(_Model):
@@ -162,7 +208,7 @@ class IsolationConfig(_Model):
 
     enabled: bool = True
     """false: only the runtimes' own sandboxes and a process group (for comparison; never in production)."""
-    require: list[Layer] = Field(default_factory=list)
+    require: list[WallName] = Field(default_factory=list)
     """Walls Conduit must have: it refuses to start when one is unavailable (``conduit doctor`` says why)."""
 
 
@@ -224,7 +270,7 @@ class Config(_Model):
     empty: unlimited). Discovery, initialisation and pings are never counted; stdio is never limited."""
     max_code_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
     """Largest program accepted, in UTF-8 bytes."""
-    resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
+    resource_limits: Limits = Field(default_factory=Limits)
     default_allowed_tools: list[str] = Field(default_factory=lambda: ["*"])
     """Allowlist used when an execution request names none."""
     validation_mode: Literal["permissive", "strict"] = "permissive"

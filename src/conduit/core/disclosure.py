@@ -12,12 +12,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from conduit.catalog import Catalog, ToolEntry, qualify
 from conduit.core.validation import check_arguments, usable_schema
-from conduit.errors import INVALID_PARAMS, ConduitError
+from conduit.errors import InvalidParamsError
 from conduit.sdk.python import python_declaration
 from conduit.sdk.typescript import typescript_declaration
 from conduit.upstream.connection import UpstreamConnection
-from conduit.upstream.registry import Catalog, ToolEntry, qualify
 
 SEARCH_LIMIT: Final = 10
 _TERM: Final = re.compile(r"[a-z0-9]+")
@@ -56,15 +56,13 @@ def list_stubs(catalog: Catalog, package_id: Any) -> list[dict[str, Any]]:
         ConduitError: no such package (INVALID_PARAMS).
     """
     if not isinstance(package_id, str) or not package_id:
-        raise ConduitError("packageId must be a non-empty string", code=INVALID_PARAMS)
+        raise InvalidParamsError("packageId must be a non-empty string")
     entries = [entry for entry in catalog.tools if entry.upstream == package_id]
     if not entries and package_id not in catalog.failures:
         known = sorted({entry.upstream for entry in catalog.tools} | set(catalog.failures))
-        raise ConduitError(f"unknown package {package_id!r} (known: {', '.join(known) or 'none'})", code=INVALID_PARAMS)
+        raise InvalidParamsError(f"unknown package {package_id!r} (known: {', '.join(known) or 'none'})")
     if not entries:
-        raise ConduitError(
-            f"package {package_id!r} is unavailable: {catalog.failures[package_id]}", code=INVALID_PARAMS
-        )
+        raise InvalidParamsError(f"package {package_id!r} is unavailable: {catalog.failures[package_id]}")
     return [
         {"toolId": entry.qualified, "name": entry.name, "description": summary(entry.description)} for entry in entries
     ]
@@ -77,11 +75,11 @@ def find_tool(catalog: Catalog, tool_id: Any) -> ToolEntry:
         ConduitError: not a string, or no such tool (INVALID_PARAMS).
     """
     if not isinstance(tool_id, str) or not tool_id:
-        raise ConduitError("the tool id must be a non-empty string", code=INVALID_PARAMS)
+        raise InvalidParamsError("the tool id must be a non-empty string")
     qualified = qualify(tool_id)
     entry = catalog.find(qualified)
     if entry is None:
-        raise ConduitError(f"unknown tool {tool_id!r} (search with conduit__mcp_search_tools)", code=INVALID_PARAMS)
+        raise InvalidParamsError(f"unknown tool {tool_id!r} (search with conduit__mcp_search_tools)")
     return entry
 
 
@@ -109,11 +107,11 @@ def search(catalog: Catalog, query: Any, limit: Any = None) -> list[dict[str, An
         ConduitError: the query has no words, or the limit is not 1..50 (INVALID_PARAMS).
     """
     if not isinstance(query, str) or not _TERM.findall(query.lower()):
-        raise ConduitError("query must be a string with at least one word", code=INVALID_PARAMS)
+        raise InvalidParamsError("query must be a string with at least one word")
     if limit is None:
         limit = SEARCH_LIMIT
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 50:
-        raise ConduitError("limit must be an integer from 1 to 50", code=INVALID_PARAMS)
+        raise InvalidParamsError("limit must be an integer from 1 to 50")
     terms = _TERM.findall(query.lower())
     ranked = []
     for entry in catalog.tools:
@@ -153,7 +151,7 @@ def validate(catalog: Catalog, tool_name: Any, arguments: Any, strict: bool) -> 
     """Whether ``arguments`` would pass validation for the tool, with every problem named."""
     entry = find_tool(catalog, tool_name)
     if not isinstance(arguments, dict):
-        raise ConduitError("args must be an object", code=INVALID_PARAMS)
+        raise InvalidParamsError("args must be an object")
     if not usable_schema(entry.input_schema):
         if strict:
             return {"valid": False, "errors": [{"path": "args", "rule": "schema", "message": "the tool has no schema"}]}

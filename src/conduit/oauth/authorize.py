@@ -1,5 +1,10 @@
 """Authorization code with PKCE (RFC 7636), optional dynamic client registration (RFC 7591).
 
+The PKCE pair and the metadata models are the MCP SDK's (``PKCEParameters``, ``mcp.shared.auth``).
+The flow itself stays here: the SDK's ``OAuthClientProvider`` is an httpx2 auth flow that needs a
+token store and a browser redirect handler for every request it makes, while ``conduit auth`` is a
+one-shot command that prints a ``credentials`` block and keeps nothing.
+
 :func:`login` runs the whole flow for an MCP URL: discovery, a client id, the browser
 step through a loopback redirect, and the code exchange. It returns the tokens; it never
 logs them.
@@ -8,47 +13,21 @@ logs them.
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import anyio
 import httpx2
+from mcp.client.auth.oauth2 import PKCEParameters
+from mcp.shared.auth import OAuthMetadata
 
-from conduit.errors import ConduitError
-from conduit.oauth.discovery import AuthorizationServer, discover_authorization_server, discover_resource
+from conduit.errors import AuthorizationError
+from conduit.oauth.discovery import discover_authorization_server, discover_resource
 from conduit.oauth.loopback import loopback_receiver
 from conduit.oauth.responses import json_object, oauth_error
-
-_VERIFIER_BYTES: Final = 48  # 64 URL-safe characters, within RFC 7636's 43..128
-
-
-class AuthorizationError(ConduitError):
-    """The authorization failed: denied, tampered with, or refused by the server."""
-
-
-@dataclass(frozen=True)
-class Pkce:
-    verifier: str
-    challenge: str
-
-    @classmethod
-    def new(cls) -> Pkce:
-        verifier = secrets.token_urlsafe(_VERIFIER_BYTES)
-        return cls(verifier, s256(verifier))
-
-
-def s256(verifier: str) -> str:
-    """The S256 code challenge for ``verifier`` (RFC 7636 §4.2).
-
-    >>> s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")
-    'E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM'
-    """
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -61,7 +40,7 @@ class Client:
 class Grant:
     """What the flow obtained, and what a ``credentials`` block needs to refresh it."""
 
-    server: AuthorizationServer
+    server: OAuthMetadata
     client: Client
     resource: str
     scopes: tuple[str, ...]
@@ -95,29 +74,29 @@ async def login(options: LoginOptions, show_url: Callable[[str], None], http: ht
         issuer = options.issuer
     else:
         protected = await discover_resource(http, options.mcp_url)
-        issuer, resource_url = protected.authorization_servers[0], protected.resource
-        scopes_hint = protected.scopes_supported
+        issuer, resource_url = str(protected.authorization_servers[0]), str(protected.resource)
+        scopes_hint = tuple(protected.scopes_supported or ())
     server = await discover_authorization_server(http, issuer)
-    scopes = options.scopes if options.scopes is not None else scopes_hint or server.scopes_supported
+    scopes = options.scopes if options.scopes is not None else scopes_hint or tuple(server.scopes_supported or ())
     async with loopback_receiver(options.callback_host, options.callback_port) as receiver:
         client = (
             Client(options.client_id, options.client_secret)
             if options.client_id
             else await register_client(http, server, receiver.redirect_uri, scopes)
         )
-        pkce, state = Pkce.new(), secrets.token_urlsafe(24)
+        pkce, state = PKCEParameters.generate(), secrets.token_urlsafe(24)
         query = {
             "response_type": "code",
             "client_id": client.client_id,
             "redirect_uri": receiver.redirect_uri,
-            "code_challenge": pkce.challenge,
+            "code_challenge": pkce.code_challenge,
             "code_challenge_method": "S256",
             "state": state,
             "resource": resource_url,
         }
         if scopes:
             query["scope"] = " ".join(scopes)
-        show_url(_with_query(server.authorization_endpoint, query))
+        show_url(_with_query(str(server.authorization_endpoint), query))
         with anyio.fail_after(options.timeout_s):
             callback = (await receiver.receive()).params
     if "error" in callback:
@@ -135,7 +114,7 @@ async def login(options: LoginOptions, show_url: Callable[[str], None], http: ht
             "grant_type": "authorization_code",
             "code": callback["code"],
             "redirect_uri": receiver.redirect_uri,
-            "code_verifier": pkce.verifier,
+            "code_verifier": pkce.code_verifier,
             "resource": resource_url,
         },
     )
@@ -162,7 +141,7 @@ def canonical_resource(url: str) -> str:
 
 
 async def register_client(
-    http: httpx2.AsyncClient, server: AuthorizationServer, redirect_uri: str, scopes: tuple[str, ...]
+    http: httpx2.AsyncClient, server: OAuthMetadata, redirect_uri: str, scopes: tuple[str, ...]
 ) -> Client:
     """A public client registered for ``redirect_uri`` (RFC 7591).
 
@@ -183,7 +162,7 @@ async def register_client(
     }
     if scopes:
         metadata["scope"] = " ".join(scopes)
-    response = await http.post(server.registration_endpoint, json=metadata)
+    response = await http.post(str(server.registration_endpoint), json=metadata)
     document = json_object(response)
     if response.status_code not in (200, 201) or not isinstance(document.get("client_id"), str):
         raise AuthorizationError(f"client registration refused ({response.status_code}): {oauth_error(document)}")
@@ -192,7 +171,7 @@ async def register_client(
 
 
 async def exchange_code(
-    http: httpx2.AsyncClient, server: AuthorizationServer, client: Client, form: dict[str, str]
+    http: httpx2.AsyncClient, server: OAuthMetadata, client: Client, form: dict[str, str]
 ) -> dict[str, Any]:
     """POST ``form`` to the token endpoint, authenticating ``client`` as the server prefers.
 
@@ -201,14 +180,15 @@ async def exchange_code(
     """
     headers = {"Accept": "application/json"}
     body = dict(form)
-    if client.client_secret and "client_secret_post" not in server.token_auth_methods:
+    methods = server.token_endpoint_auth_methods_supported or ["client_secret_basic"]
+    if client.client_secret and "client_secret_post" not in methods:
         raw = f"{client.client_id}:{client.client_secret}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
     else:
         body["client_id"] = client.client_id
         if client.client_secret:
             body["client_secret"] = client.client_secret
-    response = await http.post(server.token_endpoint, data=body, headers=headers)
+    response = await http.post(str(server.token_endpoint), data=body, headers=headers)
     document = json_object(response)
     if response.status_code != 200 or not isinstance(document.get("access_token"), str):
         status = response.status_code

@@ -4,42 +4,24 @@ The MCP authorization flow: the protected resource (the MCP URL) names its autho
 servers in a protected-resource metadata document (RFC 9728), found through the
 ``resource_metadata`` parameter of a 401's ``WWW-Authenticate`` header or at the
 well-known path; each authorization server describes its endpoints in an
-authorization-server metadata document (RFC 8414, or OpenID Connect discovery).
+authorization-server metadata document (RFC 8414, or OpenID Connect discovery). Both documents
+are the MCP SDK's models (``mcp.shared.auth``); this module finds them and checks what Conduit's
+flow needs of them (authorization servers named, both endpoints, PKCE with S256).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
+from mcp.shared.auth import OAuthMetadata, ProtectedResourceMetadata
+from pydantic import ValidationError
 
-from conduit.errors import ConduitError
+from conduit.errors import DiscoveryError
 
 _RESOURCE_METADATA = re.compile(r'resource_metadata="?([^",\s]+)"?')
-
-
-class DiscoveryError(ConduitError):
-    """The server's metadata could not be found or is unusable."""
-
-
-@dataclass(frozen=True)
-class ProtectedResource:
-    resource: str
-    authorization_servers: tuple[str, ...]
-    scopes_supported: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class AuthorizationServer:
-    issuer: str
-    authorization_endpoint: str
-    token_endpoint: str
-    registration_endpoint: str | None = None
-    scopes_supported: tuple[str, ...] = ()
-    token_auth_methods: tuple[str, ...] = field(default=("client_secret_post",))
 
 
 def well_known(url: str, name: str, *, suffix_path: bool = True) -> str:
@@ -65,7 +47,7 @@ def resource_metadata_hint(www_authenticate: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-async def discover_resource(http: httpx2.AsyncClient, mcp_url: str) -> ProtectedResource:
+async def discover_resource(http: httpx2.AsyncClient, mcp_url: str) -> ProtectedResourceMetadata:
     """The protected-resource metadata of the MCP server at ``mcp_url``.
 
     Raises:
@@ -90,15 +72,10 @@ async def discover_resource(http: httpx2.AsyncClient, mcp_url: str) -> Protected
     servers = document.get("authorization_servers")
     if not isinstance(servers, list) or not servers or not all(isinstance(s, str) for s in servers):
         raise DiscoveryError("the protected-resource metadata names no authorization_servers")
-    scopes = document.get("scopes_supported")
-    return ProtectedResource(
-        resource=str(document.get("resource") or mcp_url),
-        authorization_servers=tuple(servers),
-        scopes_supported=tuple(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else (),
-    )
+    return _validated(ProtectedResourceMetadata, {**document, "resource": document.get("resource") or mcp_url})
 
 
-async def discover_authorization_server(http: httpx2.AsyncClient, issuer: str) -> AuthorizationServer:
+async def discover_authorization_server(http: httpx2.AsyncClient, issuer: str) -> OAuthMetadata:
     """The metadata of the authorization server ``issuer``.
 
     Raises:
@@ -118,20 +95,23 @@ async def discover_authorization_server(http: httpx2.AsyncClient, issuer: str) -
             f"authorization server {issuer} does not advertise PKCE with S256 (code_challenge_methods_supported); "
             "refusing to continue without it"
         )
-    scopes = document.get("scopes_supported")
-    auth_methods = document.get("token_endpoint_auth_methods_supported")
-    return AuthorizationServer(
-        issuer=str(document.get("issuer") or issuer),
-        authorization_endpoint=document["authorization_endpoint"],
-        token_endpoint=document["token_endpoint"],
-        registration_endpoint=document.get("registration_endpoint")
-        if isinstance(document.get("registration_endpoint"), str)
-        else None,
-        scopes_supported=tuple(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else (),
-        token_auth_methods=tuple(auth_methods)
-        if isinstance(auth_methods, list) and auth_methods
-        else ("client_secret_basic",),
-    )
+    return _validated(OAuthMetadata, {**document, "issuer": document.get("issuer") or issuer})
+
+
+_Document = TypeVar("_Document", OAuthMetadata, ProtectedResourceMetadata)
+
+
+def _validated(model: type[_Document], document: dict[str, Any]) -> _Document:
+    """``document`` as the SDK's ``model``.
+
+    Raises:
+        DiscoveryError: a field is not what RFC 8414 / RFC 9728 say (named, with the reason).
+    """
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+        raise DiscoveryError(f"unusable {model.__name__} document: {problems}") from None
 
 
 async def _first_document(http: httpx2.AsyncClient, urls: dict[str, None]) -> dict[str, Any] | None:

@@ -16,25 +16,10 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from conduit.observability.context import EXECUTION_ID, REQUEST_ID
-from conduit.observability.redaction import scrub
+from conduit.security.redact import redact, scrub
 
-REDACTED: Final = "[REDACTED]"
 FIELDS: Final = ("request_id", "execution_id", "runtime", "outcome", "exit_code", "tool", "duration_ms", "upstream")
 """Structured fields a record may carry (as ``extra``); the formatters print exactly these."""
-
-
-def redact(text: str, secrets: Iterable[str], patterns: Iterable[re.Pattern[str]] = ()) -> str:
-    """``text`` with every secret value and every pattern match replaced.
-
-    >>> redact("token abc123 and abc123", ["abc123"])
-    'token [REDACTED] and [REDACTED]'
-    """
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
-    for pattern in patterns:
-        text = pattern.sub(REDACTED, text)
-    return text
 
 
 class RedactingFilter(logging.Filter):

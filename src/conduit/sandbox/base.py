@@ -1,8 +1,10 @@
-"""What every runtime shares: limits, the job a sandbox receives, the outcome it returns.
+"""What every runtime shares: the job a sandbox receives, the outcome it returns, the protocols.
 
-A runtime *prepares* sandboxes (possibly ahead of demand); a prepared sandbox runs exactly
-one job and is then gone. Untrusted code failing in any way (exception, limit, crash) is a
-:class:`RunOutcome` value, never an exception: exceptions mean Conduit itself failed.
+A :class:`Runtime` keeps sandboxes of one language ready (possibly ahead of demand) and
+*prepares* one per program; a prepared :class:`Sandbox` runs exactly one job and is then gone.
+Untrusted code failing in any way (exception, limit, crash) is a :class:`RunOutcome` value, never
+an exception: exceptions mean Conduit itself failed. The limits a job runs under are
+:class:`conduit.config.schema.Limits`.
 """
 
 from __future__ import annotations
@@ -10,40 +12,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from conduit.errors import INVALID_PARAMS, ConduitError
+from anyio.abc import TaskGroup
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-execution limits; requested limits can only lower these."""
-
-    timeout_ms: int
-    memory_limit_mb: int
-    max_output_bytes: int
-    max_log_entries: int
-
-    def lowered(self, requested: Mapping[str, Any] | None) -> Limits:
-        """These limits, with any requested value that is lower taking its place.
-
-        Raises:
-            ConduitError: a requested value is unknown, not a positive integer.
-        """
-        if not requested:
-            return self
-        names = {"timeoutMs": "timeout_ms", "memoryLimitMb": "memory_limit_mb"}
-        names |= {"maxOutputBytes": "max_output_bytes", "maxLogEntries": "max_log_entries"}
-        changes: dict[str, int] = {}
-        for key, value in requested.items():
-            if key not in names:
-                raise ConduitError(f"limits.{key}: unknown limit (known: {', '.join(names)})", code=INVALID_PARAMS)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConduitError(f"limits.{key}: must be a positive integer", code=INVALID_PARAMS)
-            field = names[key]
-            changes[field] = min(value, getattr(self, field))
-        return replace(self, **changes)
+from conduit.config.schema import Limits
 
 
 @dataclass(frozen=True)
@@ -85,6 +60,15 @@ class RunOutcome:
     has_result: bool = False
     duration_ms: float = 0.0
 
+    def as_result(self) -> dict[str, Any]:
+        """The execution result every front end returns (SPEC §1.1): ``{stdout, stderr, exitCode, result?, error?}``."""
+        payload: dict[str, Any] = {"stdout": self.stdout, "stderr": self.stderr, "exitCode": self.exit_code}
+        if self.has_result:
+            payload["result"] = self.result
+        if self.error is not None:
+            payload["error"] = {"code": self.error.code, "message": self.error.message}
+        return payload
+
 
 class Sandbox(Protocol):
     """A prepared sandbox: runs exactly one job, then is gone."""
@@ -99,13 +83,40 @@ class Sandbox(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """How a runtime is doing, for ``/health`` and ``/metrics``."""
+
+    problem: str | None
+    """Why it cannot run programs now, or None."""
+    pooled: int = 0
+    """Sandboxes (or isolate workers) ready for a program."""
+    pooled_memory_bytes: int = 0
+    """Private resident memory those ready sandboxes hold."""
+
+
 class Runtime(Protocol):
-    """Makes sandboxes of one language."""
+    """Runs programs of one language, each in a fresh sandbox, keeping sandboxes ready ahead of demand."""
 
     name: str
 
+    def start(self, tg: TaskGroup) -> None:
+        """Begin keeping sandboxes ready, in ``tg``."""
+        ...
+
     async def prepare(self, memory_limit_mb: int) -> Sandbox:
-        """Start a sandbox ready to take one job with at most ``memory_limit_mb`` of heap."""
+        """A sandbox ready to take one job with at most ``memory_limit_mb`` of memory."""
+        ...
+
+    def status(self) -> RuntimeStatus: ...
+
+    def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
+        """A command (and its environment, with ``home`` as its private directory) that exits 0 when this
+        runtime works as the unprivileged sandbox uid; ``Walls.probe_uid`` runs it once at start."""
+        ...
+
+    async def aclose(self) -> None:
+        """Destroy every ready sandbox."""
         ...
 
 

@@ -27,13 +27,13 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, job_line
-from conduit.sandbox.cgroups import Cgroup, watch_cap
 from conduit.sandbox.homes import SandboxHomes, harvest
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, set_niceness, spawn
 from conduit.sandbox.program import typescript_module
 from conduit.sandbox.walls import Profile, Walls
+from conduit.sandbox.walls.cgroups import Cgroup, watch_cap
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,15 @@ class DenoRuntime:
 
     name = "typescript"
 
-    def __init__(self, *, deno_path: str, bridge: BridgeAddress, work_dir: Path, walls: Walls | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        deno_path: str,
+        bridge: BridgeAddress,
+        work_dir: Path,
+        walls: Walls | None = None,
+        reaper: TaskGroup | None = None,
+    ) -> None:
         self.deno_path = deno_path
         self.bridge = bridge
         self.walls = walls
@@ -107,8 +115,8 @@ class DenoRuntime:
         """One private home per sandbox: nothing a program stores outlives it."""
         self.own_home = work_dir / "deno-own"
         """``DENO_DIR`` and ``HOME`` of Conduit's own Deno runs (probes, the Pyodide snapshot): never a program's."""
-        self.reaper: TaskGroup | None = None
-        """Task group that reaps finished sandboxes in the background (set by the gateway)."""
+        self.reaper = reaper
+        """Where finished sandboxes are reaped in the background (without one, before a run returns)."""
         self.own_home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._seeds: dict[str, Mapping[str, bytes] | None] = {}
         self._seed_lock = anyio.Lock()
@@ -143,7 +151,11 @@ class DenoRuntime:
         """What a Deno sandbox may touch on disk: Deno, the harnesses, ``read_only`` (and its home, read-write)."""
         return Profile((self.deno_path, str(HARNESS.parent), *read_only), (), baseline_mb)
 
-    async def start(
+    def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
+        """``deno eval 0``: exits 0 when Deno works as the sandbox uid (see ``Walls.probe_uid``)."""
+        return [self.deno_path, "eval", "0"], self.env(home)
+
+    async def spawn(
         self, argv: list[str], profile: Profile, memory_limit_mb: int, kind: str = "typescript", niceness: int = 0
     ) -> DenoProcess:
         """Spawn a Deno sandbox process in a fresh private home, behind the walls (if any), at ``niceness``."""
@@ -200,7 +212,7 @@ class DenoRuntime:
 
     async def prepare(self, memory_limit_mb: int, *, niceness: int = 0) -> DenoSandbox:
         argv = self.argv(memory_limit_mb)
-        started = await self.start(argv, self.profile(), memory_limit_mb, niceness=niceness)
+        started = await self.spawn(argv, self.profile(), memory_limit_mb, niceness=niceness)
         head = await wait_until_ready(started, READY_TIMEOUT, "TypeScript sandbox")
         return DenoSandbox(started, self.bridge, typescript_module, stdout_head=head, reaper=self.reaper)
 

@@ -23,14 +23,14 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, job_line
-from conduit.sandbox.cgroups import Cgroup
+from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, RuntimeStatus, job_line
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.pool import PoolSizing
 from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, spawn
 from conduit.sandbox.program import isolate_body
 from conduit.sandbox.walls import Walls, python_profile
+from conduit.sandbox.walls.cgroups import Cgroup
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,12 @@ class Worker:
 
 
 class IsolateRuntime:
-    """Starts and supervises isolate workers; hands out one per program."""
+    """Starts and supervises isolate workers; hands out one per program: a :class:`Runtime`.
+
+    Its own pool rather than a :class:`~conduit.sandbox.pool.PooledRuntime`: a worker is not used once
+    and discarded like a Deno sandbox, it goes back to the idle set after every clean run (each program
+    still gets a fresh isolate), so its pool is the set of idle workers.
+    """
 
     name = "isolate"
 
@@ -90,6 +95,10 @@ class IsolateRuntime:
         self._tg: TaskGroup | None = None
         self.last_error: str | None = None
 
+    def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
+        """Importing the worker: exits 0 when its Python and mini-racer load as the sandbox uid."""
+        return [sys.executable, "-I", "-c", "import conduit.sandbox.isolate_worker"], dict(WORKER_ENV)
+
     def argv(self) -> list[str]:
         argv = [sys.executable, "-I", "-m", "conduit.sandbox.isolate_worker"]
         walls = self._walls
@@ -97,7 +106,7 @@ class IsolateRuntime:
             argv += ["--uid", str(walls.uid)]  # its Python cannot start as that uid: it drops after loading
         return argv
 
-    async def start(self, tg: TaskGroup) -> None:
+    def start(self, tg: TaskGroup) -> None:
         """Begin keeping ``sizing.min`` workers ready, in ``tg``."""
         self._tg = tg
         self._refill()
@@ -158,9 +167,9 @@ class IsolateRuntime:
         worker.memory = private_memory_bytes(worker.pid)
         self._idle.append(worker)
 
-    def problem(self) -> str | None:
-        """Why isolate workers cannot start, or None."""
-        return self.last_error if not self._idle else None
+    def status(self) -> RuntimeStatus:
+        """Why isolate workers cannot start (the last failure, while none is idle), and the idle workers."""
+        return RuntimeStatus(self.last_error if not self._idle else None, len(self._idle), self.idle_memory_bytes)
 
     async def _spawn(self) -> Worker:
         argv, cgroup = self.argv(), None
@@ -229,12 +238,7 @@ class IsolateSandbox:
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},
             "program": isolate_body(job.program),
             "maxResultBytes": limits.max_output_bytes,
-            "limits": {
-                "timeoutMs": limits.timeout_ms,
-                "memoryLimitMb": limits.memory_limit_mb,
-                "maxOutputBytes": limits.max_output_bytes,
-                "maxLogEntries": limits.max_log_entries,
-            },
+            "limits": limits.model_dump(by_alias=True),
         }
         worker = self._worker
         worker.jobs += 1

@@ -28,9 +28,10 @@ from typing import Any, Final
 
 from py_mini_racer import JSEvalException, JSFunction, JSMappedObject, JSOOMException, JSParseException, mini_racer
 
-PRELUDE: Final = (
-    (Path(__file__).parent / "harness" / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
-)
+HARNESS: Final = Path(__file__).parent / "harness"
+PRELUDE: Final = (HARNESS / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
+RESULT_ENCODER: Final = (HARNESS / "result.js").read_text(encoding="utf-8").replace("export function ", "function ", 1)
+"""The one result encoder of every JavaScript runtime, as a function expression for the prelude."""
 _out = sys.stdout.buffer
 
 
@@ -170,7 +171,7 @@ def setup_script(sdk: str, limits: dict[str, Any], max_result_bytes: int) -> str
         "maxOutputBytes": int(limits.get("maxOutputBytes", max_result_bytes)),
         "maxLogEntries": int(limits.get("maxLogEntries", 10_000)),
     }
-    return f"(hostCall) => ({PRELUDE})(hostCall, ({sdk}), {json.dumps(caps)})"
+    return f"(hostCall) => ({PRELUDE})(hostCall, ({sdk}), {json.dumps(caps)}, ({RESULT_ENCODER}\n))"
 
 
 async def run_program(racer: Any, run: Any, code: str) -> Any:

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from conduit.config.schema import Limits
 from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
-from conduit.sandbox.base import Limits
 
 RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
 END_PREFIX: Final = b"\x1eCONDUIT-END:"

@@ -26,13 +26,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from conduit.errors import ConduitError
-from conduit.sandbox.base import Sandbox
+from conduit.sandbox.base import RuntimeStatus, Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class PoolableRuntime(Protocol):
         """Why this runtime cannot start sandboxes (missing files...), or None."""
         ...
 
+    def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]: ...
+
 
 @dataclass(frozen=True)
 class PoolSizing:
@@ -89,7 +92,7 @@ class _Ready:
 
 
 class PooledRuntime:
-    """``runtime`` with sandboxes kept prepared at ``memory_limit_mb``, sized by ``sizing``."""
+    """``runtime`` with sandboxes kept prepared at ``memory_limit_mb``, sized by ``sizing``: a :class:`Runtime`."""
 
     def __init__(self, runtime: PoolableRuntime, *, sizing: PoolSizing, memory_limit_mb: int) -> None:
         self.runtime = runtime
@@ -110,7 +113,8 @@ class PooledRuntime:
         self.last_error: str | None = None
 
     @property
-    def ready(self) -> int:
+    def idle(self) -> int:
+        """Sandboxes ready for a program."""
         return len(self._ready)
 
     @property
@@ -219,6 +223,10 @@ class PooledRuntime:
                     await self._ready.pop(0).sandbox.discard()
             self._refill()
 
-    def problem(self) -> str | None:
-        """Why sandboxes cannot be started, or None (a runtime's own check, then the last pre-start failure)."""
-        return self.runtime.problem() or (self.last_error if not self._ready else None)
+    def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
+        return self.runtime.uid_probe(home)
+
+    def status(self) -> RuntimeStatus:
+        """Why sandboxes cannot be started (a runtime's own check, then the last pre-start failure), and the pool."""
+        problem = self.runtime.problem() or (self.last_error if not self._ready else None)
+        return RuntimeStatus(problem, len(self._ready), self.idle_memory_bytes)

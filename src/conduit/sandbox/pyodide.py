@@ -10,12 +10,13 @@ Python execution answer in milliseconds while each still runs exactly once.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Final
 
-from conduit.errors import INVALID_PARAMS, ConduitError, SandboxStartError
+from conduit.errors import InvalidParamsError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, wait_until_ready
 from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
@@ -73,19 +74,24 @@ class PyodideRuntime:
             *([str(snapshot)] if snapshot else []),
         ]
 
+    def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
+        """Deno reading Pyodide's module: exits 0 when Pyodide's files are readable as the sandbox uid."""
+        read = f"Deno.readFileSync({json.dumps(str(self._dir / 'pyodide.mjs'))})"
+        return [self._deno.deno_path, "eval", read], self._deno.env(home)
+
     def problem(self) -> str | None:
         """Why Python sandboxes cannot start, or None."""
         return self._deno.problem() or check_pyodide_dir(self._dir)
 
     async def prepare(self, memory_limit_mb: int, *, niceness: int = 0) -> DenoSandbox:
         if memory_limit_mb < MIN_MEMORY_MB:
-            raise ConduitError(f"limits.memoryLimitMb: Python needs at least {MIN_MEMORY_MB}", code=INVALID_PARAMS)
+            raise InvalidParamsError(f"limits.memoryLimitMb: Python needs at least {MIN_MEMORY_MB}")
         problem = check_pyodide_dir(self._dir)
         if problem:
             raise SandboxStartError(problem)
         snapshot = await self.snapshot.path() if self.snapshot else None
         profile = self._deno.profile(*self.readable(snapshot), baseline_mb=PYODIDE_BASELINE_MB)
         argv = self.argv(memory_limit_mb, snapshot)
-        started = await self._deno.start(argv, profile, memory_limit_mb, "python", niceness)
+        started = await self._deno.spawn(argv, profile, memory_limit_mb, "python", niceness)
         head = await wait_until_ready(started, LOAD_TIMEOUT, "Python sandbox")
         return DenoSandbox(started, self._bridge, str, stdout_head=head, reaper=self._deno.reaper)

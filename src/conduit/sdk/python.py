@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Any, Final
 
+from conduit.catalog import ToolEntry
 from conduit.sdk.naming import identifier, unique_identifiers
-from conduit.upstream.registry import ToolEntry
 
 _PRIMITIVES: Final = {"string": "str", "number": "float", "integer": "int", "boolean": "bool", "null": "None"}
 
@@ -104,7 +104,7 @@ def python_declaration(entry: ToolEntry) -> str:
 def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:
     """Python source defining ``tools`` for ``entries``."""
     ordered: Sequence[ToolEntry] = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
-    namespaces = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
+    upstream_attributes = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
     classes: list[str] = []
     attributes: list[str] = []
     for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
@@ -113,7 +113,7 @@ def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:
         class_name = f"_{identifier(upstream)}_tools"
         methods = "\n".join(_method(entry, names[entry.name]) for entry in tools)
         classes.append(f'class {class_name}:\n    """Tools of upstream {upstream!r}."""\n\n{methods}')
-        attributes.append(f"    {namespaces[upstream]} = {class_name}()\n")
+        attributes.append(f"    {upstream_attributes[upstream]} = {class_name}()\n")
     return _TEMPLATE.format(classes="\n\n".join(classes), attributes="".join(attributes))
 
 

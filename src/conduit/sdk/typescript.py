@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Any, Final
 
+from conduit.catalog import ToolEntry
 from conduit.sdk.naming import identifier, unique_identifiers
-from conduit.upstream.registry import ToolEntry
 
 _MAX_DEPTH: Final = 6
 _PRIMITIVES: Final = {"string": "string", "number": "number", "integer": "number", "boolean": "boolean", "null": "null"}
@@ -95,31 +95,31 @@ def _tool_member(entry: ToolEntry, name: str, typed: bool) -> str:
     return f"{comment}      {name}: (args) => invoke({qualified}, args),\n"
 
 
-def _namespaces(entries: Iterable[ToolEntry], typed: bool) -> str:
+def _upstream_blocks(entries: Iterable[ToolEntry], typed: bool) -> str:
     ordered: Sequence[ToolEntry] = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
-    namespaces = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
+    attributes = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
     blocks: list[str] = []
     for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
         tools = list(group)
         names = unique_identifiers(entry.name for entry in tools)
         members = "".join(_tool_member(entry, names[entry.name], typed) for entry in tools)
         comment = doc_comment(f"Tools of upstream '{upstream}'.", "    ")
-        blocks.append(f"{comment}    {namespaces[upstream]}: Object.freeze({{\n{members}    }}),\n")
+        blocks.append(f"{comment}    {attributes[upstream]}: Object.freeze({{\n{members}    }}),\n")
     return "".join(blocks)
 
 
 def typescript_declaration(entry: ToolEntry) -> str:
     """How a program calls one tool, as a typed TypeScript declaration with its doc comment."""
-    namespace, name = identifier(entry.upstream), identifier(entry.name)
+    upstream, name = identifier(entry.upstream), identifier(entry.name)
     optional = "?" if not (entry.input_schema or {}).get("required") else ""
     comment = doc_comment(entry.description, "")
     signature = f"(args{optional}: {schema_type(entry.input_schema)}) => Promise<CallToolResult>"
-    return f"{comment}tools.{namespace}.{name}: {signature}"
+    return f"{comment}tools.{upstream}.{name}: {signature}"
 
 
 def generate_typescript_sdk(entries: Iterable[ToolEntry]) -> str:
     """The SDK as a TypeScript module exporting ``createTools``, with types from the tools' schemas."""
-    return _TYPESCRIPT.replace("/*NAMESPACES*/\n", _namespaces(entries, typed=True))
+    return _TYPESCRIPT.replace("/*UPSTREAMS*/\n", _upstream_blocks(entries, typed=True))
 
 
 def generate_deno_sdk(entries: Iterable[ToolEntry]) -> str:
@@ -133,7 +133,7 @@ def generate_deno_sdk(entries: Iterable[ToolEntry]) -> str:
 
 def generate_javascript_sdk(entries: Iterable[ToolEntry]) -> str:
     """The SDK as a plain JavaScript function expression ``function createTools(call) {...}`` (for V8 isolates)."""
-    return _JAVASCRIPT.replace("/*NAMESPACES*/\n", _namespaces(entries, typed=False))
+    return _JAVASCRIPT.replace("/*UPSTREAMS*/\n", _upstream_blocks(entries, typed=False))
 
 
 _TYPESCRIPT: Final = """\
@@ -146,7 +146,7 @@ export interface ToolError extends Error { code: number; data?: unknown }
 export function createTools(call: Call) {
   const invoke = (name: string, args: unknown) => call("mcp_call_tool", { name, arguments: args ?? {} });
   const tools = {
-/*NAMESPACES*/
+/*UPSTREAMS*/
     /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`. */
     $raw: (name: string, args?: Record<string, unknown>) => invoke(name, args),
   };
@@ -160,7 +160,7 @@ _JAVASCRIPT: Final = """\
 function createTools(call) {
   const invoke = (name, args) => call("mcp_call_tool", { name, arguments: args ?? {} });
   const tools = {
-/*NAMESPACES*/
+/*UPSTREAMS*/
     /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`. */
     $raw: (name, args) => invoke(name, args),
   };

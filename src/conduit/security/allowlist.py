@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from conduit.catalog import ToolId
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
 
 
@@ -35,7 +37,7 @@ class Allowlist:
     """An immutable, default-deny set of tool patterns."""
 
     everything: bool
-    namespaces: frozenset[str]
+    upstreams: frozenset[str]
     qualified: frozenset[tuple[str, str]]
     bare: frozenset[str]
     patterns: tuple[str, ...]
@@ -48,7 +50,7 @@ class Allowlist:
             AllowlistError: a pattern is empty or uses an unsupported wildcard.
         """
         everything = False
-        namespaces: set[str] = set()
+        upstreams: set[str] = set()
         qualified: set[tuple[str, str]] = set()
         bare: set[str] = set()
         kept: list[str] = []
@@ -60,39 +62,23 @@ class Allowlist:
             if pattern == "*":
                 everything = True
                 continue
-            namespace, tool = split_tool_id(pattern)
-            if namespace is None:
+            parts = ToolId.parse(pattern)
+            upstream, tool = parts.upstream, parts.tool
+            if upstream is None:
                 _check_name(pattern, raw)
                 bare.add(pattern)
             elif tool == "*":
-                _check_name(namespace, raw)
-                namespaces.add(namespace)
+                _check_name(upstream, raw)
+                upstreams.add(upstream)
             else:
-                _check_name(namespace, raw)
+                _check_name(upstream, raw)
                 _check_name(tool, raw)
-                qualified.add((namespace, tool))
-        return cls(everything, frozenset(namespaces), frozenset(qualified), frozenset(bare), tuple(kept))
+                qualified.add((upstream, tool))
+        return cls(everything, frozenset(upstreams), frozenset(qualified), frozenset(bare), tuple(kept))
 
-    def permits(self, namespace: str, tool: str) -> bool:
-        """Whether tool ``tool`` of upstream ``namespace`` is allowed."""
-        return (
-            self.everything or namespace in self.namespaces or (namespace, tool) in self.qualified or tool in self.bare
-        )
-
-
-def split_tool_id(tool_id: str) -> tuple[str | None, str]:
-    """Split ``ns__tool`` or ``ns.tool`` into its parts; a bare name gives ``(None, name)``.
-
-    >>> split_tool_id("time__get_current_time"), split_tool_id("github.*"), split_tool_id("echo")
-    (('time', 'get_current_time'), ('github', '*'), (None, 'echo'))
-    """
-    if "__" in tool_id:
-        namespace, _, tool = tool_id.partition("__")
-        return namespace, tool
-    if "." in tool_id:
-        namespace, _, tool = tool_id.partition(".")
-        return namespace, tool
-    return None, tool_id
+    def permits(self, upstream: str, tool: str) -> bool:
+        """Whether tool ``tool`` of upstream ``upstream`` is allowed."""
+        return self.everything or upstream in self.upstreams or (upstream, tool) in self.qualified or tool in self.bare
 
 
 def _check_name(part: str, raw: str) -> None:

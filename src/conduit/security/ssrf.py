@@ -21,7 +21,7 @@ from typing import Final
 
 import anyio
 
-from conduit.errors import ConduitError
+from conduit.errors import BlockedAddressError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,10 +69,6 @@ _MAPPED: Final = _V6("::ffff:0:0/96")
 _COMPATIBLE: Final = _V6("::/96")
 _NAT64: Final = _V6("64:ff9b::/96")
 _SIX_TO_FOUR: Final = _V6("2002::/16")
-
-
-class BlockedAddressError(ConduitError):
-    """The SSRF guard refused a destination; the message says which address and why."""
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,10 @@ from typing import Any, Final
 
 import mcp_types as types
 
+from conduit.catalog import CONDUIT_PREFIX as _PREFIX
 from conduit.core import disclosure
 from conduit.core.gateway import Gateway
-from conduit.errors import INVALID_PARAMS, ConduitError
-
-_PREFIX: Final = "conduit__"
+from conduit.errors import InvalidParamsError
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -70,7 +69,7 @@ async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any]) -> Any
     allowed = set(TOOLS[name].input_schema.get("properties", {}))
     unknown = sorted(set(arguments) - allowed)
     if unknown:
-        raise ConduitError(f"unknown argument(s): {', '.join(unknown)}", code=INVALID_PARAMS)
+        raise InvalidParamsError(f"unknown argument(s): {', '.join(unknown)}")
     catalog = await gateway.registry.catalog()
     short = name.removeprefix(_PREFIX)
     if short == "mcp_list_tool_packages":

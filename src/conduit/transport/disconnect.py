@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any
 
-from conduit.transport.asgi import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 

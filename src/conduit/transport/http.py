@@ -8,9 +8,9 @@ import socket
 import sys
 
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conduit.security.tokens import tokens_equal
-from conduit.transport.asgi import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 

@@ -2,13 +2,14 @@
 
 Built on the official SDK's low-level ``Server``; the same instance serves stdio and
 Streamable HTTP. Protocol faults (unknown tool, invalid arguments) are JSON-RPC errors;
-everything that happened inside a sandbox, failures included, is a tool result.
+everything that happened inside a sandbox, failures included, is a tool result
+(:mod:`conduit.transport.wire` maps one to the other). The execution tools come from the
+language table (:mod:`conduit.core.languages`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -23,29 +24,19 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from conduit import __version__
-from conduit.core.gateway import Gateway, outcome_payload
-from conduit.errors import BUSY, INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError, UpstreamError
+from conduit.catalog import CONDUIT_PREFIX
+from conduit.config.schema import Limits
+from conduit.core.gateway import Gateway
+from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
+from conduit.errors import BUSY, INVALID_PARAMS, ConduitError
 from conduit.observability.context import REQUEST_ID
 from conduit.security.allowlist import Allowlist
 from conduit.transport import disclosure_tools
+from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
 
 logger = logging.getLogger(__name__)
 
-PREFIX: Final = "conduit__"
-
-_LIMITS_SCHEMA: Final = {
-    "type": "object",
-    "description": "Lower the server's limits for this run (values above the server's ceilings are capped).",
-    "properties": {
-        "timeoutMs": {"type": "integer", "minimum": 1},
-        "memoryLimitMb": {"type": "integer", "minimum": 1},
-        "maxOutputBytes": {"type": "integer", "minimum": 1},
-        "maxLogEntries": {"type": "integer", "minimum": 1},
-    },
-    "additionalProperties": False,
-}
-
-EXECUTE_SCHEMA: Final = {
+EXECUTE_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {
         "code": {"type": "string", "description": "The program to run."},
@@ -54,7 +45,7 @@ EXECUTE_SCHEMA: Final = {
             "items": {"type": "string"},
             "description": "Tools the program may call: '*', 'upstream.*', 'upstream.tool' or 'tool'.",
         },
-        "limits": _LIMITS_SCHEMA,
+        "limits": Limits.request_schema(),
     },
     "required": ["code"],
     "additionalProperties": False,
@@ -62,63 +53,12 @@ EXECUTE_SCHEMA: Final = {
 
 EXECUTE_ARGUMENTS: Final = frozenset({"code", "allowedTools", "limits"})
 
-_TS_DESCRIPTION: Final = """\
-Run a TypeScript program in a fresh, locked-down Deno sandbox and return its output.
-
-The program calls upstream MCP tools through the global `tools` object:
-`const r = await tools.<upstream>.<tool>({...args})` returns the tool's CallToolResult
-(`r.content`, `r.structuredContent`, `r.isError`). `await tools.$raw("upstream__tool", args)`
-calls by name; `await discoverMCPTools()` lists the tools this run may call. Denied, unknown or
-failed calls throw an Error with a numeric `code`. Top-level `await` works; a top-level `return`
-value becomes `result`. console.log/info/debug go to stdout, console.warn/error to stderr.
-The sandbox has no file, env, network or subprocess access, and each run starts fresh.
-Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
-
-_ISOLATE_DESCRIPTION: Final = """\
-Run a plain JavaScript program in a fresh V8 isolate: the fastest runtime, for computation and tool calls.
-
-Same SDK as the TypeScript runtime: `await tools.<upstream>.<tool>({...args})` returns the tool's
-CallToolResult, `await tools.$raw("upstream__tool", args)` calls by name, `await discoverMCPTools()`
-lists the tools this run may call; failed calls throw an Error with a numeric `code`. Top-level `await`
-works; a top-level `return` value becomes `result`. console.log/info/debug go to stdout,
-console.warn/error to stderr. Only ECMAScript built-ins exist: no modules, no fetch, no timers beyond
-setTimeout, no ArrayBuffer/typed arrays/WebAssembly. Each run starts in a fresh isolate.
-Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
-
-_PYTHON_DESCRIPTION: Final = """\
-Run a Python program (CPython 3.14 on Pyodide/WASM) in a fresh, sealed sandbox and return its output.
-
-The program calls upstream MCP tools through the global `tools` object:
-`r = await tools.<upstream>.<tool>(arg=value, ...)` (or pass one dict) returns the tool's CallToolResult
-as a dict (`r["content"]`, `r["structuredContent"]`, `r.get("isError")`).
-`await tools.raw("upstream__tool", {...})` calls by name; `await discover_mcp_tools()` lists the tools
-this run may call. Denied, unknown or failed calls raise `ToolError` with a numeric `.code`.
-Top-level `await` works; the value of the last expression becomes `result` (JSON values only).
-print() goes to stdout, exceptions print a traceback of the program to stderr. The standard library
-works (json, re, asyncio, dataclasses, sqlite3...); there is no file, env, network or subprocess
-access, and each run starts in a fresh interpreter.
-Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
-
-_LANGUAGE_TOOLS: Final = {
-    f"{PREFIX}mcp_execute_typescript": ("typescript", _TS_DESCRIPTION),
-    f"{PREFIX}mcp_execute_python": ("python", _PYTHON_DESCRIPTION),
-    f"{PREFIX}mcp_execute_isolate": ("isolate", _ISOLATE_DESCRIPTION),
-}
-
 
 def _conduit_tools() -> list[types.Tool]:
     return [
-        types.Tool(name=name, description=description, input_schema=EXECUTE_SCHEMA)
-        for name, (_language, description) in _LANGUAGE_TOOLS.items()
+        types.Tool(name=language.tool, description=language.description, input_schema=EXECUTE_SCHEMA)
+        for language in LANGUAGES
     ]
-
-
-def execution_result(payload: Mapping[str, Any], is_error: bool) -> types.CallToolResult:
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
-        structured_content=dict(payload),
-        is_error=is_error,
-    )
 
 
 def _check_arguments(arguments: Mapping[str, Any]) -> None:
@@ -220,49 +160,39 @@ def build_server(gateway: Gateway) -> Server[Any]:
         arguments = params.arguments or {}
         if params.name not in disclosure_tools.TOOLS:
             _admit(gateway, ctx)
-        if params.name in _LANGUAGE_TOOLS:
-            language = _LANGUAGE_TOOLS[params.name][0]
+        language = BY_TOOL.get(params.name)
+        if language is not None:
             _check_arguments(arguments)
             try:
                 async with ProgressStream.open(ctx) as progress:
                     outcome = await gateway.execute(
-                        language,
+                        language.name,
                         arguments.get("code"),
                         allowed_tools=arguments.get("allowedTools"),
                         limits=arguments.get("limits"),
                         on_output=progress.feed if progress else None,
                     )
             except ConduitError as exc:
-                if exc.code == INVALID_PARAMS:
-                    raise MCPError(exc.code, exc.message) from None
-                return execution_result({"stdout": "", "stderr": "", "exitCode": 1, "error": _error(exc)}, True)
-            return execution_result(outcome_payload(outcome), outcome.error is not None)
+                return answer_failure(exc, failed_execution)
+            return json_result(outcome.as_result(), outcome.error is not None)
         if params.name in disclosure_tools.TOOLS:
             try:
-                answer = await disclosure_tools.call(gateway, params.name, arguments)
+                return json_result(await disclosure_tools.call(gateway, params.name, arguments))
             except ConduitError as exc:
-                raise MCPError(exc.code, exc.message) from None
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=json.dumps(answer, ensure_ascii=False))],
-                structured_content=answer,
-            )
-        if params.name.startswith(PREFIX):
+                return answer_failure(exc, failed_tool_call)
+        if params.name.startswith(CONDUIT_PREFIX):
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (not available in this version)")
         if gateway.config.code_mode_only:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (this server runs in code-mode-only)")
         try:
             return await gateway.call_tool(params.name, arguments, everything)
-        except (UnknownToolError, ToolDeniedError) as exc:
-            raise MCPError(INVALID_PARAMS, exc.message) from None
-        except UpstreamError as exc:
-            return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
         except ConduitError as exc:
-            raise MCPError(exc.code, exc.message) from None
+            return answer_failure(exc, failed_tool_call)
 
     return Server(
         "conduit",
         version=__version__,
-        instructions="Code mode: write one program that calls many tools via conduit__mcp_execute_typescript.",
+        instructions=f"Code mode: write one program that calls many tools via {BY_NAME['typescript'].tool}.",
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
@@ -283,7 +213,3 @@ def _admit(gateway: Gateway, ctx: ServerRequestContext[Any]) -> None:
         raise MCPError(
             BUSY, f"rate limit {gateway.rate_limiter.spec} exceeded for {client.host}; retry in {retry_after:.1f} s"
         )
-
-
-def _error(exc: ConduitError) -> dict[str, Any]:
-    return {"code": exc.code, "message": exc.message}

@@ -6,6 +6,13 @@ once and retrying. :class:`OAuthTokens` fetches tokens with the refresh-token gr
 refresh token is configured) or the client-credentials grant, caches them until shortly
 before they expire, and keeps a rotated refresh token. Token endpoint errors are reported by
 their OAuth error code and description only: never a body that might echo a secret.
+
+The MCP SDK has a client-credentials provider (``mcp.client.auth.extensions.client_credentials``);
+it is not used here because it is an ``OAuthClientProvider``: it discovers the authorization
+server from the upstream's 401, wants a token store, and sends form requests only, while an
+upstream's ``credentials`` block names its token URL outright, may ask for JSON token requests and
+extra token parameters, and must reach the token endpoint through the SSRF-guarded client
+(``upstream/network.py``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from httpcore2 import AsyncNetworkBackend, AsyncNetworkStream
 from httpcore2._backends.auto import AutoBackend
 
 from conduit.config.schema import NetworkConfig
-from conduit.security.ssrf import BlockedAddressError, NetworkPolicy, Resolver, checked_addresses, system_resolver
+from conduit.errors import BlockedAddressError
+from conduit.security.ssrf import NetworkPolicy, Resolver, checked_addresses, system_resolver
 
 CONNECT_TIMEOUT: Final = 30.0
 READ_TIMEOUT: Final = 300.0

@@ -1,16 +1,14 @@
 """All configured upstreams: discovery across them, and routing a qualified tool name to one.
 
-Tool ids are ``<upstreamId>__<tool>``; upstream ids never contain ``__`` (the config refuses
-it), so the first ``__`` splits them unambiguously. Discovery asks every upstream at once
-and reports the ones that failed beside the tools of the others: one dead upstream never
-hides the rest.
+Tool ids (``<upstreamId>__<tool>``) are parsed by :mod:`conduit.catalog`. Discovery asks every
+upstream at once and reports the ones that failed beside the tools of the others: one dead
+upstream never hides the rest.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,70 +16,13 @@ import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 
+from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import UnknownToolError, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
 
 logger = logging.getLogger(__name__)
-
-SEPARATOR = "__"
-
-
-@dataclass(frozen=True)
-class ToolEntry:
-    """One upstream tool as Conduit presents it."""
-
-    upstream: str
-    name: str
-    description: str
-    input_schema: Mapping[str, Any]
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.upstream}{SEPARATOR}{self.name}"
-
-    def describe(self) -> dict[str, Any]:
-        """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``)."""
-        return {
-            "name": self.qualified,
-            "upstream": self.upstream,
-            "tool": self.name,
-            "description": self.description,
-            "inputSchema": dict(self.input_schema),
-        }
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """What discovery found: tools of the upstreams that answered, reasons for those that did not."""
-
-    tools: tuple[ToolEntry, ...]
-    failures: Mapping[str, str] = field(default_factory=dict)
-
-    def find(self, qualified: str) -> ToolEntry | None:
-        return next((entry for entry in self.tools if entry.qualified == qualified), None)
-
-
-def qualify(name: str) -> str:
-    """A tool name as ``upstream__tool``; ``upstream.tool`` is accepted too.
-
-    >>> qualify("time.get_current_time"), qualify("toolbox__add"), qualify("add")
-    ('time__get_current_time', 'toolbox__add', 'add')
-    """
-    return name if SEPARATOR in name else name.replace(".", SEPARATOR, 1)
-
-
-def split_qualified(qualified: str) -> tuple[str, str]:
-    """``"time__get_current_time"`` -> ``("time", "get_current_time")``.
-
-    Raises:
-        UnknownToolError: the name has no ``__``.
-    """
-    upstream, sep, tool = qualified.partition(SEPARATOR)
-    if not sep or not upstream or not tool:
-        raise UnknownToolError(f"unknown tool {qualified!r}: tool names look like '<upstream>__<tool>'")
-    return upstream, tool
 
 
 class UpstreamRegistry:
@@ -147,7 +88,10 @@ class UpstreamRegistry:
             UnknownToolError: no such upstream, or the upstream has no such tool.
             UpstreamError: the upstream cannot be reached to find out.
         """
-        upstream_id, tool = split_qualified(qualified)
+        parts = ToolId.parse(qualified)
+        upstream_id, tool = parts.upstream, parts.tool
+        if not upstream_id or not tool:
+            raise UnknownToolError(f"unknown tool {qualified!r}: tool names look like '<upstream>__<tool>'")
         connection = self._connections.get(upstream_id)
         if connection is None:
             raise UnknownToolError(f"unknown tool {qualified!r}: no upstream named {upstream_id!r}")

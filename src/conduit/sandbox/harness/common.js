@@ -5,6 +5,8 @@
 // taken here, when the harness loads and before any program runs: a program that replaces
 // `Deno.stdout.writeSync`, `Deno.exit` or `JSON.stringify` changes only what it calls itself.
 
+import { resultEncoder } from "./result.js";
+
 export const RESULT_PREFIX = "\x1eCONDUIT-RESULT:";
 export const END_PREFIX = "\x1eCONDUIT-END:";
 const encoder = new TextEncoder();
@@ -148,22 +150,8 @@ export class BridgeClient {
   }
 }
 
-export function encodeResult(value, maxBytes) {
-  if (value === undefined) return { status: "ok" };
-  let json;
-  try {
-    json = stringify(value);
-  } catch (error) {
-    return { status: "ok", unserializable: `the return value is not JSON-serialisable: ${error.message}` };
-  }
-  if (json === undefined) {
-    return { status: "ok", unserializable: `a ${typeof value} return value is not JSON-serialisable` };
-  }
-  if (encodeText(json).length > maxBytes) {
-    return { status: "ok", unserializable: `the return value is larger than the ${maxBytes}-byte output limit` };
-  }
-  return { status: "ok", value: parse(json) };
-}
+/** The result record of a program's return value (see result.js), with this harness's JSON and encoder. */
+export const encodeResult = resultEncoder(stringify, parse, (text) => encodeText(text).length);
 
 /**
  * Report the outcome and end the process with `exitCode`. The end marker on stderr and the record on

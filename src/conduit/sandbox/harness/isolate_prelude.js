@@ -1,7 +1,8 @@
 // Conduit's prelude for V8-isolate sandboxes: runs first in every fresh context, before user code.
 //
-// It is a function the worker calls with the host's bridge function. It installs `console`, timers,
-// `tools` and `discoverMCPTools`, removes globals whose memory escapes the isolate's heap limit
+// It is a function the worker calls with the host's bridge function, the SDK, the output caps and the
+// result encoder of result.js. It installs `console`, timers, `tools` and `discoverMCPTools`, removes
+// globals whose memory escapes the isolate's heap limit
 // (ArrayBuffer family, SharedArrayBuffer, Atomics, WebAssembly), and returns `{run, drain}` to the
 // worker, which keeps them as handles: nothing of Conduit's plumbing is left on `globalThis`, so a
 // program can neither call nor replace it.
@@ -13,7 +14,7 @@
 // UTF-16 units) built with primitive string operations only, so no prototype a program patches
 // (`toJSON`, `push`, `call`, an index setter) can lose or alter it. The buffer is capped near the
 // output limits (the host enforces them exactly); past the cap, console methods throw.
-(function conduitPrelude(hostCall, createTools, limits) {
+(function conduitPrelude(hostCall, createTools, limits, resultEncoder) {
   "use strict";
   const apply = Reflect.apply;
   const stringify = JSON.stringify;
@@ -146,24 +147,7 @@
     return { __proto__: null, name: "Error", message: format(error) };
   }
 
-  function unserializable(why) {
-    return { __proto__: null, status: "ok", unserializable: why };
-  }
-
-  function encode(value) {
-    if (value === undefined) return { __proto__: null, status: "ok" };
-    let json;
-    try {
-      json = stringify(value);
-    } catch (error) {
-      return unserializable(`the return value is not JSON-serialisable: ${error.message}`);
-    }
-    if (json === undefined) return unserializable(`a ${typeof value} return value is not JSON-serialisable`);
-    if (json.length > limits.maxOutputBytes) {
-      return unserializable(`the return value is larger than the ${limits.maxOutputBytes}-byte output limit`);
-    }
-    return { __proto__: null, status: "ok", value: parse(json) };
-  }
+  const encode = resultEncoder(stringify, parse);
 
   // The outcome as one string: the output not yet handed over, then "r" and the record's JSON (the
   // record carries only what the program itself returned or threw). Records have no prototype, so a
@@ -183,7 +167,7 @@
   return {
     run: (programPromise) =>
       apply(promiseThen, PromiseCtor.resolve(programPromise), [
-        (value) => finish(encode(value)),
+        (value) => finish(encode(value, limits.maxOutputBytes)),
         (error) => {
           append("stderr", `Uncaught ${format(error)}\n`);
           return finish({ __proto__: null, status: "error", error: describe(error) });

@@ -1,4 +1,8 @@
-"""What log redaction removes besides the configured secret values: credential shapes and PII.
+"""What may leave Conduit: text scrubbed of secrets, credential shapes, PII, and (for sandboxes) host details.
+
+One pure module for every place text leaves: log records (:func:`redact` for configured secret
+values and patterns, then :func:`scrub`), and error messages sent into a sandbox
+(:func:`sandbox_safe`, which also drops URLs and host paths).
 
 Patterns are deliberately specific (known token formats, key=value secrets, Luhn-valid card
 numbers, formatted phone numbers) so that ids, ports, durations and timestamps in logs stay
@@ -8,10 +12,12 @@ readable. Each match is replaced by a label saying what was there.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 Replacement = str | Callable[[re.Match[str]], str]
+
+REDACTED: Final = "[REDACTED]"
 
 _SECRET_NAMES: Final = (
     r"password|passwd|passphrase|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token"
@@ -88,3 +94,32 @@ def scrub(text: str, *, credentials: bool = True, pii: bool = True) -> str:
     for pattern, replacement in groups:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact(text: str, secrets: Iterable[str], patterns: Iterable[re.Pattern[str]] = ()) -> str:
+    """``text`` with every secret value and every pattern match replaced.
+
+    >>> redact("token abc123 and abc123", ["abc123"])
+    'token [REDACTED] and [REDACTED]'
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    for pattern in patterns:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+_URL: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"()<>]+", re.IGNORECASE)
+_HOST_PATH: Final = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
+
+
+def sandbox_safe(message: str) -> str:
+    """An error message fit for untrusted code: no URLs, host paths, credentials or PII.
+
+    >>> sandbox_safe("token endpoint unreachable: All connection attempts failed (http://10.0.0.5:8080/token)")
+    'token endpoint unreachable: All connection attempts failed ([url])'
+    >>> sandbox_safe("cannot read /srv/conduit/conf/secret.yaml for 'toolbox__add'")
+    "cannot read [path] for 'toolbox__add'"
+    """
+    return scrub(_HOST_PATH.sub("[path]", _URL.sub("[url]", message)))

@@ -1,9 +1,10 @@
 """The OS walls around sandbox processes: which are available here, and how each sandbox gets them.
 
-Detected once at start (:meth:`Walls.detect`), reported by ``conduit doctor`` and ``/health``,
-and applied to every Deno, Pyodide and isolate-worker process through a launcher: the native
-``conduit-confine`` (``native/conduit_confine.c``, built by ``make setup`` when a C compiler is
-present; ~1 ms) or else its Python twin :mod:`conduit.sandbox.confine` (~12 ms per start):
+Detected once at start (:meth:`Walls.detect`), reported by ``conduit doctor`` and ``/health`` (as
+``isolation``, the public name of the set), and applied to every Deno, Pyodide and isolate-worker
+process through a launcher: the native ``conduit-confine`` (``native/conduit_confine.c``, built by
+``make setup`` when a C compiler is present; ~1 ms) or else its Python twin
+:mod:`conduit.sandbox.walls.confine` (~12 ms per start):
 
 - ``cgroup-memory``: a hard memory cap per sandbox (the runtime's own limit plus its baseline);
   a kill at the cap is reported as the memory error (-32009).
@@ -31,25 +32,20 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import anyio
 
+import conduit
+from conduit.config.schema import WallName
 from conduit.errors import SandboxStartError
-from conduit.sandbox import confine
-from conduit.sandbox.cgroups import Cgroup, CgroupSupport, detect, remove_parents
+from conduit.sandbox.walls import confine
+from conduit.sandbox.walls.cgroups import Cgroup, CgroupSupport, detect, remove_parents
 
 logger = logging.getLogger(__name__)
 
-LAYERS: Final = (
-    "process-group",
-    "cgroup-memory",
-    "cgroup-pids",
-    "landlock",
-    "no-new-privs",
-    "rlimit-cpu",
-    "unprivileged-uid",
-)
+WALL_NAMES: Final[tuple[str, ...]] = get_args(WallName)
+"""Every wall, in the order ``conduit doctor`` and ``/health`` report them."""
 SANDBOX_USER: Final = "nobody"
 LATE_UID_KINDS: Final = frozenset({"isolate"})
 """Runtimes that can drop the uid themselves after loading (before any job), if they cannot start as it."""
@@ -74,7 +70,9 @@ SYSTEM_READ_ONLY: Final = (
 
 
 @dataclass(frozen=True)
-class Layer:
+class Wall:
+    """One wall as it is on this machine: on or off, and what it does or why it is off."""
+
     name: str
     active: bool
     detail: str
@@ -96,9 +94,9 @@ class Walls:
     cgroups: CgroupSupport
     landlock_abi: int
     cpu_seconds: int
-    layers: list[Layer] = field(default_factory=list)
+    report: list[Wall] = field(default_factory=list)
     uid: int | None = None
-    """The uid sandboxes drop to (None: Conduit is not root, or the layer is off)."""
+    """The uid sandboxes drop to (None: Conduit is not root, or the wall is off)."""
     uid_kinds: dict[str, bool] = field(default_factory=dict)
     """Per kind of sandbox: whether its runtime works as ``uid`` (probed once)."""
     native: str | None = None
@@ -114,7 +112,7 @@ class Walls:
             walls = cls(detect(), confine.landlock_abi(), math.ceil(timeout_ms / 1000) + 60)
             walls.uid = _sandbox_uid()
             walls.native = native_launcher()
-        walls.layers = walls._describe(enabled)
+        walls.report = walls._describe(enabled)
         return walls
 
     async def probe_uid(
@@ -141,7 +139,7 @@ class Walls:
                 os.chown(path, 0, 0)
             logger.info("%s sandboxes run as root: their runtime does not start as uid %d", kind, self.uid)
         self.uid_kinds[kind] = works
-        self.layers = [layer for layer in self.layers if layer.name != "unprivileged-uid"] + [self._uid_layer()]
+        self.report = [wall for wall in self.report if wall.name != "unprivileged-uid"] + [self._uid_wall()]
 
     def uid_for(self, kind: str) -> int | None:
         """The uid sandboxes of ``kind`` run as, when they drop to one from the start."""
@@ -151,13 +149,13 @@ class Walls:
         """Whether sandboxes of ``kind`` start as root and drop the uid themselves once loaded."""
         return self.uid is not None and kind in LATE_UID_KINDS and self.uid_kinds.get(kind) is False
 
-    def _uid_layer(self) -> Layer:
+    def _uid_wall(self) -> Wall:
         if os.geteuid() != 0:
-            return Layer("unprivileged-uid", True, f"Conduit itself runs as uid {os.geteuid()}")
+            return Wall("unprivileged-uid", True, f"Conduit itself runs as uid {os.geteuid()}")
         if self.uid is None:
-            return Layer("unprivileged-uid", False, f"no '{SANDBOX_USER}' user on this machine")
+            return Wall("unprivileged-uid", False, f"no '{SANDBOX_USER}' user on this machine")
         if not self.uid_kinds:
-            return Layer("unprivileged-uid", True, f"uid {self.uid} wherever a runtime starts as it (checked at start)")
+            return Wall("unprivileged-uid", True, f"uid {self.uid} wherever a runtime starts as it (checked at start)")
         dropped = sorted(kind for kind, works in self.uid_kinds.items() if works)
         late = sorted(kind for kind in self.uid_kinds if self.late_uid(kind))
         kept = sorted(kind for kind, works in self.uid_kinds.items() if not works and kind not in late)
@@ -166,43 +164,43 @@ class Walls:
             detail += f"; {', '.join(late)} drop to it after loading their runtime"
         if kept:
             detail += f"; root for {', '.join(kept)} (their files are not readable by uid {self.uid})"
-        return Layer("unprivileged-uid", not kept, detail)
+        return Wall("unprivileged-uid", not kept, detail)
 
-    def _describe(self, enabled: bool) -> list[Layer]:
+    def _describe(self, enabled: bool) -> list[Wall]:
         off = "disabled by isolation.enabled: false"
         cg = self.cgroups
         version = f"cgroup v{cg.version}" if cg.version else ""
         landlock = f"Landlock ABI {self.landlock_abi}" if self.landlock_abi else "the kernel has no Landlock"
         return [
-            Layer("process-group", True, "own session and process group, killed as a whole"),
-            Layer(
+            Wall("process-group", True, "own session and process group, killed as a whole"),
+            Wall(
                 "cgroup-memory",
                 cg.memory is not None,
                 f"{version} memory cap per sandbox" if cg.memory else (off if not enabled else cg.reason),
             ),
-            Layer(
+            Wall(
                 "cgroup-pids",
                 cg.pids is not None,
                 f"{version} pids.max={MAX_PIDS} per sandbox" if cg.pids else (off if not enabled else cg.reason),
             ),
-            Layer("landlock", enabled and self.landlock_abi > 0, landlock if enabled else off),
-            Layer("no-new-privs", enabled, "prctl(PR_SET_NO_NEW_PRIVS)" if enabled else off),
-            Layer("rlimit-cpu", self.cpu_seconds > 0, f"RLIMIT_CPU {self.cpu_seconds} s" if enabled else off),
-            self._uid_layer() if enabled else Layer("unprivileged-uid", os.geteuid() != 0, off),
+            Wall("landlock", enabled and self.landlock_abi > 0, landlock if enabled else off),
+            Wall("no-new-privs", enabled, "prctl(PR_SET_NO_NEW_PRIVS)" if enabled else off),
+            Wall("rlimit-cpu", self.cpu_seconds > 0, f"RLIMIT_CPU {self.cpu_seconds} s" if enabled else off),
+            self._uid_wall() if enabled else Wall("unprivileged-uid", os.geteuid() != 0, off),
         ]
 
     def missing(self, required: Iterable[str]) -> list[str]:
-        """The required layers that are not active here."""
-        active = {layer.name for layer in self.layers if layer.active}
+        """The required walls that are not active here."""
+        active = {wall.name for wall in self.report if wall.active}
         return [name for name in required if name not in active]
 
     def check_required(self, required: Iterable[str]) -> None:
         """Raises:
-        SandboxStartError: a required layer is unavailable (the message says why).
+        SandboxStartError: a required wall is unavailable (the message says why).
         """
         missing = self.missing(required)
         if missing:
-            reasons = "; ".join(f"{layer.name}: {layer.detail}" for layer in self.layers if layer.name in missing)
+            reasons = "; ".join(f"{wall.name}: {wall.detail}" for wall in self.report if wall.name in missing)
             raise SandboxStartError(f"required isolation layers are unavailable: {reasons}")
 
     def launch(
@@ -235,7 +233,7 @@ class Walls:
             read_only = [*SYSTEM_READ_ONLY, *profile.read_only]
             spec["landlock"] = {"read_only": read_only, "read_write": list(profile.read_write)}
             spec["no_new_privs"] = True
-        elif any(layer.name == "no-new-privs" and layer.active for layer in self.layers):
+        elif any(wall.name == "no-new-privs" and wall.active for wall in self.report):
             spec["no_new_privs"] = True
         if self.uid_for(kind) is not None:
             spec["uid"] = self.uid
@@ -304,5 +302,5 @@ def python_profile(read_write: Sequence[str], baseline_mb: int) -> Profile:
     import site
 
     roots = {sys.base_prefix, sys.prefix, os.path.realpath(sys.executable), *site.getsitepackages()}
-    roots.add(str(Path(__file__).resolve().parents[2]))  # the directory holding the `conduit` package
+    roots.add(str(Path(conduit.__file__).resolve().parents[1]))  # the directory holding the `conduit` package
     return Profile(tuple(sorted(roots)), tuple(read_write), baseline_mb)

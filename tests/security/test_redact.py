@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from conduit.observability.logging import configure_logging
-from conduit.observability.redaction import scrub
+from conduit.security.redact import scrub
 
 SCRUBBED = [
     ("Authorization: Bearer abcdefghij0123456789", "Authorization: Bearer [REDACTED]"),

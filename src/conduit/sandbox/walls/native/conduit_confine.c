@@ -1,7 +1,7 @@
 /*
  * conduit-confine: apply Conduit's OS walls to this process, then become the sandbox runtime.
  *
- * The native twin of conduit/sandbox/confine.py, with the same contract and order of steps; it
+ * The native twin of conduit/sandbox/walls/confine.py, with the same contract and order of steps; it
  * exists because a sandbox start pays for the launcher every time, and starting a Python
  * interpreter (~12 ms with its imports) costs more than Deno's own start. `make setup` builds it
  * when a C compiler is present; without it Conduit uses the Python launcher.

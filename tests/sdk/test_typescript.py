@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from conduit.catalog import ToolEntry
 from conduit.sandbox.deno import find_deno
 from conduit.sdk.naming import identifier, unique_identifiers
 from conduit.sdk.typescript import generate_typescript_sdk, schema_type, typescript_declaration
-from conduit.upstream.registry import ToolEntry
 
 
 @pytest.mark.parametrize(

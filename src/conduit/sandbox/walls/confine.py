@@ -6,7 +6,7 @@ Landlock to the paths the runtime needs (read-only, plus its private home read-w
 then replaces itself with ``ARGV``. Everything it applies is inherited by the runtime and
 anything the runtime might start, and none of it can be undone from inside.
 
-Each step is optional in the spec; :mod:`conduit.sandbox.layers` decides which are available
+Each step is optional in the spec; :mod:`conduit.sandbox.walls.launch` decides which are available
 on this machine. A step that was asked for and fails aborts the launch (exit status 121),
 so a sandbox never runs with fewer walls than the gateway reports.
 

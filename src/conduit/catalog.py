@@ -1,0 +1,91 @@
+"""Tools as Conduit names them: the catalog entry, the one tool-id parser, Conduit's own prefix.
+
+An upstream tool's id is ``<upstream>__<tool>``; programs and allowlists may also write
+``<upstream>.<tool>``, and a bare ``<tool>`` names that tool on any upstream. Upstream ids never
+contain ``__`` (the config refuses it), so the first ``__`` splits an id unambiguously. Conduit's
+own MCP tools are ``conduit__<name>``. Pure: no I/O, nothing from the rest of Conduit.
+
+>>> ToolId.parse("time.get_current_time"), ToolId.parse("toolbox__add").qualified, ToolId.parse("add")
+(ToolId(upstream='time', tool='get_current_time'), 'toolbox__add', ToolId(upstream=None, tool='add'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+SEPARATOR: Final = "__"
+"""Between an upstream's id and a tool's name in a tool id."""
+CONDUIT_PREFIX: Final = "conduit__"
+"""Conduit's own MCP tools (execution and disclosure) are named with this prefix."""
+
+
+@dataclass(frozen=True)
+class ToolId:
+    """A tool id split into its parts; ``upstream`` is None for a bare tool name."""
+
+    upstream: str | None
+    tool: str
+
+    @classmethod
+    def parse(cls, text: str) -> ToolId:
+        """Split ``upstream__tool`` or ``upstream.tool``; a name with neither is bare.
+
+        >>> ToolId.parse("github.*"), ToolId.parse("a.b.c")
+        (ToolId(upstream='github', tool='*'), ToolId(upstream='a', tool='b.c'))
+        """
+        for separator in (SEPARATOR, "."):
+            if separator in text:
+                upstream, _, tool = text.partition(separator)
+                return cls(upstream, tool)
+        return cls(None, text)
+
+    @property
+    def qualified(self) -> str:
+        """The id as Conduit writes it: ``upstream__tool`` (a bare name stays bare)."""
+        return self.tool if self.upstream is None else f"{self.upstream}{SEPARATOR}{self.tool}"
+
+
+def qualify(name: str) -> str:
+    """A tool name as ``upstream__tool``; ``upstream.tool`` is accepted too.
+
+    >>> qualify("time.get_current_time"), qualify("toolbox__add"), qualify("add")
+    ('time__get_current_time', 'toolbox__add', 'add')
+    """
+    return ToolId.parse(name).qualified
+
+
+@dataclass(frozen=True)
+class ToolEntry:
+    """One upstream tool as Conduit presents it."""
+
+    upstream: str
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.upstream}{SEPARATOR}{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``)."""
+        return {
+            "name": self.qualified,
+            "upstream": self.upstream,
+            "tool": self.name,
+            "description": self.description,
+            "inputSchema": dict(self.input_schema),
+        }
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What discovery found: tools of the upstreams that answered, reasons for those that did not."""
+
+    tools: tuple[ToolEntry, ...]
+    failures: Mapping[str, str] = field(default_factory=dict)
+
+    def find(self, qualified: str) -> ToolEntry | None:
+        return next((entry for entry in self.tools if entry.qualified == qualified), None)

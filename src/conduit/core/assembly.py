@@ -1,0 +1,107 @@
+"""The composition root: everything behind a gateway, built in order and torn down in reverse.
+
+:func:`open_gateway` detects the OS walls, makes Conduit's private work directory, binds the
+bridge, builds each language's runtime from :mod:`conduit.core.languages`, learns once which
+runtimes can run as the unprivileged uid, starts the pools, and only then creates the
+:class:`~conduit.core.gateway.Gateway` and lets the bridge serve it. Nothing here runs a request;
+nothing in the gateway builds a runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from conduit.bridge.server import BridgeServer
+from conduit.bridge.sessions import SessionRegistry
+from conduit.config.schema import Config
+from conduit.core.gateway import Gateway
+from conduit.core.languages import LANGUAGES, RuntimeParts
+from conduit.observability.tracing import Tracing, traces_endpoint
+from conduit.sandbox.base import Runtime
+from conduit.sandbox.deno import DenoRuntime, find_deno
+from conduit.sandbox.process import use_pidfd_child_watcher
+from conduit.sandbox.walls import Walls
+from conduit.upstream.network import policy_for
+from conduit.upstream.registry import UpstreamRegistry
+
+
+@asynccontextmanager
+async def open_gateway(
+    config: Config, *, master_token: str, base_dir: Path, host_env: Mapping[str, str]
+) -> AsyncIterator[Gateway]:
+    """A running gateway; on exit upstreams, sandboxes and the bridge are stopped and private files removed.
+
+    Raises:
+        SandboxStartError: Deno is missing, or a wall ``isolation.require`` names is unavailable.
+    """
+    use_pidfd_child_watcher()
+    work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
+    walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
+    deno: DenoRuntime | None = None
+    try:
+        os.chmod(work_dir, 0o711)  # sandboxes running as another uid pass through to their own directory
+        async with anyio.create_task_group() as tg:
+            sessions = SessionRegistry(master_token)
+            registry = UpstreamRegistry(base_dir=base_dir, host_env=host_env, tg=tg, network=policy_for(config.network))
+            for upstream in config.upstreams:
+                registry.add(upstream)
+            bridge = BridgeServer(sessions)
+            address = await bridge.bind()
+            runtimes: dict[str, Runtime] = {}
+            tracing: Tracing | None = None
+            try:
+                deno = DenoRuntime(
+                    deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls, reaper=tg
+                )
+                parts = RuntimeParts(config=config, deno=deno, bridge=address, work_dir=work_dir, walls=walls)
+                built = {language.name: language.build(parts) for language in LANGUAGES}
+                await _probe_uids(walls, deno, built)
+                walls.check_required(config.isolation.require)
+                for name, runtime in built.items():
+                    runtime.start(tg)
+                    runtimes[name] = runtime
+                tracing = Tracing(traces_endpoint(config.tracing.otlp_endpoint, host_env), config.tracing.service_name)
+                gateway = Gateway(
+                    config,
+                    master_token=master_token,
+                    registry=registry,
+                    bridge=bridge,
+                    sessions=sessions,
+                    runtimes=runtimes,
+                    tracing=tracing,
+                    walls=walls,
+                )
+                bridge.serve(tg, gateway)
+                yield gateway
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await registry.aclose()
+                    for runtime in reversed(list(runtimes.values())):
+                        await runtime.aclose()
+                    await bridge.aclose()
+                    if tracing is not None:
+                        await anyio.to_thread.run_sync(tracing.shutdown)
+                tg.cancel_scope.cancel()
+    finally:
+        if deno is not None:
+            deno.homes.close()
+        walls.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+async def _probe_uids(walls: Walls, deno: DenoRuntime, runtimes: Mapping[str, Runtime]) -> None:
+    """Learn which runtimes can start as the unprivileged uid (a no-op unless Conduit runs as root)."""
+    for name, runtime in runtimes.items():
+        home = deno.homes.make()
+        try:
+            argv, env = runtime.uid_probe(home)
+            await walls.probe_uid(name, argv, env=env, read_write=[str(home)])
+        finally:
+            deno.homes.remove(home)

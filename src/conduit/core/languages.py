@@ -1,0 +1,181 @@
+"""The execution languages: one entry each, the one table every front end and the composition root read.
+
+An entry says what the language is called (``--lang`` names, file extensions), its MCP tool and
+bridge method, what the tool tells an agent, the SDK its sandboxes load (and the one shown to
+people), and how to build its runtime (a :class:`~conduit.sandbox.base.Runtime`).
+Adding a runtime is one entry here and one module under ``sandbox/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from conduit.bridge.sessions import EXECUTE_PREFIX
+from conduit.catalog import CONDUIT_PREFIX, ToolEntry
+from conduit.config.schema import Config, PoolConfig
+from conduit.sandbox.base import BridgeAddress, Runtime
+from conduit.sandbox.deno import DenoRuntime
+from conduit.sandbox.isolate import IsolateRuntime
+from conduit.sandbox.pool import PooledRuntime, PoolSizing
+from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
+from conduit.sandbox.walls import Walls
+from conduit.sdk.python import generate_python_sdk
+from conduit.sdk.typescript import generate_deno_sdk, generate_javascript_sdk, generate_typescript_sdk
+
+SdkGenerator = Callable[[Iterable[ToolEntry]], str]
+
+
+@dataclass(frozen=True)
+class RuntimeParts:
+    """What the composition root has made by the time runtimes are built, and what they share."""
+
+    config: Config
+    deno: DenoRuntime
+    """The Deno that TypeScript sandboxes are, and Python sandboxes run in."""
+    bridge: BridgeAddress
+    work_dir: Path
+    walls: Walls
+
+    @property
+    def pyodide_dir(self) -> Path:
+        return Path(self.config.pyodide_path) if self.config.pyodide_path else default_pyodide_dir()
+
+    @property
+    def cpus(self) -> int:
+        return len(os.sched_getaffinity(0)) or 1
+
+    def sizing(self, pool: PoolConfig, max_starting: int) -> PoolSizing:
+        """A pool's configured size, starting at most ``max_starting`` sandboxes at once."""
+        return PoolSizing(pool.min, pool.max, pool.max_idle_memory_mb, max_starting)
+
+
+@dataclass(frozen=True)
+class Language:
+    name: str
+    """The runtime's name: in ``/health``, metrics, the pools' config and ``Gateway.execute``."""
+    aliases: tuple[str, ...]
+    """What ``--lang`` and ``conduit tools --sdk`` accept for it."""
+    extensions: tuple[str, ...]
+    """File extensions ``conduit run`` runs in it."""
+    description: str
+    """What its MCP tool tells an agent."""
+    sdk: SdkGenerator
+    """The SDK its sandboxes load."""
+    stubs: SdkGenerator
+    """The SDK as people and agents read it (``conduit tools --sdk``)."""
+    build: Callable[[RuntimeParts], Runtime]
+
+    @property
+    def tool(self) -> str:
+        """Its MCP tool: ``conduit__mcp_execute_<name>``."""
+        return f"{CONDUIT_PREFIX}{self.bridge_method}"
+
+    @property
+    def bridge_method(self) -> str:
+        return f"{EXECUTE_PREFIX}{self.name}"
+
+
+def _typescript(parts: RuntimeParts) -> Runtime:
+    config = parts.config
+    sizing = parts.sizing(config.pools.typescript, 2 * parts.cpus)
+    return PooledRuntime(parts.deno, sizing=sizing, memory_limit_mb=config.resource_limits.memory_limit_mb)
+
+
+def _python(parts: RuntimeParts) -> Runtime:
+    config = parts.config
+    snapshot = PyodideSnapshot.for_runtime(parts.deno, parts.pyodide_dir, parts.work_dir)
+    python = PyodideRuntime(deno=parts.deno, pyodide_dir=parts.pyodide_dir, snapshot=snapshot)
+    sizing = parts.sizing(config.pools.python, parts.cpus)
+    return PooledRuntime(python, sizing=sizing, memory_limit_mb=config.resource_limits.memory_limit_mb)
+
+
+def _isolate(parts: RuntimeParts) -> Runtime:
+    config = parts.config
+    return IsolateRuntime(
+        bridge=parts.bridge,
+        work_dir=parts.work_dir,
+        walls=parts.walls,
+        memory_limit_mb=config.resource_limits.memory_limit_mb,
+        sizing=parts.sizing(config.pools.isolate, parts.cpus),
+    )
+
+
+_TS_DESCRIPTION: Final = """\
+Run a TypeScript program in a fresh, locked-down Deno sandbox and return its output.
+
+The program calls upstream MCP tools through the global `tools` object:
+`const r = await tools.<upstream>.<tool>({...args})` returns the tool's CallToolResult
+(`r.content`, `r.structuredContent`, `r.isError`). `await tools.$raw("upstream__tool", args)`
+calls by name; `await discoverMCPTools()` lists the tools this run may call. Denied, unknown or
+failed calls throw an Error with a numeric `code`. Top-level `await` works; a top-level `return`
+value becomes `result`. console.log/info/debug go to stdout, console.warn/error to stderr.
+The sandbox has no file, env, network or subprocess access, and each run starts fresh.
+Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+
+_ISOLATE_DESCRIPTION: Final = """\
+Run a plain JavaScript program in a fresh V8 isolate: the fastest runtime, for computation and tool calls.
+
+Same SDK as the TypeScript runtime: `await tools.<upstream>.<tool>({...args})` returns the tool's
+CallToolResult, `await tools.$raw("upstream__tool", args)` calls by name, `await discoverMCPTools()`
+lists the tools this run may call; failed calls throw an Error with a numeric `code`. Top-level `await`
+works; a top-level `return` value becomes `result`. console.log/info/debug go to stdout,
+console.warn/error to stderr. Only ECMAScript built-ins exist: no modules, no fetch, no timers beyond
+setTimeout, no ArrayBuffer/typed arrays/WebAssembly. Each run starts in a fresh isolate.
+Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+
+_PYTHON_DESCRIPTION: Final = """\
+Run a Python program (CPython 3.14 on Pyodide/WASM) in a fresh, sealed sandbox and return its output.
+
+The program calls upstream MCP tools through the global `tools` object:
+`r = await tools.<upstream>.<tool>(arg=value, ...)` (or pass one dict) returns the tool's CallToolResult
+as a dict (`r["content"]`, `r["structuredContent"]`, `r.get("isError")`).
+`await tools.raw("upstream__tool", {...})` calls by name; `await discover_mcp_tools()` lists the tools
+this run may call. Denied, unknown or failed calls raise `ToolError` with a numeric `.code`.
+Top-level `await` works; the value of the last expression becomes `result` (JSON values only).
+print() goes to stdout, exceptions print a traceback of the program to stderr. The standard library
+works (json, re, asyncio, dataclasses, sqlite3...); there is no file, env, network or subprocess
+access, and each run starts in a fresh interpreter.
+Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+
+LANGUAGES: Final = (
+    Language(
+        name="typescript",
+        aliases=("ts", "typescript"),
+        extensions=(".ts", ".mts"),
+        description=_TS_DESCRIPTION,
+        sdk=generate_deno_sdk,
+        stubs=generate_typescript_sdk,
+        build=_typescript,
+    ),
+    Language(
+        name="python",
+        aliases=("py", "python"),
+        extensions=(".py",),
+        description=_PYTHON_DESCRIPTION,
+        sdk=generate_python_sdk,
+        stubs=generate_python_sdk,
+        build=_python,
+    ),
+    Language(
+        name="isolate",
+        aliases=("js", "javascript", "isolate"),
+        extensions=(".js", ".mjs"),
+        description=_ISOLATE_DESCRIPTION,
+        sdk=generate_javascript_sdk,
+        stubs=generate_javascript_sdk,
+        build=_isolate,
+    ),
+)
+"""In the order the execution tools are listed."""
+
+BY_NAME: Final[Mapping[str, Language]] = {language.name: language for language in LANGUAGES}
+BY_TOOL: Final[Mapping[str, Language]] = {language.tool: language for language in LANGUAGES}
+BY_ALIAS: Final[Mapping[str, Language]] = {alias: language for language in LANGUAGES for alias in language.aliases}
+BY_EXTENSION: Final[Mapping[str, Language]] = {
+    extension: language for language in LANGUAGES for extension in language.extensions
+}

@@ -1,0 +1,58 @@
+"""How Conduit's results and errors look to an MCP client: the one mapping from the error tree.
+
+A request that was wrong (``caller_fault`` in :mod:`conduit.errors`: bad arguments, an unknown or
+forbidden tool, no such runtime) is a JSON-RPC error; work that failed (an upstream's failure, a
+busy gateway, a sandbox that could not start) is a tool result with ``isError``, shaped like a
+normal result of the tool that was called. The MCP specification wants an unknown tool answered
+with invalid-params (-32602), whatever Conduit's own code for it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError
+
+
+def protocol_error(exc: ConduitError) -> MCPError | None:
+    """The JSON-RPC error for ``exc`` when the request was at fault; None when the work failed."""
+    if isinstance(exc, (UnknownToolError, ToolDeniedError)):
+        return MCPError(INVALID_PARAMS, exc.message)
+    return MCPError(exc.code, exc.message) if exc.caller_fault else None
+
+
+def json_result(payload: Mapping[str, Any], is_error: bool = False) -> types.CallToolResult:
+    """A tool result carrying ``payload`` as structured content and as its JSON text twin."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+        structured_content=dict(payload),
+        is_error=is_error,
+    )
+
+
+def failed_execution(exc: ConduitError) -> types.CallToolResult:
+    """An execution that could not run (busy, no sandbox), shaped like any execution result."""
+    error = {"code": exc.code, "message": exc.message}
+    return json_result({"stdout": "", "stderr": "", "exitCode": 1, "error": error}, is_error=True)
+
+
+def failed_tool_call(exc: ConduitError) -> types.CallToolResult:
+    """A proxied upstream call that failed: the reason as the result's text."""
+    return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
+
+
+def answer_failure(exc: ConduitError, failed: Callable[[ConduitError], types.CallToolResult]) -> types.CallToolResult:
+    """The failed result ``failed`` makes of ``exc`` when the work failed.
+
+    Raises:
+        MCPError: the request was at fault (see :func:`protocol_error`).
+    """
+    error = protocol_error(exc)
+    if error is not None:
+        raise error from None
+    return failed(exc)
