@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from py_mini_racer import JSEvalException, JSFunction, JSMappedObject, JSOOMException, JSParseException, mini_racer
+from py_mini_racer import JSEvalException, JSFunction, JSOOMException, JSParseException, mini_racer
 
 HARNESS: Final = Path(__file__).parent / "harness"
 PRELUDE: Final = (HARNESS / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
@@ -161,23 +161,36 @@ def forward_output(encoded: Any) -> None:
 
 
 def program_script(code: str) -> str:
-    """The program as a script whose value is its promise; user line N stays line N."""
-    return f"(async () => {{{code}\n}})()"
+    """The program as a script whose value is the runner's promise; user line N stays line N.
+
+    The runner is taken from the global the setup left it in, and the global deleted, before the
+    program's first statement runs: the program can neither reach nor replace it.
+    """
+    opener = "(r => (delete globalThis.__conduitRunner, r((async () => {"
+    return f"{opener}{code}\n}})())))(globalThis.__conduitRunner)"
 
 
 def setup_script(sdk: str, limits: dict[str, Any], max_result_bytes: int) -> str:
-    """A function of the host bridge that installs the prelude and returns its ``{run, drain}``."""
+    """Install the prelude with the host bridge the worker left in ``__conduitCall``; evaluates to ``drain``.
+
+    The bridge's global is deleted at once, the runner waits in a global for :func:`program_script`
+    (nothing runs in between), and ``drain`` is only ever held by the worker.
+    """
     caps = {
         "maxOutputBytes": int(limits.get("maxOutputBytes", max_result_bytes)),
         "maxLogEntries": int(limits.get("maxLogEntries", 10_000)),
     }
-    return f"(hostCall) => ({PRELUDE})(hostCall, ({sdk}), {json.dumps(caps)}, ({RESULT_ENCODER}\n))"
+    return (
+        f"(() => {{ const p = ({PRELUDE})(globalThis.__conduitCall, ({sdk}), {json.dumps(caps)}, "
+        f"({RESULT_ENCODER}\n)); delete globalThis.__conduitCall; globalThis.__conduitRunner = p.run; "
+        "return p.drain; })()"
+    )
 
 
-async def run_program(racer: Any, run: Any, code: str) -> Any:
-    """Evaluate the program, hand its promise to the prelude's runner and wait for the outcome string."""
+async def run_program(racer: Any, code: str) -> Any:
+    """Evaluate the program and wait for the runner's outcome string (one await, one deadline)."""
     promise = await racer.eval_cancelable(program_script(code))
-    return await (await run.cancelable()(promise))
+    return await promise
 
 
 _PARSE_ERROR = re.compile(r"^<anonymous>:(\d+): SyntaxError: (.*)$")
@@ -211,15 +224,12 @@ async def run_job(job: dict[str, Any]) -> bool:
         with mini_racer(asyncio.get_running_loop()) as racer:
             racer.set_hard_memory_limit(int(limits["memoryLimitMb"]) * 1024 * 1024)
             async with racer.wrap_py_function(bridge.call) as host_call:
-                install = await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
-                assert isinstance(install, JSFunction)
-                plumbing = await install.cancelable()(host_call)
-                assert isinstance(plumbing, JSMappedObject)
-                run, drain = plumbing["run"], plumbing["drain"]
+                glob: Any = racer.eval("globalThis")
+                glob["__conduitCall"] = host_call
+                drain = await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
+                assert isinstance(drain, JSFunction)
                 try:
-                    outcome = await asyncio.wait_for(
-                        run_program(racer, run, job["program"]), limits["timeoutMs"] / 1000
-                    )
+                    outcome = await asyncio.wait_for(run_program(racer, job["program"]), limits["timeoutMs"] / 1000)
                     chunks, record_json = decode_output(str(outcome))
                     for stream, text in chunks:
                         send({"type": "output", "stream": stream, "data": text})

@@ -3,9 +3,9 @@
 // It is a function the worker calls with the host's bridge function, the SDK, the output caps and the
 // result encoder of result.js. It installs `console`, timers, `tools` and `discoverMCPTools`, removes
 // globals whose memory escapes the isolate's heap limit
-// (ArrayBuffer family, SharedArrayBuffer, Atomics, WebAssembly), and returns `{run, drain}` to the
-// worker, which keeps them as handles: nothing of Conduit's plumbing is left on `globalThis`, so a
-// program can neither call nor replace it.
+// (ArrayBuffer family, SharedArrayBuffer, Atomics, WebAssembly), and returns `{run, drain}`: the worker
+// keeps `drain` as a handle and hands `run` to the program script, which takes it before the program's
+// first statement; nothing of Conduit's plumbing is left on `globalThis` for a program to call or replace.
 //
 // Console output is kept here until it is handed to the host, with every tool call and with the
 // outcome (the host never calls into the isolate while the program may be running). Once a console
