@@ -125,7 +125,8 @@ class IsolateRuntime:
         return sum(worker.memory for worker in self._idle)
 
     async def prepare(self, memory_limit_mb: int) -> IsolateSandbox:
-        worker = self._idle.pop() if self._idle else await self._spawn()
+        # The worker idle longest: after each job a worker makes the context for its next one (~3 ms).
+        worker = self._idle.pop(0) if self._idle else await self._spawn()
         self._refill()
         return IsolateSandbox(self, worker, self._bridge)
 

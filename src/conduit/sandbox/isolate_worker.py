@@ -215,51 +215,79 @@ async def drain_after_stop(drain: Any) -> None:
         return
 
 
-async def run_job(job: dict[str, Any]) -> bool:
-    """Run one job in a fresh context; returns False when the worker must not be reused."""
+class FreshContext:
+    """A V8 context made ahead of its one job: nothing has run in it but mini-racer's own set-up and the
+    host function the prelude will take (``__conduitCall``), which answers for the job's bridge once it
+    has one. Making a context costs ~3 ms; the worker makes the next one after answering a job, not
+    when the job arrives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = mini_racer(loop)
+        self.racer = self._context.__enter__()
+        self.bridge: Bridge | None = None
+        self._host = self.racer.wrap_py_function(self._call)
+
+    @classmethod
+    async def make(cls, loop: asyncio.AbstractEventLoop) -> FreshContext:
+        fresh = cls(loop)
+        host_call = await fresh._host.__aenter__()
+        glob: Any = fresh.racer.eval("globalThis")
+        glob["__conduitCall"] = host_call
+        return fresh
+
+    async def _call(self, *args: Any) -> str:
+        if self.bridge is None:
+            return json.dumps({"error": {"code": -32603, "message": "the bridge is unavailable"}})
+        return await self.bridge.call(*args)
+
+    async def close(self) -> None:
+        await self._host.__aexit__(None, None, None)
+        self._context.__exit__(None, None, None)
+
+
+async def run_job(job: dict[str, Any], fresh: FreshContext) -> bool:
+    """Run one job in ``fresh``; returns False when the worker must not be reused."""
     limits = job["limits"]
     bridge = Bridge(job["bridge"]["host"], job["bridge"]["port"], job["token"])
+    fresh.bridge = bridge
+    racer = fresh.racer
     reusable = True
     try:
-        with mini_racer(asyncio.get_running_loop()) as racer:
-            racer.set_hard_memory_limit(int(limits["memoryLimitMb"]) * 1024 * 1024)
-            async with racer.wrap_py_function(bridge.call) as host_call:
-                glob: Any = racer.eval("globalThis")
-                glob["__conduitCall"] = host_call
-                drain = await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
-                assert isinstance(drain, JSFunction)
-                try:
-                    outcome = await asyncio.wait_for(run_program(racer, job["program"]), limits["timeoutMs"] / 1000)
-                    chunks, record_json = decode_output(str(outcome))
-                    for stream, text in chunks:
-                        send({"type": "output", "stream": stream, "data": text})
-                    record = json.loads(record_json) if record_json is not None else {}
-                    if not isinstance(record, dict):
-                        record = {}
-                except JSParseException as exc:
-                    message = syntax_error_message(str(exc))
-                    send({"type": "output", "stream": "stderr", "data": f"Uncaught SyntaxError: {message}\n"})
-                    record = {"status": "error", "error": {"name": "SyntaxError", "message": message}}
-                except JSOOMException:
-                    record, reusable = {"status": "limit", "limit": "memory"}, False
-                    await drain_after_stop(drain)
-                except TimeoutError:
-                    record, reusable = {"status": "limit", "limit": "timeout"}, False
-                    await drain_after_stop(drain)
-                except JSEvalException as exc:
-                    if racer.was_hard_memory_limit_reached():
-                        record, reusable = {"status": "limit", "limit": "memory"}, False
-                        await drain_after_stop(drain)
-                    else:
-                        message = sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else "Error")
-                        record = {"status": "error", "error": {"name": "Error", "message": message}}
-                if racer.was_hard_memory_limit_reached() and record.get("status") != "limit":
-                    record, reusable = {"status": "limit", "limit": "memory"}, False
-                if isinstance(record.get("error"), dict):
-                    record["error"]["message"] = sanitize(str(record["error"].get("message", "")))
-                send({"type": "done", "record": record})
-                if not reusable:
-                    os._exit(0)  # the isolate may still be running: never touch it again
+        racer.set_hard_memory_limit(int(limits["memoryLimitMb"]) * 1024 * 1024)
+        drain = await racer.eval_cancelable(setup_script(job["sdk"], limits, job["maxResultBytes"]))
+        assert isinstance(drain, JSFunction)
+        try:
+            outcome = await asyncio.wait_for(run_program(racer, job["program"]), limits["timeoutMs"] / 1000)
+            chunks, record_json = decode_output(str(outcome))
+            for stream, text in chunks:
+                send({"type": "output", "stream": stream, "data": text})
+            record = json.loads(record_json) if record_json is not None else {}
+            if not isinstance(record, dict):
+                record = {}
+        except JSParseException as exc:
+            message = syntax_error_message(str(exc))
+            send({"type": "output", "stream": "stderr", "data": f"Uncaught SyntaxError: {message}\n"})
+            record = {"status": "error", "error": {"name": "SyntaxError", "message": message}}
+        except JSOOMException:
+            record, reusable = {"status": "limit", "limit": "memory"}, False
+            await drain_after_stop(drain)
+        except TimeoutError:
+            record, reusable = {"status": "limit", "limit": "timeout"}, False
+            await drain_after_stop(drain)
+        except JSEvalException as exc:
+            if racer.was_hard_memory_limit_reached():
+                record, reusable = {"status": "limit", "limit": "memory"}, False
+                await drain_after_stop(drain)
+            else:
+                message = sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else "Error")
+                record = {"status": "error", "error": {"name": "Error", "message": message}}
+        if racer.was_hard_memory_limit_reached() and record.get("status") != "limit":
+            record, reusable = {"status": "limit", "limit": "memory"}, False
+        if isinstance(record.get("error"), dict):
+            record["error"]["message"] = sanitize(str(record["error"].get("message", "")))
+        send({"type": "done", "record": record})
+        if not reusable:
+            os._exit(0)  # the isolate may still be running: never touch it again
     finally:
         await bridge.aclose()
     return reusable
@@ -282,13 +310,17 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    with mini_racer(loop) as warm:  # load V8 and ICU before the first job arrives
+    with mini_racer(loop) as warm:  # load V8 and ICU before the uid drops
         warm.eval("1")
     drop_privileges(sys.argv[1:])
+    fresh = await FreshContext.make(loop)
     send({"type": "ready"})
     while line := await reader.readline():
-        if not await run_job(json.loads(line)):
+        used = fresh
+        if not await run_job(json.loads(line), used):
             return
+        fresh = await FreshContext.make(loop)  # before the next job arrives, while the host answers this one
+        await used.close()
 
 
 if __name__ == "__main__":
