@@ -1,0 +1,201 @@
+"""Conduit as a user gets it: a separate ``conduit serve`` process driven through the official MCP client.
+
+Over stdio or Streamable HTTP: latency with the pools full (requests spaced) and back to back (the next
+request sent as soon as the answer arrives), throughput at 1, 4 and 8 in flight, an open-loop mixed load
+at a fixed arrival rate, CPU time per execution of the whole process tree, and its RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import httpx2
+import yaml
+from floors import TOOLBOX, _children, tree_cpu_ms
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+CONDUIT: Final = str(Path(sys.executable).parent / "conduit")
+TOKEN: Final = "bench-token-0123456789abcdef"
+TOOLS: Final = {
+    "typescript": "conduit__mcp_execute_typescript",
+    "python": "conduit__mcp_execute_python",
+    "isolate": "conduit__mcp_execute_isolate",
+}
+TRIVIAL: Final = {"typescript": "return 1 + 1;", "isolate": "return 1 + 1;", "python": "1 + 1"}
+ONE_CALL: Final = {
+    "typescript": "return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;",
+    "isolate": "return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;",
+    "python": "(await tools.toolbox.add(a=1, b=2))['structuredContent']['sum']",
+}
+_TEN_JS: Final = "let s = 0;\nfor (let i = 0; i < 10; i++) s += (await tools.toolbox.add({a: i, b: 1})).structuredContent.sum;\nreturn s;"
+TEN_CALLS: Final = {
+    "typescript": _TEN_JS,
+    "isolate": _TEN_JS,
+    "python": "sum([(await tools.toolbox.add(a=i, b=1))['structuredContent']['sum'] for i in range(10)])",
+}
+EXPECTED: Final = {"trivial": 2, "one": 3, "ten": 55}
+
+
+@dataclass
+class Served:
+    """A running Conduit server and an MCP client connected to it."""
+
+    client: Client
+    pid: int
+
+
+def config_file(directory: Path) -> Path:
+    path = directory / "bench.yaml"
+    document = {
+        "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}],
+        "opsPort": 0,
+        "logLevel": "warning",
+        "rateLimit": "",
+    }
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def _server_pid() -> int:
+    for pid in _children().get(os.getpid(), []):
+        try:
+            if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    raise RuntimeError("no conduit serve process found")
+
+
+@asynccontextmanager
+async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
+    """``conduit serve`` over ``transport`` (``stdio`` or ``http``) with the toolbox upstream."""
+    with tempfile.TemporaryDirectory() as directory:
+        config = config_file(Path(directory))
+        env = {**os.environ, "IPC_BEARER_TOKEN": TOKEN}
+        if transport == "stdio":
+            server = StdioServerParameters(command=CONDUIT, args=["serve", "--stdio", "--config", str(config)], env=env)
+            async with Client(server, mode=mode) as client:
+                yield Served(client, _server_pid())
+            return
+        log = Path(directory) / "conduit.log"
+        with log.open("wb") as sink:
+            process = await anyio.open_process(
+                [CONDUIT, "serve", "--config", str(config), "--port", "0"], stdout=sink, stderr=sink, env=env
+            )
+        try:
+            url = await _announced(log, "Conduit listening on ")
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=120) as http,
+                Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+            ):
+                yield Served(client, process.pid)
+        finally:
+            process.terminate()
+            with anyio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+
+async def _announced(log: Path, prefix: str) -> str:
+    with anyio.fail_after(60):
+        while True:
+            for line in (await anyio.Path(log).read_text(errors="replace")).splitlines():
+                if line.startswith(prefix):
+                    return line.removeprefix(prefix).strip()
+            await anyio.sleep(0.05)
+
+
+async def call(client: Client, name: str, arguments: Mapping[str, Any]) -> Any:
+    """One tool call; raises unless it succeeded."""
+    result = await client.call_tool(name, dict(arguments))
+    if result.is_error:
+        raise RuntimeError(f"{name} failed: {result.structured_content or result.content}")
+    return result.structured_content
+
+
+async def execute(client: Client, runtime: str, code: str, expected: int | None = None) -> None:
+    payload = await call(client, TOOLS[runtime], {"code": code})
+    if expected is not None and payload.get("result") != expected:
+        raise RuntimeError(f"{runtime}: expected {expected}, got {payload}")
+
+
+async def samples(action: Callable[[], Awaitable[None]], runs: int, gap_s: float) -> list[float]:
+    """``runs`` timed calls of ``action`` (after two untimed ones), ``gap_s`` apart (0: back to back)."""
+    for _ in range(2):
+        await action()
+    timed = []
+    for _ in range(runs):
+        if gap_s:
+            await anyio.sleep(gap_s)
+        started = time.perf_counter()
+        await action()
+        timed.append((time.perf_counter() - started) * 1000)
+    return timed
+
+
+async def throughput(client: Client, runtime: str, in_flight: int, count: int) -> float:
+    """Trivial executions per second with ``in_flight`` outstanding, after a ramp of ``2 * in_flight``."""
+    async with anyio.create_task_group() as ramp:
+        for _ in range(2 * in_flight):
+            ramp.start_soon(execute, client, runtime, TRIVIAL[runtime])
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await execute(client, runtime, TRIVIAL[runtime], EXPECTED["trivial"])
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as workers:
+        for _ in range(in_flight):
+            workers.start_soon(worker)
+    return count / (time.perf_counter() - started)
+
+
+async def cpu_per_execution(server: Served, runtime: str, count: int) -> float:
+    """CPU ms of the whole server tree per trivial execution, back to back (pool refills included)."""
+    for _ in range(3):
+        await execute(server.client, runtime, TRIVIAL[runtime])
+    await anyio.sleep(1.5)  # pools refilled: their starts are not part of the next reading
+    before = tree_cpu_ms(server.pid)
+    for _ in range(count):
+        await execute(server.client, runtime, TRIVIAL[runtime])
+    await anyio.sleep(1.5)  # the replacements of the sandboxes used are part of their cost
+    return (tree_cpu_ms(server.pid) - before) / count
+
+
+async def open_loop(
+    client: Client, mix: Mapping[str, float], rate: float, seconds: float, seed: int = 7
+) -> dict[str, list[float]]:
+    """Requests arriving at ``rate`` per second for ``seconds`` (Poisson), each a runtime drawn from ``mix``;
+    latency of each, by runtime. Arrivals do not wait for answers (an agent fleet does not)."""
+    rng = random.Random(seed)
+    runtimes, weights = list(mix), list(mix.values())
+    latencies: dict[str, list[float]] = {runtime: [] for runtime in runtimes}
+
+    async def one(runtime: str) -> None:
+        started = time.perf_counter()
+        await execute(client, runtime, ONE_CALL[runtime], EXPECTED["one"])
+        latencies[runtime].append((time.perf_counter() - started) * 1000)
+
+    deadline = time.perf_counter() + seconds
+    async with anyio.create_task_group() as tg:
+        while time.perf_counter() < deadline:
+            tg.start_soon(one, rng.choices(runtimes, weights)[0])
+            await anyio.sleep(rng.expovariate(rate))
+    return latencies
