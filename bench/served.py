@@ -60,7 +60,6 @@ def config_file(directory: Path) -> Path:
     document = {
         "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}],
         "opsPort": 0,
-        "logLevel": "warning",
         "rateLimit": "",
     }
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
@@ -83,12 +82,14 @@ async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
     with tempfile.TemporaryDirectory() as directory:
         config = config_file(Path(directory))
         env = {**os.environ, "IPC_BEARER_TOKEN": TOKEN}
+        log = Path(directory) / "conduit.log"
         if transport == "stdio":
-            server = StdioServerParameters(command=CONDUIT, args=["serve", "--stdio", "--config", str(config)], env=env)
+            # The server's log (the default level: info) goes to a file, as the HTTP server's does.
+            command = f'exec "{CONDUIT}" serve --stdio --config "{config}" 2>>"{log}"'
+            server = StdioServerParameters(command="/bin/sh", args=["-c", command], env=env)
             async with Client(server, mode=mode) as client:
                 yield Served(client, _server_pid())
             return
-        log = Path(directory) / "conduit.log"
         with log.open("wb") as sink:
             process = await anyio.open_process(
                 [CONDUIT, "serve", "--config", str(config), "--port", "0"], stdout=sink, stderr=sink, env=env

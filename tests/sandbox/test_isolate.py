@@ -12,8 +12,10 @@ import pytest
 from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import INTERNAL_ERROR, TIMEOUT
+from conduit.sandbox import isolate as isolate_module
 from conduit.sandbox.base import Job
 from conduit.sandbox.isolate import IsolateRuntime, IsolateSandbox
+from conduit.sandbox.pool import PoolSizing
 from conduit.sdk.typescript import generate_javascript_sdk
 from support import process_alive, wait_until
 
@@ -93,3 +95,35 @@ async def test_a_warm_worker_is_kept_ready(gateway: Gateway) -> None:
 def test_worker_module_has_no_conduit_server_imports() -> None:
     source = (Path(__file__).parents[2] / "src/conduit/sandbox/isolate_worker.py").read_text()
     assert "from conduit" not in source and "import conduit" not in source
+
+
+async def test_a_burst_grows_the_idle_workers_waits_for_busy_ones_and_shrinks_back(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(isolate_module, "SHRINK_AFTER_S", 0.6)
+    monkeypatch.setattr(isolate_module, "CHECK_EVERY_S", 0.1)
+    address = gateway.bridge.address
+    assert address is not None
+    sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=2)
+    runtime = IsolateRuntime(
+        bridge=address, work_dir=Path(gateway.runtimes["typescript"].runtime.work_dir), sizing=sizing
+    )
+    async with anyio.create_task_group() as tg:
+        runtime.start(tg)
+        await wait_until(lambda: runtime.idle == 1)
+
+        async def one(index: int) -> None:
+            sandbox = await runtime.prepare(64)
+            code = f"await new Promise((resolve) => setTimeout(resolve, 30)); return {index};"
+            outcome = await sandbox.run(Job(code, SDK, "t", LIMITS))
+            assert outcome.result == index, outcome
+
+        async with anyio.create_task_group() as burst:
+            for index in range(8):
+                burst.start_soon(one, index)
+        assert runtime.target == 3  # each request that found none idle raised it, up to max
+        assert runtime.cold_starts == 0  # they waited for a released or a started worker instead
+        await wait_until(lambda: runtime.idle == 3)
+        await wait_until(lambda: runtime.target == 1 and runtime.idle == 1)  # demand gone: back to min
+        await runtime.aclose()
+        tg.cancel_scope.cancel()

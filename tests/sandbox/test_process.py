@@ -1,8 +1,10 @@
-"""Child processes are waited for through pidfds (Python 3.11's default starts a thread per child)."""
+"""Child processes: sandboxes started off the event loop and waited for through pidfds (Python 3.11's default
+starts a thread per child)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import threading
@@ -10,7 +12,8 @@ import threading
 import anyio
 import pytest
 
-from conduit.sandbox.process import use_pidfd_child_watcher
+from conduit.errors import SandboxStartError
+from conduit.sandbox.process import destroy, kill_group, spawn, use_pidfd_child_watcher
 
 pytestmark = [pytest.mark.anyio]
 
@@ -38,3 +41,46 @@ def test_it_serves_every_loop_not_only_the_first() -> None:
         return done.returncode
 
     assert [anyio.run(run_one, code) for code in (5, 6)] == [5, 6]
+
+
+ECHO = (
+    "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data.upper()); "
+    "sys.stderr.write('err'); sys.exit(3)"
+)
+
+
+async def test_a_sandbox_process_speaks_through_its_pipes_and_reports_its_exit() -> None:
+    process = await spawn([sys.executable, "-c", ECHO], env={}, cwd="/")
+    try:
+        with anyio.fail_after(10):
+            await process.stdin.send(b"hello " * 20_000)  # larger than a pipe's buffer
+            await process.stdin.aclose()
+            out, err = b"", b""
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    out += await process.stdout.receive()
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    err += await process.stderr.receive()
+            codes = await asyncio.gather(process.wait(), process.wait())  # two waiters see the same status
+        assert out == b"HELLO " * 20_000 and err == b"err"
+        assert codes == [3, 3] and process.returncode == 3
+    finally:
+        await destroy(process)
+
+
+async def test_a_killed_group_is_reaped_with_its_signal_and_its_pipes_close() -> None:
+    process = await spawn(["sh", "-c", "sleep 30 & exec sleep 30"], env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    with anyio.fail_after(10):
+        kill_group(process)
+        assert await process.wait() == -signal.SIGKILL
+        with pytest.raises(anyio.EndOfStream):
+            await process.stdout.receive()  # the background sleep, in the same group, died too
+    await destroy(process)
+    with pytest.raises(anyio.ClosedResourceError):
+        await process.stdout.receive()
+
+
+async def test_a_missing_executable_is_a_sandbox_start_error() -> None:
+    with pytest.raises(SandboxStartError, match="cannot start /no/such/runtime"):
+        await spawn(["/no/such/runtime"], env={}, cwd="/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -53,6 +54,11 @@ def check_arguments(schema: Mapping[str, Any] | None, arguments: Mapping[str, An
     ]
 
 
+_BY_OBJECT: OrderedDict[int, tuple[Mapping[str, Any], Draft202012Validator | None]] = OrderedDict()
+"""Validators by the schema object they were made for: a tool's schema is the same object on every call
+while its upstream's tool list is cached, so a call costs a dict lookup, not a canonical dump."""
+
+
 def _validator(schema: Mapping[str, Any] | None) -> Draft202012Validator | None:
     """The compiled validator for ``schema`` (None: nothing to check), built once per distinct schema.
 
@@ -60,7 +66,14 @@ def _validator(schema: Mapping[str, Any] | None) -> Draft202012Validator | None:
     """
     if not schema:
         return None
-    return _compiled(json.dumps(schema, sort_keys=True, default=str))
+    known = _BY_OBJECT.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    validator = _compiled(json.dumps(schema, sort_keys=True, default=str))
+    _BY_OBJECT[id(schema)] = (schema, validator)  # the schema is kept alive, so its id cannot be reused
+    if len(_BY_OBJECT) > _CACHED_SCHEMAS:
+        _BY_OBJECT.popitem(last=False)
+    return validator
 
 
 @functools.lru_cache(maxsize=_CACHED_SCHEMAS)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 import anyio
-from anyio.abc import Process, TaskGroup
+from anyio.abc import TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
@@ -30,7 +30,7 @@ from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, job_line
 from conduit.sandbox.homes import SandboxHomes, harvest
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, set_niceness, spawn
+from conduit.sandbox.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, set_niceness, spawn
 from conduit.sandbox.program import typescript_module
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, watch_cap
@@ -76,7 +76,7 @@ def find_deno(configured: str | None) -> str:
 class DenoProcess:
     """A started Deno sandbox process and what goes with it: its cgroup and its private home."""
 
-    process: Process
+    process: SandboxProcess
     cgroup: Cgroup | None
     home: Path
     homes: SandboxHomes

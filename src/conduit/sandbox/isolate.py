@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import sys
 import time
@@ -19,15 +20,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
-from anyio.abc import Process, TaskGroup
+from anyio.abc import TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, RuntimeStatus, job_line
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.pool import PoolSizing
-from conduit.sandbox.process import destroy, kill_group, private_memory_bytes, pump, spawn
+from conduit.sandbox.pool import CHECK_EVERY_S, SHRINK_AFTER_S, PoolSizing
+from conduit.sandbox.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, spawn
 from conduit.sandbox.program import isolate_body
 from conduit.sandbox.walls import Walls, python_profile
 from conduit.sandbox.walls.cgroups import Cgroup
@@ -46,7 +47,7 @@ DEFAULT_SIZING: Final = PoolSizing(min=1, max=8, max_idle_memory_mb=512, max_sta
 
 @dataclass
 class Worker:
-    process: Process
+    process: SandboxProcess
     reader: BufferedByteReceiveStream
     jobs: int = 0
     stderr_tail: list[str] = field(default_factory=list)
@@ -92,7 +93,14 @@ class IsolateRuntime:
         self.sizing = sizing
         self._idle: list[Worker] = []
         self._starting = 0
+        self._busy = 0
+        self.target = min(sizing.min, sizing.max)
+        """Idle workers wanted: ``min``, raised by one each time a request finds none (up to ``max``)."""
+        self._last_miss = -math.inf
+        self._changed = anyio.Event()
         self._tg: TaskGroup | None = None
+        self.cold_starts = 0
+        """Requests that found no worker idle, busy or starting, and started one themselves."""
         self.last_error: str | None = None
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
@@ -107,11 +115,14 @@ class IsolateRuntime:
         return argv
 
     def start(self, tg: TaskGroup) -> None:
-        """Begin keeping ``sizing.min`` workers ready, in ``tg``."""
+        """Begin keeping ``sizing.min`` workers ready (more while demand needs them), in ``tg``."""
         self._tg = tg
         self._refill()
+        tg.start_soon(self._keep_sized)
 
     async def aclose(self) -> None:
+        self._tg = None
+        self._signal()
         idle, self._idle = self._idle, []
         for worker in idle:
             await _destroy(worker)
@@ -125,20 +136,43 @@ class IsolateRuntime:
         return sum(worker.memory for worker in self._idle)
 
     async def prepare(self, memory_limit_mb: int) -> IsolateSandbox:
-        # The worker idle longest: after each job a worker makes the context for its next one (~3 ms).
-        worker = self._idle.pop(0) if self._idle else await self._spawn()
+        """An idle worker; when none is, wait for the first that is released or started.
+
+        A busy worker is usually free again within milliseconds, while starting one (Python, mini-racer,
+        V8) takes most of a second: so a request that finds none idle raises the target (a worker starts
+        in the background) and takes whichever comes first. With no worker busy or starting, it starts one.
+        """
+        if not self._idle:
+            self._last_miss = time.monotonic()
+            self.target = min(self.sizing.max, self.target + 1)
+            self._refill()
+            while not self._idle and (self._busy or self._starting) and self._tg is not None:
+                changed = self._changed
+                await changed.wait()
+        if self._idle:
+            worker = self._idle.pop()
+        else:
+            self.cold_starts += 1
+            worker = await self._spawn()
+        self._busy += 1
         self._refill()
         return IsolateSandbox(self, worker, self._bridge)
 
     def release(self, worker: Worker, reusable: bool) -> None:
         """Take a worker back: idle again after a clean run, otherwise killed at once (and reaped later)."""
+        self._busy -= 1
         if reusable and worker.process.returncode is None and self._keeps(worker):
             self._idle.append(worker)
         else:
             kill_group(worker.process)
             if self._tg is not None:
                 self._tg.start_soon(_destroy, worker)
+        self._signal()
         self._refill()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def _keeps(self, worker: Worker) -> bool:
         """Whether an idle worker fits: fewer than ``max`` idle and within the memory ceiling."""
@@ -150,8 +184,7 @@ class IsolateRuntime:
     def _refill(self) -> None:
         if self._tg is None:
             return
-        wanted = min(self.sizing.min, self.sizing.max)
-        while len(self._idle) + self._starting < wanted and self._starting < self.sizing.max_starting:
+        while len(self._idle) + self._starting < self.target and self._starting < self.sizing.max_starting:
             self._starting += 1
             self._tg.start_soon(self._spawn_idle)
 
@@ -164,9 +197,23 @@ class IsolateRuntime:
             return
         finally:
             self._starting -= 1
+            self._signal()
         self.last_error = None
+        if self._tg is None:
+            await _destroy(worker)
+            return
         worker.memory = private_memory_bytes(worker.pid)
         self._idle.append(worker)
+        self._signal()
+
+    async def _keep_sized(self) -> None:
+        """Back to ``min`` idle workers, one step at a time, once no request has found none for a while."""
+        while self._tg is not None:
+            await anyio.sleep(CHECK_EVERY_S)
+            if self.target > self.sizing.min and time.monotonic() - self._last_miss > SHRINK_AFTER_S:
+                self.target -= 1
+                while len(self._idle) > max(self.target, 0):
+                    await _destroy(self._idle.pop(0))
 
     def status(self) -> RuntimeStatus:
         """Why isolate workers cannot start (the last failure, while none is idle), and the idle workers."""

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from conduit.errors import SandboxStartError
 
@@ -86,19 +87,151 @@ def use_pidfd_child_watcher() -> None:
     policy.set_child_watcher(_PidfdChildWatcher())
 
 
-async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> Process:
-    """Start ``argv`` with pipes on all three streams, leading its own session.
+class _PipeReader(ByteReceiveStream):
+    """The read end of a child's stdout or stderr, non-blocking, read when the event loop says it is ready."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+
+    async def receive(self, max_bytes: int = READ_CHUNK) -> bytes:
+        while True:
+            if self._fd is None:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self._fd)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def aclose(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+
+class _PipeWriter(ByteSendStream):
+    """The write end of a child's stdin, non-blocking."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            if self._fd is None:
+                raise anyio.ClosedResourceError
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+            except BrokenPipeError as exc:
+                raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+
+class SandboxProcess:
+    """A child started off the event loop: its pipes as byte streams, its exit seen through a pidfd.
+
+    ``fork``/``vfork`` suspends the calling thread until the child has exec'd, which on a busy two-core
+    machine is milliseconds (measured: 4.5 ms median, 13 ms p90, per sandbox start). Starting the child
+    from a worker thread keeps the event loop serving every other request meanwhile.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdin: int, stdout: int, stderr: int) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdin = _PipeWriter(stdin)
+        self.stdout = _PipeReader(stdout)
+        self.stderr = _PipeReader(stderr)
+        self._waiting = anyio.Lock()
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            self._pidfd = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """The exit status, once the process has exited (negative: killed by that signal)."""
+        async with self._waiting:  # one task at a time waits on the pidfd
+            while self._popen.returncode is None:
+                if self._pidfd is not None:
+                    await anyio.wait_readable(self._pidfd)
+                else:
+                    await anyio.sleep(0.01)
+                self._popen.poll()
+            self._close_pidfd()
+            return self._popen.returncode
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    def _close_pidfd(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+    async def aclose(self) -> None:
+        """Close the pipes (the process itself is the caller's to kill and wait for)."""
+        await self.stdin.aclose()
+        await self.stdout.aclose()
+        await self.stderr.aclose()
+        if self._popen.returncode is not None:
+            self._close_pidfd()
+
+
+SandboxProcessParts = tuple["subprocess.Popen[bytes]", int, int, int]
+
+
+def _start(argv: list[str], env: dict[str, str], cwd: str) -> SandboxProcessParts:
+    """``Popen`` with pipes made here: the child gets one end of each, the caller the others."""
+    pipes = [os.pipe() for _ in range(3)]
+    child = (pipes[0][0], pipes[1][1], pipes[2][1])
+    try:
+        popen = subprocess.Popen(
+            argv, stdin=child[0], stdout=child[1], stderr=child[2], env=env, cwd=cwd, start_new_session=True
+        )
+    except BaseException:
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
+        raise
+    finally:
+        for fd in child:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return popen, pipes[0][1], pipes[1][0], pipes[2][0]
+
+
+async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> SandboxProcess:
+    """Start ``argv`` with pipes on all three streams, leading its own session, from a worker thread.
 
     Raises:
         SandboxStartError: the executable cannot be started.
     """
     try:
-        return await anyio.open_process(list(argv), env=dict(env), cwd=cwd, start_new_session=True)
+        popen, stdin, stdout, stderr = await anyio.to_thread.run_sync(_start, list(argv), dict(env), cwd)
     except OSError as exc:
         raise SandboxStartError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    return SandboxProcess(popen, stdin, stdout, stderr)
 
 
-def kill_group(process: Process) -> None:
+def kill_group(process: SandboxProcess) -> None:
     """SIGKILL the process's whole group; a group already gone is fine.
 
     The leader is signalled directly only if the group cannot be: ``Popen.kill`` polls the process
@@ -114,7 +247,7 @@ def kill_group(process: Process) -> None:
             process.kill()
 
 
-async def destroy(process: Process) -> None:
+async def destroy(process: SandboxProcess) -> None:
     """Kill the group, reap the leader and close the pipes; bounded and shielded from cancellation."""
     with anyio.CancelScope(shield=True):
         kill_group(process)
