@@ -38,7 +38,10 @@ ONE_CALL: Final = {
     "isolate": "return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;",
     "python": "(await tools.toolbox.add(a=1, b=2))['structuredContent']['sum']",
 }
-_TEN_JS: Final = "let s = 0;\nfor (let i = 0; i < 10; i++) s += (await tools.toolbox.add({a: i, b: 1})).structuredContent.sum;\nreturn s;"
+_TEN_JS: Final = (
+    "let s = 0;\nfor (let i = 0; i < 10; i++)\n"
+    "  s += (await tools.toolbox.add({a: i, b: 1})).structuredContent.sum;\nreturn s;"
+)
 TEN_CALLS: Final = {
     "typescript": _TEN_JS,
     "isolate": _TEN_JS,
