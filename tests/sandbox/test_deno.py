@@ -50,6 +50,15 @@ async def test_a_sandbox_runs_exactly_one_program(gateway: Gateway) -> None:
         await sandbox.run(Job("return 2;", SDK, "t", LIMITS))
 
 
+async def test_a_job_larger_than_one_stdin_read_arrives_whole(gateway: Gateway) -> None:
+    # The harness reads its job in 64 KiB reads; a program of several reads must arrive intact.
+    sandbox = await prepare(gateway)
+    text = "".join(chr(0x41 + i % 26) for i in range(200_000))
+    outcome = await sandbox.run(Job(f"const s = {text!r}; return [s.length, s.slice(-3)];", SDK, "t", LIMITS))
+    assert outcome.error is None
+    assert outcome.result == [200_000, text[-3:]]
+
+
 async def test_discard_kills_an_unused_sandbox(gateway: Gateway) -> None:
     sandbox = await prepare(gateway)
     assert process_alive(sandbox.pid)
