@@ -161,9 +161,13 @@ if __name__ == "__main__":
     parser.add_argument("--runtimes", default="typescript,python,isolate", help="comma-separated (default: all)")
     parser.add_argument("--transports", default="stdio,http", help="comma-separated: stdio, http (default: both)")
     args = parser.parse_args()
-    anyio.run(
-        main,
-        args.runs,
-        tuple(name for name in args.runtimes.split(",") if name),
-        tuple(name for name in args.transports.split(",") if name),
-    )
+    chosen_runtimes = tuple(name for name in args.runtimes.split(",") if name)
+    chosen_transports = tuple(name for name in args.transports.split(",") if name)
+    for chosen, known, flag in (
+        (chosen_runtimes, GAP_S, "--runtimes"),
+        (chosen_transports, ("stdio", "http"), "--transports"),
+    ):
+        unknown = [name for name in chosen if name not in known]
+        if unknown or not chosen:
+            parser.error(f"{flag}: choose from {', '.join(known)} (got {', '.join(unknown) or 'nothing'})")
+    anyio.run(main, args.runs, chosen_runtimes, chosen_transports)

@@ -127,3 +127,38 @@ async def test_a_burst_grows_the_idle_workers_waits_for_busy_ones_and_shrinks_ba
         await wait_until(lambda: runtime.target == 1 and runtime.idle == 1)  # demand gone: back to min
         await runtime.aclose()
         tg.cancel_scope.cancel()
+
+
+async def test_workers_grown_to_max_serve_steady_traffic_without_starting_more(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    # max bounds every worker, busy ones included: one started past it would be killed when the next
+    # run released a worker, then replaced, a few hundred ms of CPU per run for nothing.
+    address = gateway.bridge.address
+    assert address is not None
+    sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=2)
+    runtime = IsolateRuntime(
+        bridge=address, work_dir=Path(gateway.runtimes["typescript"].runtime.work_dir), sizing=sizing
+    )
+    async with anyio.create_task_group() as tg:
+        runtime.start(tg)
+
+        async def one(pids: set[int]) -> None:
+            sandbox = await runtime.prepare(64)
+            pids.add(sandbox.pid)
+            outcome = await sandbox.run(Job("await new Promise((r) => setTimeout(r, 20)); return 1;", SDK, "t", LIMITS))
+            assert outcome.result == 1, outcome
+
+        grown: set[int] = set()
+        async with anyio.create_task_group() as burst:
+            for _ in range(6):
+                burst.start_soon(one, grown)
+        await wait_until(lambda: runtime.idle == 3)
+        steady: set[int] = set()
+        deadline = anyio.current_time() + 1.5  # several worker start times
+        while anyio.current_time() < deadline:
+            await one(steady)
+        assert runtime.target == 3 and runtime.idle == 3
+        assert len(steady | grown) == 3, "a worker was started (and one killed) during steady traffic"
+        await runtime.aclose()
+        tg.cancel_scope.cancel()

@@ -113,6 +113,9 @@ class PythonPool(PoolConfig):
 
 
 class IsolatePool(PoolConfig):
+    """Isolate workers are reused (a fresh isolate per program), so ``max`` bounds all of them, busy
+    ones included: at most ``max`` programs run in isolates at once without a cold start."""
+
     min: Annotated[int, Field(ge=0, le=64)] = 1
     max_idle_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 512
     """An isolate worker holds ~30-60 MiB between programs."""

@@ -94,6 +94,8 @@ class IsolateRuntime:
         self._idle: list[Worker] = []
         self._starting = 0
         self._busy = 0
+        self._fresh_memory = 0
+        """Private memory of the last worker started, the estimate for the next one."""
         self.target = min(sizing.min, sizing.max)
         """Idle workers wanted: ``min``, raised by one each time a request finds none (up to ``max``)."""
         self._last_miss = -math.inf
@@ -182,9 +184,18 @@ class IsolateRuntime:
         return self.idle_memory_bytes + worker.memory <= self.sizing.max_idle_memory_mb << 20
 
     def _refill(self) -> None:
+        """Start workers towards ``target`` idle ones, never beyond ``max`` workers in all (busy ones
+        included) nor the idle memory ceiling: a worker started past either would be killed when the
+        next run releases one, and a start costs a few hundred ms of CPU."""
         if self._tg is None:
             return
-        while len(self._idle) + self._starting < self.target and self._starting < self.sizing.max_starting:
+        while (
+            len(self._idle) + self._starting < self.target
+            and len(self._idle) + self._starting + self._busy < self.sizing.max
+            and self._starting < self.sizing.max_starting
+            and self.idle_memory_bytes + (self._starting + 1) * self._fresh_memory
+            <= self.sizing.max_idle_memory_mb << 20
+        ):
             self._starting += 1
             self._tg.start_soon(self._spawn_idle)
 
@@ -202,7 +213,7 @@ class IsolateRuntime:
         if self._tg is None:
             await _destroy(worker)
             return
-        worker.memory = private_memory_bytes(worker.pid)
+        worker.memory = self._fresh_memory = private_memory_bytes(worker.pid)
         self._idle.append(worker)
         self._signal()
 
