@@ -75,16 +75,21 @@ async def transport_section(transport: str, runtimes: tuple[str, ...], runs: int
         peak = 0.0
         idle_rss = floors.tree_rss_mb(server.pid)
         for runtime in runtimes:
-            for in_flight in (1, 4, 8):
+            for in_flight, program in ((1, "trivial"), (4, "trivial"), (8, "trivial"), (8, "one")):
                 rates.setdefault(runtime, []).append(
-                    await through.throughput(client, runtime, in_flight, counts[runtime])
+                    await through.throughput(client, runtime, in_flight, counts[runtime], program)
                 )
                 peak = max(peak, floors.tree_rss_mb(server.pid)[1])
-        out.append(f"\n## Throughput through MCP {transport}, trivial executions per second\n")
-        out.append(table(["runtime", "1 in flight", "4 in flight", "8 in flight"], [[r, *v] for r, v in rates.items()]))
+        out.append(f"\n## Throughput through MCP {transport}, executions per second\n")
+        out.append(
+            table(
+                ["runtime", "trivial, 1 in flight", "4 in flight", "8 in flight", "1 tool call, 8 in flight"],
+                [[r, *v] for r, v in rates.items()],
+            )
+        )
         mix = {runtime: share for runtime, share in MIX.items() if runtime in runtimes}
         total = sum(mix.values())
-        capacity = 1 / sum(share / total / rates[runtime][2] for runtime, share in mix.items())
+        capacity = 1 / sum(share / total / rates[runtime][3] for runtime, share in mix.items())
         rate = LOAD_SHARE * capacity
         seconds = 20.0
         latencies = await through.open_loop(client, {r: s / total for r, s in mix.items()}, rate, seconds)

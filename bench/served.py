@@ -151,18 +151,20 @@ async def samples(action: Callable[[], Awaitable[None]], runs: int, gap_s: float
     return timed
 
 
-async def throughput(client: Client, runtime: str, in_flight: int, count: int) -> float:
-    """Trivial executions per second with ``in_flight`` outstanding, after a ramp of ``2 * in_flight``."""
+async def throughput(client: Client, runtime: str, in_flight: int, count: int, program: str = "trivial") -> float:
+    """Executions of ``program`` ("trivial" or "one": one tool call) per second with ``in_flight``
+    outstanding, after a ramp of ``2 * in_flight``."""
+    code = (TRIVIAL if program == "trivial" else ONE_CALL)[runtime]
     async with anyio.create_task_group() as ramp:
         for _ in range(2 * in_flight):
-            ramp.start_soon(execute, client, runtime, TRIVIAL[runtime])
+            ramp.start_soon(execute, client, runtime, code)
     remaining = count
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await execute(client, runtime, TRIVIAL[runtime], EXPECTED["trivial"])
+            await execute(client, runtime, code, EXPECTED[program])
 
     started = time.perf_counter()
     async with anyio.create_task_group() as workers:
