@@ -25,6 +25,13 @@ EXECUTE_PYTHON = "conduit__mcp_execute_python"
 MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
 HTTP_UPSTREAM = str(Path(__file__).parent / "servers" / "http_upstream.py")
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+"""A raw MCP initialize request, for tests that speak the wire themselves."""
 
 
 def conduit(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -109,6 +116,28 @@ def process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def stat_fields(path: Path) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` file after the command name: state, ppid, ..."""
+    stat = path.read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def children(parent: int, marker: str) -> set[int]:
+    """Child processes of ``parent`` whose command line contains ``marker``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(stat_fields(entry / "stat")[1]) != parent:
+                continue
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def _read(path: Path) -> str:

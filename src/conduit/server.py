@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Mapping
 
 import anyio
@@ -20,7 +21,26 @@ logger = logging.getLogger(__name__)
 
 
 async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
-    """Serve until the client disconnects (stdio) or the process is stopped (HTTP); ops endpoints beside."""
+    """Serve until the client disconnects (stdio) or SIGTERM/SIGINT arrives; ops endpoints beside.
+
+    A signal cancels the serving, so everything opened is closed on the way out: HTTP requests are
+    given a grace period, then sandboxes, upstreams and the gateway's other resources are released.
+    """
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        await _serve(loaded, master_token, host_env)
+        tg.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for received in signals:
+            logger.info("stopping on %s", signal.Signals(received).name)
+            scope.cancel()
+            return
+
+
+async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
     config = loaded.config
     async with open_gateway(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
         server = build_server(gw)

@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from support import CONDUIT, EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, ConduitHttp, run_ts
+from support import CONDUIT, EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, INITIALIZE, ConduitHttp, run_ts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -96,17 +96,7 @@ async def test_invalid_json_rpc_on_stdio_gets_an_error_and_the_session_continues
 
         garbage = await exchange(b"{this is not json")
         assert garbage["error"]["code"] == -32700  # type: ignore[index]
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "0"},
-            },
-        }
-        answer = await exchange(json.dumps(initialize).encode())
+        answer = await exchange(json.dumps(INITIALIZE).encode())
         assert answer["result"]["serverInfo"]["name"] == "conduit"  # type: ignore[index]
         await process.stdin.aclose()
         with anyio.fail_after(20):

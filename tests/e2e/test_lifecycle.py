@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
-from support import ConduitHttp, process_alive, run_ts, stdio_client_for, wait_until
+from support import CONDUIT, INITIALIZE, ConduitHttp, process_alive, run_ts, stdio_client_for, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -33,3 +37,98 @@ async def test_http_server_stop_stops_upstreams(e2e_config: Path) -> None:
         is_error, _ = await run_ts(client, "return 1;")
         assert not is_error
     await wait_gone(pid)
+
+
+def error_records(log: str) -> list[str]:
+    """Lines of a server log that are errors or tracebacks."""
+    return [line for line in log.splitlines() if "Traceback" in line or '"level": "error"' in line]
+
+
+SERVE_STDIO = [CONDUIT, "serve", "--stdio", "--config"]
+ENV = {**os.environ, "IPC_BEARER_TOKEN": "test-master-token-0123456789"}
+
+
+async def test_stdio_session_end_shuts_down_cleanly_with_the_ops_server_beside(e2e_config: Path) -> None:
+    # The ops server is cancelled when the stdio session ends; it used to log its lifespan's
+    # CancelledError as an error with a traceback.
+    async with await anyio.open_process([*SERVE_STDIO, str(e2e_config)], env=ENV, stderr=subprocess.PIPE) as process:
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        await process.stdin.send((json.dumps(INITIALIZE) + "\n").encode())
+        with anyio.fail_after(30):
+            answer = await process.stdout.receive()
+        assert json.loads(answer.splitlines()[0])["id"] == 1
+        await process.stdin.aclose()
+        log = b""
+        with anyio.fail_after(20):
+            async for chunk in process.stderr:
+                log += chunk
+            assert await process.wait() == 0
+    text = log.decode()
+    assert "Conduit ops on" in text
+    assert error_records(text) == []
+
+
+async def test_stdio_from_and_to_files_answers_every_line_then_stops_at_the_end(
+    e2e_config: Path, tmp_path: Path
+) -> None:
+    # Neither end is a pipe: stdin is read by a thread, stdout written directly.
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("{not json\n" + json.dumps(INITIALIZE) + "\n")
+    answers, log = tmp_path / "answers.jsonl", tmp_path / "log.txt"
+    with requests.open("rb") as stdin, answers.open("wb") as stdout, log.open("wb") as stderr:
+        process = await anyio.open_process(
+            [*SERVE_STDIO, str(e2e_config)], env=ENV, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+    async with process:
+        with anyio.fail_after(30):
+            assert await process.wait() == 0
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [line.get("id") for line in lines] == [None, 1]
+    assert lines[0]["error"]["code"] == -32700 and lines[1]["result"]["serverInfo"]["name"] == "conduit"
+    assert error_records(log.read_text()) == []
+
+
+@pytest.mark.parametrize("stdout_kind", ["pipe", "file"])
+async def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(
+    e2e_config: Path, tmp_path: Path, stdout_kind: str
+) -> None:
+    # Stopping must not wait for the next line on stdin (with stdout a file, a thread reads stdin).
+    log, answers = tmp_path / "log.txt", tmp_path / "answers.jsonl"
+    with answers.open("wb") as answer_file, log.open("wb") as stderr:
+        process = await anyio.open_process(
+            [*SERVE_STDIO, str(e2e_config)],
+            env=ENV,
+            stdout=subprocess.PIPE if stdout_kind == "pipe" else answer_file,
+            stderr=stderr,
+        )
+    async with process:
+        assert process.stdin is not None
+        env_call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "toolbox__env"}}
+        for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, env_call):
+            await process.stdin.send((json.dumps(message) + "\n").encode())
+        received = b""
+        with anyio.fail_after(30):
+            while b'"id":2' not in received:
+                if process.stdout is not None:
+                    received += await process.stdout.receive()
+                else:
+                    await anyio.sleep(0.05)
+                    received = await anyio.Path(answers).read_bytes()
+        line = next(line for line in received.splitlines() if b'"id":2' in line)
+        upstream = json.loads(line)["result"]["structuredContent"]["pid"]
+        process.terminate()  # stdin stays open: the client has not gone away
+        with anyio.fail_after(15):
+            assert await process.wait() == 0
+    assert "stopping on SIGTERM" in log.read_text()
+    assert error_records(log.read_text()) == []
+    await wait_gone(upstream)  # the gateway closed: its upstreams were stopped, not orphaned
+
+
+async def test_http_server_stop_shuts_down_cleanly(e2e_config: Path) -> None:
+    # uvicorn re-raised SIGTERM after its own shutdown: the process died by the signal before the
+    # gateway closed.
+    async with ConduitHttp.start(e2e_config) as server:
+        process = server.process
+    assert process.returncode == 0
+    assert "stopping on SIGTERM" in server.log.read_text()
+    assert error_records(server.log.read_text()) == []

@@ -14,7 +14,19 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, ConduitHttp, run_js, run_ts, wait_until, write_config
+from support import (
+    EXECUTE_ISOLATE,
+    EXECUTE_PYTHON,
+    EXECUTE_TS,
+    INITIALIZE,
+    ConduitHttp,
+    children,
+    run_js,
+    run_ts,
+    stat_fields,
+    wait_until,
+    write_config,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -142,24 +154,13 @@ async def test_output_streams_as_progress_notifications(server: ConduitHttp, too
     assert received[0][0] < finished - 0.5  # the first line arrived while the program was still running
 
 
-def _stat_fields(path: Path) -> list[str]:
-    stat = path.read_text()
-    return stat[stat.rindex(")") + 2 :].split()
-
-
 def spinning_children(parent: int, marker: str) -> set[int]:
     """Child processes of ``parent`` whose command line has ``marker`` and with a thread running on a CPU."""
     found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in children(parent, marker):
         try:
-            if int(_stat_fields(entry / "stat")[1]) != parent:
-                continue
-            if marker not in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                continue
-            if any(_stat_fields(task / "stat")[0] == "R" for task in (entry / "task").iterdir()):
-                found.add(int(entry.name))
+            if any(stat_fields(task / "stat")[0] == "R" for task in Path(f"/proc/{pid}/task").iterdir()):
+                found.add(pid)
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -208,12 +209,6 @@ async def test_a_dropped_http_client_gets_its_execution_killed_and_its_slot_free
         "Accept": "application/json, text/event-stream",
         "Content-Type": "application/json",
     }
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-    }
     spin = {
         "jsonrpc": "2.0",
         "id": 2,
@@ -221,7 +216,7 @@ async def test_a_dropped_http_client_gets_its_execution_killed_and_its_slot_free
         "params": {"name": EXECUTE_TS, "arguments": {"code": "while (true) {}", "limits": {"timeoutMs": 60_000}}},
     }
     async with httpx2.AsyncClient(timeout=30) as http:
-        response = await http.post(server.url, headers=headers, json=initialize)
+        response = await http.post(server.url, headers=headers, json=INITIALIZE)
         headers["mcp-session-id"] = response.headers["mcp-session-id"]
         await http.post(server.url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     spinning: set[int] = set()

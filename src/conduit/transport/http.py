@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
 
+import anyio
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conduit.security.tokens import tokens_equal
 
 logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S: Final = 5
+"""How long a stopped server waits for open requests before closing them."""
 
 
 class BearerAuth:
@@ -48,6 +56,16 @@ class BearerAuth:
         return False
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: it re-raises SIGTERM and SIGINT once it has shut down,
+    which ends the process before the gateway has closed (sandboxes, upstreams, cgroups). The caller
+    stops the server by cancelling :func:`serve_http` (see ``conduit.server``)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve_http(
     app: ASGIApp, *, host: str, port: int, log_level: str, announce: str = "Conduit listening on {url}/mcp"
 ) -> None:
@@ -70,7 +88,25 @@ async def serve_http(
     sock.listen(128)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", log_config=None)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    server = _Server(config)
     print(announce.format(url=f"http://{shown}:{bound_port}"), file=sys.stderr, flush=True)
-    await server.serve(sockets=[sock])
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(serving)
+    finally:
+        # Cancelled (the other front end ended): stop the way a signal would, so the app's lifespan
+        # shuts down cleanly instead of being cancelled mid-wait (uvicorn logged that as an error).
+        server.should_exit = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S + 1):
+            await asyncio.wait([serving])
+        if not serving.done():
+            serving.cancel()
+        sock.close()

@@ -1,11 +1,12 @@
 """stdio front end: MCP messages over the process's stdin and stdout, answering lines that are not JSON-RPC.
 
-When stdin and stdout are pipes or sockets (an MCP client spawned Conduit), they are read and written
-by the event loop itself: the SDK's stdio transport reads and writes through a worker thread, several
-hand-offs per request (~0.5 ms of CPU each request on this machine class, measured). On anything else
-(a terminal, a file) the SDK's transport is used. Either way the protocol owns private duplicates of the
-two descriptors, and fd 1 is pointed at stderr for as long as it serves, so a stray ``print`` cannot
-corrupt the protocol.
+When stdin and stdout are pipes or sockets (an MCP client spawned Conduit), the event loop reads and
+writes them itself: the SDK's stdio transport goes through a worker thread, several hand-offs per request
+(~0.5 ms of CPU each request on this machine class, measured). Anything else (a terminal, a file) is read
+by a daemon thread and written directly: a thread blocked reading a terminal cannot be cancelled, and
+stopping (end of stdin, SIGTERM, Ctrl-C) must not wait for the next line typed. Either way the protocol
+owns private duplicates of the two descriptors, and fd 1 is pointed at stderr for as long as it serves,
+so a stray ``print`` cannot corrupt the protocol.
 
 The SDK drops an unparseable line silently; a client then waits forever for an answer. JSON-RPC 2.0 says
 such a line gets a parse error with ``"id": null``, so this front end answers it and keeps the session going.
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -25,7 +28,6 @@ from typing import Final
 import anyio
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
 from conduit.errors import PARSE_ERROR
@@ -52,20 +54,56 @@ def _pipe_or_socket(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+class _ThreadLines:
+    """Lines of a descriptor the event loop cannot poll (a terminal is, but non-blocking mode would leak
+    into the shell sharing it; a file is not), read by a daemon thread. Abandoned, not joined, when the
+    session ends: the process can exit while it waits for a line."""
+
+    def __init__(self, fd: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+        self._file = os.fdopen(fd, "rb", buffering=0)
+        threading.Thread(target=self._pump, name="conduit-stdin", daemon=True).start()
+
+    def _pump(self) -> None:
+        buffered = io.BufferedReader(self._file)
+        try:
+            while True:
+                line = buffered.readline(MAX_LINE + 1)
+                self._loop.call_soon_threadsafe(self._lines.put_nowait, line)
+                if not line:
+                    return
+        except (OSError, ValueError, RuntimeError) as exc:  # closed under it, or the loop is gone
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._lines.put_nowait, exc)
+
+    async def readline(self) -> bytes:
+        line = await self._lines.get()
+        if isinstance(line, BaseException):
+            return b""
+        if len(line) > MAX_LINE:
+            raise ValueError(f"a line longer than {MAX_LINE} bytes")
+        return line
+
+
+class _DirectWrites:
+    """Writes to a descriptor that is not a pipe (a file or a terminal): they do not block for long."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    async def drain(self) -> None:
+        return None
+
+
 @asynccontextmanager
 async def stdio_streams() -> AsyncIterator[Streams]:
     """stdin/stdout as MCP message streams; malformed lines are answered, not passed on."""
-    if _pipe_or_socket(0) and _pipe_or_socket(1):
-        async with _loop_streams() as streams:
-            yield streams
-        return
-    async with _sdk_streams() as streams:
-        yield streams
-
-
-@asynccontextmanager
-async def _loop_streams() -> AsyncIterator[Streams]:
-    """stdin and stdout read and written by the event loop (non-blocking pipes, no threads)."""
     loop = asyncio.get_running_loop()
     wire_in, wire_out = os.dup(0), os.dup(1)
     saved_in, saved_out = os.dup(0), os.dup(1)
@@ -73,14 +111,49 @@ async def _loop_streams() -> AsyncIterator[Streams]:
     os.dup2(diversion, 0)
     os.dup2(2, 1)  # stray prints go to stderr from now on
     os.close(diversion)
-    reader = asyncio.StreamReader(limit=MAX_LINE)
-    read_transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
-    )
-    write_transport, write_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    transports: list[asyncio.BaseTransport] = []
+    reader: asyncio.StreamReader | _ThreadLines
+    writer: asyncio.StreamWriter | _DirectWrites | None = None
+    try:
+        if _pipe_or_socket(wire_in):
+            stream_reader = asyncio.StreamReader(limit=MAX_LINE)
+            read_transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream_reader),
+                os.fdopen(wire_in, "rb", buffering=0),
+            )
+            transports.append(read_transport)
+            reader = stream_reader
+        else:
+            reader = _ThreadLines(wire_in)
+        if _pipe_or_socket(wire_out):
+            write_transport, write_protocol = await loop.connect_write_pipe(
+                asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
+            )
+            transports.append(write_transport)
+            writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+        else:
+            writer = _DirectWrites(wire_out)
+        async with _message_streams(reader, writer) as streams:
+            yield streams
+    finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.drain()
+        for transport in transports:
+            transport.close()
+        if not isinstance(writer, asyncio.StreamWriter):
+            os.close(wire_out)
+        os.dup2(saved_in, 0)
+        os.dup2(saved_out, 1)
+        os.close(saved_in)
+        os.close(saved_out)
+
+
+@asynccontextmanager
+async def _message_streams(
+    reader: asyncio.StreamReader | _ThreadLines, writer: asyncio.StreamWriter | _DirectWrites
+) -> AsyncIterator[Streams]:
+    """JSON-RPC messages read as lines from ``reader`` and written as lines to ``writer``."""
     incoming, received = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     outgoing, to_send = anyio.create_memory_object_stream[SessionMessage](0)
 
@@ -110,44 +183,10 @@ async def _loop_streams() -> AsyncIterator[Streams]:
                     continue
                 await incoming.send(SessionMessage(message))
 
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read_lines)
-            tg.start_soon(write_lines)
-            try:
-                yield received, outgoing
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        with contextlib.suppress(Exception):
-            if not write_transport.is_closing():
-                await writer.drain()
-        read_transport.close()
-        write_transport.close()
-        os.dup2(saved_in, 0)
-        os.dup2(saved_out, 1)
-        os.close(saved_in)
-        os.close(saved_out)
-
-
-@asynccontextmanager
-async def _sdk_streams() -> AsyncIterator[Streams]:
-    """The SDK's stdio transport (threads), with malformed lines answered."""
-    async with stdio_server() as (raw_read, write):
-        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-
-        async def filter_input() -> None:
-            async with send:
-                async for item in raw_read:
-                    if isinstance(item, Exception):
-                        logger.warning("malformed message on stdin answered with a parse error")
-                        await write.send(parse_error(item))
-                    else:
-                        await send.send(item)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(filter_input)
-            try:
-                yield receive, write
-            finally:
-                tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_lines)
+        tg.start_soon(write_lines)
+        try:
+            yield received, outgoing
+        finally:
+            tg.cancel_scope.cancel()
