@@ -8,7 +8,7 @@ CONFIG ?= examples/demo.yaml
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test lint typecheck check bench clean
+.PHONY: setup run test lint typecheck check bench soak clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -55,6 +55,9 @@ typecheck: setup
 
 bench: setup
 	$(VENV)/bin/python bench/run.py
+
+soak: setup
+	$(VENV)/bin/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

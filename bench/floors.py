@@ -138,7 +138,7 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def _tree(root: int) -> list[int]:
+def tree_pids(root: int) -> list[int]:
     children, pids, stack = _children(), [], [root]
     while stack:
         pid = stack.pop()
@@ -159,7 +159,7 @@ def tree_rss_mb(root: int) -> tuple[float, float]:
             pass
         return 0.0
 
-    return rss(root), sum(rss(pid) for pid in _tree(root))
+    return rss(root), sum(rss(pid) for pid in tree_pids(root))
 
 
 def tree_cpu_ms(root: int) -> float:
@@ -169,7 +169,7 @@ def tree_cpu_ms(root: int) -> float:
     sandboxes that ran and were reaped between two readings are counted in the difference.
     """
     total = 0
-    for pid in _tree(root):
+    for pid in tree_pids(root):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
