@@ -48,6 +48,9 @@ TEN_CALLS: Final = {
     "python": "sum([(await tools.toolbox.add(a=i, b=1))['structuredContent']['sum'] for i in range(10)])",
 }
 EXPECTED: Final = {"trivial": 2, "one": 3, "ten": 55}
+QUIET_CPU_MS_PER_S: Final = 50.0
+"""A server tree using less than 5 % of a core has finished starting."""
+SETTLE_TIMEOUT_S: Final = 120.0
 
 
 @dataclass
@@ -91,7 +94,9 @@ async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
             command = f'exec "{CONDUIT}" serve --stdio --config "{config}" 2>>"{log}"'
             server = StdioServerParameters(command="/bin/sh", args=["-c", command], env=env)
             async with Client(server, mode=mode) as client:
-                yield Served(client, _server_pid())
+                pid = _server_pid()
+                await settled(pid)
+                yield Served(client, pid)
             return
         with log.open("wb") as sink:
             process = await anyio.open_process(
@@ -104,6 +109,7 @@ async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
                 httpx2.AsyncClient(headers=headers, timeout=120) as http,
                 Client(streamable_http_client(url, http_client=http), mode=mode) as client,
             ):
+                await settled(process.pid)
                 yield Served(client, process.pid)
         finally:
             process.terminate()
@@ -112,6 +118,20 @@ async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
             if process.returncode is None:
                 process.kill()
             await process.aclose()
+
+
+async def settled(pid: int, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait until the server's process tree is quiet: pools filled, Python's snapshot made. Measuring
+    before would time start-up work competing with the requests for the two cores."""
+    with anyio.move_on_after(timeout_s):
+        previous = tree_cpu_ms(pid)
+        while True:
+            await anyio.sleep(1.0)
+            current = tree_cpu_ms(pid)
+            if current - previous < QUIET_CPU_MS_PER_S:
+                return
+            previous = current
+    print(f"bench: the server still busy after {timeout_s:.0f} s; measuring anyway", file=sys.stderr)
 
 
 async def _announced(log: Path, prefix: str) -> str:

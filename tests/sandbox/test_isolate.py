@@ -97,17 +97,20 @@ def test_worker_module_has_no_conduit_server_imports() -> None:
     assert "from conduit" not in source and "import conduit" not in source
 
 
+def small_runtime(gateway: Gateway) -> IsolateRuntime:
+    """An isolate runtime of one to three workers on the gateway's bridge."""
+    address = gateway.bridge.address
+    assert address is not None
+    sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=2)
+    return IsolateRuntime(bridge=address, work_dir=Path(gateway.runtimes["typescript"].runtime.work_dir), sizing=sizing)
+
+
 async def test_a_burst_grows_the_idle_workers_waits_for_busy_ones_and_shrinks_back(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(isolate_module, "SHRINK_AFTER_S", 0.6)
     monkeypatch.setattr(isolate_module, "CHECK_EVERY_S", 0.1)
-    address = gateway.bridge.address
-    assert address is not None
-    sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=2)
-    runtime = IsolateRuntime(
-        bridge=address, work_dir=Path(gateway.runtimes["typescript"].runtime.work_dir), sizing=sizing
-    )
+    runtime = small_runtime(gateway)
     async with anyio.create_task_group() as tg:
         runtime.start(tg)
         await wait_until(lambda: runtime.idle == 1)
@@ -134,12 +137,7 @@ async def test_workers_grown_to_max_serve_steady_traffic_without_starting_more(
 ) -> None:
     # max bounds every worker, busy ones included: one started past it would be killed when the next
     # run released a worker, then replaced, a few hundred ms of CPU per run for nothing.
-    address = gateway.bridge.address
-    assert address is not None
-    sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=2)
-    runtime = IsolateRuntime(
-        bridge=address, work_dir=Path(gateway.runtimes["typescript"].runtime.work_dir), sizing=sizing
-    )
+    runtime = small_runtime(gateway)
     async with anyio.create_task_group() as tg:
         runtime.start(tg)
 
