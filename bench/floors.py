@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+import anyio
+
 from conduit.sandbox.deno import RUN_FLAGS, find_deno
 from conduit.sandbox.pyodide import default_pyodide_dir
 
@@ -102,27 +104,33 @@ def bare_mini_racer(runs: int) -> list[float]:
     return [float(sample) for sample in json.loads(done.stdout)]
 
 
-async def direct_mcp(runs: int) -> tuple[list[float], list[float]]:
+async def direct_mcp(runs: int, gap_s: float) -> tuple[list[float], list[float], list[float]]:
     """Straight to the toolbox upstream with the official MCP client over stdio: ``tools/call`` (modern
-    protocol, as a client talks to Conduit) and ``ping`` (a handshake-era session: the modern protocol
-    has no ping). The floors a call through Conduit is compared with."""
+    protocol, as a client talks to Conduit) back to back and ``gap_s`` apart, and ``ping`` (a
+    handshake-era session: the modern protocol has no ping). The floors a call through Conduit is
+    compared with; the spaced one shows what waking idle processes costs on this machine."""
     from mcp import Client, StdioServerParameters
 
     server = StdioServerParameters(command=sys.executable, args=[str(TOOLBOX)], env=dict(os.environ))
-    calls, pings = [], []
+    calls, spaced, pings = [], [], []
     async with Client(server, mode="auto") as client:
         for index in range(runs + 3):
             started = time.perf_counter()
             await client.call_tool("add", {"a": 1, "b": 2})
             if index >= 3:
                 calls.append((time.perf_counter() - started) * 1000)
+        for _ in range(runs):
+            await anyio.sleep(gap_s)
+            started = time.perf_counter()
+            await client.call_tool("add", {"a": 1, "b": 2})
+            spaced.append((time.perf_counter() - started) * 1000)
     async with Client(server, mode="legacy") as client:
         for index in range(runs + 3):
             started = time.perf_counter()
             await client.send_ping()
             if index >= 3:
                 pings.append((time.perf_counter() - started) * 1000)
-    return calls, pings
+    return calls, spaced, pings
 
 
 def _children() -> dict[int, list[int]]:

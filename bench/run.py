@@ -122,10 +122,11 @@ async def transport_section(transport: str, runtimes: tuple[str, ...], runs: int
 
 async def main(runs: int, runtimes: tuple[str, ...], transports: tuple[str, ...]) -> None:
     started = time.perf_counter()
-    direct_calls, pings = await floors.direct_mcp(runs)
+    direct_calls, spaced_calls, pings = await floors.direct_mcp(runs, GAP_S["isolate"])
     floor_samples: dict[str, list[float]] = {
         "MCP ping (direct, handshake-era session)": pings,
         "MCP tools/call (direct to the upstream)": direct_calls,
+        f"MCP tools/call (direct), {GAP_S['isolate']} s apart": spaced_calls,
     }
     if "typescript" in runtimes:
         floor_samples["bare deno run"] = floors.bare_deno(runs)
