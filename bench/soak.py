@@ -154,7 +154,7 @@ class Footprint:
         return cls(len(os.listdir(f"/proc/{pid}/fd")), len(tree_pids(pid)), own, tree)
 
 
-async def settled(pid: int, floor: Footprint | None, quiet_s: float) -> Footprint:
+async def settled_footprint(pid: int, floor: Footprint | None, quiet_s: float) -> Footprint:
     """The footprint once the tree has not changed for ``quiet_s`` (and, given ``floor``, is down to it)."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     last, since = Footprint.of(pid), time.monotonic()
@@ -193,7 +193,7 @@ async def soak(count: int, in_flight: int, seed: int) -> int:
             correct, _, seen = await execute(server.client, case, 1)
             if not correct:
                 print(f"warm-up: {case.name} answered wrongly: {seen}", file=sys.stderr)
-        before = await settled(server.pid, None, BASELINE_QUIET_S)
+        before = await settled_footprint(server.pid, None, BASELINE_QUIET_S)
         peak = before.tree_rss_mb
         queue = iter(enumerate(plan))
 
@@ -213,7 +213,7 @@ async def soak(count: int, in_flight: int, seed: int) -> int:
             for _ in range(in_flight):
                 tg.start_soon(worker)
         took = time.perf_counter() - started
-        after = await settled(server.pid, before, 5.0)
+        after = await settled_footprint(server.pid, before, 5.0)
     rows = [
         [case.name, len(latencies[case.name]), len(latencies[case.name]) - wrong[case.name], *summarize(values)]
         for case in CASES

@@ -13,6 +13,7 @@ from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import INTERNAL_ERROR, TIMEOUT
 from conduit.sandbox import isolate as isolate_module
+from conduit.sandbox import pool as pool_module
 from conduit.sandbox.base import Job
 from conduit.sandbox.isolate import IsolateRuntime, IsolateSandbox
 from conduit.sandbox.pool import PoolSizing
@@ -108,7 +109,7 @@ def small_runtime(gateway: Gateway) -> IsolateRuntime:
 async def test_a_burst_grows_the_idle_workers_waits_for_busy_ones_and_shrinks_back(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(isolate_module, "SHRINK_AFTER_S", 0.6)
+    monkeypatch.setattr(pool_module, "SHRINK_AFTER_S", 0.6)  # the sizing rule is the pools' Demand
     monkeypatch.setattr(isolate_module, "CHECK_EVERY_S", 0.1)
     runtime = small_runtime(gateway)
     async with anyio.create_task_group() as tg:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import secrets
 import sys
 import time
@@ -27,7 +26,7 @@ from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, RuntimeStatus, job_line
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.pool import CHECK_EVERY_S, SHRINK_AFTER_S, PoolSizing
+from conduit.sandbox.pool import CHECK_EVERY_S, Demand, PoolSizing
 from conduit.sandbox.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, spawn
 from conduit.sandbox.program import isolate_body
 from conduit.sandbox.walls import Walls, python_profile
@@ -96,14 +95,16 @@ class IsolateRuntime:
         self._busy = 0
         self._fresh_memory = 0
         """Private memory of the last worker started, the estimate for the next one."""
-        self.target = min(sizing.min, sizing.max)
-        """Idle workers wanted: ``min``, raised by one each time a request finds none (up to ``max``)."""
-        self._last_miss = -math.inf
-        self._changed = anyio.Event()
+        self.demand = Demand(sizing)
         self._tg: TaskGroup | None = None
         self.cold_starts = 0
         """Requests that found no worker idle, busy or starting, and started one themselves."""
         self.last_error: str | None = None
+
+    @property
+    def target(self) -> int:
+        """Idle workers wanted (see :class:`~conduit.sandbox.pool.Demand`)."""
+        return self.demand.target
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
         """Importing the worker: exits 0 when its Python and mini-racer load as the sandbox uid."""
@@ -124,7 +125,7 @@ class IsolateRuntime:
 
     async def aclose(self) -> None:
         self._tg = None
-        self._signal()
+        self.demand.signal()
         idle, self._idle = self._idle, []
         for worker in idle:
             await _destroy(worker)
@@ -145,12 +146,10 @@ class IsolateRuntime:
         in the background) and takes whichever comes first. With no worker busy or starting, it starts one.
         """
         if not self._idle:
-            self._last_miss = time.monotonic()
-            self.target = min(self.sizing.max, self.target + 1)
+            self.demand.missed()
             self._refill()
             while not self._idle and (self._busy or self._starting) and self._tg is not None:
-                changed = self._changed
-                await changed.wait()
+                await self.demand.changed()
         if self._idle:
             worker = self._idle.pop()
         else:
@@ -169,12 +168,8 @@ class IsolateRuntime:
             kill_group(worker.process)
             if self._tg is not None:
                 self._tg.start_soon(_destroy, worker)
-        self._signal()
+        self.demand.signal()
         self._refill()
-
-    def _signal(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
 
     def _keeps(self, worker: Worker) -> bool:
         """Whether an idle worker fits: fewer than ``max`` idle and within the memory ceiling."""
@@ -208,21 +203,20 @@ class IsolateRuntime:
             return
         finally:
             self._starting -= 1
-            self._signal()
+            self.demand.signal()
         self.last_error = None
         if self._tg is None:
             await _destroy(worker)
             return
         worker.memory = self._fresh_memory = private_memory_bytes(worker.pid)
         self._idle.append(worker)
-        self._signal()
+        self.demand.signal()
 
     async def _keep_sized(self) -> None:
         """Back to ``min`` idle workers, one step at a time, once no request has found none for a while."""
         while self._tg is not None:
             await anyio.sleep(CHECK_EVERY_S)
-            if self.target > self.sizing.min and time.monotonic() - self._last_miss > SHRINK_AFTER_S:
-                self.target -= 1
+            if self.demand.step_down():
                 while len(self._idle) > max(self.target, 0):
                     await _destroy(self._idle.pop(0))
 

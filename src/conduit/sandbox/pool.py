@@ -91,6 +91,41 @@ class _Ready:
     memory: int
 
 
+class Demand:
+    """How many idle sandboxes (or workers) a pool wants, and a wake-up for whoever waits on the pool.
+
+    ``min``, raised by one by each request that finds none idle (up to ``max``), lowered one step at a
+    time once :data:`SHRINK_AFTER_S` have passed without such a miss. The one sizing rule of both pools
+    (:class:`PooledRuntime`, and the isolate runtime's workers).
+    """
+
+    def __init__(self, sizing: PoolSizing) -> None:
+        self.sizing = sizing
+        self.target = min(sizing.min, sizing.max)
+        self._last_miss = -math.inf
+        self._changed = anyio.Event()
+
+    def missed(self) -> None:
+        """A request found nothing idle."""
+        self._last_miss = time.monotonic()
+        self.target = min(self.sizing.max, self.target + 1)
+
+    def step_down(self) -> bool:
+        """Lower the target by one if demand has been gone long enough; whether it did."""
+        if self.target > self.sizing.min and time.monotonic() - self._last_miss > SHRINK_AFTER_S:
+            self.target -= 1
+            return True
+        return False
+
+    def signal(self) -> None:
+        """Something changed (a sandbox got ready or was released, a start ended): wake the waiters."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
 class PooledRuntime:
     """``runtime`` with sandboxes kept prepared at ``memory_limit_mb``, sized by ``sizing``: a :class:`Runtime`."""
 
@@ -99,18 +134,21 @@ class PooledRuntime:
         self.name = runtime.name
         self.sizing = sizing
         self.memory_limit_mb = memory_limit_mb
-        self.target = min(sizing.min, sizing.max)
+        self.demand = Demand(sizing)
         self._ready: list[_Ready] = []
         self._starting = 0
         self._estimate = 0
         """Memory of the last sandbox that got ready: what one more is expected to hold."""
-        self._changed = anyio.Event()
-        self._last_miss = -math.inf
         self._retry_at = -math.inf
         self._tg: TaskGroup | None = None
         self.cold_starts = 0
         self.failures = 0
         self.last_error: str | None = None
+
+    @property
+    def target(self) -> int:
+        """Sandboxes wanted ready (see :class:`Demand`)."""
+        return self.demand.target
 
     @property
     def idle(self) -> int:
@@ -141,7 +179,7 @@ class PooledRuntime:
         ready, self._ready = self._ready, []
         for entry in ready:
             await entry.sandbox.discard()
-        self._signal()
+        self.demand.signal()
 
     async def prepare(self, memory_limit_mb: int) -> Sandbox:
         if memory_limit_mb == self.memory_limit_mb and self.sizing.max > 0:
@@ -164,17 +202,11 @@ class PooledRuntime:
                 await sandbox.discard()
             if not missed:
                 missed = True
-                self._last_miss = time.monotonic()
-                self.target = min(self.sizing.max, self.target + 1)
+                self.demand.missed()
                 self._refill()
             if self._starting == 0 or self._tg is None:
                 return None
-            changed = self._changed
-            await changed.wait()
-
-    def _signal(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+            await self.demand.changed()
 
     def _room_for_one(self) -> bool:
         held = self.idle_memory_bytes + (self._starting + 1) * self._estimate
@@ -202,7 +234,7 @@ class PooledRuntime:
             return
         finally:
             self._starting -= 1
-            self._signal()
+            self.demand.signal()
         self.last_error = None
         if self._tg is None:
             await sandbox.discard()
@@ -210,15 +242,14 @@ class PooledRuntime:
         memory = sandbox.memory_bytes()
         self._estimate = memory
         self._ready.append(_Ready(sandbox, memory))
-        self._signal()
+        self.demand.signal()
         self._refill()
 
     async def _keep_sized(self) -> None:
         """Shrink a pool grown by demand once the demand is gone; retry starts after failures."""
         while self._tg is not None:
             await anyio.sleep(CHECK_EVERY_S)
-            if self.target > self.sizing.min and time.monotonic() - self._last_miss > SHRINK_AFTER_S:
-                self.target -= 1
+            if self.demand.step_down():
                 while len(self._ready) > max(self.target, 0):
                     await self._ready.pop(0).sandbox.discard()
             self._refill()

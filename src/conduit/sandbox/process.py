@@ -87,12 +87,27 @@ def use_pidfd_child_watcher() -> None:
     policy.set_child_watcher(_PidfdChildWatcher())
 
 
-class _PipeReader(ByteReceiveStream):
-    """The read end of a child's stdout or stderr, non-blocking, read when the event loop says it is ready."""
+def _close_polled(fd: int | None) -> None:
+    """Close a descriptor the event loop may be waiting on (waiters get ClosedResourceError)."""
+    if fd is not None:
+        anyio.notify_closing(fd)
+        os.close(fd)
+
+
+class _Pipe:
+    """Our end of one of a child's pipes, non-blocking, closed once."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self._fd: int | None = fd
+
+    async def aclose(self) -> None:
+        fd, self._fd = self._fd, None
+        _close_polled(fd)
+
+
+class _PipeReader(_Pipe, ByteReceiveStream):
+    """The read end of a child's stdout or stderr, read when the event loop says it is ready."""
 
     async def receive(self, max_bytes: int = READ_CHUNK) -> bytes:
         while True:
@@ -107,19 +122,9 @@ class _PipeReader(ByteReceiveStream):
                 raise anyio.EndOfStream
             return data
 
-    async def aclose(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            anyio.notify_closing(fd)
-            os.close(fd)
 
-
-class _PipeWriter(ByteSendStream):
-    """The write end of a child's stdin, non-blocking."""
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._fd: int | None = fd
+class _PipeWriter(_Pipe, ByteSendStream):
+    """The write end of a child's stdin."""
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
@@ -132,12 +137,6 @@ class _PipeWriter(ByteSendStream):
                 await anyio.wait_writable(self._fd)
             except BrokenPipeError as exc:
                 raise anyio.BrokenResourceError from exc
-
-    async def aclose(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            anyio.notify_closing(fd)
-            os.close(fd)
 
 
 class SandboxProcess:
@@ -182,9 +181,7 @@ class SandboxProcess:
 
     def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, None
-        if fd is not None:
-            anyio.notify_closing(fd)
-            os.close(fd)
+        _close_polled(fd)
 
     async def aclose(self) -> None:
         """Close the pipes (the process itself is the caller's to kill and wait for)."""
