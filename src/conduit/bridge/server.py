@@ -111,6 +111,25 @@ class BridgeServer:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 logger.debug("bridge client went away before its answer")
 
+    async def answer(self, token: object, method: str, params: object) -> dict[str, Any]:
+        """One request's answer as the wire sends it, ``{"result": ...}`` or ``{"error": {code, message}}``.
+
+        Also the in-process entry for sandboxes whose calls reach the host without a socket (Monty):
+        they are authenticated against the session registry exactly as requests on the wire are.
+        """
+        try:
+            principal = self._sessions.authenticate(token, method)
+            if not isinstance(params, dict):
+                raise InvalidParamsError("params must be an object")
+            assert self._handler is not None
+            result = await self._handler.handle_bridge(principal, method, params)
+        except ConduitError as exc:
+            return {"error": {"code": exc.code, "message": sandbox_safe(exc.message)}}
+        except Exception:
+            logger.exception("bridge method %s failed", method)
+            return {"error": {"code": INTERNAL_ERROR, "message": "internal error"}}
+        return {"result": result}
+
     async def respond(self, line: bytes) -> dict[str, Any] | None:
         """The JSON-RPC response for one raw request line (None for a notification)."""
         try:
@@ -123,27 +142,13 @@ class BridgeServer:
             or not isinstance(message.get("method"), str)
         ):
             return error_response(_id_of(message), INVALID_REQUEST, "expected a JSON-RPC 2.0 request object")
-        request_id = message.get("id")
-        method: str = message["method"]
         params = message.get("params", {})
-        if params is None:
-            params = {}
         auth = message.get("auth")
         token = auth.get("bearerToken") if isinstance(auth, dict) else None
-        try:
-            principal = self._sessions.authenticate(token, method)
-            if not isinstance(params, dict):
-                raise InvalidParamsError("params must be an object")
-            assert self._handler is not None
-            result = await self._handler.handle_bridge(principal, method, params)
-        except ConduitError as exc:
-            return error_response(request_id, exc.code, sandbox_safe(exc.message))
-        except Exception:
-            logger.exception("bridge method %s failed", method)
-            return error_response(request_id, INTERNAL_ERROR, "internal error")
+        answer = await self.answer(token, message["method"], {} if params is None else params)
         if "id" not in message:
             return None
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+        return {"jsonrpc": "2.0", "id": message.get("id"), **answer}
 
 
 def _id_of(message: Any) -> Any:

@@ -24,9 +24,17 @@ _STDERR_PREFIX: Final = "[stderr] "
 
 
 def run_remote(
-    url: str, token: str, language: str, code: str, allowed: list[str] | None, limits: dict[str, int] | None
+    url: str,
+    token: str,
+    language: str,
+    code: str,
+    allowed: list[str] | None,
+    limits: dict[str, int] | None,
+    engine: str | None = None,
 ) -> int:
     arguments: dict[str, Any] = {"code": code}
+    if engine is not None:
+        arguments["engine"] = engine
     if allowed is not None:
         arguments["allowedTools"] = allowed
     if limits is not None:

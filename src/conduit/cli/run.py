@@ -16,6 +16,7 @@ import anyio
 
 from conduit.cli.common import add_config_option, load, report, setup_logging
 from conduit.config.loader import LoadedConfig
+from conduit.config.schema import PYTHON_ENGINES
 from conduit.core.languages import BY_ALIAS, BY_EXTENSION
 from conduit.errors import ConduitError, SandboxStartError
 from conduit.sandbox.base import RunOutcome
@@ -52,6 +53,9 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--timeout-ms", type=int, metavar="N", help="lower the configured time limit")
     parser.add_argument(
+        "--engine", choices=PYTHON_ENGINES, help="Python only: the engine (default: the config's pythonEngine)"
+    )
+    parser.add_argument(
         "--url",
         metavar="URL",
         help="send the program to a running Conduit server (Streamable HTTP) instead of running it here; "
@@ -75,14 +79,15 @@ def run(args: argparse.Namespace) -> int:
         from conduit.cli.remote import run_remote
 
         token = args.token or os.environ.get("IPC_BEARER_TOKEN", "")
-        return run_remote(args.url, token, language, code, allowed, limits)
+        return run_remote(args.url, token, language, code, allowed, limits, args.engine)
     # A one-shot run needs no sandboxes started ahead of it.
     cold = {"min": 0, "max": 0}
-    loaded = load(args, pools={"typescript": cold, "python": cold, "isolate": {"min": 0}}, opsEnabled=False)
+    pools = {"typescript": cold, "python": cold, "isolate": {"min": 0}, "monty": {"min": 0}}
+    loaded = load(args, pools=pools, opsEnabled=False)
     config = loaded.config
     setup_logging(config, level="warning")
     try:
-        outcome = anyio.run(_execute, loaded, language, code, allowed, limits)
+        outcome = anyio.run(_execute, loaded, language, code, allowed, limits, args.engine)
     except SandboxStartError as exc:
         print(f"conduit: {exc}", file=sys.stderr)
         return 1
@@ -102,7 +107,12 @@ def _language(file: str, lang: str | None) -> str:
 
 
 async def _execute(
-    loaded: LoadedConfig, language: str, code: str, allowed: list[str] | None, limits: dict[str, int] | None
+    loaded: LoadedConfig,
+    language: str,
+    code: str,
+    allowed: list[str] | None,
+    limits: dict[str, int] | None,
+    engine: str | None,
 ) -> RunOutcome | ConduitError:
     from conduit.core.assembly import open_gateway
 
@@ -116,6 +126,8 @@ async def _execute(
         loaded.config, master_token=mint_token(), base_dir=loaded.base_dir, host_env=dict(os.environ)
     ) as gateway:
         try:
-            return await gateway.execute(language, code, allowed_tools=allowed, limits=limits, on_output=show)
+            return await gateway.execute(
+                language, code, allowed_tools=allowed, limits=limits, engine=engine, on_output=show
+            )
         except ConduitError as exc:
             return exc

@@ -38,6 +38,8 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "MAX_QUEUE": "maxQueue",
     "DENO_PATH": "denoPath",
     "PYODIDE_PATH": "pyodidePath",
+    "MONTY_PATH": "montyPath",
+    "PYTHON_ENGINE": "pythonEngine",
 }
 """Environment variable -> top-level config key it overrides."""
 

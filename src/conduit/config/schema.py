@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -84,6 +84,10 @@ class Limits(_Model):
         }
 
 
+PythonEngine = Literal["auto", "monty", "pyodide"]
+PYTHON_ENGINES: Final[tuple[str, ...]] = get_args(PythonEngine)
+
+
 class PoolConfig(_Model):
     """Sandboxes of one runtime kept started ahead of demand (TypeScript and Python sandboxes still run
     exactly one program each; isolate workers create a fresh V8 isolate per program)."""
@@ -121,10 +125,20 @@ class IsolatePool(PoolConfig):
     """An isolate worker holds ~30-60 MiB between programs."""
 
 
+class MontyPool(PoolConfig):
+    """Monty workers: each runs one program and is replaced; ``max`` bounds all of them, busy ones included."""
+
+    min: Annotated[int, Field(ge=0, le=64)] = 4
+    max: Annotated[int, Field(ge=0, le=256)] = 16
+    max_idle_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 256
+    """A ready Monty worker holds ~3 MiB."""
+
+
 class Pools(_Model):
     typescript: TypeScriptPool = Field(default_factory=TypeScriptPool)
     python: PythonPool = Field(default_factory=PythonPool)
     isolate: IsolatePool = Field(default_factory=IsolatePool)
+    monty: MontyPool = Field(default_factory=MontyPool)
 
 
 class Credentials(_Model):
@@ -291,6 +305,11 @@ class Config(_Model):
     """Deno executable. Default: the one installed by PyPI's ``deno`` package."""
     pyodide_path: str | None = None
     """Directory of Pyodide's npm package. Default: the one ``make setup`` installs in the virtualenv."""
+    python_engine: PythonEngine = "auto"
+    """Which engine runs Python programs whose request names none: ``auto`` (Monty when the program is
+    within what Monty runs, decided before it runs; Pyodide otherwise), ``monty`` or ``pyodide``."""
+    monty_path: str | None = None
+    """The ``monty`` worker binary. Default: the one ``pydantic-monty`` installs in the virtualenv."""
     pools: Pools = Field(default_factory=Pools)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)

@@ -60,8 +60,11 @@ async def open_gateway(
                 deno = DenoRuntime(
                     deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls, reaper=tg
                 )
-                parts = RuntimeParts(config=config, deno=deno, bridge=address, work_dir=work_dir, walls=walls)
+                parts = RuntimeParts(
+                    config=config, deno=deno, bridge=address, work_dir=work_dir, walls=walls, bridge_call=bridge.answer
+                )
                 built = {language.name: language.build(parts) for language in LANGUAGES}
+                built.update({name: build(parts) for language in LANGUAGES for name, build in language.engines})
                 await _probe_uids(walls, deno, built)
                 walls.check_required(config.isolation.require)
                 for name, runtime in built.items():

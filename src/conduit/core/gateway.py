@@ -8,6 +8,7 @@ builds none of them, and nothing here knows about MCP transports or Starlette.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.config.loader import parse_upstream
 from conduit.config.schema import Config
+from conduit.core import engines
 from conduit.core.admission import Admission
 from conduit.core.health import health_report
 from conduit.core.languages import BY_NAME, LANGUAGES
@@ -113,6 +115,7 @@ class Gateway:
         *,
         allowed_tools: Any = None,
         limits: Any = None,
+        engine: Any = None,
         on_output: Callable[[str, str], None] | None = None,
     ) -> RunOutcome:
         """Run one program in a fresh sandbox.
@@ -122,6 +125,7 @@ class Gateway:
             code: the program.
             allowed_tools: allowlist patterns (default: ``defaultAllowedTools``).
             limits: requested limits (can only lower the configured ones).
+            engine: Python only: ``auto``, ``monty`` or ``pyodide`` (default: ``pythonEngine``).
             on_output: called with ``(stream, text)`` as output arrives, for live streaming.
 
         Raises:
@@ -138,27 +142,35 @@ class Gateway:
             raise InvalidParamsError("limits must be an object")
         effective = self.limits.lowered(limits)
         allowlist = self.parse_allowlist(allowed_tools)
-        runtime = self.runtimes.get(language)
-        if runtime is None:
+        if language == "python":
+            engine = engines.requested_engine(engine, self.config.python_engine)
+        elif engine is not None:
+            raise InvalidParamsError("engine applies to Python programs only")
+        if language not in self.runtimes:
             raise MethodNotFoundError(f"the {language} runtime is not available yet in this version")
         execution_id = uuid.uuid4().hex
         token = EXECUTION_ID.set(execution_id)
         started = time.perf_counter()
         outcome_label = "internal_error"
+        metric = language
         with self.tracing.execution(execution_id, language) as span:
             try:
                 async with self.admission.slot():
                     sdk = self._sdk(language, await self.registry.catalog(), allowlist)
-                    sandbox = await runtime.prepare(effective.memory_limit_mb)
+                    chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
+                    metric = chosen.runtime if chosen else language
+                    sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
                     with self.sessions.session(execution_id, allowlist) as session:
-                        logger.info("execution started", extra={"runtime": language})
+                        logger.info("execution started", extra={"runtime": metric})
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
+                if chosen is not None:
+                    outcome = dataclasses.replace(outcome, engine=chosen.engine)
                 outcome_label = execution_outcome(outcome.error.code if outcome.error else None)
                 span["exit_code"] = outcome.exit_code
                 logger.info(
                     "execution ended",
                     extra={
-                        "runtime": language,
+                        "runtime": metric,
                         "outcome": outcome_label,
                         "exit_code": outcome.exit_code,
                         "duration_ms": round(outcome.duration_ms, 1),
@@ -174,8 +186,8 @@ class Gateway:
             finally:
                 span["outcome"] = outcome_label
                 if outcome_label != "invalid":
-                    self.metrics.executions.labels(language, outcome_label).inc()
-                    self.metrics.execution_seconds.labels(language).observe(time.perf_counter() - started)
+                    self.metrics.executions.labels(metric, outcome_label).inc()
+                    self.metrics.execution_seconds.labels(metric).observe(time.perf_counter() - started)
                 EXECUTION_ID.reset(token)
 
     def _sdk(self, language: str, catalog: Catalog, allowlist: Allowlist) -> str:
@@ -308,6 +320,10 @@ class Gateway:
 
     async def _bridge_execute(self, language: str, principal: Principal, params: Mapping[str, Any]) -> Any:
         outcome = await self.execute(
-            language, params.get("code"), allowed_tools=params.get("allowedTools"), limits=params.get("limits")
+            language,
+            params.get("code"),
+            allowed_tools=params.get("allowedTools"),
+            limits=params.get("limits"),
+            engine=params.get("engine"),
         )
         return outcome.as_result()

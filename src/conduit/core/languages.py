@@ -20,6 +20,7 @@ from conduit.config.schema import Config, PoolConfig
 from conduit.sandbox.base import BridgeAddress, Runtime
 from conduit.sandbox.deno import DenoRuntime
 from conduit.sandbox.isolate import IsolateRuntime
+from conduit.sandbox.monty import BridgeCall, MontyRuntime, MontyWorkers, find_monty
 from conduit.sandbox.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
 from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
@@ -40,6 +41,8 @@ class RuntimeParts:
     bridge: BridgeAddress
     work_dir: Path
     walls: Walls
+    bridge_call: BridgeCall
+    """The bridge answering in-process, for sandboxes whose calls reach the host without a socket (Monty)."""
 
     @property
     def pyodide_dir(self) -> Path:
@@ -69,6 +72,8 @@ class Language:
     stubs: SdkGenerator
     """The SDK as people and agents read it (``conduit tools --sdk``)."""
     build: Callable[[RuntimeParts], Runtime]
+    engines: tuple[tuple[str, Callable[[RuntimeParts], Runtime]], ...] = ()
+    """Further runtimes its programs may run on, chosen per program (Python: ``monty``)."""
 
     @property
     def tool(self) -> str:
@@ -92,6 +97,19 @@ def _python(parts: RuntimeParts) -> Runtime:
     python = PyodideRuntime(deno=parts.deno, pyodide_dir=parts.pyodide_dir, snapshot=snapshot)
     sizing = parts.sizing(config.pools.python, parts.cpus)
     return PooledRuntime(python, sizing=sizing, memory_limit_mb=config.resource_limits.memory_limit_mb)
+
+
+def _monty(parts: RuntimeParts) -> Runtime:
+    config = parts.config
+    workers = MontyWorkers(
+        binary=find_monty(config.monty_path),
+        walls=parts.walls,
+        work_dir=parts.work_dir,
+        call=parts.bridge_call,
+        timeout_ms=config.resource_limits.timeout_ms,
+    )
+    sizing = parts.sizing(config.pools.monty, 2 * parts.cpus)
+    return MontyRuntime(workers, sizing=sizing, memory_limit_mb=config.resource_limits.memory_limit_mb)
 
 
 def _isolate(parts: RuntimeParts) -> Runtime:
@@ -129,18 +147,22 @@ setTimeout, no ArrayBuffer/typed arrays/WebAssembly. Each run starts in a fresh 
 Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
 
 _PYTHON_DESCRIPTION: Final = """\
-Run a Python program (CPython 3.14 on Pyodide/WASM) in a fresh, sealed sandbox and return its output.
+Run a Python program in a fresh, sealed sandbox and return its output.
 
+Two engines: Monty (a fast interpreter of a Python subset: functions, plain classes, dataclasses,
+async/await, comprehensions, f-strings, match; modules json, re, math, datetime, asyncio, typing,
+collections, itertools, functools...) and Pyodide (full CPython 3.14 and its standard library).
+`engine: "auto"` (default) runs on Monty whatever Monty runs as CPython would, decided before it
+runs, and on Pyodide otherwise; the result's `engine` says which ran.
 The program calls upstream MCP tools through the global `tools` object:
 `r = await tools.<upstream>.<tool>(arg=value, ...)` (or pass one dict) returns the tool's CallToolResult
 as a dict (`r["content"]`, `r["structuredContent"]`, `r.get("isError")`).
 `await tools.raw("upstream__tool", {...})` calls by name; `await discover_mcp_tools()` lists the tools
-this run may call. Denied, unknown or failed calls raise `ToolError` with a numeric `.code`.
-Top-level `await` works; the value of the last expression becomes `result` (JSON values only).
-print() goes to stdout, exceptions print a traceback of the program to stderr. The standard library
-works (json, re, asyncio, dataclasses, sqlite3...); there is no file, env, network or subprocess
-access, and each run starts in a fresh interpreter.
-Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+this run may call. A failed call raises (on Pyodide `ToolError` with a numeric `.code`; naming
+ToolError sends a program to Pyodide). Top-level `await` works; the value of the last expression
+becomes `result` (JSON values only). print() goes to stdout, exceptions print a traceback of the
+program to stderr. There is no file, env, network or subprocess access, and each run starts fresh.
+Result: {stdout, stderr, exitCode, engine, result?, error?: {code, message}}."""
 
 LANGUAGES: Final = (
     Language(
@@ -160,6 +182,7 @@ LANGUAGES: Final = (
         sdk=generate_python_sdk,
         stubs=generate_python_sdk,
         build=_python,
+        engines=(("monty", _monty),),
     ),
     Language(
         name="isolate",

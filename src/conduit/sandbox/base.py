@@ -59,10 +59,15 @@ class RunOutcome:
     result: Any = None
     has_result: bool = False
     duration_ms: float = 0.0
+    engine: str | None = None
+    """Python: the engine that ran the program (``monty`` or ``pyodide``)."""
 
     def as_result(self) -> dict[str, Any]:
-        """The execution result every front end returns (SPEC §1.1): ``{stdout, stderr, exitCode, result?, error?}``."""
+        """The execution result every front end returns (SPEC §1.1): ``{stdout, stderr, exitCode, engine?, result?,
+        error?}``."""
         payload: dict[str, Any] = {"stdout": self.stdout, "stderr": self.stderr, "exitCode": self.exit_code}
+        if self.engine is not None:
+            payload["engine"] = self.engine
         if self.has_result:
             payload["result"] = self.result
         if self.error is not None:

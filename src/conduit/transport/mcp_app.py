@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 
 from conduit import __version__
 from conduit.catalog import CONDUIT_PREFIX
-from conduit.config.schema import Limits
+from conduit.config.schema import PYTHON_ENGINES, Limits
 from conduit.core.gateway import Gateway
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
 from conduit.errors import BUSY, INVALID_PARAMS, ConduitError
@@ -51,18 +51,31 @@ EXECUTE_SCHEMA: Final[dict[str, Any]] = {
     "additionalProperties": False,
 }
 
+ENGINE_PROPERTY: Final[dict[str, Any]] = {
+    "type": "string",
+    "enum": list(PYTHON_ENGINES),
+    "description": "auto (default): Monty when the program is within what it runs, else Pyodide (full CPython).",
+}
+PYTHON_EXECUTE_SCHEMA: Final[dict[str, Any]] = {
+    **EXECUTE_SCHEMA,
+    "properties": {**EXECUTE_SCHEMA["properties"], "engine": ENGINE_PROPERTY},
+}
 EXECUTE_ARGUMENTS: Final = frozenset({"code", "allowedTools", "limits"})
+
+
+def _execute_schema(language: str) -> dict[str, Any]:
+    return PYTHON_EXECUTE_SCHEMA if language == "python" else EXECUTE_SCHEMA
 
 
 def _conduit_tools() -> list[types.Tool]:
     return [
-        types.Tool(name=language.tool, description=language.description, input_schema=EXECUTE_SCHEMA)
+        types.Tool(name=language.tool, description=language.description, input_schema=_execute_schema(language.name))
         for language in LANGUAGES
     ]
 
 
-def _check_arguments(arguments: Mapping[str, Any]) -> None:
-    unknown = sorted(set(arguments) - EXECUTE_ARGUMENTS)
+def _check_arguments(language: str, arguments: Mapping[str, Any]) -> None:
+    unknown = sorted(set(arguments) - set(_execute_schema(language)["properties"]))
     if unknown:
         raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
     if "code" not in arguments:
@@ -162,7 +175,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
             _admit(gateway, ctx)
         language = BY_TOOL.get(params.name)
         if language is not None:
-            _check_arguments(arguments)
+            _check_arguments(language.name, arguments)
             try:
                 async with ProgressStream.open(ctx) as progress:
                     outcome = await gateway.execute(
@@ -170,6 +183,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
                         arguments.get("code"),
                         allowed_tools=arguments.get("allowedTools"),
                         limits=arguments.get("limits"),
+                        engine=arguments.get("engine"),
                         on_output=progress.feed if progress else None,
                     )
             except ConduitError as exc:

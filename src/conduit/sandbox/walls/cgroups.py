@@ -136,16 +136,19 @@ def detect(root: Path = CGROUP_ROOT) -> CgroupSupport:
 class Cgroup:
     """One sandbox's cgroup leaves (one per hierarchy in v1, one in v2)."""
 
-    def __init__(self, support: CgroupSupport, memory_bytes: int, max_pids: int) -> None:
-        sweep()
+    def __init__(self, support: CgroupSupport, memory_bytes: int, max_pids: int, *, name: str | None = None) -> None:
+        """Make the leaves; with ``name``, take over leaves of that name that may already exist (made by a
+        launcher for its process) and leave removing released ones to the next :func:`sweep`."""
+        if name is None:
+            sweep()
         self.support = support
         self.memory_bytes = memory_bytes
-        name = f"sandbox-{next(_counter)}"
+        name = name or f"sandbox-{next(_counter)}"
         self.leaves: list[Path] = []
         self._memory_leaf: Path | None = None
         if support.version == 2 and support.memory is not None:
             leaf = support.memory / name
-            leaf.mkdir()
+            leaf.mkdir(exist_ok=True)
             (leaf / "memory.max").write_text(str(memory_bytes))
             swap = leaf / "memory.swap.max"
             if swap.exists():
@@ -156,7 +159,7 @@ class Cgroup:
             return
         if support.memory is not None:
             leaf = support.memory / name
-            leaf.mkdir()
+            leaf.mkdir(exist_ok=True)
             (leaf / "memory.limit_in_bytes").write_text(str(memory_bytes))
             memsw = leaf / "memory.memsw.limit_in_bytes"
             if memsw.exists():
@@ -165,7 +168,7 @@ class Cgroup:
             self._memory_leaf = leaf
         if support.pids is not None:
             leaf = support.pids / name
-            leaf.mkdir()
+            leaf.mkdir(exist_ok=True)
             (leaf / "pids.max").write_text(str(max_pids))
             self.leaves.append(leaf)
 

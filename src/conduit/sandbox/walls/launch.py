@@ -211,15 +211,20 @@ class Walls:
         kind: str = "",
         env: Mapping[str, str] | None = None,
         niceness: int = 0,
+        *,
+        with_cgroup: bool = True,
     ) -> tuple[list[str], Cgroup | None]:
         """``argv`` behind every available wall, and the sandbox's cgroup (to check and remove afterwards).
+
+        ``with_cgroup=False``: no cgroup now, for processes started before their program is known
+        (Monty's workers), which the host moves into one (:meth:`Cgroup.adopt`) when a program arrives.
 
         Raises:
             SandboxStartError: the cgroup could not be created.
         """
         spec: dict[str, object] = {}
         cgroup: Cgroup | None = None
-        if self.cgroups.available:
+        if self.cgroups.available and with_cgroup:
             try:
                 cgroup = Cgroup(self.cgroups, (memory_limit_mb + profile.baseline_mb) << 20, MAX_PIDS)
             except OSError as exc:

@@ -1,0 +1,34 @@
+# Conduit's runtime inside every Monty sandbox, fed before the SDK and the program (never imported on the host).
+#
+# Monty has no user-defined exception classes, so a failed call raises the host's answer as an
+# `Exception` whose message is the bridge's; `_conduit_call` is the host function (an external
+# function of the session) that authenticates the call with the execution's token.
+
+
+class _Missing:
+    def __repr__(self):
+        return "<not given>"
+
+
+_MISSING = _Missing()
+
+
+async def call(method, params):
+    answer = await _conduit_call(method, params)  # noqa: F821 (the host function)
+    if "error" in answer:
+        raise Exception(answer["error"]["message"])
+    return answer["result"]
+
+
+async def invoke(name, args, kwargs):
+    """Call tool `name` with a dict of arguments and/or keyword arguments (keywords win)."""
+    if args is not None and not isinstance(args, dict):
+        raise TypeError(f"{name}: pass arguments as keywords or as one dict, not {type(args).__name__}")
+    merged = dict(args or {})
+    merged.update({key: value for key, value in kwargs.items() if value is not _MISSING})
+    return await call("mcp_call_tool", {"name": name, "arguments": merged})
+
+
+async def discover_mcp_tools(query=None):
+    """The tools this execution may call: name, upstream, tool, description, inputSchema."""
+    return await call("mcp_discover_tools", {} if query is None else {"query": query})
