@@ -1,0 +1,251 @@
+"""The Monty engine for Python: which engine runs a program, its contract, its walls and its freshness.
+
+Through a real server over MCP (stdio and HTTP) with the official client, and in-process where the
+host's view is needed (worker processes, their cgroups and walls).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from conduit.core.gateway import Gateway
+from conduit.sandbox.monty import MontyRuntime
+from support import EXECUTE_PYTHON, EXECUTE_TS, run_code
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+ORCHESTRATION = """
+report = []
+for a, b in [(1, 2), (3, 4), (5, 6)]:
+    r = await tools.toolbox.add(a=a, b=b)
+    report.append({"pair": [a, b], "sum": r["structuredContent"]["sum"]})
+print(f"{len(report)} sums, last {report[-1]['sum']}")
+report
+"""
+
+
+async def run_py(client: Client, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
+    return await run_code(client, EXECUTE_PYTHON, code, **arguments)
+
+
+# -- which engine ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.deno
+async def test_auto_runs_an_orchestration_program_on_monty(conduit: Client) -> None:
+    is_error, out = await run_py(conduit, ORCHESTRATION)
+    assert not is_error, out
+    assert out["engine"] == "monty"
+    assert out["stdout"] == "3 sums, last 11\n"
+    assert out["result"] == [{"pair": [1, 2], "sum": 3}, {"pair": [3, 4], "sum": 7}, {"pair": [5, 6], "sum": 11}]
+
+
+@pytest.mark.deno
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("import sqlite3\nsqlite3.connect(':memory:').execute('select 40 + 2').fetchone()[0]", 42),
+        ("class Meta(type):\n    pass\nclass A(metaclass=Meta):\n    pass\ntype(A).__name__", "Meta"),
+        ("class Base:\n    x = 40\nclass B(Base):\n    pass\nB.x + 2", 42),
+        ("def gen():\n    yield 21\n    yield 21\nsum(gen())", 42),
+        ("len(dir(tools)) > 0", True),
+        ("import textwrap\ntextwrap.dedent('  a b')", "a b"),
+        ("try:\n    await tools.raw('nope__x')\nexcept ToolError as e:\n    r = e.code\nr", -32004),
+        ("x: int = 'not an int'\nx", "not an int"),
+    ],
+    ids=["sqlite3", "metaclass", "inheritance", "yield", "dir", "textwrap", "ToolError", "type-error"],
+)
+async def test_auto_runs_what_monty_cannot_keep_on_pyodide(conduit: Client, code: str, expected: Any) -> None:
+    is_error, out = await run_py(conduit, code)
+    assert (is_error, out.get("engine"), out.get("result")) == (False, "pyodide", expected), out
+
+
+@pytest.mark.deno
+async def test_a_program_is_never_run_twice(conduit: Client) -> None:
+    """A program that prints and tool-calls before using what Monty lacks is decided up front: it runs once."""
+    code = "print('ran')\nawait tools.toolbox.echo(text='x')\nimport sqlite3\nsqlite3.sqlite_version > ''"
+    is_error, out = await run_py(conduit, code)
+    assert (is_error, out["engine"], out["stdout"], out.get("result")) == (False, "pyodide", "ran\n", True), out
+
+
+@pytest.mark.deno
+async def test_explicit_engines_and_bad_engine_values(conduit: Client) -> None:
+    for engine in ("monty", "pyodide"):
+        is_error, out = await run_py(conduit, "6 * 7", engine=engine)
+        assert (is_error, out["engine"], out["result"]) == (False, engine, 42), out
+    is_error, out = await run_py(conduit, "import sqlite3", engine="monty")
+    assert is_error and out["engine"] == "monty"
+    assert "ModuleNotFoundError" in out["error"]["message"]
+    with pytest.raises(MCPError, match="engine"):
+        await run_py(conduit, "1", engine="cpython")
+    with pytest.raises(MCPError, match="unknown argument"):
+        await run_code(conduit, EXECUTE_TS, "return 1", engine="monty")
+
+
+# -- the same contract -----------------------------------------------------------------------------------
+
+
+@pytest.mark.deno
+async def test_sdk_on_monty_keywords_dict_raw_discovery_and_failures(conduit: Client) -> None:
+    code = """
+a = await tools.toolbox.add(a=2, b=3)
+b = await tools.toolbox.add({"a": 4, "b": 5})
+c = await tools.raw("toolbox__echo", {"text": "raw"})
+names = sorted(tool["name"] for tool in await discover_mcp_tools())
+failures = []
+for name in ("toolbox__crash", "nope__x"):
+    try:
+        await tools.raw(name, {})
+        failures.append("ok")
+    except Exception as error:
+        failures.append(str(error))
+[a["structuredContent"]["sum"], b["structuredContent"]["sum"], c["content"][0]["text"], names, failures]
+"""
+    is_error, out = await run_py(conduit, code, engine="monty", allowedTools=["toolbox.echo", "toolbox.add"])
+    assert not is_error, out
+    assert out["result"][:4] == [5, 9, "raw", ["toolbox__add", "toolbox__echo"]]
+    denied, unknown = out["result"][4]
+    assert "toolbox__crash" in denied and "nope__x" in unknown
+
+
+@pytest.mark.deno
+async def test_forbidden_tool_fails_exactly_like_an_unknown_one_on_monty(conduit: Client) -> None:
+    code = "try:\n    await tools.raw(NAME, {})\nexcept Exception as e:\n    r = str(e)\nr"
+    _, forbidden = await run_py(conduit, code.replace("NAME", "'toolbox__echo'"), engine="monty", allowedTools=["time.*"])
+    _, unknown = await run_py(conduit, code.replace("NAME", "'toolbox__nope'"), engine="monty", allowedTools=["time.*"])
+    assert forbidden["result"].replace("echo", "X") == unknown["result"].replace("nope", "X")
+    _, out = await run_py(conduit, "hasattr(tools, 'toolbox')", engine="monty", allowedTools=["time.*"])
+    assert out["result"] is False
+
+
+@pytest.mark.deno
+async def test_traceback_limits_and_exit_codes_on_monty(conduit: Client) -> None:
+    is_error, out = await run_py(conduit, 'def inner():\n    raise ValueError("kaput")\n\nprint("before")\ninner()')
+    assert (is_error, out["engine"], out["stdout"]) == (True, "monty", "before\n")
+    assert out["error"] == {"code": -32001, "message": "ValueError: kaput"}
+    assert 'File "program.py", line 5' in out["stderr"] and 'File "program.py", line 2, in inner' in out["stderr"]
+    assert "prelude" not in out["stderr"] and "python-input" not in out["stderr"]
+    is_error, out = await run_py(conduit, 'print("spin")\nwhile True:\n    pass', engine="monty", limits={"timeoutMs": 800})
+    assert (is_error, out["error"]["code"], out["stdout"]) == (True, -32008, "spin\n")
+    is_error, out = await run_py(conduit, "x = []\nwhile True:\n    x.append('a' * 100000)", engine="monty")
+    assert (is_error, out["error"]["code"]) == (True, -32009)
+    flood = 'while True:\n    print("z" * 999)'
+    is_error, out = await run_py(conduit, flood, engine="monty", limits={"maxOutputBytes": 30_000})
+    assert (is_error, out["error"]["code"], len(out["stdout"])) == (True, -32013, 30_000)
+    lines = "i = 0\nwhile True:\n    print(i)\n    i += 1"
+    is_error, out = await run_py(conduit, lines, engine="monty", limits={"maxLogEntries": 40})
+    assert (is_error, out["error"]["code"]) == (True, -32014)
+    assert out["stdout"].splitlines() == [str(i) for i in range(40)]
+    is_error, out = await run_py(conduit, "x = (", engine="monty")
+    assert is_error and "SyntaxError" in out["error"]["message"] and "program.py" in out["stderr"]
+
+
+# -- attacks ---------------------------------------------------------------------------------------------
+
+ATTACKS = {
+    "open": "open('/etc/passwd').read()",
+    "pathlib": "from pathlib import Path\nPath('/etc/passwd').read_text()",
+    "listdir": "import os\nos.listdir('/')",
+    "environ": "import os\ndict(os.environ)",
+    "getenv": "import os\nos.getenv('CONDUIT_TEST_SECRET')",
+    "socket": "import socket\nsocket.create_connection(('127.0.0.1', 22))",
+    "subprocess": "import subprocess\nsubprocess.run(['id'])",
+    "urllib": "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:1')",
+    "import-hook": "__import__('os').system('id')",
+    "register-upstream": "r = await _conduit_call('mcp_register_upstream', {'id': 'x', 'command': 'id'})\n"
+    "raise RuntimeError(str(r))",
+    "execute": "r = await _conduit_call('mcp_execute_python', {'code': '1'})\nraise RuntimeError(str(r))",
+}
+
+
+@pytest.mark.deno
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+async def test_attacks_fail_on_monty(conduit: Client, name: str) -> None:
+    is_error, out = await run_py(conduit, ATTACKS[name], engine="monty")
+    text = repr(out)
+    assert "root:x:0:0" not in text and "uid=" not in text and "canary" not in text
+    assert is_error, out
+    if name in ("execute", "register-upstream"):  # the host function carries the execution's token: no more
+        assert "a session token may not call" in out["error"]["message"], out
+
+
+@pytest.mark.deno
+async def test_nothing_survives_from_one_monty_run_to_the_next(conduit: Client) -> None:
+    writer = "leak = 'secret-from-run-1'\ndef helper():\n    return leak\nclass Kept:\n    value = leak\n1"
+    assert (await run_py(conduit, writer, engine="monty"))[1]["result"] == 1
+    is_error, out = await run_py(conduit, "import json\njson.leak = 'secret-from-run-1'", engine="monty")
+    assert is_error, out  # modules cannot be changed at all
+    for probe in ("leak", "helper()", "Kept.value", "import json\njson.leak", "_MISSING.leak"):
+        is_error, out = await run_py(conduit, probe, engine="monty")
+        assert is_error, out
+        assert "secret-from-run-1" not in repr(out)
+
+
+# -- the host's view -------------------------------------------------------------------------------------
+
+
+def _status(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+async def test_each_program_gets_a_fresh_walled_worker_that_dies_with_it(gateway: Gateway) -> None:
+    runtime = gateway.runtimes["monty"]
+    assert isinstance(runtime, MontyRuntime)
+    seen: list[int] = []
+    for _ in range(3):
+        sandbox = await runtime.prepare(gateway.limits.memory_limit_mb)
+        pid = sandbox._pid  # type: ignore[attr-defined]
+        seen.append(pid)
+        status = _status(pid)
+        assert status["NoNewPrivs"] == "1" or gateway.walls is None or not gateway.walls.landlock_abi
+        assert Path(f"/proc/{pid}/environ").read_bytes() == b""
+        if gateway.walls is not None and gateway.walls.cgroups.available:
+            assert f"sandbox-monty-{pid}" in Path(f"/proc/{pid}/cgroup").read_text()
+        outcome = await gateway.execute("python", "1", engine="monty")
+        assert outcome.result == 1
+        await sandbox.discard()
+        with anyio.fail_after(5):
+            while os.path.exists(f"/proc/{pid}") and "Z" not in _status(pid).get("State", "Z"):
+                await anyio.sleep(0.02)
+    assert len(set(seen)) == 3
+
+
+async def test_a_cancelled_run_kills_its_worker(gateway: Gateway) -> None:
+    runtime = gateway.runtimes["monty"]
+    assert isinstance(runtime, MontyRuntime)
+    before = {pid for pid in _monty_pids()}
+    with anyio.move_on_after(1.0):
+        await gateway.execute("python", "while True:\n    pass", engine="monty")
+    with anyio.fail_after(5):
+        while any(_spinning(pid) for pid in _monty_pids() - before):
+            await anyio.sleep(0.05)
+
+
+def _monty_pids() -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.path.basename(os.readlink(f"/proc/{entry}/exe")) == "monty":
+                    pids.add(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def _spinning(pid: int) -> bool:
+    try:
+        return _status(pid).get("State", "").startswith("R")
+    except OSError:
+        return False
