@@ -12,6 +12,7 @@ from typing import Final
 
 import anyio
 from floors import ROOT, TOOLBOX, tree_rss_mb
+from served import ENGINES, PYTHON_FAMILY
 
 from conduit.config.schema import Config
 from conduit.core.assembly import open_gateway
@@ -26,6 +27,8 @@ PROGRAMS: Final = {
         "python": "(await tools.toolbox.add(a=1, b=2))['structuredContent']['sum']",
     },
 }
+for _programs in PROGRAMS.values():
+    _programs.update(dict.fromkeys(ENGINES, _programs["python"]))
 
 
 async def wait_for_pools(gateway: Gateway) -> None:
@@ -49,13 +52,15 @@ async def measure(runtimes: tuple[str, ...], runs: int) -> tuple[dict[str, list[
         config, master_token="bench-token-0123456789", base_dir=ROOT, host_env=dict(os.environ)
     ) as gw:
         for runtime in runtimes:
-            count = max(5, runs // 5) if runtime == "python" else runs
+            count = max(5, runs // 5) if runtime == "pyodide" else runs
+            language = "python" if runtime in PYTHON_FAMILY else runtime
+            engine = ENGINES.get(runtime) if language == "python" else None
             for name, programs in PROGRAMS.items():
                 samples = []
                 for index in range(count + 1):
                     await wait_for_pools(gw)
                     started = time.perf_counter()
-                    outcome = await gw.execute(runtime, programs[runtime])
+                    outcome = await gw.execute(language, programs[runtime], engine=engine)
                     if outcome.error is not None:
                         raise RuntimeError(f"{runtime} {name}: {outcome.error}")
                     if index:

@@ -27,7 +27,7 @@ import inprocess
 import served as through
 from report import latency_rows, summarize, table
 
-GAP_S = {"typescript": 0.3, "isolate": 0.3, "python": 1.5}
+GAP_S = {"typescript": 0.3, "isolate": 0.3, "python": 0.3, "monty": 0.3, "pyodide": 1.5}
 """Between spaced requests: long enough for the runtime's pool to refill."""
 MIX = {"isolate": 0.45, "typescript": 0.45, "python": 0.10}
 """The open-loop load: what share of arrivals goes to each runtime."""
@@ -43,16 +43,19 @@ async def transport_section(transport: str, runtimes: tuple[str, ...], runs: int
         named.append(("proxied upstream tool call", proxied, floor["direct call"]))
         medians: dict[str, float] = {}
         for runtime in runtimes:
-            count = max(5, runs // 5) if runtime == "python" else runs
+            count = max(5, runs // 5) if runtime == "pyodide" else runs
             base = floor["deno"] if runtime == "typescript" else floor["mini-racer"] if runtime == "isolate" else None
-            for label, programs, expected, gap in (
+            scenarios = [
                 ("trivial, spaced", through.TRIVIAL, "trivial", GAP_S[runtime]),
                 ("1 tool call, spaced", through.ONE_CALL, "one", GAP_S[runtime]),
                 ("10 tool calls, spaced", through.TEN_CALLS, "ten", GAP_S[runtime]),
                 ("trivial, back to back", through.TRIVIAL, "trivial", 0.0),
                 ("1 tool call, back to back", through.ONE_CALL, "one", 0.0),
                 ("10 tool calls, back to back", through.TEN_CALLS, "ten", 0.0),
-            ):
+            ]
+            if runtime in through.PYTHON_FAMILY:
+                scenarios.append(("orchestration (3 calls), back to back", through.ORCHESTRATION, "orchestration", 0))
+            for label, programs, expected, gap in scenarios:
 
                 async def action(runtime: str = runtime, code: str = programs[runtime], value: str = expected) -> None:
                     await through.execute(client, runtime, code, through.EXPECTED[value])
@@ -75,7 +78,7 @@ async def transport_section(transport: str, runtimes: tuple[str, ...], runs: int
         )
         out.append(table(["runtime", "1 call - trivial", "10 calls / 10", "minus direct"], rows))
         rates: dict[str, list[float]] = {}
-        counts = {"typescript": 60, "isolate": 300, "python": 12}
+        counts = {"typescript": 60, "isolate": 300, "python": 300, "monty": 300, "pyodide": 12}
         peak = 0.0
         idle_rss = floors.tree_rss_mb(server.pid)
         for runtime in runtimes:
@@ -105,7 +108,7 @@ async def transport_section(transport: str, runtimes: tuple[str, ...], runs: int
         )
         out.append(table(["runtime", "answered", "p50", "p95", "max"], rows))
         cpu = {
-            runtime: await through.cpu_per_execution(server, runtime, 6 if runtime == "python" else 40)
+            runtime: await through.cpu_per_execution(server, runtime, 6 if runtime == "pyodide" else 40)
             for runtime in runtimes
         }
         out.append(
@@ -132,7 +135,7 @@ async def main(runs: int, runtimes: tuple[str, ...], transports: tuple[str, ...]
         floor_samples["bare deno run"] = floors.bare_deno(runs)
     if "isolate" in runtimes:
         floor_samples["bare mini-racer context"] = floors.bare_mini_racer(runs)
-    if "python" in runtimes:
+    if "pyodide" in runtimes:
         floor_samples["cold Pyodide load in Deno"] = floors.cold_pyodide(3)
     median = {name: statistics.median(values) for name, values in floor_samples.items()}
     floor = {
@@ -144,7 +147,7 @@ async def main(runs: int, runtimes: tuple[str, ...], transports: tuple[str, ...]
     latencies, pooled, own = await inprocess.measure(runtimes, runs)
     spawn_rate = floors.bare_deno_rate() if "typescript" in runtimes else None
     print(
-        f"# Conduit bench: {runs} runs per scenario ({max(5, runs // 5)} for Python); {platform.machine()}, "
+        f"# Conduit bench: {runs} runs per scenario ({max(5, runs // 5)} for Pyodide); {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}\n"
     )
     print("## Floors, measured in the same run, ms\n")
@@ -168,7 +171,11 @@ async def main(runs: int, runtimes: tuple[str, ...], transports: tuple[str, ...]
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40, help="measured runs per scenario (default 40)")
-    parser.add_argument("--runtimes", default="typescript,python,isolate", help="comma-separated (default: all)")
+    parser.add_argument(
+        "--runtimes",
+        default="typescript,python,monty,pyodide,isolate",
+        help="comma-separated; python is engine auto, monty and pyodide ask for the engine (default: all)",
+    )
     parser.add_argument("--transports", default="stdio,http", help="comma-separated: stdio, http (default: both)")
     args = parser.parse_args()
     chosen_runtimes = tuple(name for name in args.runtimes.split(",") if name)

@@ -30,8 +30,13 @@ TOKEN: Final = "bench-token-0123456789abcdef"
 TOOLS: Final = {
     "typescript": "conduit__mcp_execute_typescript",
     "python": "conduit__mcp_execute_python",
+    "monty": "conduit__mcp_execute_python",
+    "pyodide": "conduit__mcp_execute_python",
     "isolate": "conduit__mcp_execute_isolate",
 }
+ENGINES: Final = {"monty": "monty", "pyodide": "pyodide"}
+"""Bench runtimes that are one Python engine asked for by name; ``python`` is ``engine: auto``."""
+PYTHON_FAMILY: Final = ("python", "monty", "pyodide")
 TRIVIAL: Final = {"typescript": "return 1 + 1;", "isolate": "return 1 + 1;", "python": "1 + 1"}
 ONE_CALL: Final = {
     "typescript": "return (await tools.toolbox.add({a: 1, b: 2})).structuredContent.sum;",
@@ -47,7 +52,17 @@ TEN_CALLS: Final = {
     "isolate": _TEN_JS,
     "python": "sum([(await tools.toolbox.add(a=i, b=1))['structuredContent']['sum'] for i in range(10)])",
 }
-EXPECTED: Final = {"trivial": 2, "one": 3, "ten": 55}
+for _programs in (TRIVIAL, ONE_CALL, TEN_CALLS):
+    _programs.update(dict.fromkeys(ENGINES, _programs["python"]))
+ORCHESTRATION: Final = dict.fromkeys(
+    PYTHON_FAMILY,
+    "rows = []\nfor a, b in [(1, 2), (3, 4), (5, 6)]:\n"
+    "    r = await tools.toolbox.add(a=a, b=b)\n"
+    "    rows.append({'pair': [a, b], 'sum': r['structuredContent']['sum']})\n"
+    "label = f\"{len(rows)} sums\"\nsum(row['sum'] for row in rows)",
+)
+"""The issue-15 program: a loop of three tool calls, dicts and an f-string."""
+EXPECTED: Final = {"trivial": 2, "one": 3, "ten": 55, "orchestration": 21}
 QUIET_CPU_MS_PER_S: Final = 50.0
 """A server tree using less than 5 % of a core has finished starting."""
 SETTLE_TIMEOUT_S: Final = 120.0
@@ -152,7 +167,8 @@ async def call(client: Client, name: str, arguments: Mapping[str, Any]) -> Any:
 
 
 async def execute(client: Client, runtime: str, code: str, expected: int | None = None) -> None:
-    payload = await call(client, TOOLS[runtime], {"code": code})
+    arguments = {"code": code, **({"engine": ENGINES[runtime]} if runtime in ENGINES else {})}
+    payload = await call(client, TOOLS[runtime], arguments)
     if expected is not None and payload.get("result") != expected:
         raise RuntimeError(f"{runtime}: expected {expected}, got {payload}")
 

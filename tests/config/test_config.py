@@ -203,7 +203,7 @@ def test_empty_master_token_means_generate_one_and_short_ones_are_refused(tmp_pa
 def test_doctor_reports_each_piece_and_fails_without_pyodide(tmp_path: Path) -> None:
     ok = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    for piece in ("deno:", "harness:", "pyodide:", "mini-racer: V8", "config:"):
+    for piece in ("deno:", "harness:", "pyodide:", "monty: pydantic-monty", "mini-racer: V8", "config:"):
         assert piece in ok.stdout
     env = {**os.environ, "PYODIDE_PATH": str(tmp_path / "missing")}
     broken = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)

@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from conduit.core.gateway import Gateway
 from conduit.sandbox.monty import MontyRuntime
-from support import EXECUTE_PYTHON, EXECUTE_TS, run_code
+from support import EXECUTE_PYTHON, EXECUTE_TS, process_alive, run_code, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -118,7 +118,9 @@ for name in ("toolbox__crash", "nope__x"):
 @pytest.mark.deno
 async def test_forbidden_tool_fails_exactly_like_an_unknown_one_on_monty(conduit: Client) -> None:
     code = "try:\n    await tools.raw(NAME, {})\nexcept Exception as e:\n    r = str(e)\nr"
-    _, forbidden = await run_py(conduit, code.replace("NAME", "'toolbox__echo'"), engine="monty", allowedTools=["time.*"])
+    _, forbidden = await run_py(
+        conduit, code.replace("NAME", "'toolbox__echo'"), engine="monty", allowedTools=["time.*"]
+    )
     _, unknown = await run_py(conduit, code.replace("NAME", "'toolbox__nope'"), engine="monty", allowedTools=["time.*"])
     assert forbidden["result"].replace("echo", "X") == unknown["result"].replace("nope", "X")
     _, out = await run_py(conduit, "hasattr(tools, 'toolbox')", engine="monty", allowedTools=["time.*"])
@@ -132,7 +134,9 @@ async def test_traceback_limits_and_exit_codes_on_monty(conduit: Client) -> None
     assert out["error"] == {"code": -32001, "message": "ValueError: kaput"}
     assert 'File "program.py", line 5' in out["stderr"] and 'File "program.py", line 2, in inner' in out["stderr"]
     assert "prelude" not in out["stderr"] and "python-input" not in out["stderr"]
-    is_error, out = await run_py(conduit, 'print("spin")\nwhile True:\n    pass', engine="monty", limits={"timeoutMs": 800})
+    is_error, out = await run_py(
+        conduit, 'print("spin")\nwhile True:\n    pass', engine="monty", limits={"timeoutMs": 800}
+    )
     assert (is_error, out["error"]["code"], out["stdout"]) == (True, -32008, "spin\n")
     is_error, out = await run_py(conduit, "x = []\nwhile True:\n    x.append('a' * 100000)", engine="monty")
     assert (is_error, out["error"]["code"]) == (True, -32009)
@@ -202,34 +206,39 @@ def _status(pid: int) -> dict[str, str]:
 async def test_each_program_gets_a_fresh_walled_worker_that_dies_with_it(gateway: Gateway) -> None:
     runtime = gateway.runtimes["monty"]
     assert isinstance(runtime, MontyRuntime)
+    walls = gateway.walls
     seen: list[int] = []
     for _ in range(3):
         sandbox = await runtime.prepare(gateway.limits.memory_limit_mb)
         pid = sandbox._pid  # type: ignore[attr-defined]
         seen.append(pid)
-        status = _status(pid)
-        assert status["NoNewPrivs"] == "1" or gateway.walls is None or not gateway.walls.landlock_abi
-        assert Path(f"/proc/{pid}/environ").read_bytes() == b""
-        if gateway.walls is not None and gateway.walls.cgroups.available:
-            assert f"sandbox-monty-{pid}" in Path(f"/proc/{pid}/cgroup").read_text()
+        view = _host_view(pid)
+        assert view["environ"] == ""  # an empty environment
+        if walls is not None and walls.landlock_abi:
+            assert view["NoNewPrivs"] == "1"
+        if walls is not None and walls.cgroups.available:
+            assert f"sandbox-monty-{pid}" in view["cgroup"]  # born in its own cgroup
         outcome = await gateway.execute("python", "1", engine="monty")
         assert outcome.result == 1
         await sandbox.discard()
         with anyio.fail_after(5):
-            while os.path.exists(f"/proc/{pid}") and "Z" not in _status(pid).get("State", "Z"):
-                await anyio.sleep(0.02)
+            await wait_until(lambda pid=pid: not process_alive(pid))
     assert len(set(seen)) == 3
 
 
 async def test_a_cancelled_run_kills_its_worker(gateway: Gateway) -> None:
-    runtime = gateway.runtimes["monty"]
-    assert isinstance(runtime, MontyRuntime)
-    before = {pid for pid in _monty_pids()}
+    before = _monty_pids()
     with anyio.move_on_after(1.0):
         await gateway.execute("python", "while True:\n    pass", engine="monty")
     with anyio.fail_after(5):
-        while any(_spinning(pid) for pid in _monty_pids() - before):
-            await anyio.sleep(0.05)
+        await wait_until(lambda: not any(_spinning(pid) for pid in _monty_pids() - before))
+
+
+def _host_view(pid: int) -> dict[str, str]:
+    view = _status(pid)
+    view["environ"] = Path(f"/proc/{pid}/environ").read_text()
+    view["cgroup"] = Path(f"/proc/{pid}/cgroup").read_text()
+    return view
 
 
 def _monty_pids() -> set[int]:

@@ -68,6 +68,7 @@ async def test_health_reports_runtimes_and_upstreams(server: ConduitHttp) -> Non
         "typescript": "ok",
         "python": "ok",
         "isolate": "ok",
+        "monty": "ok",
     }
     assert report["upstreams"]["toolbox"]["status"] in ("idle", "connected")
 
@@ -171,17 +172,22 @@ def spinning_children(parent: int, marker: str) -> set[int]:
     [
         (EXECUTE_TS, "while (true) {}", "deno_harness.js"),
         (EXECUTE_PYTHON, "while True:\n    pass", "pyodide_harness.js"),
+        (EXECUTE_PYTHON, "while True:\n    pass", "monty"),
         (EXECUTE_ISOLATE, "while (true) {}", "isolate_worker"),
     ],
+    ids=["typescript", "pyodide", "monty", "isolate"],
 )
 async def test_cancelling_a_spinning_program_kills_its_sandbox_and_frees_the_slot(
     server: ConduitHttp, tool: str, code: str, marker: str
 ) -> None:
+    arguments: dict[str, Any] = {"code": code, "limits": {"timeoutMs": 60_000}}
+    if tool == EXECUTE_PYTHON:
+        arguments["engine"] = "monty" if marker == "monty" else "pyodide"
     async with server.client() as client:
         spinning: set[int] = set()
         with anyio.move_on_after(20):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, tool, {"code": code, "limits": {"timeoutMs": 60_000}})
+                tg.start_soon(client.call_tool, tool, arguments)
                 while not spinning:
                     await anyio.sleep(0.05)
                     spinning = await anyio.to_thread.run_sync(spinning_children, server.process.pid, marker)

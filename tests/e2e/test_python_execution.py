@@ -16,9 +16,23 @@ from support import EXECUTE_PYTHON, run_code, stdio_client_for, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
+ENGINE = {"name": "pyodide"}
+
+
+@pytest.fixture(autouse=True, params=["pyodide", "monty"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every test runs on both engines, except where CPython's own behaviour is what is tested."""
+    only = request.node.get_closest_marker("pyodide_only")
+    if request.param == "monty" and only is not None:
+        pytest.skip(f"Pyodide only: {only.args[0]}")
+    ENGINE["name"] = request.param
+    return str(request.param)
+
 
 async def run_py(client: Client, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
-    return await run_code(client, EXECUTE_PYTHON, code, **arguments)
+    is_error, out = await run_code(client, EXECUTE_PYTHON, code, **{"engine": ENGINE["name"], **arguments})
+    assert out.pop("engine", None) == arguments.get("engine", ENGINE["name"]), out
+    return is_error, out
 
 
 async def test_trivial_run_with_output_and_last_expression_result(conduit: Client) -> None:
@@ -68,6 +82,7 @@ slept = await asyncio.gather(*(tools.toolbox.sleep(seconds=0.5) for _ in range(1
     assert out["result"]["seconds"] < 4
 
 
+@pytest.mark.pyodide_only("ToolError and its .code (Monty raises Exception)")
 async def test_denied_unknown_and_failed_calls_raise_tool_error_with_code(conduit: Client) -> None:
     code = """
 codes = []
@@ -113,6 +128,7 @@ async def test_timeout(conduit: Client) -> None:
     assert out["stdout"] == "spinning\n"
 
 
+@pytest.mark.pyodide_only("bytearray (Monty's bombs: tests/e2e/test_monty_engine.py)")
 async def test_bytearray_bomb_is_a_memory_error_near_the_limit(conduit: Client) -> None:
     code = "chunks = []\nwhile True:\n    chunks.append(bytearray(8 * 1024 * 1024))"
     started = anyio.current_time()
@@ -151,6 +167,7 @@ async def test_host_files_are_unreachable_from_python_and_js(conduit: Client, co
     assert "root:" not in str(out)
 
 
+@pytest.mark.pyodide_only("Pyodide's js module and Emscripten's environment")
 async def test_host_environment_is_unreachable(conduit: Client) -> None:
     is_error, out = await run_py(conduit, "import js\njs.Deno.env.toObject()")
     assert is_error and "NotCapable" in out["stderr"]
@@ -161,6 +178,7 @@ async def test_host_environment_is_unreachable(conduit: Client) -> None:
     assert seen.get("PATH") != os.environ.get("PATH")
 
 
+@pytest.mark.pyodide_only("Pyodide's js module")
 async def test_subprocess_is_refused(conduit: Client) -> None:
     code = "import js\njs.Deno.Command.new('/bin/sh', js.Object.fromEntries([['args', ['-c', 'id']]])).outputSync()"
     is_error, out = await run_py(conduit, code)
@@ -182,6 +200,7 @@ async def test_loopback_listener_is_unreachable(conduit: Client) -> None:
             server.accept()
 
 
+@pytest.mark.pyodide_only("the builtins module (Monty's state: tests/e2e/test_monty_engine.py)")
 async def test_state_does_not_survive_between_runs(conduit: Client) -> None:
     code = """
 import sys, builtins, json
@@ -197,13 +216,15 @@ COUNTER = 1
     assert (is_error, out.get("result")) == (False, ["[1]", 2, False, False]), out
 
 
+@pytest.mark.pyodide_only("Pyodide needs 64 MB; Monty runs in less")
 async def test_memory_limit_below_what_python_needs_is_invalid_params(conduit: Client) -> None:
     with pytest.raises(MCPError) as caught:
-        await conduit.call_tool(EXECUTE_PYTHON, {"code": "1", "limits": {"memoryLimitMb": 32}})
+        await conduit.call_tool(EXECUTE_PYTHON, {"code": "1", "limits": {"memoryLimitMb": 32}, "engine": "pyodide"})
     assert caught.value.error.code == -32602
     assert "at least 64" in caught.value.error.message
 
 
+@pytest.mark.pyodide_only("sys.exit with a code (Monty's SystemExit takes none)")
 async def test_program_exit_codes(conduit: Client) -> None:
     is_error, out = await run_py(conduit, "import sys\nprint('bye')\nsys.exit(3)")
     assert is_error and out["exitCode"] == 3 and out["stdout"] == "bye\n"

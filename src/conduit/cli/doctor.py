@@ -29,7 +29,7 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "doctor",
         help="check the installation",
-        description="Check Deno, the harnesses, Pyodide's files, mini-racer, the config and the OS isolation "
+        description="Check Deno, the harnesses, Pyodide's files, Monty, mini-racer, the config and the OS isolation "
         "layers; exit 1 if a piece is missing or a required layer is unavailable.",
         epilog="examples:\n  conduit doctor\n  conduit doctor --config examples/demo.yaml --quiet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -40,7 +40,10 @@ def add_parser(commands: Any) -> None:
 
 
 def doctor(args: argparse.Namespace) -> int:
+    from importlib.metadata import version as version_of
+
     from conduit.sandbox.deno import HARNESS, find_deno
+    from conduit.sandbox.monty import find_monty
     from conduit.sandbox.pyodide import check_pyodide_dir, default_pyodide_dir
 
     loaded = load(args)
@@ -63,6 +66,14 @@ def doctor(args: argparse.Namespace) -> int:
         problems.append(f"FAIL  python runtime: {problem}")
     else:
         report.append(f"ok    pyodide: {pyodide_dir}")
+    monty = find_monty(config.monty_path)
+    try:
+        ran = subprocess.run([monty, "-c", "print(6 * 7)"], capture_output=True, text=True, timeout=30, check=True)
+        if ran.stdout.strip() != "42":
+            raise OSError(f"printed {ran.stdout.strip()!r} for 6 * 7")
+        report.append(f"ok    monty: pydantic-monty {version_of('pydantic-monty')} ({monty})")
+    except (OSError, subprocess.SubprocessError) as exc:
+        problems.append(f"FAIL  monty engine: {exc} (run `make setup`, or set montyPath)")
     try:
         from py_mini_racer import MiniRacer
 

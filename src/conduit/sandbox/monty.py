@@ -371,10 +371,11 @@ class MontySandbox:
             timed_out = deadline.cancelled_caught
         finally:
             capped = await self._end() or capped
+        killed = timed_out or capped or collector.tripped or crash is not None
         return classify(
             collector,
             record,
-            exit_code=0 if record is not None and record.get("status") == "ok" else 1,
+            exit_code=None if killed else 0 if record is not None and record.get("status") == "ok" else 1,
             timed_out=timed_out,
             timeout_ms=limits.timeout_ms,
             duration_ms=(time.perf_counter() - started) * 1000,

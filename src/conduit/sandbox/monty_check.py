@@ -37,6 +37,8 @@ CHECKS_PER_SESSION: Final = 256
 PYODIDE_NAMES: Final = {
     "ToolError": "on Monty a failed call raises Exception",
     "SystemExit": "Monty's SystemExit takes no exit code",
+    "exit": "Monty's SystemExit takes no exit code",
+    "quit": "Monty's SystemExit takes no exit code",
 }
 """Names whose meaning Monty cannot keep: a program that uses one runs on Pyodide."""
 STUB_PRELUDE: Final = """\
