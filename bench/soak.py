@@ -85,6 +85,24 @@ CASES: Final = [
         value(lambda n: n + 1),
     ),
     Case("python: compute", "python", 5, lambda n: f"{n} * 2", value(lambda n: 2 * n)),
+    Case(
+        "python: orchestration",
+        "python",
+        4,
+        lambda n: (
+            f"rows = []\nfor b in (1, 2, 3):\n    r = await tools.toolbox.add(a={n}, b=b)\n"
+            "    rows.append({'b': b, 'sum': r['structuredContent']['sum']})\n"
+            "label = f'{len(rows)} rows'\nsum(row['sum'] for row in rows)"
+        ),
+        value(lambda n: 3 * n + 6),
+    ),
+    Case(
+        "python: full CPython (pyodide)",
+        "python",
+        1,
+        lambda n: f"import statistics\nstatistics.median([{n}, {n}, {n} + 1])",
+        value(lambda n: n),
+    ),
     # Hostile: each must fail the way its limit or wall says, and leave nothing behind.
     Case(
         "hostile: spin (typescript)",
@@ -105,6 +123,29 @@ CASES: Final = [
     Case("hostile: memory (typescript)", "typescript", 2, lambda n: _JS_BOMB.format(n=n), failure(MEMORY_LIMIT)),
     Case("hostile: memory (isolate)", "isolate", 2, lambda n: _JS_BOMB.format(n=n), failure(MEMORY_LIMIT)),
     Case("hostile: memory (python)", "python", 1, lambda n: "x = bytearray(1 << 30)", failure(MEMORY_LIMIT)),
+    Case(
+        "hostile: memory (monty)",
+        "python",
+        1,
+        lambda n: "x = []\nwhile True:\n    x.append('a' * 100000)",
+        failure(MEMORY_LIMIT),
+    ),
+    Case(
+        "hostile: spin (monty)",
+        "python",
+        1,
+        lambda n: "while True:\n    pass",
+        failure(TIMEOUT),
+        {"limits": {"timeoutMs": 300}},
+    ),
+    Case(
+        "hostile: output flood (monty)",
+        "python",
+        1,
+        lambda n: f"while True:\n    print('{n}' * 500)",
+        failure(OUTPUT_LIMIT),
+        {"limits": {"maxOutputBytes": 20_000}},
+    ),
     Case(
         "hostile: output flood (isolate)",
         "isolate",

@@ -58,13 +58,35 @@ async def test_auto_runs_an_orchestration_program_on_monty(conduit: Client) -> N
         ("len(dir(tools)) > 0", True),
         ("import textwrap\ntextwrap.dedent('  a b')", "a b"),
         ("try:\n    await tools.raw('nope__x')\nexcept ToolError as e:\n    r = e.code\nr", -32004),
-        ("x: int = 'not an int'\nx", "not an int"),
+        ("(await tools.toolbox.add(a=1, b=2)).upper()", None),
     ],
-    ids=["sqlite3", "metaclass", "inheritance", "yield", "dir", "textwrap", "ToolError", "type-error"],
+    ids=["sqlite3", "metaclass", "inheritance", "yield", "dir", "textwrap", "ToolError", "missing-method"],
 )
 async def test_auto_runs_what_monty_cannot_keep_on_pyodide(conduit: Client, code: str, expected: Any) -> None:
     is_error, out = await run_py(conduit, code)
-    assert (is_error, out.get("engine"), out.get("result")) == (False, "pyodide", expected), out
+    assert out.get("engine") == "pyodide", out
+    if expected is None:  # fails as CPython fails
+        assert is_error and "AttributeError" in out["error"]["message"], out
+    else:
+        assert (is_error, out.get("result")) == (False, expected), out
+
+
+@pytest.mark.deno
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("x: int = 'not an int'\nx", "not an int"),
+        (
+            "rows = []\nrows.append({'name': 'a', 'n': 2})\nrows.append({'name': 'b', 'n': 3})\n"
+            "sum(r['n'] for r in rows)",
+            5,
+        ),
+    ],
+    ids=["annotation", "mixed-dict"],
+)
+async def test_plain_type_errors_still_run_on_monty(conduit: Client, code: str, expected: Any) -> None:
+    is_error, out = await run_py(conduit, code)
+    assert (is_error, out.get("engine"), out.get("result")) == (False, "monty", expected), out
 
 
 @pytest.mark.deno
@@ -180,6 +202,25 @@ async def test_attacks_fail_on_monty(conduit: Client, name: str) -> None:
         assert "a session token may not call" in out["error"]["message"], out
 
 
+BOMBS = {
+    "list": "x = []\nwhile True:\n    x.append('a' * 100000)",
+    "string-doubling": "s = 'x'\nwhile True:\n    s = s + s",
+    "dict": "d = {}\ni = 0\nwhile True:\n    d[i] = str(i) * 20\n    i += 1",
+    "list-repeat": "[0] * (10 ** 9)",
+    "bytes-repeat": "b'x' * (10 ** 9)",
+    "str-join": "''.join(['y' * 1000000 for _ in range(1000)])",
+}
+
+
+@pytest.mark.deno
+@pytest.mark.parametrize("name", sorted(BOMBS))
+async def test_memory_bombs_end_with_the_memory_error_on_monty(conduit: Client, name: str) -> None:
+    started = anyio.current_time()
+    is_error, out = await run_py(conduit, BOMBS[name], engine="monty", limits={"memoryLimitMb": 64})
+    assert (is_error, out["error"]["code"]) == (True, -32009), out
+    assert anyio.current_time() - started < 5
+
+
 @pytest.mark.deno
 async def test_nothing_survives_from_one_monty_run_to_the_next(conduit: Client) -> None:
     writer = "leak = 'secret-from-run-1'\ndef helper():\n    return leak\nclass Kept:\n    value = leak\n1"
@@ -217,7 +258,7 @@ async def test_each_program_gets_a_fresh_walled_worker_that_dies_with_it(gateway
         if walls is not None and walls.landlock_abi:
             assert view["NoNewPrivs"] == "1"
         if walls is not None and walls.cgroups.available:
-            assert f"sandbox-monty-{pid}" in view["cgroup"]  # born in its own cgroup
+            assert f"sandbox-pid-{pid}" in view["cgroup"]  # born in its own cgroup
         outcome = await gateway.execute("python", "1", engine="monty")
         assert outcome.result == 1
         await sandbox.discard()
@@ -258,3 +299,23 @@ def _spinning(pid: int) -> bool:
         return _status(pid).get("State", "").startswith("R")
     except OSError:
         return False
+
+
+async def test_the_checker_decides_without_running_the_program(gateway: Gateway) -> None:
+    runtime = gateway.runtimes["monty"]
+    assert isinstance(runtime, MontyRuntime)
+    sdk = gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+    # Were these run, they would fail; checked, they fit Monty (a type checker cannot know 1/0 fails).
+    for program in ("1 / 0", "raise ValueError('ran')", "await tools.toolbox.crash()"):
+        verdict = await runtime.check(program, sdk)
+        assert verdict.fits, (program, verdict)
+    for program, reason in (
+        ("import sqlite3", "sqlite3"),
+        ("dir(tools)", "dir"),
+        ("await tools.toolbox.nope()", "nope"),
+        ("(await tools.toolbox.add(a=1, b=2)).upper()", "upper"),
+        ("def f():\n    yield 1", "yield"),
+        ("x = (", "not parsed"),
+    ):
+        verdict = await runtime.check(program, sdk)
+        assert not verdict.fits and reason in verdict.reason, (program, verdict)

@@ -208,6 +208,36 @@ def test_the_native_launcher_refuses_what_it_cannot_apply(tmp_path: Path) -> Non
         assert message in done.stderr, (args, done.stderr)
 
 
+def test_a_native_launcher_copy_reads_its_options_and_makes_its_own_cgroup(tmp_path: Path) -> None:
+    """How Monty's pool starts walled workers: a copy of the launcher, its options in NAME.args."""
+    native = launcher_walls("native").native
+    assert native is not None
+    need("cgroup-pids")
+    walls = Walls.detect(30_000)
+    try:
+        parent = walls.cgroups.pids
+        assert parent is not None
+        copy = tmp_path / "worker"
+        shutil.copyfile(native, copy)
+        copy.chmod(0o755)
+        options = ["--cgroup-new", str(parent), "--nnp", "--clear-env", "--", "/bin/sh", "-c"]
+        (tmp_path / "worker.args").write_text("".join(f"{item}\n" for item in options))
+        done = subprocess.run(
+            [str(copy), 'echo "$$"; grep NoNewPrivs /proc/self/status; cat /proc/self/cgroup; env'],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        pid, nnp, *rest = done.stdout.splitlines()
+        assert nnp.split() == ["NoNewPrivs:", "1"]
+        assert any(line.endswith(f"/sandbox-pid-{pid}") for line in rest), done.stdout
+        assert not any(line.startswith("HOME=") for line in rest)  # --clear-env from the file
+    finally:
+        walls.close()
+
+
 def test_walls_use_the_native_launcher_when_it_is_built() -> None:
     walls = Walls.detect(30_000)
     try:

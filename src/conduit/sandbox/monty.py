@@ -113,6 +113,8 @@ class MontyWorkers:
         self._ready = anyio.Event()
         self._closed = anyio.Event()
         self._failure: str | None = None
+        self.reaper: TaskGroup | None = None
+        """Where used workers' sessions are ended, off the path of the answer (set when the runtime starts)."""
 
     def problem(self) -> str | None:
         return self._failure or _problem(self._binary)
@@ -162,19 +164,31 @@ class MontyWorkers:
     def _write_wrapper(self) -> str:
         """The executable the pool starts: the worker binary behind every available wall.
 
-        It first makes the worker's own cgroup leaves (``sandbox-monty-<pid>``) and joins them, so the
-        worker is born in them (moving a running process into a cgroup costs the kernel ~10 ms); the
-        host sets a program's caps on them when it checks the worker out (:meth:`cgroup_of`).
+        The worker first makes its own cgroup leaves (``sandbox-pid-<pid>``) and joins them, so it is
+        born in them (moving a running process into a cgroup costs the kernel ~10 ms); the host caps
+        them when it checks the worker out (:meth:`cgroup_of`). With the native launcher that is a
+        copy of it that reads its options from ``monty-worker.args`` (the pool starts an executable
+        by path, with arguments of its own); with the Python launcher, a shell script.
         """
         profile = Profile(read_only=(self._binary,), baseline_mb=BASELINE_MB)
         argv, _ = self._walls.launch([self._binary], profile, 0, "monty", env={}, with_cgroup=False)
-        lines = ["#!/bin/sh"]
         support = self._walls.cgroups
-        for parent in dict.fromkeys(path for path in (support.memory, support.pids) if path is not None):
-            leaf = shlex.quote(str(parent)) + '/sandbox-monty-"$$"'
+        parents = [str(path) for path in dict.fromkeys((support.memory, support.pids)) if path is not None]
+        native = self._walls.native
+        wrapper = self._work_dir / "monty-worker"
+        if native is not None and argv[0] == native and not any("\n" in item for item in [*argv, *parents]):
+            shutil.copyfile(native, wrapper)
+            wrapper.chmod(0o755)
+            options = [*(item for parent in parents for item in ("--cgroup-new", parent)), *argv[1:]]
+            (self._work_dir / "monty-worker.args").write_text("".join(f"{item}\n" for item in options))
+            return str(wrapper)
+        if not parents and argv == [self._binary]:
+            return self._binary
+        lines = ["#!/bin/sh"]
+        for parent in parents:
+            leaf = shlex.quote(parent) + '/sandbox-pid-"$$"'
             lines.append(f"mkdir {leaf} && echo $$ > {leaf}/cgroup.procs || exit {LAUNCH_FAILED}")
         lines.append(f'exec {shlex.join(argv)} "$@"')
-        wrapper = self._work_dir / "monty-worker"
         wrapper.write_text("\n".join(lines) + "\n")
         wrapper.chmod(0o755)
         return str(wrapper)
@@ -188,7 +202,7 @@ class MontyWorkers:
         if not self._walls.cgroups.available:
             return None
         try:
-            return Cgroup(self._walls.cgroups, memory_bytes, MAX_PIDS, name=f"sandbox-monty-{pid}")
+            return Cgroup(self._walls.cgroups, memory_bytes, MAX_PIDS, name=f"sandbox-pid-{pid}")
         except OSError as exc:
             raise SandboxStartError(f"cannot cap the Monty worker's cgroup: {exc}") from exc
 
@@ -253,11 +267,13 @@ class MontyRuntime(PooledRuntime):
         self.workers = workers
 
     def start(self, tg: TaskGroup) -> None:
+        self.workers.reaper = tg
         tg.start_soon(self.workers.serve)
         tg.start_soon(self.workers.sweep)
         super().start(tg)
 
     async def aclose(self) -> None:
+        self.workers.reaper = None
         await super().aclose()
         self.workers.close()
 
@@ -370,7 +386,12 @@ class MontySandbox:
                         tg.cancel_scope.cancel()
             timed_out = deadline.cancelled_caught
         finally:
-            capped = await self._end() or capped
+            self._kill()
+            capped = capped or (self._cgroup is not None and self._cgroup.oom_killed())
+            if self._workers.reaper is not None:  # the outcome is complete: the session's end is not waited for
+                self._workers.reaper.start_soon(self._end)
+            else:
+                await self._end()
         killed = timed_out or capped or collector.tripped or crash is not None
         return classify(
             collector,

@@ -9,7 +9,9 @@ known up front; otherwise it goes to Pyodide (full CPython). Nothing is ever run
    ``import *``, ``global``) goes to Pyodide.
 2. Monty's type checker (ty, with stubs of Monty's own builtins and standard library, and of the
    execution's SDK) checks the whole program: an import of a module Monty does not provide, a
-   builtin or method it lacks, or a type error sends the program to Pyodide.
+   builtin, method or parameter it lacks sends the program to Pyodide. Plain type errors (a
+   dict of mixed values summed, an annotation the value does not match) do not: CPython ignores
+   annotations, and Monty computes with the values as CPython does.
 
 The check runs in a long-lived checker worker (behind the same walls), warm, in a fraction of the
 time a fresh worker's checker needs. The program is never executed there: it is fed as the body of
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import textwrap
 from collections import OrderedDict
 from contextlib import AsyncExitStack
@@ -32,6 +35,8 @@ import pydantic_monty as pm
 
 logger = logging.getLogger(__name__)
 
+CHECK_TIMEOUT_S: Final = 10.0
+"""A check that takes longer (a huge program, a stuck checker) gives up: the program runs on Pyodide."""
 CHECKS_PER_SESSION: Final = 256
 """Checks one checker session serves before it is replaced (its type-check context grows with each)."""
 PYODIDE_NAMES: Final = {
@@ -41,6 +46,23 @@ PYODIDE_NAMES: Final = {
     "quit": "Monty's SystemExit takes no exit code",
 }
 """Names whose meaning Monty cannot keep: a program that uses one runs on Pyodide."""
+SUPPORT_RULES: Final = frozenset(
+    {
+        "invalid-syntax",
+        "unresolved-import",
+        "unresolved-reference",
+        "possibly-unresolved-reference",
+        "unresolved-attribute",
+        "possibly-missing-attribute",
+        "unresolved-global",
+        "unknown-argument",
+        "missing-argument",
+        "too-many-positional-arguments",
+        "parameter-already-assigned",
+    }
+)
+"""The checker's rules that mean "Monty lacks this" (a module, a builtin, a method, a parameter): a
+program with one runs on Pyodide. The other rules are about the program's own types."""
 STUB_PRELUDE: Final = """\
 from typing import Any
 _MISSING: Any
@@ -156,9 +178,16 @@ class MontyChecker:
                 return await self.check(program, sdk)
             checker.checks += 1
             try:
-                await checker.session.feed_run(source, print_callback=lambda _stream, _text: None)
+                with anyio.fail_after(CHECK_TIMEOUT_S):
+                    await checker.session.feed_run(source, print_callback=lambda _stream, _text: None)
+            except TimeoutError:
+                logger.warning("the Monty checker took over %.0f s; the program runs on Pyodide", CHECK_TIMEOUT_S)
+                await self._drop(sdk, checker)
+                return Verdict(False, "the Monty checker took too long")
             except pm.MontyTypingError as exc:
-                return Verdict(False, _first_line(exc.display()))
+                unsupported = _unsupported(exc.display())
+                if unsupported:
+                    return Verdict(False, unsupported)
             except pm.MontySyntaxError as exc:
                 return Verdict(False, f"SyntaxError: {_first_line(str(exc))}")
             except pm.MontyRuntimeError as exc:
@@ -197,6 +226,25 @@ class MontyChecker:
         while self._sessions:
             _, checker = self._sessions.popitem()
             await checker.aclose()
+
+
+_DIAGNOSTIC: Final = re.compile(r"^\S+:\d+:\d+: error\[(?P<rule>[a-z-]+)\] (?P<message>.*)$", re.MULTILINE)
+
+
+def _unsupported(diagnostics: str) -> str | None:
+    """The first diagnostic that says the program uses what Monty lacks (None: only type errors).
+
+    Anything else is about the program's own values (ty is strict about dicts of mixed values, and
+    CPython does not check annotations): the program runs on Monty, which behaves as CPython does there.
+    A diagnostic the checker renders in a shape this does not know counts as unsupported.
+    """
+    found = list(_DIAGNOSTIC.finditer(diagnostics))
+    if not found:
+        return _first_line(diagnostics)
+    for match in found:
+        if match["rule"] in SUPPORT_RULES:
+            return f"error[{match['rule']}] {match['message']}"[:300]
+    return None
 
 
 def _first_line(text: str) -> str:

@@ -51,7 +51,7 @@ LATE_UID_KINDS: Final = frozenset({"isolate"})
 """Runtimes that can drop the uid themselves after loading (before any job), if they cannot start as it."""
 CONFINE: Final = Path(confine.__file__)
 NATIVE_CONFINE: Final = Path(sys.prefix) / "bin" / "conduit-confine"
-NATIVE_PROTOCOL: Final = "1"
+NATIVE_PROTOCOL: Final = "2"
 """The argument protocol the native launcher must print for ``--protocol`` to be used."""
 MAX_PIDS: Final = 128
 """Threads and processes per sandbox: Deno uses ~15, a Worker flood hits this."""

@@ -7,10 +7,18 @@
  * when a C compiler is present; without it Conduit uses the Python launcher.
  *
  * Usage:
- *   conduit-confine [--cgroup PROCS_FILE]... [--cpu SECONDS] [--nice N] [--nnp]
+ *   conduit-confine [--cgroup PROCS_FILE]... [--cgroup-new PARENT]... [--cpu SECONDS] [--nice N] [--nnp]
  *                   [--ro PATH]... [--rw PATH]... [--landlock] [--uid UID --gid GID]
  *                   [--clear-env] [--env NAME=VALUE]... -- ARGV...
  *   conduit-confine --protocol      prints the argument protocol version
+ *
+ * --cgroup-new PARENT makes the leaf PARENT/sandbox-pid-<this pid> and joins it, for processes that
+ * are started by someone else before their program is known (Monty's workers: the host finds the
+ * leaf by the worker's pid and caps it then).
+ *
+ * A copy of the launcher under another name (NAME) takes its options from NAME.args, one argument
+ * per line, and appends the arguments it is started with to the ARGV there: a command line for
+ * programs that start an executable they are given by path, with arguments of their own.
  *
  * Steps, in the only order that works: join the cgroups and set RLIMIT_CPU and niceness while
  * still privileged; then no-new-privileges and Landlock (read-only rules for --ro, read-write for
@@ -33,7 +41,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define PROTOCOL "1"
+#define PROTOCOL "2"
 #define LAUNCH_FAILED 121
 #define MAX_ITEMS 256
 
@@ -97,6 +105,45 @@ static void join_cgroup(const char *procs_file) {
     close(fd);
 }
 
+static void make_and_join_cgroup(const char *parent) {
+    char leaf[4096], procs[4200];
+    if (snprintf(leaf, sizeof leaf, "%s/sandbox-pid-%d", parent, (int)getpid()) >= (int)sizeof leaf) {
+        fail("cgroup path too long", parent);
+    }
+    if (mkdir(leaf, 0755) != 0 && errno != EEXIST) fail("making cgroup", strerror(errno));
+    snprintf(procs, sizeof procs, "%s/cgroup.procs", leaf);
+    join_cgroup(procs);
+}
+
+/* The arguments in NAME.args when this launcher runs as a copy named NAME, else NULL. */
+static char **arguments_file(int argc, char **argv, int *count) {
+    static char exe[4096], path[4200];
+    static char *items[MAX_ITEMS * 4];
+    ssize_t length = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (length <= 0) return NULL;
+    exe[length] = '\0';
+    const char *name = strrchr(exe, '/');
+    if (strcmp(name ? name + 1 : exe, "conduit-confine") == 0) return NULL;
+    snprintf(path, sizeof path, "%s.args", exe);
+    FILE *file = fopen(path, "re");
+    if (file == NULL) return NULL;
+    int n = 0;
+    items[n++] = argv[0];
+    char *line = NULL;
+    size_t size = 0;
+    ssize_t read;
+    while ((read = getline(&line, &size, file)) >= 0) {
+        if (read > 0 && line[read - 1] == '\n') line[read - 1] = '\0';
+        if (n >= MAX_ITEMS * 4 - argc) fail("too many arguments in", path);
+        items[n++] = strdup(line);
+    }
+    fclose(file);
+    for (int k = 1; k < argc; k++) items[n++] = argv[k];
+    items[n] = NULL;
+    *count = n;
+    return items;
+}
+
 static void no_new_privileges(void) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("prctl(NO_NEW_PRIVS)", strerror(errno));
 }
@@ -140,14 +187,21 @@ static void restrict_file_system(char **read_only, int n_read_only, char **read_
 }
 
 int main(int argc, char **argv) {
-    char *cgroups[MAX_ITEMS], *read_only[MAX_ITEMS], *read_write[MAX_ITEMS], *env[MAX_ITEMS + 1];
-    int n_cgroups = 0, n_read_only = 0, n_read_write = 0, n_env = 0;
+    char *cgroups[MAX_ITEMS], *new_cgroups[MAX_ITEMS], *read_only[MAX_ITEMS], *read_write[MAX_ITEMS];
+    char *env[MAX_ITEMS + 1];
+    int n_cgroups = 0, n_new_cgroups = 0, n_read_only = 0, n_read_write = 0, n_env = 0;
     long cpu_seconds = 0, niceness = 0, uid = -1, gid = -1;
     int nnp = 0, landlock = 0, clear_env = 0, i = 1;
 
     if (argc == 2 && strcmp(argv[1], "--protocol") == 0) {
         puts(PROTOCOL);
         return 0;
+    }
+    int file_count = 0;
+    char **from_file = arguments_file(argc, argv, &file_count);
+    if (from_file != NULL) {
+        argc = file_count;
+        argv = from_file;
     }
     for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
         const char *option = argv[i];
@@ -158,6 +212,7 @@ int main(int argc, char **argv) {
         (list)[(count)++] = argv[++i];                             \
     } while (0)
         if (strcmp(option, "--cgroup") == 0) TAKE(cgroups, n_cgroups);
+        else if (strcmp(option, "--cgroup-new") == 0) TAKE(new_cgroups, n_new_cgroups);
         else if (strcmp(option, "--ro") == 0) TAKE(read_only, n_read_only);
         else if (strcmp(option, "--rw") == 0) TAKE(read_write, n_read_write);
         else if (strcmp(option, "--env") == 0) TAKE(env, n_env);
@@ -176,6 +231,7 @@ int main(int argc, char **argv) {
     env[n_env] = NULL;
 
     for (int k = 0; k < n_cgroups; k++) join_cgroup(cgroups[k]);
+    for (int k = 0; k < n_new_cgroups; k++) make_and_join_cgroup(new_cgroups[k]);
     if (cpu_seconds > 0) {
         struct rlimit limit = {.rlim_cur = (rlim_t)cpu_seconds, .rlim_max = (rlim_t)cpu_seconds + 1};
         if (setrlimit(RLIMIT_CPU, &limit) != 0) fail("setrlimit(RLIMIT_CPU)", strerror(errno));
