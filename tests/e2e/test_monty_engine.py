@@ -319,3 +319,29 @@ async def test_the_checker_decides_without_running_the_program(gateway: Gateway)
     ):
         verdict = await runtime.check(program, sdk)
         assert not verdict.fits and reason in verdict.reason, (program, verdict)
+
+
+async def test_replaced_checker_sessions_leave_no_worker_behind(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = gateway.runtimes["monty"]
+    assert isinstance(runtime, MontyRuntime)
+    monkeypatch.setattr("conduit.sandbox.monty_check.CHECKS_PER_SESSION", 3)
+    sdk = gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+
+    async def check(index: int) -> None:
+        assert (await runtime.check(f"{index} + 1", sdk)).fits
+
+    for round_ in range(4):  # checks waiting while their session is replaced (every 3 checks)
+        async with anyio.create_task_group() as tg:
+            for index in range(5):
+                tg.start_soon(check, 10 * round_ + index)
+    # One SDK: one checker session, so one checker worker at most once the pool is full again.
+    await wait_until(lambda: runtime.full and runtime.starting == 0 and len(_checker_workers(runtime)) <= 1)
+
+
+def _checker_workers(runtime: MontyRuntime) -> set[int]:
+    """Monty processes of this test process that are not ready sandboxes of the pool: the checker's."""
+    ready = {entry.sandbox._pid for entry in runtime._ready}  # type: ignore[attr-defined]
+    me = str(os.getpid())
+    return {pid for pid in _monty_pids() - ready if _status(pid).get("PPid") == me}

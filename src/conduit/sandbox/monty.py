@@ -140,7 +140,9 @@ class MontyWorkers:
                     max_checkouts_per_worker=1,
                     feed_duration_limit_grace=DEADLINE_GRACE,
                 ) as pool,
-                pm.AsyncMonty(binary_path=wrapper, min_processes=1, max_processes=self._checkers) as checker_pool,
+                pm.AsyncMonty(
+                    binary_path=wrapper, min_processes=0, max_processes=self._checkers, max_checkouts_per_worker=1
+                ) as checker_pool,
             ):
                 self._pool = pool
                 self.checker = MontyChecker(checker_pool, self._checkers)

@@ -13,10 +13,11 @@ known up front; otherwise it goes to Pyodide (full CPython). Nothing is ever run
    dict of mixed values summed, an annotation the value does not match) do not: CPython ignores
    annotations, and Monty computes with the values as CPython does.
 
-The check runs in a long-lived checker worker (behind the same walls), warm, in a fraction of the
-time a fresh worker's checker needs. The program is never executed there: it is fed as the body of
-an ``async def`` that is defined and never called, and the host verifies with CPython's parser that
-defining it evaluates nothing of the program (no decorators, defaults or annotations).
+The check runs in a long-lived checker session (its own worker, behind the same walls, gone with the
+session), warm, in a fraction of the time a fresh worker's checker needs. The program is never
+executed there: it is fed as the body of an ``async def`` that is defined and never called, and the
+host verifies with CPython's parser that defining it evaluates nothing of the program (no
+decorators, defaults or annotations).
 """
 
 from __future__ import annotations
