@@ -67,7 +67,7 @@ MAX_WORKERS: Final = 1024
 """The Monty pool's own cap; the sandbox pool and admission bound how many workers there really are."""
 SWEEP_EVERY_S: Final = 1.0
 DEADLINE_GRACE: Final = 0.25
-"""How long past the deadline the host lets Monty raise its own TimeoutError before killing the worker."""
+"""How long past Monty's own time limit the pool waits for Monty's TimeoutError before killing the worker."""
 
 BridgeCall = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 """``(token, method, params)`` -> the bridge's answer, ``{"result": ...}`` or ``{"error": {...}}``."""
@@ -369,7 +369,7 @@ class MontySandbox:
         session = self._session
         started = time.perf_counter()
         try:
-            with anyio.move_on_after(timeout_s + DEADLINE_GRACE) as deadline:
+            with anyio.move_on_after(timeout_s) as deadline:
                 async with anyio.create_task_group() as tg:
                     if self._cgroup is not None:
                         tg.start_soon(watch_cap, self._cgroup, at_cap)
