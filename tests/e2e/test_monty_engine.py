@@ -345,3 +345,28 @@ def _checker_workers(runtime: MontyRuntime) -> set[int]:
     ready = {entry.sandbox._pid for entry in runtime._ready}  # type: ignore[attr-defined]
     me = str(os.getpid())
     return {pid for pid in _monty_pids() - ready if _status(pid).get("PPid") == me}
+
+
+async def test_a_used_up_checker_session_is_replaced_by_a_warmed_spare(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = gateway.runtimes["monty"]
+    assert isinstance(runtime, MontyRuntime)
+    monkeypatch.setattr("conduit.sandbox.monty_check.CHECKS_PER_SESSION", 6)
+    monkeypatch.setattr("conduit.sandbox.monty_check.WARM_AHEAD", 3)
+    sdk = gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+    sdk += "\n# an SDK of its own: a checker session of its own\n"
+    assert (await runtime.check("0", sdk)).fits
+    checker = runtime.workers.checker
+    assert checker is not None
+    first = checker._sessions[sdk]  # type: ignore[attr-defined]
+    assert first.checks == 1
+    while first.checks < 5:
+        assert (await runtime.check(f"{first.checks} + 1", sdk)).fits
+    # The spare was opened in the background at 3 checks and warmed by one check of its own.
+    await wait_until(lambda: sdk in checker._spares and checker._spares[sdk].ready)  # type: ignore[attr-defined]
+    spare = checker._spares[sdk]  # type: ignore[attr-defined]
+    assert (await runtime.check("6", sdk)).fits  # the sixth: the session is used up and replaced
+    assert checker._sessions[sdk] is spare and first.session is None  # type: ignore[attr-defined]
+    assert (await runtime.check("7", sdk)).fits
+    assert spare.checks == 2  # the warming check and this one

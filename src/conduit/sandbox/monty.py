@@ -141,11 +141,11 @@ class MontyWorkers:
                     feed_duration_limit_grace=DEADLINE_GRACE,
                 ) as pool,
                 pm.AsyncMonty(
-                    binary_path=wrapper, min_processes=0, max_processes=self._checkers, max_checkouts_per_worker=1
+                    binary_path=wrapper, min_processes=0, max_processes=self._checkers + 1, max_checkouts_per_worker=1
                 ) as checker_pool,
             ):
                 self._pool = pool
-                self.checker = MontyChecker(checker_pool, self._checkers)
+                self.checker = MontyChecker(checker_pool, self._checkers, self.reaper)
                 self._ready.set()
                 try:
                     await self._closed.wait()

@@ -33,6 +33,7 @@ from typing import Final
 
 import anyio
 import pydantic_monty as pm
+from anyio.abc import TaskGroup
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ CHECK_TIMEOUT_S: Final = 10.0
 """A check that takes longer (a huge program, a stuck checker) gives up: the program runs on Pyodide."""
 CHECKS_PER_SESSION: Final = 256
 """Checks one checker session serves before it is replaced (its type-check context grows with each)."""
+WARM_AHEAD: Final = 16
+"""A session's replacement is opened and warmed this many checks before it is needed (a cold checker
+session takes 20–70 ms for its first check)."""
 PYODIDE_NAMES: Final = {
     "ToolError": "on Monty a failed call raises Exception",
     "SystemExit": "Monty's SystemExit takes no exit code",
@@ -140,6 +144,8 @@ class _CheckerSession:
         self.stack = AsyncExitStack()
         self.session: pm.AsyncMontySession | None = None
         self.checks = 0
+        self.ready = False
+        """A spare: open, and its checker warmed by one check."""
 
     async def open(self, pool: pm.AsyncMonty, sdk: str) -> None:
         session = pool.checkout(
@@ -158,10 +164,13 @@ class _CheckerSession:
 class MontyChecker:
     """Type-checks programs for Monty in warm checker workers, one session per SDK (least recently used goes)."""
 
-    def __init__(self, pool: pm.AsyncMonty, capacity: int) -> None:
+    def __init__(self, pool: pm.AsyncMonty, capacity: int, background: TaskGroup | None = None) -> None:
         self._pool = pool
         self._capacity = max(capacity, 1)
         self._sessions: OrderedDict[str, _CheckerSession] = OrderedDict()
+        self._spares: dict[str, _CheckerSession] = {}
+        """A warmed replacement per SDK, opened in ``background`` before its session is used up."""
+        self._background = background
         self._guard = anyio.Lock()
         self._counter = 0
 
@@ -198,9 +207,32 @@ class MontyChecker:
                 await self._drop(sdk, checker)
                 return Verdict(False, "the Monty checker failed")
             finally:
+                if checker.checks == CHECKS_PER_SESSION - WARM_AHEAD:
+                    self._warm_spare(sdk)
                 if checker.checks >= CHECKS_PER_SESSION:
                     await self._drop(sdk, checker)
         return Verdict(True)
+
+    def _warm_spare(self, sdk: str) -> None:
+        if self._background is not None and sdk not in self._spares:
+            self._spares[sdk] = _CheckerSession()
+            self._background.start_soon(self._open_spare, sdk, self._spares[sdk])
+
+    async def _open_spare(self, sdk: str, spare: _CheckerSession) -> None:
+        """Open ``spare`` and check a program in it, so that its checker is warm when it takes over."""
+        async with spare.lock:
+            try:
+                await spare.open(self._pool, sdk)
+                assert spare.session is not None
+                with anyio.fail_after(CHECK_TIMEOUT_S):
+                    await spare.session.feed_run("async def __conduit_warm__():\n    pass\n")
+                spare.checks = 1
+                spare.ready = True
+            except (pm.MontyError, OSError, TimeoutError) as exc:
+                logger.warning("a spare Monty checker could not start: %s", exc)
+                if self._spares.get(sdk) is spare:
+                    del self._spares[sdk]
+                await spare.aclose()
 
     async def _session(self, sdk: str) -> _CheckerSession:
         async with self._guard:
@@ -209,24 +241,38 @@ class MontyChecker:
                 self._sessions.move_to_end(sdk)
                 return existing
             while len(self._sessions) >= self._capacity:
-                _, oldest = self._sessions.popitem(last=False)
-                async with oldest.lock:
-                    await oldest.aclose()
+                gone, oldest = self._sessions.popitem(last=False)
+                for checker in (oldest, self._spares.pop(gone, None)):
+                    if checker is not None:
+                        async with checker.lock:
+                            await checker.aclose()
+            spare = self._spares.get(sdk)
+            if spare is not None and spare.ready:
+                del self._spares[sdk]
+                self._sessions[sdk] = spare
+                return spare
             fresh = _CheckerSession()
             await fresh.open(self._pool, sdk)
             self._sessions[sdk] = fresh
             return fresh
 
     async def _drop(self, sdk: str, checker: _CheckerSession) -> None:
-        """Forget ``checker`` (its lock is held by the caller) and close it."""
+        """Replace ``checker`` (its lock is held by the caller) by its warmed spare if it has one, and close it."""
         if self._sessions.get(sdk) is checker:
-            del self._sessions[sdk]
+            spare = self._spares.get(sdk)
+            if spare is not None and spare.ready:
+                del self._spares[sdk]
+                self._sessions[sdk] = spare
+            else:
+                del self._sessions[sdk]
         await checker.aclose()
 
     async def aclose(self) -> None:
-        while self._sessions:
-            _, checker = self._sessions.popitem()
-            await checker.aclose()
+        self._background = None
+        for group in (self._sessions, self._spares):
+            while group:
+                _, checker = group.popitem()
+                await checker.aclose()
 
 
 _DIAGNOSTIC: Final = re.compile(r"^\S+:\d+:\d+: error\[(?P<rule>[a-z-]+)\] (?P<message>.*)$", re.MULTILINE)
