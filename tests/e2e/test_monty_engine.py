@@ -302,9 +302,7 @@ def _spinning(pid: int) -> bool:
 
 
 async def test_the_checker_decides_without_running_the_program(gateway: Gateway) -> None:
-    runtime = gateway.runtimes["monty"]
-    assert isinstance(runtime, MontyRuntime)
-    sdk = gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+    runtime, sdk = await _monty_and_sdk(gateway)
     # Were these run, they would fail; checked, they fit Monty (a type checker cannot know 1/0 fails).
     for program in ("1 / 0", "raise ValueError('ran')", "await tools.toolbox.crash()"):
         verdict = await runtime.check(program, sdk)
@@ -324,10 +322,8 @@ async def test_the_checker_decides_without_running_the_program(gateway: Gateway)
 async def test_replaced_checker_sessions_leave_no_worker_behind(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = gateway.runtimes["monty"]
-    assert isinstance(runtime, MontyRuntime)
     monkeypatch.setattr("conduit.sandbox.monty_check.CHECKS_PER_SESSION", 3)
-    sdk = gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+    runtime, sdk = await _monty_and_sdk(gateway)
 
     async def check(index: int) -> None:
         assert (await runtime.check(f"{index} + 1", sdk)).fits
@@ -340,6 +336,13 @@ async def test_replaced_checker_sessions_leave_no_worker_behind(
     await wait_until(lambda: runtime.full and runtime.starting == 0 and len(_checker_workers(runtime)) <= 1)
 
 
+async def _monty_and_sdk(gateway: Gateway) -> tuple[MontyRuntime, str]:
+    """The gateway's Monty runtime, and the SDK of an execution that may call every tool."""
+    runtime = gateway.runtimes["monty"]
+    assert isinstance(runtime, MontyRuntime)
+    return runtime, gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+
+
 def _checker_workers(runtime: MontyRuntime) -> set[int]:
     """Monty processes of this test process that are not ready sandboxes of the pool: the checker's."""
     ready = {entry.sandbox._pid for entry in runtime._ready}  # type: ignore[attr-defined]
@@ -350,11 +353,9 @@ def _checker_workers(runtime: MontyRuntime) -> set[int]:
 async def test_a_used_up_checker_session_is_replaced_by_a_warmed_spare(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = gateway.runtimes["monty"]
-    assert isinstance(runtime, MontyRuntime)
     monkeypatch.setattr("conduit.sandbox.monty_check.CHECKS_PER_SESSION", 6)
     monkeypatch.setattr("conduit.sandbox.monty_check.WARM_AHEAD", 3)
-    sdk = gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+    runtime, sdk = await _monty_and_sdk(gateway)
     sdk += "\n# an SDK of its own: a checker session of its own\n"
     assert (await runtime.check("0", sdk)).fits
     checker = runtime.workers.checker
