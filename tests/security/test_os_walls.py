@@ -23,7 +23,7 @@ from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
 from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
 from conduit.sandbox.pool import PooledRuntime
-from conduit.sandbox.walls.cgroups import CgroupSupport, detect, remove_parents
+from conduit.sandbox.walls.cgroups import CgroupSupport, detect, launched_leaf, remove_parents
 from conduit.sandbox.walls.confine import encode_spec
 from conduit.sandbox.walls.launch import CONFINE, NATIVE_CONFINE, SYSTEM_READ_ONLY, WALL_NAMES, Walls, native_launcher
 from support import MASTER, TOOLBOX, conduit, wait_until
@@ -206,6 +206,23 @@ def test_the_native_launcher_refuses_what_it_cannot_apply(tmp_path: Path) -> Non
         done = subprocess.run([native, *args], capture_output=True, text=True, timeout=10, check=False)
         assert done.returncode == 121, (args, done)
         assert message in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_both_launchers_make_and_join_a_cgroup_of_their_own(launcher: str) -> None:
+    need("cgroup-pids")
+    detected = Walls.detect(30_000)
+    try:
+        parents = [str(path) for path in detected.cgroups.parents]
+        probe = ["/bin/sh", "-c", "echo $$; cat /proc/self/cgroup"]
+        command = launcher_walls(launcher).command({"new_cgroups": parents}, probe)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        pid, *lines = done.stdout.splitlines()
+        joined = [line for line in lines if line.endswith(f"/{launched_leaf(int(pid))}")]
+        assert len(joined) == len(parents), done.stdout  # one leaf per hierarchy (v1: memory and pids)
+    finally:
+        detected.close()
 
 
 def test_a_native_launcher_copy_reads_its_options_and_makes_its_own_cgroup(tmp_path: Path) -> None:

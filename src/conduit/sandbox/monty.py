@@ -47,8 +47,7 @@ from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.process import private_memory_bytes, set_niceness
 from conduit.sandbox.walls import Profile, Walls
-from conduit.sandbox.walls.cgroups import Cgroup, sweep, watch_cap
-from conduit.sandbox.walls.confine import LAUNCH_FAILED
+from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
 from conduit.sandbox.walls.launch import MAX_PIDS
 
 logger = logging.getLogger(__name__)
@@ -166,32 +165,23 @@ class MontyWorkers:
     def _write_wrapper(self) -> str:
         """The executable the pool starts: the worker binary behind every available wall.
 
-        The worker first makes its own cgroup leaves (``sandbox-pid-<pid>``) and joins them, so it is
-        born in them (moving a running process into a cgroup costs the kernel ~10 ms); the host caps
-        them when it checks the worker out (:meth:`cgroup_of`). With the native launcher that is a
-        copy of it that reads its options from ``monty-worker.args`` (the pool starts an executable
-        by path, with arguments of its own); with the Python launcher, a shell script.
+        The launcher makes the worker's own cgroup leaves and joins them (``cgroup_by_launcher``), so the
+        worker is born in them (moving a running process into a cgroup costs the kernel ~10 ms); the host
+        caps them when it checks the worker out (:meth:`cgroup_of`). The pool starts an executable by
+        path, with arguments of its own: with the native launcher that is a copy of it that reads its
+        options from ``monty-worker.args``; with the Python launcher, a shell script.
         """
         profile = Profile(read_only=(self._binary,), baseline_mb=BASELINE_MB)
-        argv, _ = self._walls.launch([self._binary], profile, 0, "monty", env={}, with_cgroup=False)
-        support = self._walls.cgroups
-        parents = [str(path) for path in dict.fromkeys((support.memory, support.pids)) if path is not None]
-        native = self._walls.native
-        wrapper = self._work_dir / "monty-worker"
-        if native is not None and argv[0] == native and not any("\n" in item for item in [*argv, *parents]):
-            shutil.copyfile(native, wrapper)
-            wrapper.chmod(0o755)
-            options = [*(item for parent in parents for item in ("--cgroup-new", parent)), *argv[1:]]
-            (self._work_dir / "monty-worker.args").write_text("".join(f"{item}\n" for item in options))
-            return str(wrapper)
-        if not parents and argv == [self._binary]:
+        argv, _ = self._walls.launch([self._binary], profile, 0, "monty", env={}, cgroup_by_launcher=True)
+        if argv == [self._binary]:
             return self._binary
-        lines = ["#!/bin/sh"]
-        for parent in parents:
-            leaf = shlex.quote(parent) + '/sandbox-pid-"$$"'
-            lines.append(f"mkdir {leaf} && echo $$ > {leaf}/cgroup.procs || exit {LAUNCH_FAILED}")
-        lines.append(f'exec {shlex.join(argv)} "$@"')
-        wrapper.write_text("\n".join(lines) + "\n")
+        wrapper = self._work_dir / "monty-worker"
+        native = self._walls.native
+        if native is not None and argv[0] == native and not any("\n" in item for item in argv):
+            shutil.copyfile(native, wrapper)
+            (self._work_dir / "monty-worker.args").write_text("".join(f"{item}\n" for item in argv[1:]))
+        else:
+            wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n')
         wrapper.chmod(0o755)
         return str(wrapper)
 
@@ -204,7 +194,7 @@ class MontyWorkers:
         if not self._walls.cgroups.available:
             return None
         try:
-            return Cgroup(self._walls.cgroups, memory_bytes, MAX_PIDS, name=f"sandbox-pid-{pid}")
+            return Cgroup(self._walls.cgroups, memory_bytes, MAX_PIDS, name=launched_leaf(pid))
         except OSError as exc:
             raise SandboxStartError(f"cannot cap the Monty worker's cgroup: {exc}") from exc
 

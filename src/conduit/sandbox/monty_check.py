@@ -182,35 +182,40 @@ class MontyChecker:
         source = wrapped(program, f"__conduit_check_{self._counter}__")
         if source is None:
             return Verdict(False, "its body would not stay unevaluated when checked")
-        checker = await self._session(sdk)
-        async with checker.lock:
-            if checker.session is None:  # replaced while this check waited
-                return await self.check(program, sdk)
-            checker.checks += 1
-            try:
-                with anyio.fail_after(CHECK_TIMEOUT_S):
-                    await checker.session.feed_run(source, print_callback=lambda _stream, _text: None)
-            except TimeoutError:
-                logger.warning("the Monty checker took over %.0f s; the program runs on Pyodide", CHECK_TIMEOUT_S)
+        while True:
+            checker = await self._session(sdk)
+            async with checker.lock:
+                if checker.session is not None:  # else it was replaced while this check waited
+                    return await self._check_in(checker, sdk, source)
+
+    async def _check_in(self, checker: _CheckerSession, sdk: str, source: str) -> Verdict:
+        """Feed ``source`` to ``checker`` (whose lock the caller holds) and judge what the checker says."""
+        assert checker.session is not None
+        checker.checks += 1
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT_S):
+                await checker.session.feed_run(source, print_callback=lambda _stream, _text: None)
+        except TimeoutError:
+            logger.warning("the Monty checker took over %.0f s; the program runs on Pyodide", CHECK_TIMEOUT_S)
+            await self._drop(sdk, checker)
+            return Verdict(False, "the Monty checker took too long")
+        except pm.MontyTypingError as exc:
+            unsupported = _unsupported(exc.display())
+            if unsupported:
+                return Verdict(False, unsupported)
+        except pm.MontySyntaxError as exc:
+            return Verdict(False, f"SyntaxError: {_first_line(str(exc))}")
+        except pm.MontyRuntimeError as exc:
+            return Verdict(False, _first_line(str(exc)))
+        except pm.MontyError as exc:
+            logger.warning("the Monty checker failed (%s); the program runs on Pyodide", exc)
+            await self._drop(sdk, checker)
+            return Verdict(False, "the Monty checker failed")
+        finally:
+            if checker.checks == CHECKS_PER_SESSION - WARM_AHEAD:
+                self._warm_spare(sdk)
+            if checker.checks >= CHECKS_PER_SESSION:
                 await self._drop(sdk, checker)
-                return Verdict(False, "the Monty checker took too long")
-            except pm.MontyTypingError as exc:
-                unsupported = _unsupported(exc.display())
-                if unsupported:
-                    return Verdict(False, unsupported)
-            except pm.MontySyntaxError as exc:
-                return Verdict(False, f"SyntaxError: {_first_line(str(exc))}")
-            except pm.MontyRuntimeError as exc:
-                return Verdict(False, _first_line(str(exc)))
-            except pm.MontyError as exc:
-                logger.warning("the Monty checker failed (%s); the program runs on Pyodide", exc)
-                await self._drop(sdk, checker)
-                return Verdict(False, "the Monty checker failed")
-            finally:
-                if checker.checks == CHECKS_PER_SESSION - WARM_AHEAD:
-                    self._warm_spare(sdk)
-                if checker.checks >= CHECKS_PER_SESSION:
-                    await self._drop(sdk, checker)
         return Verdict(True)
 
     def _warm_spare(self, sdk: str) -> None:

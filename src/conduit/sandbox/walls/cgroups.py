@@ -48,6 +48,16 @@ class CgroupSupport:
     def available(self) -> bool:
         return self.memory is not None or self.pids is not None
 
+    @property
+    def parents(self) -> list[Path]:
+        """The parent directories, each once (v2 has one for both controllers)."""
+        return list(dict.fromkeys(path for path in (self.memory, self.pids) if path is not None))
+
+
+def launched_leaf(pid: int) -> str:
+    """The name of the leaf a launcher makes for process ``pid`` (``new_cgroups``; same in both launchers)."""
+    return f"sandbox-pid-{pid}"
+
 
 def _own_path(controller: str) -> str | None:
     """This process's path in the v1 hierarchy holding ``controller``, or in the v2 one for ``""``."""

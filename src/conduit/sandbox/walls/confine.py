@@ -1,8 +1,9 @@
 """Apply OS walls to the current process, then become the sandbox runtime (``execv``).
 
 Run as ``python -I -S confine.py SPEC -- ARGV...`` (``SPEC`` made by :func:`encode_spec`): it joins the
-sandbox's cgroups, sets ``RLIMIT_CPU``, sets no-new-privileges, restricts the file system with
-Landlock to the paths the runtime needs (read-only, plus its private home read-write), and
+sandbox's cgroups (or makes leaves of its own under the parents ``new_cgroups`` names and joins them),
+sets ``RLIMIT_CPU``, sets no-new-privileges, restricts the file system with Landlock to the paths the
+runtime needs (read-only, plus its private home read-write), and
 then replaces itself with ``ARGV``. Everything it applies is inherited by the runtime and
 anything the runtime might start, and none of it can be undone from inside.
 
@@ -136,7 +137,17 @@ def apply(spec: dict[str, Any]) -> None:
         ConfineError: a requested wall could not be applied.
     """
     pid = str(os.getpid())
-    for procs in spec.get("cgroups", []):
+    made = []
+    for parent in spec.get("new_cgroups", []):  # cgroups.launched_leaf: this process's own leaf
+        leaf = os.path.join(parent, f"sandbox-pid-{pid}")
+        try:
+            os.mkdir(leaf, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfineError(f"making cgroup {leaf}: {exc.strerror}") from None
+        made.append(os.path.join(leaf, "cgroup.procs"))
+    for procs in [*spec.get("cgroups", []), *made]:
         try:
             with open(procs, "w") as handle:
                 handle.write(pid)

@@ -212,19 +212,23 @@ class Walls:
         env: Mapping[str, str] | None = None,
         niceness: int = 0,
         *,
-        with_cgroup: bool = True,
+        cgroup_by_launcher: bool = False,
     ) -> tuple[list[str], Cgroup | None]:
         """``argv`` behind every available wall, and the sandbox's cgroup (to check and remove afterwards).
 
-        ``with_cgroup=False``: no cgroup now, for processes started before their program is known
-        (Monty's workers), which the host moves into one (:meth:`Cgroup.adopt`) when a program arrives.
+        ``cgroup_by_launcher``: the launcher makes the process's leaves itself (``new_cgroups``: one
+        :func:`~conduit.sandbox.walls.cgroups.launched_leaf` per hierarchy) and joins them, for processes
+        started by someone else before their program is known (Monty's workers); the host caps them
+        when a program arrives. No cgroup is returned then.
 
         Raises:
             SandboxStartError: the cgroup could not be created.
         """
         spec: dict[str, object] = {}
         cgroup: Cgroup | None = None
-        if self.cgroups.available and with_cgroup:
+        if self.cgroups.available and cgroup_by_launcher:
+            spec["new_cgroups"] = [str(path) for path in self.cgroups.parents]
+        elif self.cgroups.available:
             try:
                 cgroup = Cgroup(self.cgroups, (memory_limit_mb + profile.baseline_mb) << 20, MAX_PIDS)
             except OSError as exc:
@@ -260,6 +264,8 @@ class Walls:
         command = [self.native]
         for procs in spec.get("cgroups", []):
             command += ["--cgroup", procs]
+        for parent in spec.get("new_cgroups", []):
+            command += ["--cgroup-new", parent]
         for key, flag in (("cpu_seconds", "--cpu"), ("niceness", "--nice")):
             if spec.get(key):
                 command += [flag, str(spec[key])]
