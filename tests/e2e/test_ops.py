@@ -188,9 +188,11 @@ async def test_cancelling_a_spinning_program_kills_its_sandbox_and_frees_the_slo
         with anyio.move_on_after(20):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.call_tool, tool, arguments)
-                while not spinning:
-                    await anyio.sleep(0.05)
-                    spinning = await anyio.to_thread.run_sync(spinning_children, server.process.pid, marker)
+                running: set[int] = set()
+                while not spinning:  # running in two samples 0.2 s apart: not a pool sandbox that is starting
+                    await anyio.sleep(0.2)
+                    now = await anyio.to_thread.run_sync(spinning_children, server.process.pid, marker)
+                    spinning, running = now & running, now
                 cancelled_at = time.monotonic()
                 tg.cancel_scope.cancel()
         assert spinning, "the program never started spinning"
