@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -155,16 +156,32 @@ async def test_output_streams_as_progress_notifications(server: ConduitHttp, too
     assert received[0][0] < finished - 0.5  # the first line arrived while the program was still running
 
 
-def spinning_children(parent: int, marker: str) -> set[int]:
-    """Child processes of ``parent`` whose command line has ``marker`` and with a thread running on a CPU."""
-    found = set()
-    for pid in children(parent, marker):
-        try:
-            if any(stat_fields(task / "stat")[0] == "R" for task in Path(f"/proc/{pid}/task").iterdir()):
-                found.add(pid)
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+SPIN_CPU_S = 0.5
+"""CPU time a process gains while watched that marks it as the spinning program: a pool sandbox that is
+starting, an idle one or a checker session gains a few milliseconds."""
+
+
+class SpinWatch:
+    """Finds the child processes of ``parent`` (command line containing ``marker``) that spin: each
+    one's CPU time is taken when first seen, and a process is spinning once it has gained
+    ``SPIN_CPU_S`` of CPU since then. Being in state R in one or two samples is not enough: on a
+    loaded machine a sandbox the pool is starting is running for a while too, then stays alive."""
+
+    def __init__(self, parent: int, marker: str) -> None:
+        self.parent, self.marker = parent, marker
+        self.first_seen: dict[int, float] = {}
+
+    def sample(self) -> set[int]:
+        spinning = set()
+        for pid in children(self.parent, self.marker):
+            try:
+                fields = stat_fields(Path(f"/proc/{pid}/stat"))
+                cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, IndexError):
+                continue
+            if cpu - self.first_seen.setdefault(pid, cpu) >= SPIN_CPU_S:
+                spinning.add(pid)
+        return spinning
 
 
 @pytest.mark.parametrize(
@@ -188,11 +205,10 @@ async def test_cancelling_a_spinning_program_kills_its_sandbox_and_frees_the_slo
         with anyio.move_on_after(20):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.call_tool, tool, arguments)
-                running: set[int] = set()
-                while not spinning:  # running in two samples 0.2 s apart: not a pool sandbox that is starting
-                    await anyio.sleep(0.2)
-                    now = await anyio.to_thread.run_sync(spinning_children, server.process.pid, marker)
-                    spinning, running = now & running, now
+                watch = SpinWatch(server.process.pid, marker)
+                while not spinning:
+                    await anyio.sleep(0.05)
+                    spinning = await anyio.to_thread.run_sync(watch.sample)
                 cancelled_at = time.monotonic()
                 tg.cancel_scope.cancel()
         assert spinning, "the program never started spinning"
@@ -228,13 +244,14 @@ async def test_a_dropped_http_client_gets_its_execution_killed_and_its_slot_free
         headers["mcp-session-id"] = response.headers["mcp-session-id"]
         await http.post(server.url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     spinning: set[int] = set()
+    watch = SpinWatch(server.process.pid, "deno_harness.js")
     dropping = httpx2.AsyncClient(timeout=30)
     async with dropping.stream("POST", server.url, headers=headers, json=spin) as streaming:
         assert streaming.status_code == 200
         with anyio.fail_after(20):
             while not spinning:
                 await anyio.sleep(0.05)
-                spinning = await anyio.to_thread.run_sync(spinning_children, server.process.pid, "deno_harness.js")
+                spinning = await anyio.to_thread.run_sync(watch.sample)
     await dropping.aclose()  # the connection goes away without a response or a cancellation
     dropped_at = time.monotonic()
     await wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in spinning), interval=0.01)

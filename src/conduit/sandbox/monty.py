@@ -45,7 +45,7 @@ from conduit.sandbox.monty_check import MontyChecker, Verdict
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.process import private_memory_bytes, set_niceness
+from conduit.sandbox.process import REAP_TIMEOUT, private_memory_bytes, set_niceness, wait_exited
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
 from conduit.sandbox.walls.launch import MAX_PIDS
@@ -322,8 +322,13 @@ class MontySandbox:
             return False
         self._gone = True
         self._kill()
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await self._stack.aclose()
+        with anyio.CancelScope(shield=True):
+            # The session reaps its worker when it is given back only if the worker has exited by then;
+            # one still dying (a SIGKILL is not instant under load) is left to the client library's
+            # orphan queue, a zombie until its next worker spawn.
+            await wait_exited(self._pid)
+            with contextlib.suppress(Exception):
+                await self._stack.aclose()
         if self._cgroup is None:
             return False
         oom = self._cgroup.oom_killed()
@@ -357,12 +362,16 @@ class MontySandbox:
 
         lookup = {"_conduit_call": call}
         session = self._session
-        started = time.perf_counter()
-        try:
-            with anyio.move_on_after(timeout_s) as deadline:
-                async with anyio.create_task_group() as tg:
-                    if self._cgroup is not None:
-                        tg.start_soon(watch_cap, self._cgroup, at_cap)
+        finished = anyio.Event()
+        turn = anyio.CancelScope(shield=True)
+
+        async def feeds() -> None:
+            nonlocal record, crash
+            # Shielded: a run that is cancelled kills the worker first and lets the turn end with it, so
+            # the client library still owns the worker and reaps it (a turn dropped while its worker is
+            # still alive leaves it a zombie until the library next spawns one).
+            try:
+                with turn:
                     try:
                         await session.feed_run(PRELUDE + job.sdk, external_lookup=lookup, print_callback=printed)
                         value = await session.feed_run(job.program, external_lookup=lookup, print_callback=printed)
@@ -374,7 +383,22 @@ class MontySandbox:
                         record = {"status": "error", "error": {"name": "SyntaxError", "message": str(exc)}}
                     except pm.MontyCrashedError as exc:
                         crash = f"the Monty worker died: {exc}"
+            finally:
+                finished.set()
+
+        started = time.perf_counter()
+        try:
+            with anyio.move_on_after(timeout_s) as deadline:
+                async with anyio.create_task_group() as tg:
+                    if self._cgroup is not None:
+                        tg.start_soon(watch_cap, self._cgroup, at_cap)
+                    tg.start_soon(feeds)
+                    try:
+                        await finished.wait()
                     finally:
+                        if not finished.is_set():  # cancelled or out of time: the worker dies, then the turn ends
+                            self._kill()
+                            turn.deadline = anyio.current_time() + REAP_TIMEOUT
                         tg.cancel_scope.cancel()
             timed_out = deadline.cancelled_caught
         finally:

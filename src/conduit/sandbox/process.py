@@ -23,6 +23,7 @@ from conduit.errors import SandboxStartError
 REAP_TIMEOUT: Final = 5.0
 """Bound on waiting for a SIGKILLed group leader to be reaped."""
 READ_CHUNK: Final = 64 * 1024
+EXIT_POLL_S: Final = 0.002
 
 
 class _PidfdChildWatcher(asyncio.AbstractChildWatcher):
@@ -280,6 +281,26 @@ def private_memory_bytes(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return total
+
+
+def has_exited(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (dead, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+async def wait_exited(pid: int) -> bool:
+    """Wait up to ``REAP_TIMEOUT`` for process ``pid`` to exit (a SIGKILL takes a moment on a loaded
+    machine); whether it did. Polled: the process may be another's child, with no pidfd of ours."""
+    for _ in range(int(REAP_TIMEOUT / EXIT_POLL_S)):
+        if has_exited(pid):
+            return True
+        await anyio.sleep(EXIT_POLL_S)
+    return has_exited(pid)
 
 
 async def pump(stream: ByteReceiveStream | None, sink: Callable[[bytes], None]) -> None:
