@@ -17,6 +17,7 @@ import httpx2
 import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from prometheus_client.parser import text_string_to_metric_families
 
 CONDUIT = str(Path(sys.executable).parent / "conduit")
 EXECUTE_TS = "conduit__mcp_execute_typescript"
@@ -25,6 +26,7 @@ EXECUTE_PYTHON = "conduit__mcp_execute_python"
 MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
 HTTP_UPSTREAM = str(Path(__file__).parent / "servers" / "http_upstream.py")
+ISSUER = str(Path(__file__).parent / "servers" / "issuer.py")
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -67,13 +69,17 @@ class ConduitHttp:
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, config: Path, token: str = "test-master-token-0123456789", extra_env: Mapping[str, str] | None = None
+        cls,
+        config: Path,
+        token: str = "test-master-token-0123456789",
+        extra_env: Mapping[str, str] | None = None,
+        port: int = 0,
     ) -> AsyncIterator[ConduitHttp]:
         log = config.parent / "conduit-http.log"
         env = {**os.environ, "IPC_BEARER_TOKEN": token, **(extra_env or {})}
         with log.open("wb") as sink:
             process = await anyio.open_process(
-                [CONDUIT, "serve", "--config", str(config), "--port", "0"], stdout=sink, stderr=sink, env=env
+                [CONDUIT, "serve", "--config", str(config), "--port", str(port)], stdout=sink, stderr=sink, env=env
             )
         try:
             url = await _wait_for_url(log, process, "Conduit listening on ")
@@ -88,6 +94,18 @@ class ConduitHttp:
         async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
             async with Client(streamable_http_client(self.url, http_client=http)) as client:
                 yield client
+
+
+async def scrape(server: ConduitHttp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics``, keyed by name and sorted labels."""
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.get(f"{server.ops_url}/metrics")
+    assert response.status_code == 200
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
 
 
 async def stop_process(process: anyio.abc.Process, grace: float) -> None:
@@ -177,7 +195,14 @@ async def run_code(client: Client, tool: str, code: str, **arguments: Any) -> tu
 @asynccontextmanager
 async def http_upstream(*args: str) -> AsyncIterator[str]:
     """A real remote MCP server process on a free loopback port; yields its base URL."""
-    process = await anyio.open_process([sys.executable, HTTP_UPSTREAM, *args], stderr=None)
+    async with loopback_server(HTTP_UPSTREAM, *args) as url:
+        yield url
+
+
+@asynccontextmanager
+async def loopback_server(script: str, *args: str) -> AsyncIterator[str]:
+    """A test server process (one of tests/servers/) that prints ``listening on URL``; yields the URL."""
+    process = await anyio.open_process([sys.executable, script, *args], stderr=None)
     try:
         assert process.stdout is not None
         line = b""

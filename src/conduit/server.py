@@ -8,11 +8,14 @@ from collections.abc import Mapping
 
 import anyio
 
+from conduit.auth.callers import LOCAL, Caller
+from conduit.auth.http import Door
+from conduit.auth.verifier import build_verifier
 from conduit.config.loader import LoadedConfig
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.transport.disconnect import CancelOnDisconnect
-from conduit.transport.http import BearerAuth, serve_http
+from conduit.transport.http import serve_http
 from conduit.transport.mcp_app import build_server
 from conduit.transport.ops import build_ops_app
 from conduit.transport.stdio import stdio_streams
@@ -20,7 +23,9 @@ from conduit.transport.stdio import stdio_streams
 logger = logging.getLogger(__name__)
 
 
-async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
+async def run_server(
+    loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str], local: Caller = LOCAL
+) -> None:
     """Serve until the client disconnects (stdio) or SIGTERM/SIGINT arrives; ops endpoints beside.
 
     A signal cancels the serving, so everything opened is closed on the way out: HTTP requests are
@@ -28,7 +33,7 @@ async def run_server(loaded: LoadedConfig, master_token: str, host_env: Mapping[
     """
     async with anyio.create_task_group() as tg:
         tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        await _serve(loaded, master_token, host_env)
+        await _serve(loaded, master_token, host_env, local)
         tg.cancel_scope.cancel()
 
 
@@ -40,10 +45,11 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str]) -> None:
+async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str], local: Caller) -> None:
     config = loaded.config
+    verifier = build_verifier(config, master_token)
     async with open_gateway(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
-        server = build_server(gw)
+        server = build_server(gw, local)
         async with anyio.create_task_group() as tg:
             if config.ops_enabled:
                 tg.start_soon(_serve_ops, gw, config.transport == "http")
@@ -52,7 +58,9 @@ async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str,
                 async with stdio_streams() as (read_stream, write_stream):
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             else:
-                app = BearerAuth(CancelOnDisconnect(server.streamable_http_app(host=config.host)), master_token)
+                app = Door(
+                    CancelOnDisconnect(server.streamable_http_app(host=config.host)), verifier, config.auth.oauth
+                )
                 await serve_http(app, host=config.host, port=config.port, log_level=config.log_level)
             tg.cancel_scope.cancel()
 

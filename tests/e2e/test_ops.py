@@ -13,7 +13,6 @@ import anyio
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
-from prometheus_client.parser import text_string_to_metric_families
 
 from support import (
     EXECUTE_ISOLATE,
@@ -24,6 +23,7 @@ from support import (
     children,
     run_js,
     run_ts,
+    scrape,
     stat_fields,
     wait_until,
     write_config,
@@ -46,17 +46,6 @@ async def server(
     )
     async with ConduitHttp.start(config) as running:
         yield running
-
-
-async def scrape(server: ConduitHttp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with httpx2.AsyncClient(timeout=10) as http:
-        response = await http.get(f"{server.ops_url}/metrics")
-    assert response.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 async def test_health_reports_runtimes_and_upstreams(server: ConduitHttp) -> None:

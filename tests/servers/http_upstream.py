@@ -1,6 +1,6 @@
 """A remote MCP server for tests: Streamable HTTP, SSE or plain JSON-RPC over HTTP, optionally protected.
 
-    python http_upstream.py --transport streamable|sse|plain --auth none|bearer|apikey|oauth
+    python http_upstream.py --transport streamable|sse|plain --auth none|bearer|apikey|oauth|users
 
 Prints ``listening on http://127.0.0.1:PORT`` once bound to a free loopback port. The MCP
 endpoint is ``/mcp`` (``/sse`` for SSE). With ``--auth oauth`` the same server is its own
@@ -8,6 +8,10 @@ authorization server: ``/token`` grants client-credentials and refresh-token req
 rotates the refresh token on every use (a reused one is refused and counted) and issues
 access tokens that expire after ``--token-lifetime`` seconds. ``/_stats`` reports what
 happened; ``/_revoke`` invalidates every access token (the next call gets a 401).
+
+With ``--auth users`` any bearer token starting with ``user-`` is accepted, as one user's own, and
+``whoami`` answers with the token of the very request that called it; ``/_stats`` lists every
+token that reached ``/mcp``.
 
 Tools: ``echo``, ``whoami`` (which credential reached the server), ``hang`` (never answers),
 ``die`` (the server process exits mid-call). ``--garbage`` makes ``/mcp`` answer with bytes
@@ -66,6 +70,8 @@ class State:
         self.reused_refresh_tokens = 0
         self.unauthorized = 0
         self.credential = ""
+        self.auth = "none"
+        self.tokens_seen: list[str] = []
         self.extra_tools: list[types.Tool] = []
         self.bus = InMemorySubscriptionBus()
 
@@ -82,9 +88,13 @@ def build_server(state: State) -> Server:
                 content=[types.TextContent(type="text", text=text)], structured_content={"text": text}
             )
         if params.name == "whoami":
+            credential = state.credential
+            headers = getattr(getattr(ctx, "request", None), "headers", None)
+            if state.auth == "users" and headers is not None:  # this request's own token, not the last one seen
+                credential = credential_of(dict(headers), "users", state) or "none"
             return types.CallToolResult(
-                content=[types.TextContent(type="text", text=state.credential)],
-                structured_content={"credential": state.credential},
+                content=[types.TextContent(type="text", text=credential)],
+                structured_content={"credential": credential},
             )
         if params.name == "hang":
             await anyio.sleep_forever()
@@ -120,6 +130,8 @@ def credential_of(request_headers: dict[str, str], auth: str, state: State) -> s
         return None
     if auth == "bearer":
         return "bearer" if token == BEARER else None
+    if auth == "users":
+        return token if token.startswith("user-") else None
     expires = state.access.get(token)
     return "oauth" if expires is not None and time.monotonic() < expires else None
 
@@ -139,6 +151,8 @@ class Protected:
                 await JSONResponse({"error": "unauthorized"}, status_code=401)(scope, receive, send)
                 return
             self.state.credential = credential
+            if self.auth == "users" and scope["path"].startswith("/mcp"):
+                self.state.tokens_seen.append(credential)
         await self.app(scope, receive, send)
 
 
@@ -179,6 +193,7 @@ def build_app(transport: str, auth: str, state: State, garbage: bool) -> Any:
                 "grants": state.grants,
                 "reused_refresh_tokens": state.reused_refresh_tokens,
                 "unauthorized": state.unauthorized,
+                "tokens": sorted(set(state.tokens_seen)),
             }
         )
 
@@ -219,11 +234,12 @@ def build_app(transport: str, auth: str, state: State, garbage: bool) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", choices=["streamable", "sse", "plain"], default="streamable")
-    parser.add_argument("--auth", choices=["none", "bearer", "apikey", "oauth"], default="none")
+    parser.add_argument("--auth", choices=["none", "bearer", "apikey", "oauth", "users"], default="none")
     parser.add_argument("--token-lifetime", type=float, default=3600.0)
     parser.add_argument("--garbage", action="store_true")
     args = parser.parse_args()
     state = State(args.token_lifetime)
+    state.auth = args.auth
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)

@@ -19,7 +19,7 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
-from conduit.bridge.sessions import Principal, SessionRegistry
+from conduit.bridge.sessions import BridgeCaller, SessionRegistry
 from conduit.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ConduitError, InvalidParamsError
 from conduit.sandbox.base import BridgeAddress
 from conduit.security.redact import sandbox_safe
@@ -30,7 +30,7 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
 
 class BridgeHandler(Protocol):
-    async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
+    async def handle_bridge(self, caller: BridgeCaller, method: str, params: Mapping[str, Any]) -> Any:
         """Serve one authenticated request; raise :class:`ConduitError` for a JSON-RPC error."""
         ...
 
@@ -118,11 +118,11 @@ class BridgeServer:
         they are authenticated against the session registry exactly as requests on the wire are.
         """
         try:
-            principal = self._sessions.authenticate(token, method)
+            caller = self._sessions.authenticate(token, method)
             if not isinstance(params, dict):
                 raise InvalidParamsError("params must be an object")
             assert self._handler is not None
-            result = await self._handler.handle_bridge(principal, method, params)
+            result = await self._handler.handle_bridge(caller, method, params)
         except ConduitError as exc:
             return {"error": {"code": exc.code, "message": sandbox_safe(exc.message)}}
         except Exception:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
+from conduit.auth.callers import MASTER, Caller
 from conduit.errors import FORBIDDEN, AuthError
 from conduit.security.allowlist import Allowlist
 from conduit.security.tokens import mint_token, tokens_equal
@@ -27,11 +28,13 @@ SESSION_METHODS: Final = frozenset({DISCOVER_TOOLS, CALL_TOOL})
 
 
 @dataclass(frozen=True)
-class Principal:
-    """Who a bridge request acts as."""
+class BridgeCaller:
+    """Who a bridge request acts as: the master token, or an execution's session (and its caller)."""
 
     is_master: bool
     allowlist: Allowlist
+    caller: Caller = MASTER
+    """The caller whose execution the session belongs to (its credentials, its audit records)."""
     execution_id: str | None = None
 
 
@@ -40,6 +43,7 @@ class Session:
     token: str
     execution_id: str
     allowlist: Allowlist
+    caller: Caller
 
 
 def _digest(token: str) -> bytes:
@@ -57,9 +61,9 @@ class SessionRegistry:
         self._everything = Allowlist.parse(["*"])
 
     @contextmanager
-    def session(self, execution_id: str, allowlist: Allowlist) -> Iterator[Session]:
+    def session(self, execution_id: str, allowlist: Allowlist, caller: Caller = MASTER) -> Iterator[Session]:
         """A session token valid exactly while the ``with`` block runs."""
-        session = Session(mint_token(), execution_id, allowlist)
+        session = Session(mint_token(), execution_id, allowlist, caller)
         key = _digest(session.token)
         self._sessions[key] = session
         try:
@@ -71,8 +75,8 @@ class SessionRegistry:
     def active(self) -> int:
         return len(self._sessions)
 
-    def authenticate(self, token: object, method: str) -> Principal:
-        """The principal behind ``token``, if it may call ``method``.
+    def authenticate(self, token: object, method: str) -> BridgeCaller:
+        """Who ``token`` is, if it may call ``method`` (principals' API keys are not bridge tokens).
 
         Raises:
             AuthError: the token is missing, unknown or expired, or may not call ``method``.
@@ -80,10 +84,12 @@ class SessionRegistry:
         if not isinstance(token, str) or not token:
             raise AuthError("missing bearer token (auth.bearerToken)")
         if tokens_equal(token, self._master):
-            return Principal(is_master=True, allowlist=self._everything)
+            return BridgeCaller(is_master=True, allowlist=self._everything)
         session = self._sessions.get(_digest(token))
         if session is None:
             raise AuthError("invalid or expired token")
         if method not in SESSION_METHODS:
             raise AuthError(f"a session token may not call {method!r}", code=FORBIDDEN)
-        return Principal(is_master=False, allowlist=session.allowlist, execution_id=session.execution_id)
+        return BridgeCaller(
+            is_master=False, allowlist=session.allowlist, caller=session.caller, execution_id=session.execution_id
+        )

@@ -9,8 +9,9 @@ from typing import Any
 
 import anyio
 
+from conduit.auth.verifier import build_verifier, local_caller
 from conduit.cli.common import add_config_option, load, setup_logging
-from conduit.errors import SandboxStartError
+from conduit.errors import ConfigError, SandboxStartError
 from conduit.security.tokens import mint_token
 
 EPILOG = """\
@@ -37,6 +38,11 @@ def add_parser(commands: Any) -> None:
     add_config_option(parser)
     parser.add_argument("--port", type=int, metavar="N", help="HTTP port (0 picks a free one)")
     parser.add_argument("--host", metavar="ADDR", help="HTTP bind address (default 127.0.0.1)")
+    parser.add_argument(
+        "--principal",
+        metavar="ID",
+        help="stdio: act as this principal of auth.principals (default: the single trusted local caller)",
+    )
     parser.set_defaults(handler=serve)
 
 
@@ -58,8 +64,12 @@ def serve(args: argparse.Namespace) -> int:
         if config.transport == "http":
             print(f"Conduit master token (IPC_BEARER_TOKEN was not set): {token}", file=sys.stderr, flush=True)
     setup_logging(config, extra_secrets=[token])
+    if args.principal is not None and config.transport != "stdio":
+        raise ConfigError("--principal names the stdio client's principal; HTTP callers name theirs by key")
+    local = local_caller(config, args.principal)
+    build_verifier(config, token)  # a principal's key that is the master token fails here, before anything starts
     try:
-        anyio.run(run_server, loaded, token, dict(os.environ))
+        anyio.run(run_server, loaded, token, dict(os.environ), local)
     except SandboxStartError as exc:
         print(f"conduit: {exc}", file=sys.stderr)
         return 1

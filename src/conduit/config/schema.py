@@ -188,7 +188,9 @@ class UpstreamConfig(_Model):
     url: str | None = None
     """streamableHttp / sse / http: the endpoint."""
     headers: dict[str, str] = Field(default_factory=dict)
-    credentials: Credentials | None = None
+    credentials: Credentials | Literal["perPrincipal"] | None = None
+    """A credentials block used for every caller, or ``perPrincipal``: each principal's calls go out with
+    that principal's own credential from the credential store (``conduit auth --principal``)."""
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 60_000
     """Per-call timeout for this upstream's tools."""
     tools_cache_ttl_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 300_000
@@ -197,8 +199,14 @@ class UpstreamConfig(_Model):
     connect_timeout_ms: Annotated[int, Field(gt=0, le=600_000)] = 20_000
     """Time allowed to start (stdio) or reach (HTTP) the upstream and list its tools."""
 
+    @property
+    def per_principal(self) -> bool:
+        return self.credentials == "perPrincipal"
+
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamConfig:
+        if self.per_principal and self.type == "stdio":
+            raise ValueError("'credentials: perPrincipal' needs an HTTP upstream (stdio upstreams take 'env')")
         if "__" in self.id:
             raise ValueError(f"upstream id {self.id!r} must not contain '__' (it separates id and tool name)")
         if self.type == "stdio":
@@ -212,6 +220,144 @@ class UpstreamConfig(_Model):
             if self.command is not None:
                 raise ValueError(f"a '{self.type}' upstream takes 'url', not 'command'")
         return self
+
+
+class Policy(_Model):
+    """What a caller may do: the ceilings a principal's requests run under."""
+
+    allowed_tools: list[str] = Field(default_factory=lambda: ["*"])
+    """Tools it may see and call; a request's ``allowedTools`` is intersected with these."""
+    upstreams: list[str] | None = None
+    """Upstreams it may use at all (unset: every upstream); narrows ``allowedTools``."""
+    limits: dict[str, int] = Field(default_factory=dict)
+    """Ceilings below ``resourceLimits`` (``timeoutMs``, ``memoryLimitMb``, ...); a request lowers them further."""
+    rate_limit: str | None = None
+    """Its executions and proxied tool calls (``limits`` syntax); unset: the server's ``rateLimit``."""
+    max_concurrent: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Its executions running at once (within the server's ``maxConcurrent``); unset: no share of its own."""
+
+    @field_validator("allowed_tools")
+    @classmethod
+    def _patterns_parse(cls, patterns: list[str]) -> list[str]:
+        from conduit.security.allowlist import Allowlist, AllowlistError
+
+        try:
+            Allowlist.parse(patterns)
+        except AllowlistError as exc:
+            raise ValueError(str(exc)) from None
+        return patterns
+
+    @field_validator("limits")
+    @classmethod
+    def _limits_known(cls, limits: dict[str, int]) -> dict[str, int]:
+        try:
+            Limits().lowered(limits)
+        except InvalidParamsError as exc:
+            raise ValueError(exc.message) from None
+        return limits
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, spec: str | None) -> str | None:
+        return None if spec is None else _parse_rate_limit(spec)
+
+
+class PrincipalConfig(Policy):
+    """A caller known by an API key (``Authorization: Bearer <key>`` over HTTP)."""
+
+    id: Annotated[str, Field(pattern=_ID_PATTERN)]
+    """Its name in audit records, logs, metrics and the credential store."""
+    api_key: SecretStr | None = None
+    """Its key (at least 16 characters); prefer ``apiKeySha256`` so the file holds no secret."""
+    api_key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    """The SHA-256 (hex) of its key: ``printf %s KEY | sha256sum``."""
+
+    @model_validator(mode="after")
+    def _one_key(self) -> PrincipalConfig:
+        if (self.api_key is None) == (self.api_key_sha256 is None):
+            raise ValueError(f"principal {self.id!r} needs exactly one of 'apiKey' and 'apiKeySha256'")
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ValueError(f"principal {self.id!r}: apiKey must be at least 16 characters")
+        return self
+
+
+class OAuthPolicy(Policy):
+    """The policy of OAuth callers whose token has ``scope`` (in its ``scope``/``scp`` claim) or ``claim``."""
+
+    scope: str | None = None
+    claim: dict[str, str] | None = None
+    """``{name: value}``: the token's claim ``name`` equals ``value`` (or is a list holding it)."""
+
+    @model_validator(mode="after")
+    def _one_match(self) -> OAuthPolicy:
+        if (self.scope is None) == (self.claim is None):
+            raise ValueError("a policy matches on exactly one of 'scope' and 'claim'")
+        return self
+
+
+SigningAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+DEFAULT_ALGORITHMS: Final[tuple[SigningAlgorithm, ...]] = ("RS256", "ES256", "EdDSA")
+
+
+class OAuthConfig(_Model):
+    """Conduit as an OAuth 2.1 resource server: JWT access tokens from ``issuer`` select a principal."""
+
+    issuer: str
+    """The authorization server; tokens must carry it as ``iss``."""
+    audience: str
+    """Tokens must carry it in ``aud``: this server's canonical MCP URL (RFC 8707), e.g.
+    ``https://conduit.example.com/mcp``."""
+    resource: str | None = None
+    """The resource named in the protected-resource metadata; default: ``audience``."""
+    jwks_url: str | None = None
+    """The issuer's JSON Web Key Set; default: ``jwks_uri`` from the issuer's metadata."""
+    principal_claim: str = "sub"
+    """The claim whose value is the principal's id."""
+    policies: list[OAuthPolicy] = Field(default_factory=list)
+    """Tried in order; the first that matches is the caller's policy. A token that matches none is refused (401)."""
+    algorithms: list[SigningAlgorithm] = Field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
+    """Signature algorithms accepted (asymmetric only: ``none`` and shared-secret HMAC never are)."""
+    jwks_cache_ttl_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 600_000
+    """How long fetched keys are trusted; a token signed by an unknown key id fetches them again (at most
+    once every 30 s)."""
+    leeway_ms: Annotated[int, Field(ge=0, le=300_000)] = 30_000
+    """Clock skew allowed on ``exp`` and ``nbf``."""
+
+    @model_validator(mode="after")
+    def _urls(self) -> OAuthConfig:
+        for name, value in (("issuer", self.issuer), ("resource", self.resource or self.audience)):
+            if not re.match(r"^https?://[^/\s]+", value):
+                raise ValueError(
+                    f"{name} must be an http(s) URL (the resource defaults to the audience), not {value!r}"
+                )
+        return self
+
+
+class CredentialStoreConfig(_Model):
+    """Where per-principal upstream credentials are kept, encrypted at rest."""
+
+    path: str = "conduit-credentials.enc"
+    """The store file (relative to the config file's directory); written with mode 0600."""
+    key: SecretStr
+    """A Fernet key (``conduit auth --new-store-key`` prints one); keep it in an environment variable."""
+
+
+class AuthConfig(_Model):
+    """Who the HTTP callers are. Without principals or OAuth, only the master token is accepted."""
+
+    principals: list[PrincipalConfig] = Field(default_factory=list)
+    oauth: OAuthConfig | None = None
+    credential_store: CredentialStoreConfig | None = None
+
+    @field_validator("principals")
+    @classmethod
+    def _unique_principals(cls, principals: list[PrincipalConfig]) -> list[PrincipalConfig]:
+        seen: set[str] = set()
+        for principal in principals:
+            if principal.id in seen:
+                raise ValueError(f"principal id {principal.id!r} is used twice")
+            seen.add(principal.id)
+        return principals
 
 
 WallName = Literal[
@@ -314,6 +460,7 @@ class Config(_Model):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
     @field_validator("ipc_bearer_token")
@@ -328,14 +475,7 @@ class Config(_Model):
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit_parses(cls, spec: str) -> str:
-        from limits import parse_many
-
-        if spec.strip():
-            try:
-                parse_many(spec)
-            except ValueError as exc:
-                raise ValueError(f"not a rate limit like '120/minute;2000/hour': {exc}") from None
-        return spec
+        return _parse_rate_limit(spec)
 
     @field_validator("secret_redaction_patterns")
     @classmethod
@@ -357,10 +497,30 @@ class Config(_Model):
             seen.add(upstream.id)
         return upstreams
 
+    @model_validator(mode="after")
+    def _store_for_per_principal_upstreams(self) -> Config:
+        if self.auth.credential_store is None and any(upstream.per_principal for upstream in self.upstreams):
+            raise ValueError("an upstream with 'credentials: perPrincipal' needs 'auth.credentialStore'")
+        return self
+
     def secret_values(self) -> list[str]:
         """Every configured secret, for log redaction."""
         values = [self.ipc_bearer_token.get_secret_value()] if self.ipc_bearer_token else []
         for upstream in self.upstreams:
-            if upstream.credentials is not None:
+            if isinstance(upstream.credentials, Credentials):
                 values.extend(upstream.credentials.secret_values())
+        values.extend(p.api_key.get_secret_value() for p in self.auth.principals if p.api_key is not None)
+        if self.auth.credential_store is not None:
+            values.append(self.auth.credential_store.key.get_secret_value())
         return values
+
+
+def _parse_rate_limit(spec: str) -> str:
+    from limits import parse_many
+
+    if spec.strip():
+        try:
+            parse_many(spec)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '120/minute;2000/hour': {exc}") from None
+    return spec

@@ -24,16 +24,14 @@ class Admission:
         return self.max_running - self._slots.value
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one execution slot for the ``with`` block.
+    async def slot(self, who: str = "server busy:") -> AsyncIterator[None]:
+        """Hold one execution slot for the ``with`` block (``who`` starts the busy message).
 
         Raises:
             BusyError: every slot is taken and the queue is full.
         """
         if self._slots.value == 0 and self.waiting >= self.max_queue:
-            raise BusyError(
-                f"server busy: {self.max_running} executions running and {self.waiting} queued; retry later"
-            )
+            raise BusyError(f"{who} {self.max_running} executions running and {self.waiting} queued; retry later")
         self.waiting += 1
         try:
             await self._slots.acquire()

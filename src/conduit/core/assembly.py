@@ -28,6 +28,7 @@ from conduit.sandbox.base import Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.process import use_pidfd_child_watcher
 from conduit.sandbox.walls import Walls
+from conduit.upstream.credential_store import store_for
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import UpstreamRegistry
 
@@ -49,7 +50,13 @@ async def open_gateway(
         os.chmod(work_dir, 0o711)  # sandboxes running as another uid pass through to their own directory
         async with anyio.create_task_group() as tg:
             sessions = SessionRegistry(master_token)
-            registry = UpstreamRegistry(base_dir=base_dir, host_env=host_env, tg=tg, network=policy_for(config.network))
+            registry = UpstreamRegistry(
+                base_dir=base_dir,
+                host_env=host_env,
+                tg=tg,
+                network=policy_for(config.network),
+                store=store_for(config, base_dir),
+            )
             for upstream in config.upstreams:
                 registry.add(upstream)
             bridge = BridgeServer(sessions)

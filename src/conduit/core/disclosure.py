@@ -17,7 +17,7 @@ from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import InvalidParamsError
 from conduit.sdk.python import python_declaration
 from conduit.sdk.typescript import typescript_declaration
-from conduit.upstream.connection import UpstreamConnection
+from conduit.upstream.registry import Upstream
 
 SEARCH_LIMIT: Final = 10
 _TERM: Final = re.compile(r"[a-z0-9]+")
@@ -33,7 +33,7 @@ def summary(text: str) -> str:
     return stripped.splitlines()[0] if stripped else ""
 
 
-def list_packages(catalog: Catalog, connections: Mapping[str, UpstreamConnection]) -> list[dict[str, Any]]:
+def list_packages(catalog: Catalog, connections: Mapping[str, Upstream]) -> list[dict[str, Any]]:
     """Every configured upstream: its transport, how many tools it offers, and whether it answered."""
     packages = []
     for upstream_id, connection in connections.items():

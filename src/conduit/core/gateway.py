@@ -8,18 +8,21 @@ builds none of them, and nothing here knows about MCP transports or Starlette.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
 import mcp_types as types
 
+from conduit.auth.callers import MASTER, Caller
 from conduit.bridge.server import BridgeServer
-from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, Principal, SessionRegistry
+from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, BridgeCaller, SessionRegistry
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.config.loader import parse_upstream
 from conduit.config.schema import Config
@@ -29,7 +32,14 @@ from conduit.core.health import health_report
 from conduit.core.languages import BY_NAME, LANGUAGES
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.validation import check_arguments, usable_schema
-from conduit.errors import ConduitError, InvalidParamsError, MethodNotFoundError, ToolDeniedError, UnknownToolError
+from conduit.errors import (
+    BusyError,
+    ConduitError,
+    InvalidParamsError,
+    MethodNotFoundError,
+    ToolDeniedError,
+    UnknownToolError,
+)
 from conduit.observability.context import EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
@@ -42,7 +52,7 @@ from conduit.upstream.registry import UpstreamRegistry
 logger = logging.getLogger(__name__)
 AUDIT = logging.getLogger("conduit.audit")
 
-BridgeMethod = Callable[[Principal, Mapping[str, Any]], Awaitable[Any]]
+BridgeMethod = Callable[[BridgeCaller, Mapping[str, Any]], Awaitable[Any]]
 
 
 class Gateway:
@@ -71,6 +81,8 @@ class Gateway:
         self.limits = config.resource_limits
         self.admission = Admission(config.max_concurrent, config.max_queue)
         self.rate_limiter = RateLimiter(config.rate_limit)
+        self._shares: dict[str, Admission] = {}
+        """Principals' own concurrency (``maxConcurrent``), within the server's."""
         self._sdks = SdkCache()
         self._bridge_methods: dict[str, BridgeMethod] = {
             DISCOVER_TOOLS: self._bridge_discover,
@@ -117,8 +129,9 @@ class Gateway:
         limits: Any = None,
         engine: Any = None,
         on_output: Callable[[str, str], None] | None = None,
+        caller: Caller = MASTER,
     ) -> RunOutcome:
-        """Run one program in a fresh sandbox.
+        """Run one program in a fresh sandbox, as ``caller`` (its policy around the request's).
 
         Args:
             language: a language's name (``typescript``, ``python``, ``isolate``).
@@ -127,6 +140,7 @@ class Gateway:
             limits: requested limits (can only lower the configured ones).
             engine: Python only: ``auto``, ``monty`` or ``pyodide`` (default: ``pythonEngine``).
             on_output: called with ``(stream, text)`` as output arrives, for live streaming.
+            caller: who asks; the allowlist is intersected with its own, its limits are ceilings.
 
         Raises:
             InvalidParamsError: invalid code, allowlist or limits.
@@ -140,8 +154,8 @@ class Gateway:
             raise InvalidParamsError(f"code is {size} bytes; the limit is {self.config.max_code_bytes} bytes")
         if limits is not None and not isinstance(limits, dict):
             raise InvalidParamsError("limits must be an object")
-        effective = self.limits.lowered(limits)
-        allowlist = self.parse_allowlist(allowed_tools)
+        effective = self.limits.lowered(caller.limits).lowered(limits)
+        allowlist = caller.narrow(self.parse_allowlist(allowed_tools))
         if language == "python":
             engine = engines.requested_engine(engine, self.config.python_engine)
         elif engine is not None:
@@ -154,13 +168,14 @@ class Gateway:
         outcome_label = "internal_error"
         metric = language
         with self.tracing.execution(execution_id, language) as span:
+            span["principal"] = caller.id
             try:
-                async with self.admission.slot():
+                async with self._share(caller), self.admission.slot():
                     sdk = self._sdk(language, await self.registry.catalog(), allowlist)
                     chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
                     metric = chosen.runtime if chosen else language
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
-                    with self.sessions.session(execution_id, allowlist) as session:
+                    with self.sessions.session(execution_id, allowlist, caller) as session:
                         logger.info("execution started", extra={"runtime": metric})
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
                 if chosen is not None:
@@ -187,8 +202,29 @@ class Gateway:
                 span["outcome"] = outcome_label
                 if outcome_label != "invalid":
                     self.metrics.executions.labels(metric, outcome_label).inc()
+                    self.metrics.principal_executions.labels(caller.id, outcome_label).inc()
                     self.metrics.execution_seconds.labels(metric).observe(time.perf_counter() - started)
                 EXECUTION_ID.reset(token)
+
+    def _share(self, caller: Caller) -> AbstractAsyncContextManager[None]:
+        """A slot of ``caller``'s own concurrency share (none for callers without one)."""
+        if caller.max_concurrent is None:
+            return contextlib.nullcontext()
+        share = self._shares.get(caller.id)
+        if share is None or share.max_running != caller.max_concurrent:
+            share = self._shares[caller.id] = Admission(caller.max_concurrent, self.config.max_queue)
+        return share.slot(f"principal {caller.id!r} has")
+
+    def admit(self, caller: Caller, address: str | None) -> None:
+        """Count one unit of work (an execution, a proxied tool call) against ``caller``'s rate limit.
+
+        Raises:
+            BusyError: over the limit (with when to retry).
+        """
+        refusal = self.rate_limiter.admit(caller, address)
+        if refusal is not None:
+            self.metrics.rate_limited.inc()
+            raise BusyError(refusal.message)
 
     def _sdk(self, language: str, catalog: Catalog, allowlist: Allowlist) -> str:
         """The SDK of the tools ``allowlist`` covers, generated once per catalog version and set of tools.
@@ -213,8 +249,11 @@ class Gateway:
             and (not needle or needle in entry.qualified.lower() or needle in entry.description.lower())
         ]
 
-    async def call_tool(self, name: Any, arguments: Any, allowlist: Allowlist) -> types.CallToolResult:
-        """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) if ``allowlist`` covers it.
+    async def call_tool(
+        self, name: Any, arguments: Any, allowlist: Allowlist, caller: Caller = MASTER
+    ) -> types.CallToolResult:
+        """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) if ``allowlist`` covers it,
+        with ``caller``'s own credential where the upstream takes one.
 
         Raises:
             ToolDeniedError: the allowlist does not cover the tool (checked before it is looked up).
@@ -241,10 +280,13 @@ class Gateway:
         if problems:
             details = "; ".join(str(problem) for problem in problems)
             raise InvalidParamsError(f"invalid arguments for {qualified!r}: {details}")
-        return await self.registry.call(entry, arguments)
+        return await self.registry.call(entry, arguments, caller)
 
-    async def _audited_call(self, principal: Principal, name: Any, arguments: Any) -> types.CallToolResult:
-        """A bridge tool call, counted, timed and written to the audit log (never its arguments or result)."""
+    async def audited_call(
+        self, caller: Caller, allowlist: Allowlist, name: Any, arguments: Any, execution_id: str | None = None
+    ) -> types.CallToolResult:
+        """A tool call (a program's, or proxied over MCP), counted, timed and written to the audit log
+        with who made it (never its arguments or result)."""
         started = time.perf_counter()
         upstream = (ToolId.parse(name).upstream or name) if isinstance(name, str) else "?"
         if upstream not in self.registry.connections:
@@ -252,9 +294,10 @@ class Gateway:
         code: int | None = None
         is_error = False
         tool = name if isinstance(name, str) else "?"
-        with self.tracing.tool_call(principal.execution_id, tool, upstream) as span:
+        with self.tracing.tool_call(execution_id, tool, upstream) as span:
+            span["principal"] = caller.id
             try:
-                result = await self.call_tool(name, arguments, principal.allowlist)
+                result = await self.call_tool(name, arguments, allowlist, caller)
                 is_error = bool(result.is_error)
                 return result
             except ConduitError as exc:
@@ -265,16 +308,26 @@ class Gateway:
                 outcome = tool_outcome(code, is_error)
                 span["outcome"] = outcome
                 self.metrics.tool_calls.labels(upstream, outcome).inc()
+                self.metrics.principal_tool_calls.labels(caller.id, outcome).inc()
                 self.metrics.tool_call_seconds.labels(upstream).observe(seconds)
                 AUDIT.info(
                     "tool call",
                     extra={
-                        "execution_id": principal.execution_id or "master",
+                        "principal": caller.id,
+                        "execution_id": execution_id,
                         "tool": tool,
                         "outcome": outcome,
                         "duration_ms": round(seconds * 1000, 2),
                     },
                 )
+
+    async def visible_catalog(self, allowlist: Allowlist) -> Catalog:
+        """What ``allowlist`` may see: its tools, and the failures of the upstreams it reaches."""
+        catalog = await self.registry.catalog()
+        return Catalog(
+            tools=tuple(entry for entry in catalog.tools if allowlist.permits(entry.upstream, entry.name)),
+            failures={upstream: why for upstream, why in catalog.failures.items() if allowlist.reaches(upstream)},
+        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every runtime can run programs and no upstream is failing, with the details."""
@@ -294,7 +347,7 @@ class Gateway:
 
     # -- bridge -----------------------------------------------------------------------------------------
 
-    async def handle_bridge(self, principal: Principal, method: str, params: Mapping[str, Any]) -> Any:
+    async def handle_bridge(self, principal: BridgeCaller, method: str, params: Mapping[str, Any]) -> Any:
         """Serve one authenticated bridge request (see :mod:`conduit.bridge.server`).
 
         Raises:
@@ -305,20 +358,22 @@ class Gateway:
             raise MethodNotFoundError(f"unknown method {method!r}")
         return await handler(principal, params)
 
-    async def _bridge_discover(self, principal: Principal, params: Mapping[str, Any]) -> Any:
+    async def _bridge_discover(self, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
         query = params.get("query")
         if query is not None and not isinstance(query, str):
             raise InvalidParamsError("query must be a string")
         return [entry.describe() for entry in await self.discover(principal.allowlist, query)]
 
-    async def _bridge_call(self, principal: Principal, params: Mapping[str, Any]) -> Any:
-        result = await self._audited_call(principal, params.get("name"), params.get("arguments"))
+    async def _bridge_call(self, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
+        result = await self.audited_call(
+            principal.caller, principal.allowlist, params.get("name"), params.get("arguments"), principal.execution_id
+        )
         return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
-    async def _bridge_register(self, principal: Principal, params: Mapping[str, Any]) -> Any:
+    async def _bridge_register(self, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
         return {"id": self.register_upstream(params.get("upstream", params))}
 
-    async def _bridge_execute(self, language: str, principal: Principal, params: Mapping[str, Any]) -> Any:
+    async def _bridge_execute(self, language: str, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
         outcome = await self.execute(
             language,
             params.get("code"),

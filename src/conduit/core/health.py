@@ -7,11 +7,11 @@ from typing import Any
 
 from conduit.sandbox.base import Runtime
 from conduit.sandbox.walls import Walls
-from conduit.upstream.connection import UpstreamConnection
+from conduit.upstream.registry import Upstream
 
 
 def health_report(
-    runtimes: Mapping[str, Runtime], upstreams: Mapping[str, UpstreamConnection], walls: Walls | None
+    runtimes: Mapping[str, Runtime], upstreams: Mapping[str, Upstream], walls: Walls | None
 ) -> tuple[bool, dict[str, Any]]:
     """``(healthy, report)``: each runtime's status and pool, each upstream's state, each wall's."""
     runtime_report: dict[str, dict[str, Any]] = {}

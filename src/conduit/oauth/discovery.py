@@ -75,17 +75,27 @@ async def discover_resource(http: httpx2.AsyncClient, mcp_url: str) -> Protected
     return _validated(ProtectedResourceMetadata, {**document, "resource": document.get("resource") or mcp_url})
 
 
-async def discover_authorization_server(http: httpx2.AsyncClient, issuer: str) -> OAuthMetadata:
-    """The metadata of the authorization server ``issuer``.
+async def authorization_server_document(http: httpx2.AsyncClient, issuer: str) -> dict[str, Any]:
+    """The metadata document of authorization server ``issuer`` (RFC 8414, then OpenID Connect Discovery).
 
     Raises:
-        DiscoveryError: no metadata, required endpoints missing, or no PKCE with S256.
+        DiscoveryError: it publishes none.
     """
     candidates = [well_known(issuer, "oauth-authorization-server"), well_known(issuer, "openid-configuration")]
     candidates.append(issuer.rstrip("/") + "/.well-known/openid-configuration")
     document = await _first_document(http, dict.fromkeys(candidates))
     if document is None:
         raise DiscoveryError(f"authorization server {issuer} publishes no metadata (tried {', '.join(candidates)})")
+    return document
+
+
+async def discover_authorization_server(http: httpx2.AsyncClient, issuer: str) -> OAuthMetadata:
+    """The metadata of the authorization server ``issuer``.
+
+    Raises:
+        DiscoveryError: no metadata, required endpoints missing, or no PKCE with S256.
+    """
+    document = await authorization_server_document(http, issuer)
     missing = [key for key in ("authorization_endpoint", "token_endpoint") if not isinstance(document.get(key), str)]
     if missing:
         raise DiscoveryError(f"authorization server {issuer} metadata lacks {', '.join(missing)}")

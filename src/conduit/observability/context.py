@@ -6,3 +6,5 @@ from contextvars import ContextVar
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("conduit_request_id", default=None)
 EXECUTION_ID: ContextVar[str | None] = ContextVar("conduit_execution_id", default=None)
+PRINCIPAL: ContextVar[str | None] = ContextVar("conduit_principal", default=None)
+"""Who the request acts as: a principal's id, ``master`` or ``local``."""

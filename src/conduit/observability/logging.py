@@ -15,10 +15,20 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from conduit.observability.context import EXECUTION_ID, REQUEST_ID
+from conduit.observability.context import EXECUTION_ID, PRINCIPAL, REQUEST_ID
 from conduit.security.redact import redact, scrub
 
-FIELDS: Final = ("request_id", "execution_id", "runtime", "outcome", "exit_code", "tool", "duration_ms", "upstream")
+FIELDS: Final = (
+    "request_id",
+    "principal",
+    "execution_id",
+    "runtime",
+    "outcome",
+    "exit_code",
+    "tool",
+    "duration_ms",
+    "upstream",
+)
 """Structured fields a record may carry (as ``extra``); the formatters print exactly these."""
 
 
@@ -51,13 +61,15 @@ class RedactingFilter(logging.Filter):
 
 
 class ContextFilter(logging.Filter):
-    """Stamps each record with the request and execution ids of the task that logged it."""
+    """Stamps each record with the request id, principal and execution id of the task that logged it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = REQUEST_ID.get()
         if getattr(record, "execution_id", None) is None:
             record.execution_id = EXECUTION_ID.get()
+        if getattr(record, "principal", None) is None:
+            record.principal = PRINCIPAL.get()
         return True
 
 

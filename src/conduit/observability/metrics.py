@@ -118,6 +118,18 @@ class Metrics:
         self.rate_limited = Counter(
             "conduit_rate_limited", "Requests refused by the per-client rate limit.", registry=self.registry
         )
+        self.principal_executions = Counter(
+            "conduit_principal_executions",
+            "Executions by principal (master, local or a principal's id) and outcome.",
+            ["principal", "outcome"],
+            registry=self.registry,
+        )
+        self.principal_tool_calls = Counter(
+            "conduit_principal_tool_calls",
+            "Tool calls (from programs and proxied) by principal and outcome.",
+            ["principal", "outcome"],
+            registry=self.registry,
+        )
         self.tool_calls = Counter(
             "conduit_tool_calls",
             "Tool calls made by sandboxed programs.",

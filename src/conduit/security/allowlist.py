@@ -19,6 +19,7 @@ False
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class Allowlist:
     qualified: frozenset[tuple[str, str]]
     bare: frozenset[str]
     patterns: tuple[str, ...]
+    within: Allowlist | None = None
+    """A second allowlist a tool must also be in (a principal's policy around a request's list)."""
 
     @classmethod
     def parse(cls, patterns: Iterable[str]) -> Allowlist:
@@ -78,7 +81,29 @@ class Allowlist:
 
     def permits(self, upstream: str, tool: str) -> bool:
         """Whether tool ``tool`` of upstream ``upstream`` is allowed."""
-        return self.everything or upstream in self.upstreams or (upstream, tool) in self.qualified or tool in self.bare
+        mine = self.everything or upstream in self.upstreams or (upstream, tool) in self.qualified or tool in self.bare
+        return mine and (self.within is None or self.within.permits(upstream, tool))
+
+    def reaches(self, upstream: str) -> bool:
+        """Whether some tool of ``upstream`` could be allowed (its package is visible)."""
+        mine = (
+            self.everything
+            or upstream in self.upstreams
+            or any(owner == upstream for owner, _ in self.qualified)
+            or bool(self.bare)
+        )
+        return mine and (self.within is None or self.within.reaches(upstream))
+
+    def narrowed(self, by: Allowlist | None) -> Allowlist:
+        """This allowlist, where a tool must also be in ``by``: the intersection.
+
+        >>> asked = Allowlist.parse(["*"]).narrowed(Allowlist.parse(["time.*"]))
+        >>> asked.permits("time", "now"), asked.permits("github", "delete_repo")
+        (True, False)
+        """
+        if by is None:
+            return self
+        return dataclasses.replace(self, within=by if self.within is None else self.within.narrowed(by))
 
 
 def _check_name(part: str, raw: str) -> None:

@@ -11,6 +11,7 @@ from conduit.catalog import CONDUIT_PREFIX as _PREFIX
 from conduit.core import disclosure
 from conduit.core.gateway import Gateway
 from conduit.errors import InvalidParamsError
+from conduit.security.allowlist import Allowlist
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -60,8 +61,9 @@ TOOLS: Final = {
 }
 
 
-async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any]) -> Any:
-    """The structured answer of disclosure tool ``name``.
+async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], allowlist: Allowlist) -> Any:
+    """The structured answer of disclosure tool ``name``, about the tools ``allowlist`` covers only
+    (a caller never learns of a tool its policy keeps from it, not even by its schema or a search).
 
     Raises:
         ConduitError: invalid arguments, unknown package or tool (INVALID_PARAMS).
@@ -70,10 +72,11 @@ async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any]) -> Any
     unknown = sorted(set(arguments) - allowed)
     if unknown:
         raise InvalidParamsError(f"unknown argument(s): {', '.join(unknown)}")
-    catalog = await gateway.registry.catalog()
+    catalog = await gateway.visible_catalog(allowlist)
     short = name.removeprefix(_PREFIX)
     if short == "mcp_list_tool_packages":
-        return {"packages": disclosure.list_packages(catalog, gateway.registry.connections)}
+        reached = {uid: up for uid, up in gateway.registry.connections.items() if allowlist.reaches(uid)}
+        return {"packages": disclosure.list_packages(catalog, reached)}
     if short == "mcp_list_tool_stubs":
         return {"tools": disclosure.list_stubs(catalog, arguments.get("packageId"))}
     if short == "mcp_read_tool_schema":

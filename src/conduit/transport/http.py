@@ -1,9 +1,8 @@
-"""Streamable HTTP front end: the SDK's ASGI app behind a master-bearer-token check."""
+"""Serving an ASGI app over HTTP with uvicorn, on a socket bound here (the callers' door is ``conduit.auth.http``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import sys
@@ -13,47 +12,12 @@ from typing import Final
 
 import anyio
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from conduit.security.tokens import tokens_equal
+from starlette.types import ASGIApp
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S: Final = 5
 """How long a stopped server waits for open requests before closing them."""
-
-
-class BearerAuth:
-    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <master token>``."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self._app = app
-        self._token = token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(scope):
-            body = json.dumps({"error": "unauthorized", "message": "a valid bearer token is required"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"www-authenticate", b'Bearer realm="conduit"'),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self._app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, credentials = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and tokens_equal(credentials.strip(), self._token)
-        return False
 
 
 class _Server(uvicorn.Server):

@@ -24,12 +24,14 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from conduit import __version__
+from conduit.auth.callers import LOCAL, Caller
+from conduit.auth.http import caller_of
 from conduit.catalog import CONDUIT_PREFIX
 from conduit.config.schema import PYTHON_ENGINES, Limits
 from conduit.core.gateway import Gateway
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
-from conduit.errors import BUSY, INVALID_PARAMS, ConduitError
-from conduit.observability.context import REQUEST_ID
+from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
+from conduit.observability.context import PRINCIPAL, REQUEST_ID
 from conduit.security.allowlist import Allowlist
 from conduit.transport import disclosure_tools
 from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
@@ -152,16 +154,28 @@ class ProgressStream:
                     logger.debug("progress notification not delivered")
 
 
-def build_server(gateway: Gateway) -> Server[Any]:
-    """The MCP server for ``gateway``."""
+def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
+    """The MCP server for ``gateway``; ``local`` is who a request without HTTP (stdio) acts as."""
     everything = Allowlist.parse(["*"])
+
+    def caller_for(ctx: ServerRequestContext[Any]) -> Caller:
+        """Who the request acts as: the HTTP door let it in as someone; stdio is ``local``."""
+        scope = getattr(ctx.request, "scope", None)
+        if scope is None:
+            return local
+        caller = caller_of(scope)
+        if caller is None:  # the door refuses such a request before it gets here
+            raise MCPError(UNAUTHORIZED, "no caller: a valid bearer token is required")
+        PRINCIPAL.set(caller.id)
+        return caller
 
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        caller = caller_for(ctx)
         tools = [*_conduit_tools(), *disclosure_tools.TOOLS.values()]
         if not gateway.config.code_mode_only:
-            catalog = await gateway.registry.catalog()
+            catalog = await gateway.visible_catalog(caller.narrow(everything))
             tools.extend(
                 types.Tool(name=entry.qualified, description=entry.description, input_schema=dict(entry.input_schema))
                 for entry in catalog.tools
@@ -170,9 +184,10 @@ def build_server(gateway: Gateway) -> Server[Any]:
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         REQUEST_ID.set(str(ctx.request_id) if ctx.request_id is not None else uuid.uuid4().hex)
+        caller = caller_for(ctx)
         arguments = params.arguments or {}
         if params.name not in disclosure_tools.TOOLS:
-            _admit(gateway, ctx)
+            _admit(gateway, ctx, caller)
         language = BY_TOOL.get(params.name)
         if language is not None:
             _check_arguments(language.name, arguments)
@@ -185,13 +200,16 @@ def build_server(gateway: Gateway) -> Server[Any]:
                         limits=arguments.get("limits"),
                         engine=arguments.get("engine"),
                         on_output=progress.feed if progress else None,
+                        caller=caller,
                     )
             except ConduitError as exc:
                 return answer_failure(exc, failed_execution)
             return json_result(outcome.as_result(), outcome.error is not None)
         if params.name in disclosure_tools.TOOLS:
             try:
-                return json_result(await disclosure_tools.call(gateway, params.name, arguments))
+                return json_result(
+                    await disclosure_tools.call(gateway, params.name, arguments, caller.narrow(everything))
+                )
             except ConduitError as exc:
                 return answer_failure(exc, failed_tool_call)
         if params.name.startswith(CONDUIT_PREFIX):
@@ -199,7 +217,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
         if gateway.config.code_mode_only:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (this server runs in code-mode-only)")
         try:
-            return await gateway.call_tool(params.name, arguments, everything)
+            return await gateway.audited_call(caller, caller.narrow(everything), params.name, arguments)
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 
@@ -212,18 +230,14 @@ def build_server(gateway: Gateway) -> Server[Any]:
     )
 
 
-def _admit(gateway: Gateway, ctx: ServerRequestContext[Any]) -> None:
-    """Count one unit of work against the HTTP client's rate limit (stdio is never limited).
+def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:
+    """Count one unit of work against the caller's rate limit (see :mod:`conduit.core.ratelimit`).
 
     Raises:
-        MCPError: the client is over its limit (-32000, with when to retry).
+        MCPError: over the limit (-32000, with when to retry).
     """
     client = getattr(ctx.request, "client", None) if ctx.request is not None else None
-    if client is None:
-        return
-    retry_after = gateway.rate_limiter.admit(str(client.host))
-    if retry_after is not None:
-        gateway.metrics.rate_limited.inc()
-        raise MCPError(
-            BUSY, f"rate limit {gateway.rate_limiter.spec} exceeded for {client.host}; retry in {retry_after:.1f} s"
-        )
+    try:
+        gateway.admit(caller, str(client.host) if client is not None else None)
+    except BusyError as exc:
+        raise MCPError(BUSY, exc.message) from None

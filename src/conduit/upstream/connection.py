@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared.exceptions import MCPError
 
-from conduit.config.schema import UpstreamConfig
+from conduit.config.schema import Credentials, UpstreamConfig
 from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.credentials import build_auth
@@ -83,14 +83,20 @@ class UpstreamConnection:
         host_env: Mapping[str, str],
         tg: TaskGroup,
         network: NetworkPolicy | None = None,
+        credentials: Credentials | None = None,
+        on_rotate: Callable[[str], None] | None = None,
     ):
+        """``credentials`` (with ``on_rotate`` for a rotated refresh token) stand in for the config's
+        own: a principal's, for an upstream marked ``credentials: perPrincipal``."""
         self.config = config
         self._base_dir = base_dir
         self._host_env = host_env
         self._tg = tg
         self._network = network or NetworkPolicy()
         # One auth flow per upstream, so cached OAuth tokens outlive reconnections.
-        self._auth = build_auth(config.credentials, lambda: guarded_client(self._network))
+        if credentials is None and isinstance(config.credentials, Credentials):
+            credentials = config.credentials
+        self._auth = build_auth(credentials, lambda: guarded_client(self._network), on_rotate)
         self._http_refusals: list[str] = []
         self._lock = anyio.Lock()
         self._client: Client | None = None

@@ -44,10 +44,15 @@ class OAuthTokens:
     """Access tokens for one OAuth2 credential, cached and renewed as needed."""
 
     def __init__(
-        self, credentials: Credentials, http: HttpClientFactory, clock: Callable[[], float] = time.monotonic
+        self,
+        credentials: Credentials,
+        http: HttpClientFactory,
+        clock: Callable[[], float] = time.monotonic,
+        on_rotate: Callable[[str], None] | None = None,
     ) -> None:
         assert credentials.token_url is not None and credentials.client_id is not None
         self._credentials = credentials
+        self._on_rotate = on_rotate
         self._http = http
         self._clock = clock
         self._lock = anyio.Lock()
@@ -106,7 +111,11 @@ class OAuthTokens:
         rotated = document.get("refresh_token")
         if isinstance(rotated, str) and rotated and rotated != self._refresh:
             self._refresh = rotated  # the old one may already be revoked
-            logger.info("token endpoint rotated the refresh token; keeping the new one in memory")
+            if self._on_rotate is not None:
+                self._on_rotate(rotated)
+                logger.info("token endpoint rotated the refresh token; the new one is stored")
+            else:
+                logger.info("token endpoint rotated the refresh token; keeping the new one in memory")
 
 
 class CredentialAuth(httpx2.Auth):
@@ -134,9 +143,12 @@ class CredentialAuth(httpx2.Auth):
             request.headers["Authorization"] = f"Bearer {await self._tokens.access_token(renew=renew)}"
 
 
-def build_auth(credentials: Credentials | None, http: HttpClientFactory) -> CredentialAuth | None:
-    """The auth flow for an upstream's credentials (None when it has none)."""
+def build_auth(
+    credentials: Credentials | None, http: HttpClientFactory, on_rotate: Callable[[str], None] | None = None
+) -> CredentialAuth | None:
+    """The auth flow for an upstream's credentials (None when it has none); ``on_rotate`` keeps a
+    refresh token the token endpoint rotated."""
     if credentials is None:
         return None
-    tokens = OAuthTokens(credentials, http) if credentials.type == "oauth2" else None
+    tokens = OAuthTokens(credentials, http, on_rotate=on_rotate) if credentials.type == "oauth2" else None
     return CredentialAuth(credentials, tokens)

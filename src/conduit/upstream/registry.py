@@ -16,43 +16,73 @@ import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 
+from conduit.auth.callers import MASTER, Caller
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.config.schema import UpstreamConfig
-from conduit.errors import UnknownToolError, UpstreamError
+from conduit.errors import ConfigError, UnknownToolError, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
+from conduit.upstream.credential_store import CredentialStore
+from conduit.upstream.per_principal import PrincipalConnections
 
 logger = logging.getLogger(__name__)
+
+
+Upstream = UpstreamConnection | PrincipalConnections
+"""One upstream: a connection shared by every caller, or one per principal."""
 
 
 class UpstreamRegistry:
     """The gateway's upstream connections, keyed by id."""
 
     def __init__(
-        self, *, base_dir: Path, host_env: Mapping[str, str], tg: TaskGroup, network: NetworkPolicy | None = None
+        self,
+        *,
+        base_dir: Path,
+        host_env: Mapping[str, str],
+        tg: TaskGroup,
+        network: NetworkPolicy | None = None,
+        store: CredentialStore | None = None,
     ) -> None:
         self._base_dir = base_dir
         self._host_env = host_env
         self._tg = tg
         self._network = network or NetworkPolicy()
-        self._connections: dict[str, UpstreamConnection] = {}
+        self._store = store
+        self._connections: dict[str, Upstream] = {}
 
-    def add(self, config: UpstreamConfig) -> UpstreamConnection:
+    def add(self, config: UpstreamConfig) -> Upstream:
         """Register an upstream (connected lazily, on first use).
 
         Raises:
             UpstreamError: an upstream with this id exists.
+            ConfigError: it takes per-principal credentials and there is no credential store.
         """
         if config.id in self._connections:
             raise UpstreamError(f"upstream {config.id!r} is already registered")
-        connection = UpstreamConnection(
-            config, base_dir=self._base_dir, host_env=self._host_env, tg=self._tg, network=self._network
-        )
+        connection: Upstream
+        if config.per_principal:
+            if self._store is None:
+                raise ConfigError(
+                    f"upstream {config.id!r} takes per-principal credentials: configure auth.credentialStore"
+                )
+            connection = PrincipalConnections(
+                config,
+                self._store,
+                base_dir=self._base_dir,
+                host_env=self._host_env,
+                tg=self._tg,
+                network=self._network,
+            )
+        else:
+            connection = UpstreamConnection(
+                config, base_dir=self._base_dir, host_env=self._host_env, tg=self._tg, network=self._network
+            )
         self._connections[config.id] = connection
         return connection
 
     @property
-    def connections(self) -> Mapping[str, UpstreamConnection]:
+    def connections(self) -> Mapping[str, Upstream]:
         return self._connections
 
     @property
@@ -65,7 +95,7 @@ class UpstreamRegistry:
         found: dict[str, list[types.Tool]] = {}
         failures: dict[str, str] = {}
 
-        async def list_one(connection: UpstreamConnection) -> None:
+        async def list_one(connection: Upstream) -> None:
             try:
                 found[connection.id] = await connection.list_tools()
             except UpstreamError as exc:
@@ -100,9 +130,17 @@ class UpstreamRegistry:
                 return ToolEntry(upstream_id, candidate.name, candidate.description or "", candidate.input_schema)
         raise UnknownToolError(f"unknown tool {qualified!r}: upstream {upstream_id!r} has no tool {tool!r}")
 
-    async def call(self, entry: ToolEntry, arguments: Mapping[str, Any]) -> types.CallToolResult:
-        """Call a resolved tool on its upstream."""
-        return await self._connections[entry.upstream].call_tool(entry.name, arguments)
+    async def call(
+        self, entry: ToolEntry, arguments: Mapping[str, Any], caller: Caller = MASTER
+    ) -> types.CallToolResult:
+        """Call a resolved tool on its upstream, with ``caller``'s own credential where the upstream takes one.
+
+        Raises:
+            UpstreamError: the upstream failed, or ``caller`` has no credential it needs (-32005).
+        """
+        upstream = self._connections[entry.upstream]
+        connection = upstream.for_caller(caller) if isinstance(upstream, PrincipalConnections) else upstream
+        return await connection.call_tool(entry.name, arguments)
 
     async def aclose(self) -> None:
         async with anyio.create_task_group() as tg:

@@ -1,0 +1,70 @@
+"""Callers: who a request acts as, and the policy it runs under.
+
+Every request to the gateway carries a :class:`Caller`. The master token is the operator: every tool,
+the server's limits, and alone may administer (register upstreams at run time). A stdio client is
+the single trusted local caller with the same reach, unless ``conduit serve --stdio --principal ID``
+names a principal. Principals (an API key, or an OAuth access token mapped to a policy) run under
+their :class:`~conduit.config.schema.Policy`: a request's allowlist is intersected with theirs,
+their limits are ceilings, and they have rate limits and concurrency of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from conduit.config.schema import Policy
+from conduit.security.allowlist import Allowlist
+
+CallerKind = Literal["master", "local", "principal"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts as."""
+
+    id: str
+    """A principal's id; ``master`` or ``local`` (stdio) for the operator."""
+    kind: CallerKind
+    allowlist: Allowlist | None = None
+    """What it may see and call at most (None: anything the request's allowlist covers)."""
+    limits: Mapping[str, int] = field(default_factory=dict)
+    """Ceilings below the server's resource limits, by wire name (``timeoutMs``...)."""
+    rate_limit: str | None = None
+    """Its own rate limit (None: the server's, keyed by client address)."""
+    max_concurrent: int | None = None
+    policy_name: str | None = None
+    """For OAuth callers: which policy matched (a scope or claim), for audit records."""
+
+    @property
+    def is_principal(self) -> bool:
+        return self.kind == "principal"
+
+    @property
+    def may_administer(self) -> bool:
+        return self.kind == "master"
+
+    def narrow(self, requested: Allowlist) -> Allowlist:
+        """A request's allowlist within this caller's."""
+        return requested.narrowed(self.allowlist)
+
+
+MASTER: Final = Caller("master", "master")
+LOCAL: Final = Caller("local", "local")
+
+
+def principal(principal_id: str, policy: Policy, policy_name: str | None = None) -> Caller:
+    """The caller a principal's policy makes."""
+    allowlist = Allowlist.parse(policy.allowed_tools)
+    if policy.upstreams is not None:
+        allowlist = allowlist.narrowed(Allowlist.parse([f"{upstream}.*" for upstream in policy.upstreams]))
+    return Caller(
+        principal_id,
+        "principal",
+        allowlist=allowlist,
+        limits=dict(policy.limits),
+        rate_limit=policy.rate_limit,
+        max_concurrent=policy.max_concurrent,
+        policy_name=policy_name,
+    )
