@@ -8,12 +8,12 @@ from collections.abc import Mapping
 
 import anyio
 
-from conduit.auth.callers import LOCAL, Caller
 from conduit.auth.http import Door
 from conduit.auth.verifier import build_verifier
 from conduit.config.loader import LoadedConfig
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
+from conduit.security.callers import LOCAL, Caller
 from conduit.transport.disconnect import CancelOnDisconnect
 from conduit.transport.http import serve_http
 from conduit.transport.mcp_app import build_server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
@@ -15,8 +16,9 @@ import uvicorn
 import yaml
 
 from conduit.config.schema import Credentials
+from conduit.upstream.credential_store import CredentialStore, new_key
 from servers.oauth_server import AuthServerState, build_app
-from support import CONDUIT, wait_until
+from support import CONDUIT, conduit, wait_until, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -140,3 +142,60 @@ async def test_a_resource_without_metadata_is_a_clear_error(auth_server: AuthSer
     assert code == 1
     assert "publishes no protected-resource metadata" in stderr
     assert "--issuer" in stderr
+
+
+async def test_auth_for_a_principal_keeps_the_credential_in_the_store_and_prints_no_secret(
+    auth_server: AuthServer, tmp_path: Path
+) -> None:
+    key = new_key()
+    config = write_config(
+        tmp_path,
+        {
+            "auth": {
+                "principals": [{"id": "alice", "apiKey": "alice-key-0123456789abcdef"}],
+                "credentialStore": {"path": "store.enc", "key": key},
+            },
+            "upstreams": [
+                {
+                    "id": "remote",
+                    "type": "streamableHttp",
+                    "url": f"{auth_server.url}/mcp",
+                    "credentials": "perPrincipal",
+                }
+            ],
+        },
+    )
+    async with await start_auth("--principal", "alice", "--upstream", "remote", "--config", str(config)) as process:
+        url = await authorization_url(process)
+        assert url.startswith(f"{auth_server.url}/tenant/authorize?")
+        async with httpx2.AsyncClient(follow_redirects=True, timeout=30) as browser:
+            assert (await browser.get(url)).status_code == 200
+        code, stdout, stderr = await finish(process)
+    assert code == 0, stderr
+    assert auth_server.state.refresh_token not in stdout + stderr
+    found = CredentialStore(tmp_path / "store.enc", key).get("alice", "remote")
+    assert found is not None
+    credentials, _ = found
+    assert credentials.type == "oauth2"
+    assert credentials.refresh_token is not None
+    assert credentials.refresh_token.get_secret_value() == auth_server.state.refresh_token
+    assert credentials.token_params == {"resource": f"{auth_server.url}/mcp"}
+
+
+async def test_auth_for_a_principal_refuses_an_upstream_that_is_not_per_principal(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "auth": {
+                "principals": [{"id": "alice", "apiKey": "alice-key-0123456789abcdef"}],
+                "credentialStore": {"path": "store.enc", "key": new_key()},
+            },
+            "upstreams": [{"id": "shared", "type": "streamableHttp", "url": "https://mcp.example.com/mcp"}],
+        },
+    )
+    result = conduit(
+        "auth", "--principal", "alice", "--upstream", "shared", "--bearer-token", "t", "--config", str(config)
+    )
+    assert result.returncode == 2
+    assert "does not take per-principal credentials" in result.stderr
+    assert not (tmp_path / "store.enc").exists()

@@ -1,1 +1,1 @@
-"""Who a caller is (master token, API key, OAuth access token) and what its policy lets it do."""
+"""The HTTP door: who a bearer token is (the master token, a principal's API key, an OAuth JWT), or 401."""

@@ -21,9 +21,9 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from conduit.auth.callers import Caller
 from conduit.auth.verifier import CallerToken, CallerVerifier
 from conduit.config.schema import OAuthConfig
+from conduit.security.callers import Caller
 
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 

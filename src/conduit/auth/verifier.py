@@ -17,10 +17,10 @@ from typing import Any
 from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
 
-from conduit.auth.callers import LOCAL, MASTER, Caller, principal
 from conduit.auth.jwt_tokens import JwtValidator, TokenRejected
 from conduit.config.schema import AuthConfig, Config, OAuthConfig, OAuthPolicy
 from conduit.errors import ConfigError
+from conduit.security.callers import MASTER, Caller, principal
 from conduit.upstream.network import guarded_client, policy_for
 
 logger = logging.getLogger(__name__)
@@ -129,18 +129,3 @@ def build_verifier(config: Config, master_token: str) -> CallerVerifier:
     network = policy_for(config.network)
     jwt = JwtValidator(oauth, lambda: guarded_client(network)) if oauth is not None else None
     return CallerVerifier(config.auth, master_token, jwt)
-
-
-def local_caller(config: Config, principal_id: str | None) -> Caller:
-    """Who the stdio client acts as: the trusted local caller, or the principal named on the command line.
-
-    Raises:
-        ConfigError: no principal has that id.
-    """
-    if principal_id is None:
-        return LOCAL
-    for entry in config.auth.principals:
-        if entry.id == principal_id:
-            return principal(entry.id, entry)
-    known = ", ".join(entry.id for entry in config.auth.principals) or "none are configured"
-    raise ConfigError(f"no principal {principal_id!r} in auth.principals ({known})")

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from conduit.auth.callers import MASTER, Caller
 from conduit.errors import FORBIDDEN, AuthError
 from conduit.security.allowlist import Allowlist
+from conduit.security.callers import MASTER, Caller
 from conduit.security.tokens import mint_token, tokens_equal
 
 DISCOVER_TOOLS: Final = "mcp_discover_tools"

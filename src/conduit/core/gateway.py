@@ -20,7 +20,6 @@ from typing import Any
 
 import mcp_types as types
 
-from conduit.auth.callers import MASTER, Caller
 from conduit.bridge.server import BridgeServer
 from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, BridgeCaller, SessionRegistry
 from conduit.catalog import Catalog, ToolEntry, ToolId
@@ -47,6 +46,7 @@ from conduit.sandbox.base import Job, RunOutcome, Runtime
 from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
 from conduit.security.allowlist import Allowlist, AllowlistError
+from conduit.security.callers import MASTER, Caller
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from conduit.auth.callers import Caller
+from conduit.security.callers import Caller
 
 
 @dataclass(frozen=True)

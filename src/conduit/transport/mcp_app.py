@@ -24,7 +24,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
 from conduit import __version__
-from conduit.auth.callers import LOCAL, Caller
 from conduit.auth.http import caller_of
 from conduit.catalog import CONDUIT_PREFIX
 from conduit.config.schema import PYTHON_ENGINES, Limits
@@ -33,6 +32,7 @@ from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import PRINCIPAL, REQUEST_ID
 from conduit.security.allowlist import Allowlist
+from conduit.security.callers import LOCAL, Caller
 from conduit.transport import disclosure_tools
 from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import mcp_types as types
 from anyio.abc import TaskGroup
 
-from conduit.auth.callers import Caller
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import UpstreamError
+from conduit.security.callers import Caller
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
 from conduit.upstream.credential_store import CredentialStore

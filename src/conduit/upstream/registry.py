@@ -16,10 +16,10 @@ import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 
-from conduit.auth.callers import MASTER, Caller
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import ConfigError, UnknownToolError, UpstreamError
+from conduit.security.callers import MASTER, Caller
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
 from conduit.upstream.credential_store import CredentialStore

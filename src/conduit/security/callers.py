@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from conduit.config.schema import Policy
+from conduit.config.schema import Config, Policy
+from conduit.errors import ConfigError
 from conduit.security.allowlist import Allowlist
 
 CallerKind = Literal["master", "local", "principal"]
@@ -68,3 +69,18 @@ def principal(principal_id: str, policy: Policy, policy_name: str | None = None)
         max_concurrent=policy.max_concurrent,
         policy_name=policy_name,
     )
+
+
+def local_caller(config: Config, principal_id: str | None) -> Caller:
+    """Who the stdio client acts as: the trusted local caller, or the principal named on the command line.
+
+    Raises:
+        ConfigError: no principal has that id.
+    """
+    if principal_id is None:
+        return LOCAL
+    for entry in config.auth.principals:
+        if entry.id == principal_id:
+            return principal(entry.id, entry)
+    known = ", ".join(entry.id for entry in config.auth.principals) or "none are configured"
+    raise ConfigError(f"no principal {principal_id!r} in auth.principals ({known})")
