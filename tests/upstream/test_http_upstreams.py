@@ -13,10 +13,13 @@ import anyio.abc
 import httpx2
 import pytest
 
-from conduit.config.schema import Config, UpstreamConfig
+from conduit.config.schema import Config, Credentials, Policy, UpstreamConfig
 from conduit.core.assembly import open_gateway
-from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
+from conduit.errors import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, UpstreamError
+from conduit.security.callers import MASTER as MASTER_CALLER
+from conduit.security.callers import Caller, principal
 from conduit.security.ssrf import NetworkPolicy
+from conduit.upstream.credential_store import CredentialStore, new_key
 from conduit.upstream.registry import UpstreamRegistry
 from servers.http_upstream import API_KEY, API_KEY_HEADER, BEARER, CLIENT_ID, CLIENT_SECRET, FIRST_REFRESH_TOKEN
 from support import MASTER, http_upstream
@@ -298,3 +301,38 @@ async def test_a_list_changed_notification_triggers_a_new_listing(task_group: an
         await anyio.sleep(0.3)
         assert "extra_2" not in await tool_names(registry)
         await registry.aclose()
+
+
+async def test_a_per_principal_upstream_keeps_each_principals_rotated_refresh_token_in_the_store(
+    servers: Callable[..., Any], task_group: anyio.abc.TaskGroup, tmp_path: Path
+) -> None:
+    base = await servers("streamable", "oauth", "--token-lifetime", "3600.5")  # a server of its own
+    store = CredentialStore(tmp_path / "store.enc", new_key())
+    oauth = {"type": "oauth2", "clientId": CLIENT_ID, "tokenUrl": f"{base}/token", "refreshToken": FIRST_REFRESH_TOKEN}
+    store.put("alice", "o", Credentials.model_validate(oauth))
+    alice = principal("alice", Policy())
+    upstream = {"id": "o", "type": "streamableHttp", "url": f"{base}/mcp", "credentials": "perPrincipal"}
+
+    async def call_as(caller: Caller) -> str:
+        registry = UpstreamRegistry(
+            base_dir=tmp_path, host_env={}, tg=task_group, network=LOOPBACK_ALLOWED, store=store
+        )
+        registry.add(UpstreamConfig.model_validate(upstream))
+        try:
+            result = await registry.call(await registry.resolve("o__whoami"), {}, caller)
+            return str(result.structured_content["credential"])  # type: ignore[index]
+        finally:
+            await registry.aclose()
+
+    assert await call_as(alice) == "oauth"
+    found = store.get("alice", "o")
+    assert found is not None and found[0].refresh_token is not None
+    assert found[0].refresh_token.get_secret_value() != FIRST_REFRESH_TOKEN  # the rotated one, stored at once
+    assert await call_as(alice) == "oauth"  # "after a restart": the stored token, not the revoked first one
+    assert (await stats(base))["reused_refresh_tokens"] == 0
+    with pytest.raises(UpstreamError) as missing:
+        await call_as(principal("bob", Policy()))
+    assert missing.value.code == UPSTREAM_ERROR
+    assert "conduit auth --principal bob --upstream o" in missing.value.message
+    with pytest.raises(UpstreamError, match="no principal"):
+        await call_as(MASTER_CALLER)
