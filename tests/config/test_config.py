@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,53 @@ def test_config_reference_documents_every_key() -> None:
     text = (Path(__file__).parents[2] / "docs" / "CONFIG.md").read_text()
     missing = sorted(alias for alias in _aliases(Config) if f"`{alias}`" not in text and f".{alias}`" not in text)
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({"auth": {"principals": [{"id": "a"}]}}, "needs exactly one of 'apiKey' and 'apiKeySha256'"),
+        ({"auth": {"principals": [{"id": "a", "apiKey": "short"}]}}, "at least 16 characters"),
+        (
+            {"auth": {"principals": [{"id": "a", "apiKey": "k" * 16}, {"id": "a", "apiKeySha256": "0" * 64}]}},
+            "principal id 'a' is used twice",
+        ),
+        ({"auth": {"principals": [{"id": "a", "apiKey": "k" * 16, "allowedTools": ["git*"]}]}}, "invalid allowlist"),
+        ({"auth": {"principals": [{"id": "a", "apiKey": "k" * 16, "limits": {"cpu": 1}}]}}, "limits.cpu: unknown"),
+        ({"auth": {"principals": [{"id": "a", "apiKey": "k" * 16, "rateLimit": "lots"}]}}, "not a rate limit"),
+        (
+            {"auth": {"oauth": {"issuer": "https://i.example", "audience": "conduit"}}},
+            "resource must be an http(s) URL",
+        ),
+        (
+            {
+                "auth": {
+                    "oauth": {
+                        "issuer": "https://i.example",
+                        "audience": "https://c.example/mcp",
+                        "algorithms": ["HS256"],
+                    }
+                }
+            },
+            "auth.oauth.algorithms[0]",
+        ),
+        (
+            {"auth": {"oauth": {"issuer": "https://i.example", "audience": "https://c.example/mcp", "policies": [{}]}}},
+            "exactly one of 'scope' and 'claim'",
+        ),
+        (
+            {
+                "upstreams": [
+                    {"id": "r", "type": "streamableHttp", "url": "https://r.example/mcp", "credentials": "perPrincipal"}
+                ]
+            },
+            "needs 'auth.credentialStore'",
+        ),
+        ({"upstreams": [{"id": "s", "command": "x", "credentials": "perPrincipal"}]}, "needs an HTTP upstream"),
+    ],
+)
+def test_bad_auth_configs_are_refused_with_the_reason(tmp_path: Path, document: dict[str, Any], reason: str) -> None:
+    (tmp_path / "conduit.json").write_text(json.dumps(document))
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {}, tmp_path)
+    assert reason in str(refused.value)

@@ -30,6 +30,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from conduit.errors import UPSTREAM_ERROR
+from conduit.oauth.discovery import authorization_server_document, discover_resource
 from support import (
     CONDUIT,
     INITIALIZE,
@@ -311,6 +312,15 @@ async def test_unknown_keys_are_refused_with_a_challenge_naming_the_resource_met
                 "authorization_servers"
             ] == [setup.issuer]
     assert ALICE_KEY not in setup.server.log.read_text()
+
+
+async def test_an_mcp_client_finds_the_authorization_server_from_the_401_alone(setup: Setup) -> None:
+    async with httpx2.AsyncClient(timeout=10) as http:  # the discovery `conduit auth` runs, on the SDK's models
+        metadata = await discover_resource(http, setup.server.url)
+        assert str(metadata.resource).rstrip("/") == setup.audience
+        [server] = metadata.authorization_servers
+        issuer = await authorization_server_document(http, str(server))
+    assert issuer["jwks_uri"] == f"{setup.issuer}/jwks.json"
 
 
 async def test_a_session_opened_by_one_principal_cannot_be_used_by_another(setup: Setup) -> None:

@@ -96,6 +96,7 @@ async def test_an_execution_span_has_a_child_span_per_tool_call(
     assert received.services == {"conduit-under-test"}
     assert execution["attributes"]["conduit.runtime"] == "typescript"
     assert execution["attributes"]["conduit.outcome"] == "ok"
+    assert execution["attributes"]["conduit.principal"] == "master"  # who asked (a principal's id over HTTP)
     assert execution["attributes"]["conduit.exit_code"] == 0
     assert [call["attributes"]["conduit.tool"] for call in calls] == ["toolbox__echo", "toolbox__add"]
     for call in calls:
@@ -103,6 +104,7 @@ async def test_an_execution_span_has_a_child_span_per_tool_call(
         assert call["trace_id"] == execution["trace_id"]
         assert call["attributes"]["conduit.outcome"] == "ok"
         assert call["attributes"]["conduit.upstream"] == "toolbox"
+        assert call["attributes"]["conduit.principal"] == "master"
     assert secret not in repr(received.spans)
 
 

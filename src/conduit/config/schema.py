@@ -352,11 +352,7 @@ class AuthConfig(_Model):
     @field_validator("principals")
     @classmethod
     def _unique_principals(cls, principals: list[PrincipalConfig]) -> list[PrincipalConfig]:
-        seen: set[str] = set()
-        for principal in principals:
-            if principal.id in seen:
-                raise ValueError(f"principal id {principal.id!r} is used twice")
-            seen.add(principal.id)
+        _check_unique("principal", [principal.id for principal in principals])
         return principals
 
 
@@ -490,11 +486,7 @@ class Config(_Model):
     @field_validator("upstreams")
     @classmethod
     def _unique_ids(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
-        seen: set[str] = set()
-        for upstream in upstreams:
-            if upstream.id in seen:
-                raise ValueError(f"upstream id {upstream.id!r} is used twice")
-            seen.add(upstream.id)
+        _check_unique("upstream", [upstream.id for upstream in upstreams])
         return upstreams
 
     @model_validator(mode="after")
@@ -513,6 +505,14 @@ class Config(_Model):
         if self.auth.credential_store is not None:
             values.append(self.auth.credential_store.key.get_secret_value())
         return values
+
+
+def _check_unique(kind: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise ValueError(f"{kind} id {item!r} is used twice")
+        seen.add(item)
 
 
 def _parse_rate_limit(spec: str) -> str:
