@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import anyio
 import pytest
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.process import destroy, kill_group, spawn, use_pidfd_child_watcher
+from conduit.sandbox.process import _start, destroy, kill_group, spawn, use_pidfd_child_watcher
 
 pytestmark = [pytest.mark.anyio]
 
@@ -84,3 +86,27 @@ async def test_a_killed_group_is_reaped_with_its_signal_and_its_pipes_close() ->
 async def test_a_missing_executable_is_a_sandbox_start_error() -> None:
     with pytest.raises(SandboxStartError, match="cannot start /no/such/runtime"):
         await spawn(["/no/such/runtime"], env={}, cwd="/")
+
+
+def test_a_failed_start_closes_each_descriptor_exactly_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A second close of a pipe end, from the starting thread, would close what another thread opened
+    under the same number meanwhile (an rmtree on the event loop saw EBADF)."""
+    opened: list[int] = []
+    closed: list[int] = []
+    real_close, real_pipe = os.close, os.pipe
+
+    def close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    def pipe() -> tuple[int, int]:
+        ends = real_pipe()
+        opened.extend(ends)
+        return ends
+
+    monkeypatch.setattr(os, "close", close)
+    monkeypatch.setattr(os, "pipe", pipe)
+    with pytest.raises(OSError):
+        _start([str(tmp_path / "missing")], {}, str(tmp_path))
+    assert len(opened) >= 6
+    assert sorted(fd for fd in closed if fd in opened) == sorted(opened), (opened, closed)

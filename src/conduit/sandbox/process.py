@@ -200,20 +200,21 @@ def _start(argv: list[str], env: dict[str, str], cwd: str) -> SandboxProcessPart
     """``Popen`` with pipes made here: the child gets one end of each, the caller the others."""
     pipes = [os.pipe() for _ in range(3)]
     child = (pipes[0][0], pipes[1][1], pipes[2][1])
+    ours = (pipes[0][1], pipes[1][0], pipes[2][0])
     try:
         popen = subprocess.Popen(
             argv, stdin=child[0], stdout=child[1], stderr=child[2], env=env, cwd=cwd, start_new_session=True
         )
     except BaseException:
-        for read_end, write_end in pipes:
-            os.close(read_end)
-            os.close(write_end)
+        for fd in ours:
+            os.close(fd)
         raise
     finally:
+        # Each descriptor is closed exactly once: closing one twice from this worker thread would close
+        # whatever another thread had opened under the same number meanwhile (seen: EBADF in an rmtree).
         for fd in child:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return popen, pipes[0][1], pipes[1][0], pipes[2][0]
+            os.close(fd)
+    return popen, *ours
 
 
 async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> SandboxProcess:
