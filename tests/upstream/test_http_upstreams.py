@@ -12,6 +12,7 @@ import anyio
 import anyio.abc
 import httpx2
 import pytest
+from pydantic import SecretStr
 
 from conduit.config.schema import Config, Credentials, Policy, UpstreamConfig
 from conduit.core.assembly import open_gateway
@@ -20,9 +21,10 @@ from conduit.security.callers import MASTER as MASTER_CALLER
 from conduit.security.callers import Caller, principal
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.credential_store import CredentialStore, new_key
+from conduit.upstream.per_principal import PrincipalConnections
 from conduit.upstream.registry import UpstreamRegistry
 from servers.http_upstream import API_KEY, API_KEY_HEADER, BEARER, CLIENT_ID, CLIENT_SECRET, FIRST_REFRESH_TOKEN
-from support import MASTER, http_upstream
+from support import MASTER, http_upstream, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -336,3 +338,30 @@ async def test_a_per_principal_upstream_keeps_each_principals_rotated_refresh_to
     assert "conduit auth --principal bob --upstream o" in missing.value.message
     with pytest.raises(UpstreamError, match="no principal"):
         await call_as(MASTER_CALLER)
+
+
+async def test_a_principals_new_credential_is_used_at_once_and_its_old_connection_closed(
+    servers: Callable[..., Any], task_group: anyio.abc.TaskGroup, tmp_path: Path
+) -> None:
+    base = await servers("streamable", "users")
+    store = CredentialStore(tmp_path / "store.enc", new_key())
+    store.put("alice", "u", Credentials(type="bearer", bearer_token=SecretStr("user-alice-1")))
+    registry = UpstreamRegistry(base_dir=tmp_path, host_env={}, tg=task_group, network=LOOPBACK_ALLOWED, store=store)
+    upstream = registry.add(
+        UpstreamConfig.model_validate(
+            {"id": "u", "type": "streamableHttp", "url": f"{base}/mcp", "credentials": "perPrincipal"}
+        )
+    )
+    assert isinstance(upstream, PrincipalConnections)
+    alice = principal("alice", Policy())
+
+    async def whoami_as_alice() -> str:
+        result = await registry.call(await registry.resolve("u__whoami"), {}, alice)
+        return str(result.structured_content["credential"])  # type: ignore[index]
+
+    assert await whoami_as_alice() == "user-alice-1"
+    old = upstream.for_caller(alice)
+    store.put("alice", "u", Credentials(type="bearer", bearer_token=SecretStr("user-alice-2")))  # `conduit auth` again
+    assert await whoami_as_alice() == "user-alice-2"
+    await wait_until(lambda: not old.connected)
+    await registry.aclose()

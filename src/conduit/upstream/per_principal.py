@@ -44,8 +44,8 @@ class PrincipalConnections:
         self._make = functools.partial(
             UpstreamConnection, config, base_dir=base_dir, host_env=host_env, tg=tg, network=network
         )
+        self._tg = tg
         self._connections: dict[str, tuple[int, UpstreamConnection]] = {}
-        self._retired: list[UpstreamConnection] = []
 
     @property
     def id(self) -> str:
@@ -94,7 +94,7 @@ class PrincipalConnections:
         return await lister.list_tools()
 
     async def aclose(self) -> None:
-        for connection in [*(c for _, c in self._connections.values()), *self._retired]:
+        for _, connection in self._connections.values():
             await connection.aclose()
 
     def _lister(self) -> UpstreamConnection | None:
@@ -112,8 +112,8 @@ class PrincipalConnections:
         known = self._connections.get(principal_id)
         if known is not None and known[0] == generation:
             return known[1]
-        if known is not None:  # stored anew (`conduit auth` again): the old connection goes
-            self._retired.append(known[1])
+        if known is not None:  # stored anew (`conduit auth` again): the old connection is closed
+            self._tg.start_soon(known[1].aclose)
         rotate = functools.partial(self._store.rotate_refresh_token, principal_id, self.id)
         connection = self._make(credentials=credentials, on_rotate=rotate)
         self._connections[principal_id] = (generation, connection)
