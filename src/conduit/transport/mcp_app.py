@@ -161,9 +161,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
     def caller_for(ctx: ServerRequestContext[Any]) -> Caller:
         """Who the request acts as: the HTTP door let it in as someone; stdio is ``local``."""
         scope = getattr(ctx.request, "scope", None)
-        if scope is None:
-            return local
-        caller = caller_of(scope)
+        caller = local if scope is None else caller_of(scope)
         if caller is None:  # the door refuses such a request before it gets here
             raise MCPError(UNAUTHORIZED, "no caller: a valid bearer token is required")
         PRINCIPAL.set(caller.id)
