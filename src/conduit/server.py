@@ -61,7 +61,13 @@ async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str,
                 app = Door(
                     CancelOnDisconnect(server.streamable_http_app(host=config.host)), verifier, config.auth.oauth
                 )
-                await serve_http(app, host=config.host, port=config.port, log_level=config.log_level)
+                await serve_http(
+                    app,
+                    host=config.host,
+                    port=config.port,
+                    log_level=config.log_level,
+                    trusted_proxies=config.http.trusted_proxies,
+                )
             tg.cancel_scope.cancel()
 
 

@@ -262,6 +262,7 @@ def test_config_reference_documents_every_key() -> None:
             "needs 'auth.credentialStore'",
         ),
         ({"upstreams": [{"id": "s", "command": "x", "credentials": "perPrincipal"}]}, "needs an HTTP upstream"),
+        ({"http": {"trustedProxies": ["10.0.0.0/8", "proxy.example"]}}, "http.trustedProxies: entry 1"),
     ],
 )
 def test_bad_auth_configs_are_refused_with_the_reason(tmp_path: Path, document: dict[str, Any], reason: str) -> None:

@@ -392,6 +392,25 @@ class NetworkConfig(_Model):
         return networks
 
 
+class HttpConfig(_Model):
+    """The Streamable HTTP front end behind a proxy or load balancer."""
+
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or CIDRs of the proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` name the real
+    client (uvicorn's forwarded-allow-ips). Empty (the default): those headers are ignored from everyone,
+    so a client cannot pose as another address; the connection's peer is the client."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, proxies: list[str]) -> list[str]:
+        for index, proxy in enumerate(proxies):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"entry {index}: {exc}") from None
+        return proxies
+
+
 class TracingConfig(_Model):
     """OpenTelemetry traces: a span per execution, a child span per tool call. Off without an endpoint."""
 
@@ -408,6 +427,7 @@ class Config(_Model):
     """How MCP clients reach Conduit: Streamable HTTP or stdio."""
     host: str = "127.0.0.1"
     """HTTP bind address. Keep it on loopback unless a proxy with TLS sits in front."""
+    http: HttpConfig = Field(default_factory=HttpConfig)
     port: Annotated[int, Field(ge=0, le=65_535)] = 3000
     """HTTP port for ``/mcp`` (0 picks a free one and prints it)."""
     ops_enabled: bool = True

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
@@ -31,9 +31,18 @@ class _Server(uvicorn.Server):
 
 
 async def serve_http(
-    app: ASGIApp, *, host: str, port: int, log_level: str, announce: str = "Conduit listening on {url}/mcp"
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    announce: str = "Conduit listening on {url}/mcp",
+    trusted_proxies: Sequence[str] = (),
 ) -> None:
     """Serve ``app`` with uvicorn until stopped; prints ``announce`` (with ``{url}``) on stderr once bound.
+
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed from ``trusted_proxies`` only (uvicorn's
+    own default would believe any loopback client: one could pose as another address).
 
     Raises:
         OSError: the address cannot be bound.
@@ -59,6 +68,8 @@ async def serve_http(
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies),
     )
     server = _Server(config)
     print(announce.format(url=f"http://{shown}:{bound_port}"), file=sys.stderr, flush=True)
