@@ -384,12 +384,7 @@ class NetworkConfig(_Model):
     @field_validator("allowed_networks")
     @classmethod
     def _networks_parse(cls, networks: list[str]) -> list[str]:
-        for index, network in enumerate(networks):
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"entry {index}: {exc}") from None
-        return networks
+        return _check_networks(networks)
 
 
 class HttpConfig(_Model):
@@ -403,12 +398,7 @@ class HttpConfig(_Model):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_parse(cls, proxies: list[str]) -> list[str]:
-        for index, proxy in enumerate(proxies):
-            try:
-                ipaddress.ip_network(proxy, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"entry {index}: {exc}") from None
-        return proxies
+        return _check_networks(proxies)
 
 
 class TracingConfig(_Model):
@@ -525,6 +515,16 @@ class Config(_Model):
         if self.auth.credential_store is not None:
             values.append(self.auth.credential_store.key.get_secret_value())
         return values
+
+
+def _check_networks(networks: list[str]) -> list[str]:
+    """``networks`` if each is an address or a CIDR; else which entry is not, and why."""
+    for index, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"entry {index}: {exc}") from None
+    return networks
 
 
 def _check_unique(kind: str, ids: list[str]) -> None:
