@@ -171,7 +171,7 @@ class Gateway:
             span["principal"] = caller.id
             try:
                 async with self._share(caller), self.admission.slot():
-                    sdk = self._sdk(language, await self.registry.catalog(), allowlist)
+                    sdk = self._sdk(language, await self.visible_catalog(allowlist))
                     chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
                     metric = chosen.runtime if chosen else language
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
@@ -226,27 +226,25 @@ class Gateway:
             self.metrics.rate_limited.inc()
             raise BusyError(refusal.message)
 
-    def _sdk(self, language: str, catalog: Catalog, allowlist: Allowlist) -> str:
-        """The SDK of the tools ``allowlist`` covers, generated once per catalog version and set of tools.
+    def _sdk(self, language: str, visible: Catalog) -> str:
+        """The SDK of the tools of ``visible`` (an allowlist's catalog), generated once per catalog version and
+        set of tools.
 
         Nothing outside the allowlist is in it (names, descriptions, schemas, upstreams): a program cannot
         discover a tool it may not call. Calling one anyway (``$raw``) fails on the host with the same
         error as a tool that does not exist.
         """
-        permitted = tuple(entry for entry in catalog.tools if allowlist.permits(entry.upstream, entry.name))
-        return self._sdks.get(language, self.registry.version, permitted, BY_NAME[language].sdk)
+        return self._sdks.get(language, self.registry.version, visible.tools, BY_NAME[language].sdk)
 
     # -- tools ------------------------------------------------------------------------------------------
 
     async def discover(self, allowlist: Allowlist, query: str | None = None) -> list[ToolEntry]:
         """The tools ``allowlist`` covers, optionally filtered by a case-insensitive substring."""
-        catalog = await self.registry.catalog()
         needle = (query or "").lower()
         return [
             entry
-            for entry in catalog.tools
-            if allowlist.permits(entry.upstream, entry.name)
-            and (not needle or needle in entry.qualified.lower() or needle in entry.description.lower())
+            for entry in (await self.visible_catalog(allowlist)).tools
+            if not needle or needle in entry.qualified.lower() or needle in entry.description.lower()
         ]
 
     async def call_tool(
@@ -347,7 +345,7 @@ class Gateway:
 
     # -- bridge -----------------------------------------------------------------------------------------
 
-    async def handle_bridge(self, principal: BridgeCaller, method: str, params: Mapping[str, Any]) -> Any:
+    async def handle_bridge(self, who: BridgeCaller, method: str, params: Mapping[str, Any]) -> Any:
         """Serve one authenticated bridge request (see :mod:`conduit.bridge.server`).
 
         Raises:
@@ -356,24 +354,24 @@ class Gateway:
         handler = self._bridge_methods.get(method)
         if handler is None:
             raise MethodNotFoundError(f"unknown method {method!r}")
-        return await handler(principal, params)
+        return await handler(who, params)
 
-    async def _bridge_discover(self, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_discover(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         query = params.get("query")
         if query is not None and not isinstance(query, str):
             raise InvalidParamsError("query must be a string")
-        return [entry.describe() for entry in await self.discover(principal.allowlist, query)]
+        return [entry.describe() for entry in await self.discover(who.allowlist, query)]
 
-    async def _bridge_call(self, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_call(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         result = await self.audited_call(
-            principal.caller, principal.allowlist, params.get("name"), params.get("arguments"), principal.execution_id
+            who.caller, who.allowlist, params.get("name"), params.get("arguments"), who.execution_id
         )
         return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
-    async def _bridge_register(self, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_register(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         return {"id": self.register_upstream(params.get("upstream", params))}
 
-    async def _bridge_execute(self, language: str, principal: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_execute(self, language: str, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         outcome = await self.execute(
             language,
             params.get("code"),

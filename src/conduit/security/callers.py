@@ -19,6 +19,7 @@ from conduit.errors import ConfigError
 from conduit.security.allowlist import Allowlist
 
 CallerKind = Literal["master", "local", "principal"]
+EVERYTHING: Final = Allowlist.parse(["*"])
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Caller:
     @property
     def may_administer(self) -> bool:
         return self.kind == "master"
+
+    @property
+    def reach(self) -> Allowlist:
+        """Everything this caller may see and call, whatever a request asks for."""
+        return self.allowlist if self.allowlist is not None else EVERYTHING
 
     def narrow(self, requested: Allowlist) -> Allowlist:
         """A request's allowlist within this caller's."""

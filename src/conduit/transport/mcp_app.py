@@ -31,7 +31,6 @@ from conduit.core.gateway import Gateway
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import PRINCIPAL, REQUEST_ID
-from conduit.security.allowlist import Allowlist
 from conduit.security.callers import LOCAL, Caller
 from conduit.transport import disclosure_tools
 from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
@@ -156,7 +155,6 @@ class ProgressStream:
 
 def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
     """The MCP server for ``gateway``; ``local`` is who a request without HTTP (stdio) acts as."""
-    everything = Allowlist.parse(["*"])
 
     def caller_for(ctx: ServerRequestContext[Any]) -> Caller:
         """Who the request acts as: the HTTP door let it in as someone; stdio is ``local``."""
@@ -173,7 +171,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         caller = caller_for(ctx)
         tools = [*_conduit_tools(), *disclosure_tools.TOOLS.values()]
         if not gateway.config.code_mode_only:
-            catalog = await gateway.visible_catalog(caller.narrow(everything))
+            catalog = await gateway.visible_catalog(caller.reach)
             tools.extend(
                 types.Tool(name=entry.qualified, description=entry.description, input_schema=dict(entry.input_schema))
                 for entry in catalog.tools
@@ -205,9 +203,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
             return json_result(outcome.as_result(), outcome.error is not None)
         if params.name in disclosure_tools.TOOLS:
             try:
-                return json_result(
-                    await disclosure_tools.call(gateway, params.name, arguments, caller.narrow(everything))
-                )
+                return json_result(await disclosure_tools.call(gateway, params.name, arguments, caller.reach))
             except ConduitError as exc:
                 return answer_failure(exc, failed_tool_call)
         if params.name.startswith(CONDUIT_PREFIX):
@@ -215,7 +211,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         if gateway.config.code_mode_only:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (this server runs in code-mode-only)")
         try:
-            return await gateway.audited_call(caller, caller.narrow(everything), params.name, arguments)
+            return await gateway.audited_call(caller, caller.reach, params.name, arguments)
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 
