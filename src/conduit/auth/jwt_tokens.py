@@ -91,9 +91,13 @@ class JwtValidator:
             raise TokenRejected("the token's signature does not verify") from None
 
     async def _key(self, kid: str | None, algorithm: str) -> _Key:
-        stale = self._fetched_at is None or self._clock() - self._fetched_at > self._config.jwks_cache_ttl_ms / 1000
-        if stale or (kid is not None and kid not in self._keys and self._may_refetch()):
-            await self._refresh()
+        seen = self._fetched_at
+        age = None if seen is None else self._clock() - seen
+        # Keys are trusted for the configured time (0: as long as the refetch interval); a key id the set
+        # lacks fetches it again, but not sooner than the interval after the last fetch.
+        stale = age is None or age > (self._config.jwks_cache_ttl_ms / 1000 or REFETCH_INTERVAL_S)
+        if stale or (kid is not None and kid not in self._keys and age is not None and age >= REFETCH_INTERVAL_S):
+            await self._refresh(seen)
         candidates = [self._keys[kid]] if kid is not None and kid in self._keys else []
         if kid is None:
             candidates = [*self._keys.values(), *self._unnamed]
@@ -102,15 +106,11 @@ class JwtValidator:
                 return key
         raise TokenRejected("the token is signed by a key the issuer does not publish")
 
-    def _may_refetch(self) -> bool:
-        return self._fetched_at is None or self._clock() - self._fetched_at >= REFETCH_INTERVAL_S
-
-    async def _refresh(self) -> None:
+    async def _refresh(self, seen: float | None) -> None:
+        """Fetch the key set, unless another request did since ``seen`` (the fetch time this one saw)."""
         async with self._lock:
             fetched = self._fetched_at
-            if fetched is not None and self._clock() - fetched < min(
-                REFETCH_INTERVAL_S, self._config.jwks_cache_ttl_ms / 1000 or REFETCH_INTERVAL_S
-            ):
+            if fetched != seen:
                 return  # another request refreshed while this one waited
             try:
                 document = await self._fetch()

@@ -318,8 +318,8 @@ class OAuthConfig(_Model):
     algorithms: list[SigningAlgorithm] = Field(default_factory=lambda: list(DEFAULT_ALGORITHMS))
     """Signature algorithms accepted (asymmetric only: ``none`` and shared-secret HMAC never are)."""
     jwks_cache_ttl_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 600_000
-    """How long fetched keys are trusted; a token signed by an unknown key id fetches them again (at most
-    once every 30 s)."""
+    """How long fetched keys are trusted (0: 30 s); a token signed by an unknown key id fetches them again
+    (at most once every 30 s)."""
     leeway_ms: Annotated[int, Field(ge=0, le=300_000)] = 30_000
     """Clock skew allowed on ``exp`` and ``nbf``."""
 
