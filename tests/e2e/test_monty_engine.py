@@ -340,7 +340,7 @@ async def _monty_and_sdk(gateway: Gateway) -> tuple[MontyRuntime, str]:
     """The gateway's Monty runtime, and the SDK of an execution that may call every tool."""
     runtime = gateway.runtimes["monty"]
     assert isinstance(runtime, MontyRuntime)
-    return runtime, gateway._sdk("python", await gateway.registry.catalog(), gateway.parse_allowlist(["*"]))
+    return runtime, gateway._sdk("python", await gateway.visible_catalog(gateway.parse_allowlist(["*"])))
 
 
 def _checker_workers(runtime: MontyRuntime) -> set[int]:
