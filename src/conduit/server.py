@@ -59,7 +59,7 @@ async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str,
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             else:
                 app = Door(
-                    CancelOnDisconnect(server.streamable_http_app(host=config.host)), verifier, config.auth.oauth
+                    CancelOnDisconnect(server.streamable_http_app(host=config.host, stateless_http=True)), verifier, config.auth.oauth
                 )
                 await serve_http(
                     app,

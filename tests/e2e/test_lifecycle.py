@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 from mcp import Client
 
-from support import CONDUIT, INITIALIZE, ConduitHttp, process_alive, run_ts, stdio_client_for, wait_until
+from support import (
+    CONDUIT,
+    EXECUTE_ISOLATE,
+    EXECUTE_PYTHON,
+    EXECUTE_TS,
+    INITIALIZE,
+    ConduitHttp,
+    process_alive,
+    run_ts,
+    stat_fields,
+    stdio_client_for,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -132,3 +145,42 @@ async def test_http_server_stop_shuts_down_cleanly(e2e_config: Path) -> None:
     assert process.returncode == 0
     assert "stopping on SIGTERM" in server.log.read_text()
     assert error_records(server.log.read_text()) == []
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (children, their children, ...)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(stat_fields(entry / "stat")[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+async def test_a_sigkilled_server_takes_its_sandboxes_with_it_running_and_pooled(e2e_config: Path) -> None:
+    # PR_SET_PDEATHSIG, set by the launcher after the uid drop: nobody is left to kill the sandboxes
+    # when Conduit itself is SIGKILLed (an OOM kill, a node drain's last step), so they must die alone.
+    spin = {"code": "while (true) {}", "limits": {"timeoutMs": 60_000}}
+    async with ConduitHttp.start(e2e_config) as server, server.client() as client:
+        async with anyio.create_task_group() as tg:
+            for tool, code in (
+                (EXECUTE_TS, "while (true) {}"),
+                (EXECUTE_ISOLATE, "while (true) {}"),
+                (EXECUTE_PYTHON, "while True:\n    pass"),
+            ):
+                tg.start_soon(lambda t=tool, c=code: client.call_tool(t, {**spin, "code": c}))
+            await anyio.sleep(3)  # the three are spinning; the pools hold idle sandboxes beside them
+            below = descendants(server.process.pid)
+            names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in below if process_alive(pid)}
+            assert {"deno", "monty"} <= names, names
+            server.process.kill()
+            killed_at = time.monotonic()
+            tg.cancel_scope.cancel()
+    await wait_until(lambda: not any(process_alive(pid) for pid in below))
+    assert time.monotonic() - killed_at < 5

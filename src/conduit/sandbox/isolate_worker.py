@@ -18,16 +18,19 @@ token, exactly as a Deno sandbox's do, so the host enforces the same allowlist.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import encodings.utf_16_le  # noqa: F401  (loaded now: after a late uid drop the stdlib may be unreadable)
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Final
 
 from py_mini_racer import JSEvalException, JSFunction, JSOOMException, JSParseException, mini_racer
 
+PR_SET_PDEATHSIG: Final = 1
 HARNESS: Final = Path(__file__).parent / "harness"
 PRELUDE: Final = (HARNESS / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
 RESULT_ENCODER: Final = (HARNESS / "result.js").read_text(encoding="utf-8").replace("export function ", "function ", 1)
@@ -297,13 +300,19 @@ def drop_privileges(argv: list[str]) -> None:
     """``--uid N``: become uid/gid N now that everything the worker needs is loaded (before any job).
 
     For interpreters the unprivileged user cannot start from (a Python under /root): the worker
-    starts as root behind its other walls, loads Python, mini-racer, V8 and ICU, then drops.
+    starts as root behind its other walls, loads Python, mini-racer, V8 and ICU, then drops. The uid
+    change clears the parent-death signal the launcher set, so it is set again.
     """
     if len(argv) == 2 and argv[0] == "--uid":
-        uid = int(argv[1])
+        uid, parent = int(argv[1]), os.getppid()
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+        # As conduit.sandbox.walls.confine.die_with_parent does (this module imports nothing of Conduit's).
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PDEATHSIG)")
+        if os.getppid() != parent:
+            os._exit(1)  # Conduit died during the start
 
 
 async def main() -> None:

@@ -7,6 +7,7 @@ group takes every descendant with it, and nothing the sandbox starts can outlive
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -217,14 +218,22 @@ def _start(argv: list[str], env: dict[str, str], cwd: str) -> SandboxProcessPart
     return popen, *ours
 
 
+SPAWNER: Final = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="conduit-spawn")
+"""The threads sandboxes are started from. The launcher's parent-death signal fires when the thread that
+forked it ends, not the process: these threads live as long as Conduit (anyio's worker threads end after
+idling 10 s, which would kill every sandbox they had started)."""
+
+
 async def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str) -> SandboxProcess:
-    """Start ``argv`` with pipes on all three streams, leading its own session, from a worker thread.
+    """Start ``argv`` with pipes on all three streams, leading its own session, from a :data:`SPAWNER` thread.
 
     Raises:
         SandboxStartError: the executable cannot be started.
     """
     try:
-        popen, stdin, stdout, stderr = await anyio.to_thread.run_sync(_start, list(argv), dict(env), cwd)
+        with anyio.CancelScope(shield=True):  # once forked, the process is ours to keep or kill
+            started = SPAWNER.submit(_start, list(argv), dict(env), cwd)
+            popen, stdin, stdout, stderr = await asyncio.wrap_future(started)
     except OSError as exc:
         raise SandboxStartError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
     return SandboxProcess(popen, stdin, stdout, stderr)

@@ -22,6 +22,7 @@ import ctypes
 import marshal
 import os
 import resource
+import signal
 import sys
 
 TYPE_CHECKING = False
@@ -37,6 +38,7 @@ _SYS_LANDLOCK_RESTRICT_SELF: Final = 446
 _LANDLOCK_CREATE_RULESET_VERSION: Final = 1
 _LANDLOCK_RULE_PATH_BENEATH: Final = 1
 _PR_SET_NO_NEW_PRIVS: Final = 38
+_PR_SET_PDEATHSIG: Final = 1
 
 # Landlock file-system rights, by the ABI version that introduced them.
 _EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -129,13 +131,28 @@ def no_new_privileges() -> None:
         raise ConfineError(f"prctl(NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
 
 
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the thread that started it ends (its process SIGKILLed included).
+
+    Set after any uid change, which clears it.
+
+    Raises:
+        ConfineError: it cannot be set, or ``parent`` is already gone.
+    """
+    if _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise ConfineError(f"prctl(PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != parent:
+        raise ConfineError("parent death: the parent exited during the launch")
+
+
 def apply(spec: dict[str, Any]) -> None:
     """Apply every wall ``spec`` asks for, in the only order that works (cgroups and rlimits while still
-    privileged, then no-new-privileges and Landlock, then the uid change).
+    privileged, then no-new-privileges and Landlock, then the uid change, then the parent-death signal).
 
     Raises:
         ConfineError: a requested wall could not be applied.
     """
+    parent = os.getppid()
     pid = str(os.getpid())
     made = []
     for parent in spec.get("new_cgroups", []):  # cgroups.launched_leaf: this process's own leaf
@@ -169,6 +186,8 @@ def apply(spec: dict[str, Any]) -> None:
         os.setgroups([])
         os.setgid(gid)
         os.setuid(int(uid))
+    if spec.get("parent_death"):
+        die_with_parent(parent)
 
 
 def encode_spec(spec: dict[str, Any]) -> str:

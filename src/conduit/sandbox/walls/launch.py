@@ -51,7 +51,7 @@ LATE_UID_KINDS: Final = frozenset({"isolate"})
 """Runtimes that can drop the uid themselves after loading (before any job), if they cannot start as it."""
 CONFINE: Final = Path(confine.__file__)
 NATIVE_CONFINE: Final = Path(sys.prefix) / "bin" / "conduit-confine"
-NATIVE_PROTOCOL: Final = "2"
+NATIVE_PROTOCOL: Final = "3"
 """The argument protocol the native launcher must print for ``--protocol`` to be used."""
 MAX_PIDS: Final = 128
 """Threads and processes per sandbox: Deno uses ~15, a Worker flood hits this."""
@@ -246,8 +246,9 @@ class Walls:
             spec["no_new_privs"] = True
         if self.uid_for(kind) is not None:
             spec["uid"] = self.uid
-        if not spec:
-            return list(argv), cgroup
+        # Not a wall but the sandbox's lifetime: it dies with the thread that started it (see
+        # conduit.sandbox.process.spawn), even when Conduit is SIGKILLed.
+        spec["parent_death"] = True
         if env is not None:
             spec["env"] = dict(env)
         return self.command(spec, argv), cgroup
@@ -271,6 +272,8 @@ class Walls:
                 command += [flag, str(spec[key])]
         if spec.get("no_new_privs"):
             command.append("--nnp")
+        if spec.get("parent_death"):
+            command.append("--parent-death")
         landlock = spec.get("landlock")
         if landlock:
             command.append("--landlock")

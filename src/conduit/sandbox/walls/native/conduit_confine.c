@@ -9,7 +9,7 @@
  * Usage:
  *   conduit-confine [--cgroup PROCS_FILE]... [--cgroup-new PARENT]... [--cpu SECONDS] [--nice N] [--nnp]
  *                   [--ro PATH]... [--rw PATH]... [--landlock] [--uid UID --gid GID]
- *                   [--clear-env] [--env NAME=VALUE]... -- ARGV...
+ *                   [--parent-death] [--clear-env] [--env NAME=VALUE]... -- ARGV...
  *   conduit-confine --protocol      prints the argument protocol version
  *
  * --cgroup-new PARENT makes the leaf PARENT/sandbox-pid-<this pid> and joins it, for processes that
@@ -22,9 +22,13 @@
  *
  * Steps, in the only order that works: join the cgroups and set RLIMIT_CPU and niceness while
  * still privileged; then no-new-privileges and Landlock (read-only rules for --ro, read-write for
- * --rw, everything else denied); then drop supplementary groups, gid and uid; then execve. A step
- * that was asked for and fails aborts the launch with exit status 121 and a message on stderr, so
- * a sandbox never runs with fewer walls than the gateway reports.
+ * --rw, everything else denied); then drop supplementary groups, gid and uid; then the parent-death
+ * signal; then execve. A step that was asked for and fails aborts the launch with exit status 121 and
+ * a message on stderr, so a sandbox never runs with fewer walls than the gateway reports.
+ *
+ * --parent-death sets PR_SET_PDEATHSIG (SIGKILL) after the uid drop (a credential change clears it), so
+ * the sandbox dies with the thread that started it, even when its process is SIGKILLed; a parent
+ * already gone by then aborts the launch.
  */
 
 #define _GNU_SOURCE
@@ -35,13 +39,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define PROTOCOL "2"
+#define PROTOCOL "3"
 #define LAUNCH_FAILED 121
 #define MAX_ITEMS 256
 
@@ -191,7 +196,8 @@ int main(int argc, char **argv) {
     char *env[MAX_ITEMS + 1];
     int n_cgroups = 0, n_new_cgroups = 0, n_read_only = 0, n_read_write = 0, n_env = 0;
     long cpu_seconds = 0, niceness = 0, uid = -1, gid = -1;
-    int nnp = 0, landlock = 0, clear_env = 0, i = 1;
+    int nnp = 0, landlock = 0, clear_env = 0, parent_death = 0, i = 1;
+    pid_t parent = getppid();
 
     if (argc == 2 && strcmp(argv[1], "--protocol") == 0) {
         puts(PROTOCOL);
@@ -223,6 +229,7 @@ int main(int argc, char **argv) {
         else if (strcmp(option, "--nnp") == 0) nnp = 1;
         else if (strcmp(option, "--landlock") == 0) landlock = 1;
         else if (strcmp(option, "--clear-env") == 0) clear_env = 1;
+        else if (strcmp(option, "--parent-death") == 0) parent_death = 1;
         else fail("unknown option", option);
 #undef TAKE
     }
@@ -247,6 +254,10 @@ int main(int argc, char **argv) {
         if (setgroups(0, NULL) != 0) fail("setgroups", strerror(errno));
         if (setgid((gid_t)gid) != 0) fail("setgid", strerror(errno));
         if (setuid((uid_t)uid) != 0) fail("setuid", strerror(errno));
+    }
+    if (parent_death) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail("prctl(PDEATHSIG)", strerror(errno));
+        if (getppid() != parent) fail("parent death", "the parent exited during the launch");
     }
     extern char **environ;
     execve(target[0], target, clear_env ? env : environ);
