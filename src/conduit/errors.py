@@ -12,6 +12,7 @@ Infrastructure failing is an exception; untrusted code failing is a value
     ├── AuthError                 a bridge request carried a missing, wrong or expired token           *
     ├── MethodNotFoundError       no such bridge method, or a runtime this build lacks                 *
     ├── BusyError                 the execution queue is full
+    │   └── StoreUnavailableError the cluster's Redis is away and cluster.onStoreError is refuse
     ├── SandboxStartError         a sandbox process could not be started
     ├── BlockedAddressError       the SSRF guard refused an outbound destination (security/ssrf.py)
     ├── DiscoveryError            an OAuth server's metadata could not be found or is unusable
@@ -112,6 +113,11 @@ class BusyError(ConduitError):
     """Every execution slot is taken and the queue is full."""
 
     code = BUSY
+
+
+class StoreUnavailableError(BusyError):
+    """The cluster's shared state (Redis) cannot be reached and ``cluster.onStoreError`` is ``refuse``:
+    nothing has run, so a retry is safe."""
 
 
 class SandboxStartError(ConduitError):

@@ -15,6 +15,7 @@ from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.security.callers import LOCAL, Caller
 from conduit.transport.disconnect import CancelOnDisconnect
+from conduit.transport.drain import Drain, DrainGate
 from conduit.transport.http import serve_http
 from conduit.transport.mcp_app import build_server
 from conduit.transport.ops import build_ops_app
@@ -28,39 +29,58 @@ async def run_server(
 ) -> None:
     """Serve until the client disconnects (stdio) or SIGTERM/SIGINT arrives; ops endpoints beside.
 
-    A signal cancels the serving, so everything opened is closed on the way out: HTTP requests are
-    given a grace period, then sandboxes, upstreams and the gateway's other resources are released.
+    Over HTTP, SIGTERM drains first (:mod:`conduit.transport.drain`); SIGINT, a second signal, or the
+    end of the drain cancels the serving, so everything opened is closed on the way out: HTTP requests
+    are given a grace period, then sandboxes, upstreams and the gateway's other resources are released.
     """
+    drain = Drain(loaded.config.http) if loaded.config.transport == "http" else None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        await _serve(loaded, master_token, host_env, local)
+        tg.start_soon(_stop_on_signal, tg.cancel_scope, drain)
+        await _serve(loaded, master_token, host_env, local, drain)
         tg.cancel_scope.cancel()
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(scope: anyio.CancelScope, drain: Drain | None) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for received in signals:
             logger.info("stopping on %s", signal.Signals(received).name)
-            scope.cancel()
-            return
+            if drain is None or received != signal.SIGTERM:
+                scope.cancel()
+                return
+            break
+        async with anyio.create_task_group() as draining:
+
+            async def stop_at_once() -> None:
+                async for again in signals:
+                    logger.info("stopping at once on %s", signal.Signals(again).name)
+                    draining.cancel_scope.cancel()
+                    return
+
+            draining.start_soon(stop_at_once)
+            assert drain is not None
+            await drain.run()
+            draining.cancel_scope.cancel()
+        scope.cancel()
 
 
-async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str], local: Caller) -> None:
+async def _serve(
+    loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str], local: Caller, drain: Drain | None
+) -> None:
     config = loaded.config
     verifier = build_verifier(config, master_token)
     async with open_gateway(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
         server = build_server(gw, local)
         async with anyio.create_task_group() as tg:
             if config.ops_enabled:
-                tg.start_soon(_serve_ops, gw, config.transport == "http")
+                tg.start_soon(_serve_ops, gw, config.transport == "http", drain)
             if config.transport == "stdio":
                 logger.info("serving MCP over stdio")
                 async with stdio_streams() as (read_stream, write_stream):
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             else:
-                app = Door(
-                    CancelOnDisconnect(server.streamable_http_app(host=config.host, stateless_http=True)), verifier, config.auth.oauth
-                )
+                mcp_app = server.streamable_http_app(host=config.host, stateless_http=config.stateless_http)
+                assert drain is not None
+                app = DrainGate(Door(CancelOnDisconnect(mcp_app), verifier, config.auth.oauth), drain)
                 await serve_http(
                     app,
                     host=config.host,
@@ -71,12 +91,16 @@ async def _serve(loaded: LoadedConfig, master_token: str, host_env: Mapping[str,
             tg.cancel_scope.cancel()
 
 
-async def _serve_ops(gateway: Gateway, required: bool) -> None:
+async def _serve_ops(gateway: Gateway, required: bool, drain: Drain | None) -> None:
     config = gateway.config
-    announce = "Conduit ops on {url} (/health, /metrics)"
+    announce = "Conduit ops on {url} (/live, /ready, /health, /metrics)"
     try:
         await serve_http(
-            build_ops_app(gateway), host=config.ops_host, port=config.ops_port, log_level="warning", announce=announce
+            build_ops_app(gateway, drain),
+            host=config.ops_host,
+            port=config.ops_port,
+            log_level="warning",
+            announce=announce,
         )
     except OSError as exc:
         if required:

@@ -22,8 +22,9 @@ import httpx2
 from pydantic import SecretStr
 
 from conduit.cli.common import add_config_option, load
+from conduit.cluster.store import SharedStore
 from conduit.config.schema import Credentials
-from conduit.errors import ConduitError, ConfigError
+from conduit.errors import ConduitError, ConfigError, StoreUnavailableError
 from conduit.oauth.authorize import Grant, LoginOptions, login
 from conduit.upstream.credential_store import new_key, store_for
 
@@ -101,7 +102,8 @@ def _store_mode(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"upstream {args.upstream!r} does not take per-principal credentials (credentials: perPrincipal)"
         )
-    store = store_for(config, loaded.base_dir)
+    shared = SharedStore(config.cluster) if config.cluster.redis_url is not None else None
+    store = store_for(config, loaded.base_dir, shared)
     if store is None:
         raise ConfigError("auth.credentialStore is not configured")
     if args.bearer_token is not None:
@@ -115,9 +117,13 @@ def _store_mode(args: argparse.Namespace) -> int:
         if grant is None:
             return 1
         credentials = Credentials.model_validate(credentials_document(grant))
-    store.put(args.principal, args.upstream, credentials)
+    try:
+        store.put(args.principal, args.upstream, credentials)
+    except StoreUnavailableError as exc:
+        print(f"conduit: {exc.message}", file=sys.stderr)
+        return 1
     print(
-        f"conduit: stored {args.principal}'s {credentials.type} credential for {args.upstream} in {store.path}",
+        f"conduit: stored {args.principal}'s {credentials.type} credential for {args.upstream} in {store.where}",
         file=sys.stderr,
     )
     return 0

@@ -390,6 +390,16 @@ class NetworkConfig(_Model):
 class HttpConfig(_Model):
     """The Streamable HTTP front end behind a proxy or load balancer."""
 
+    stateless: bool | None = None
+    """Serve handshake-era clients without MCP sessions, so any replica can answer any request (the SDK's
+    stateless mode; progress still streams over each request's SSE answer). Unset: stateless exactly when
+    ``cluster.redisUrl`` is set. A stateless server cannot send a request back to a handshake-era client."""
+    drain_delay_ms: Annotated[int, Field(ge=0, le=600_000)] = 0
+    """After SIGTERM, how long new work is still accepted while ``/ready`` already answers 503 (the time a
+    load balancer or Kubernetes needs to stop sending); then new requests get 503 with ``Retry-After``."""
+    drain_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 30_000
+    """After the drain delay, how long requests in flight may take to finish before the server stops."""
+
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDRs of the proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` name the real
     client (uvicorn's forwarded-allow-ips). Empty (the default): those headers are ignored from everyone,
@@ -399,6 +409,32 @@ class HttpConfig(_Model):
     @classmethod
     def _proxies_parse(cls, proxies: list[str]) -> list[str]:
         return _check_networks(proxies)
+
+
+class ClusterConfig(_Model):
+    """Replicas behind a load balancer sharing their state in Redis. Without ``redisUrl``: one process,
+    everything in its memory."""
+
+    redis_url: SecretStr | None = None
+    """``redis://[:password@]host:port/db`` (or ``rediss://``). Rate-limit counters, per-principal
+    credentials and OAuth tokens live there, shared by every replica."""
+    on_store_error: Literal["local", "refuse"] = "local"
+    """While Redis is unreachable: ``local`` goes on with each replica's own memory (rate limits count per
+    replica, a token refresh is locked per replica); ``refuse`` refuses work that needs the shared state
+    (-32000, retry later). Either way Redis is tried again within a second and used as soon as it answers."""
+    key: SecretStr | None = None
+    """A Fernet key (``conduit auth --new-store-key`` prints one) encrypting the OAuth tokens kept in Redis;
+    required with ``redisUrl``, the same on every replica."""
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "conduit:"
+    """Prefix of every Redis key Conduit writes (several deployments can share one Redis)."""
+
+    @model_validator(mode="after")
+    def _key_with_redis(self) -> ClusterConfig:
+        if self.redis_url is not None and self.key is None:
+            raise ValueError("cluster.redisUrl needs cluster.key (a Fernet key: `conduit auth --new-store-key`)")
+        if self.key is not None:
+            _check_fernet_key(self.key.get_secret_value(), "cluster.key")
+        return self
 
 
 class TracingConfig(_Model):
@@ -467,6 +503,7 @@ class Config(_Model):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
     @field_validator("ipc_bearer_token")
@@ -514,7 +551,13 @@ class Config(_Model):
         values.extend(p.api_key.get_secret_value() for p in self.auth.principals if p.api_key is not None)
         if self.auth.credential_store is not None:
             values.append(self.auth.credential_store.key.get_secret_value())
+        values.extend(secret.get_secret_value() for secret in (self.cluster.redis_url, self.cluster.key) if secret)
         return values
+
+    @property
+    def stateless_http(self) -> bool:
+        """Whether handshake-era HTTP clients are served without sessions (``http.stateless``)."""
+        return self.http.stateless if self.http.stateless is not None else self.cluster.redis_url is not None
 
 
 def _check_networks(networks: list[str]) -> list[str]:
@@ -525,6 +568,18 @@ def _check_networks(networks: list[str]) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"entry {index}: {exc}") from None
     return networks
+
+
+def _check_fernet_key(key: str, name: str) -> None:
+    import base64
+    import binascii
+
+    try:
+        valid = len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{name} is not a Fernet key (32 url-safe base64 bytes; `conduit auth --new-store-key`)")
 
 
 def _check_unique(kind: str, ids: list[str]) -> None:

@@ -20,6 +20,7 @@ import anyio
 
 from conduit.bridge.server import BridgeServer
 from conduit.bridge.sessions import SessionRegistry
+from conduit.cluster.store import SharedStore
 from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.core.languages import LANGUAGES, RuntimeParts
@@ -43,6 +44,7 @@ async def open_gateway(
         SandboxStartError: Deno is missing, or a wall ``isolation.require`` names is unavailable.
     """
     use_pidfd_child_watcher()
+    shared = SharedStore(config.cluster) if config.cluster.redis_url is not None else None
     work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
     walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
     deno: DenoRuntime | None = None
@@ -55,7 +57,8 @@ async def open_gateway(
                 host_env=host_env,
                 tg=tg,
                 network=policy_for(config.network),
-                store=store_for(config, base_dir),
+                store=store_for(config, base_dir, shared),
+                shared=shared,
             )
             for upstream in config.upstreams:
                 registry.add(upstream)
@@ -87,6 +90,7 @@ async def open_gateway(
                     runtimes=runtimes,
                     tracing=tracing,
                     walls=walls,
+                    shared=shared,
                 )
                 bridge.serve(tg, gateway)
                 yield gateway
@@ -98,6 +102,8 @@ async def open_gateway(
                     await bridge.aclose()
                     if tracing is not None:
                         await anyio.to_thread.run_sync(tracing.shutdown)
+                    if shared is not None:
+                        await shared.aclose()
                 tg.cancel_scope.cancel()
     finally:
         if deno is not None:

@@ -23,6 +23,7 @@ import mcp_types as types
 from conduit.bridge.server import BridgeServer
 from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, BridgeCaller, SessionRegistry
 from conduit.catalog import Catalog, ToolEntry, ToolId
+from conduit.cluster.store import SharedStore
 from conduit.config.loader import parse_upstream
 from conduit.config.schema import Config
 from conduit.core import engines
@@ -69,6 +70,7 @@ class Gateway:
         runtimes: Mapping[str, Runtime],
         tracing: Tracing | None = None,
         walls: Walls | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self.config = config
         self.tracing = tracing or Tracing(None, "conduit")
@@ -80,7 +82,8 @@ class Gateway:
         self.runtimes = dict(runtimes)
         self.limits = config.resource_limits
         self.admission = Admission(config.max_concurrent, config.max_queue)
-        self.rate_limiter = RateLimiter(config.rate_limit)
+        self.shared = shared
+        self.rate_limiter = RateLimiter(config.rate_limit, shared)
         self._shares: dict[str, Admission] = {}
         """Principals' own concurrency (``maxConcurrent``), within the server's."""
         self._sdks = SdkCache()
@@ -215,13 +218,14 @@ class Gateway:
             share = self._shares[caller.id] = Admission(caller.max_concurrent, self.config.max_queue)
         return share.slot(f"principal {caller.id!r} has")
 
-    def admit(self, caller: Caller, address: str | None) -> None:
+    async def admit(self, caller: Caller, address: str | None) -> None:
         """Count one unit of work (an execution, a proxied tool call) against ``caller``'s rate limit.
 
         Raises:
-            BusyError: over the limit (with when to retry).
+            BusyError: over the limit (with when to retry), or the cluster's Redis is away and
+                ``cluster.onStoreError`` is ``refuse``.
         """
-        refusal = self.rate_limiter.admit(caller, address)
+        refusal = await self.rate_limiter.admit(caller, address)
         if refusal is not None:
             self.metrics.rate_limited.inc()
             raise BusyError(refusal.message)
@@ -329,15 +333,25 @@ class Gateway:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every runtime can run programs and no upstream is failing, with the details."""
-        return health_report(self.runtimes, self.registry.connections, self.walls)
+        healthy, report = health_report(self.runtimes, self.registry.connections, self.walls)
+        if self.shared is not None:
+            report["cluster"] = self.shared.report()
+        return healthy, report
 
     def register_upstream(self, raw: Any) -> str:
-        """Add an upstream at run time (master token only).
+        """Add an upstream at run time (master token only); refused in cluster mode, where it would reach
+        one replica of many.
 
         Raises:
             ConfigError: the definition is invalid.
             UpstreamError: the id is taken.
+            MethodNotFoundError: ``cluster.redisUrl`` is set.
         """
+        if self.shared is not None:
+            raise MethodNotFoundError(
+                "upstreams cannot be registered at run time in cluster mode (it would reach one replica of many): "
+                "add them to every replica's config"
+            )
         upstream = parse_upstream(raw)
         self.registry.add(upstream)
         logger.info("upstream %s registered at run time", upstream.id)

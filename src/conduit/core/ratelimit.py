@@ -2,9 +2,11 @@
 
 Listing tools, initialising, pinging and the disclosure tools are never counted. A principal is
 counted under its own id (with its ``rateLimit``, else the server's), wherever its requests come
-from; the master token's HTTP requests are counted per client address; the stdio client (one
-trusted local caller) is never limited unless it acts as a principal. Built on the ``limits``
-library's moving-window limiter, in memory.
+from; the master token's HTTP requests are counted per client address (behind a load balancer,
+``http.trustedProxies`` makes that the real client's); the stdio client (one trusted local caller)
+is never limited unless it acts as a principal. Built on the ``limits`` library's moving-window
+limiter: in this process's memory, or with ``cluster.redisUrl`` in Redis, exact across replicas (one
+Lua script per hit). While Redis is away, ``cluster.onStoreError`` decides: count in memory, or refuse.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 
+from conduit.cluster.store import FAILURES, SharedStore, client_options
 from conduit.security.callers import Caller
 
 
@@ -34,15 +37,33 @@ class Refusal:
 
 class RateLimiter:
     """The limits of one server: ``spec`` like ``"120/minute;2000/hour"`` (empty: none) for addresses
-    and principals without their own."""
+    and principals without their own; counted in ``shared`` when there is one."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, shared: SharedStore | None = None) -> None:
         self.spec = spec
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._shared = shared
+        self._redis = (
+            MovingWindowRateLimiter(
+                RedisStorage(
+                    shared.url,
+                    implementation="redispy",
+                    key_prefix=shared.key("limits"),
+                    wrap_exceptions=True,
+                    **client_options(),
+                )
+            )
+            if shared is not None
+            else None
+        )
         self._items: dict[str, list[RateLimitItem]] = {}
 
-    def admit(self, caller: Caller, address: str | None) -> Refusal | None:
-        """Count one unit of work; None when admitted."""
+    async def admit(self, caller: Caller, address: str | None) -> Refusal | None:
+        """Count one unit of work; None when admitted.
+
+        Raises:
+            StoreUnavailableError: Redis is away and ``cluster.onStoreError`` is ``refuse``.
+        """
         if caller.is_principal:
             spec, key, who = caller.rate_limit or self.spec, f"principal:{caller.id}", f"principal {caller.id}"
         elif address is not None:
@@ -50,10 +71,25 @@ class RateLimiter:
         else:
             return None
         for item in self._parsed(spec):
-            if not self._limiter.hit(item, key):
-                stats = self._limiter.get_window_stats(item, key)
-                return Refusal(who, spec, max(0.0, stats.reset_time - time.time()))
+            if not await self._hit(item, key):
+                return Refusal(who, spec, await self._retry_after(item, key))
         return None
+
+    async def _hit(self, item: RateLimitItem, key: str) -> bool:
+        if self._shared is None or self._redis is None:
+            return await self._local.hit(item, key)
+        redis = self._redis
+        return await self._shared.run(lambda: redis.hit(item, key), lambda: self._local.hit(item, key))
+
+    async def _retry_after(self, item: RateLimitItem, key: str) -> float:
+        limiter = self._local
+        if self._shared is not None and self._redis is not None and self._shared.available:
+            limiter = self._redis
+        try:
+            stats = await limiter.get_window_stats(item, key)
+        except FAILURES:  # the refusal stands; only its hint is lost
+            return 1.0
+        return max(0.0, stats.reset_time - time.time())
 
     def _parsed(self, spec: str) -> list[RateLimitItem]:
         items = self._items.get(spec)

@@ -183,7 +183,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         caller = caller_for(ctx)
         arguments = params.arguments or {}
         if params.name not in disclosure_tools.TOOLS:
-            _admit(gateway, ctx, caller)
+            await _admit(gateway, ctx, caller)
         language = BY_TOOL.get(params.name)
         if language is not None:
             _check_arguments(language.name, arguments)
@@ -224,7 +224,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
     )
 
 
-def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:
+async def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:
     """Count one unit of work against the caller's rate limit (see :mod:`conduit.core.ratelimit`).
 
     Raises:
@@ -232,6 +232,6 @@ def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> 
     """
     client = getattr(ctx.request, "client", None) if ctx.request is not None else None
     try:
-        gateway.admit(caller, str(client.host) if client is not None else None)
+        await gateway.admit(caller, str(client.host) if client is not None else None)
     except BusyError as exc:
         raise MCPError(BUSY, exc.message) from None

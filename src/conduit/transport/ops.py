@@ -1,4 +1,10 @@
-"""The ops endpoints: ``/health`` (200 or 503 with per-runtime and per-upstream status) and ``/metrics``."""
+"""The ops endpoints: ``/live``, ``/ready``, ``/health`` and ``/metrics``.
+
+``/live`` is 200 while the process serves (a liveness probe: restart it when not). ``/ready`` is 200
+until SIGTERM starts the drain (a readiness probe: a load balancer sends requests only while it is);
+an upstream that is down does not make a replica unready, since every replica shares that upstream.
+``/health`` is diagnostic: 200 or 503 with each runtime's, upstream's and wall's status.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,18 @@ from starlette.routing import Route
 
 from conduit.core.gateway import Gateway
 from conduit.observability.metrics import CONTENT_TYPE
+from conduit.transport.drain import Drain
 
 
-def build_ops_app(gateway: Gateway) -> Starlette:
+def build_ops_app(gateway: Gateway, drain: Drain | None = None) -> Starlette:
+    async def live(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "live"})
+
+    async def ready(request: Request) -> JSONResponse:
+        if drain is not None and drain.draining:
+            return JSONResponse({"status": "draining", "inFlight": drain.in_flight}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     async def health(request: Request) -> JSONResponse:
         healthy, report = gateway.health()
         return JSONResponse(report, status_code=200 if healthy else 503)
@@ -19,4 +34,5 @@ def build_ops_app(gateway: Gateway) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
-    return Starlette(routes=[Route("/health", health), Route("/metrics", metrics)])
+    routes = [Route("/live", live), Route("/ready", ready), Route("/health", health), Route("/metrics", metrics)]
+    return Starlette(routes=routes)

@@ -29,12 +29,14 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared.exceptions import MCPError
 
+from conduit.cluster.store import SharedStore
 from conduit.config.schema import Credentials, UpstreamConfig
 from conduit.errors import UPSTREAM_TIMEOUT, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.credentials import build_auth
 from conduit.upstream.network import READ_TIMEOUT, guarded_client
 from conduit.upstream.plain_http import plain_http_client
+from conduit.upstream.token_state import token_state_for
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +87,12 @@ class UpstreamConnection:
         network: NetworkPolicy | None = None,
         credentials: Credentials | None = None,
         on_rotate: Callable[[str], None] | None = None,
+        shared: SharedStore | None = None,
+        principal: str | None = None,
     ):
         """``credentials`` (with ``on_rotate`` for a rotated refresh token) stand in for the config's
-        own: a principal's, for an upstream marked ``credentials: perPrincipal``."""
+        own: ``principal``'s, for an upstream marked ``credentials: perPrincipal``. With ``shared`` (the
+        cluster's Redis), OAuth tokens live there."""
         self.config = config
         self._base_dir = base_dir
         self._host_env = host_env
@@ -96,7 +101,8 @@ class UpstreamConnection:
         # One auth flow per upstream, so cached OAuth tokens outlive reconnections.
         if credentials is None and isinstance(config.credentials, Credentials):
             credentials = config.credentials
-        self._auth = build_auth(credentials, lambda: guarded_client(self._network), on_rotate)
+        state = token_state_for(shared, config.id, credentials, principal)
+        self._auth = build_auth(credentials, lambda: guarded_client(self._network), on_rotate, state)
         self._http_refusals: list[str] = []
         self._lock = anyio.Lock()
         self._client: Client | None = None

@@ -1,6 +1,7 @@
 """Credentials for remote upstreams: headers on every request, OAuth2 tokens fetched and refreshed.
 
-The values live only in this process. :class:`CredentialAuth` is an httpx auth flow: it adds
+The values live in this process (OAuth tokens in Redis too, in cluster mode: see
+:mod:`conduit.upstream.token_state`). :class:`CredentialAuth` is an httpx auth flow: it adds
 the credential to each request and, for OAuth2, answers a 401 by refreshing the access token
 once and retrying. :class:`OAuthTokens` fetches tokens with the refresh-token grant (when a
 refresh token is configured) or the client-credentials grant, caches them until shortly
@@ -23,12 +24,12 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
-import anyio
 import httpx2
 
 from conduit.config.schema import Credentials
 from conduit.errors import UpstreamError
 from conduit.oauth.responses import json_object, oauth_error
+from conduit.upstream.token_state import LocalTokenState, Tokens, TokenState
 
 logger = logging.getLogger(__name__)
 
@@ -41,48 +42,68 @@ HttpClientFactory = Callable[[], AbstractAsyncContextManager[httpx2.AsyncClient]
 
 
 class OAuthTokens:
-    """Access tokens for one OAuth2 credential, cached and renewed as needed."""
+    """Access tokens for one OAuth2 credential, cached and renewed as needed.
+
+    The tokens are kept in a :class:`~conduit.upstream.token_state.TokenState`: this process's memory,
+    or Redis shared by a cluster. A renewal takes its lock and reads the tokens again first, so
+    concurrent callers (and replicas) refresh once, and a rotated refresh token is never used twice.
+    """
 
     def __init__(
         self,
         credentials: Credentials,
         http: HttpClientFactory,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         on_rotate: Callable[[str], None] | None = None,
+        state: TokenState | None = None,
     ) -> None:
         assert credentials.token_url is not None and credentials.client_id is not None
         self._credentials = credentials
         self._on_rotate = on_rotate
         self._http = http
         self._clock = clock
-        self._lock = anyio.Lock()
-        self._access: str | None = None
-        self._expires_at = 0.0
-        self._refresh = credentials.refresh_token.get_secret_value() if credentials.refresh_token else None
+        self._state = state or LocalTokenState()
+        self._tokens: Tokens | None = None
+        self._configured_refresh = credentials.refresh_token.get_secret_value() if credentials.refresh_token else None
         self.requests = 0
-        """Token requests made (for tests and health)."""
+        """Token requests made by this process (for tests and health)."""
 
     async def access_token(self, *, renew: bool = False) -> str:
         """A valid access token; ``renew`` discards the cached one (the upstream answered 401).
 
         Raises:
-            UpstreamError: the token endpoint is unreachable or refused.
+            UpstreamError: the token endpoint is unreachable or refused, or the shared lock stayed taken.
+            StoreUnavailableError: the cluster's Redis is away and ``cluster.onStoreError`` is ``refuse``.
         """
-        stale = self._access
-        async with self._lock:
-            # Another caller may have renewed while this one waited for the lock.
-            fresh = self._access is not None and self._clock() < self._expires_at - EXPIRY_MARGIN_S
-            if self._access is not None and fresh and not (renew and self._access == stale):
-                return self._access
-            await self._fetch()
-            assert self._access is not None
-            return self._access
+        stale = self._tokens.access if self._tokens is not None else None
+        if not renew and self._fresh(self._tokens):
+            assert self._tokens is not None
+            return self._tokens.access
+        async with self._state.lock():
+            current = await self._state.read()  # another caller, or replica, may have renewed meanwhile
+            if current is not None and self._fresh(current) and not (renew and current.access == stale):
+                self._tokens = current
+                return current.access
+            used = current.refresh if current is not None and current.refresh else self._configured_refresh
+            tokens = await self._fetch(used)
+            await self._state.write(tokens)
+            self._tokens = tokens
+        if tokens.refresh != used and tokens.refresh is not None:  # the old one may already be revoked
+            if self._on_rotate is not None:
+                self._on_rotate(tokens.refresh)
+                logger.info("token endpoint rotated the refresh token; the new one is stored")
+            else:
+                logger.info("token endpoint rotated the refresh token; the new one is kept")
+        return tokens.access
 
-    async def _fetch(self) -> None:
+    def _fresh(self, tokens: Tokens | None) -> bool:
+        return tokens is not None and self._clock() < tokens.expires_at - EXPIRY_MARGIN_S
+
+    async def _fetch(self, refresh: str | None) -> Tokens:
         creds = self._credentials
         form: dict[str, str] = {"client_id": creds.client_id or ""}
-        if self._refresh:
-            form |= {"grant_type": "refresh_token", "refresh_token": self._refresh}
+        if refresh:
+            form |= {"grant_type": "refresh_token", "refresh_token": refresh}
         else:
             form["grant_type"] = "client_credentials"
         if creds.client_secret is not None:
@@ -106,16 +127,9 @@ class OAuthTokens:
             raise UpstreamError(f"token endpoint refused the {grant} grant ({status}): {oauth_error(document)}")
         lifetime = document.get("expires_in")
         seconds = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else DEFAULT_LIFETIME_S
-        self._access = token
-        self._expires_at = self._clock() + seconds
         rotated = document.get("refresh_token")
-        if isinstance(rotated, str) and rotated and rotated != self._refresh:
-            self._refresh = rotated  # the old one may already be revoked
-            if self._on_rotate is not None:
-                self._on_rotate(rotated)
-                logger.info("token endpoint rotated the refresh token; the new one is stored")
-            else:
-                logger.info("token endpoint rotated the refresh token; keeping the new one in memory")
+        kept = rotated if isinstance(rotated, str) and rotated else refresh
+        return Tokens(access=token, expires_at=self._clock() + seconds, refresh=kept)
 
 
 class CredentialAuth(httpx2.Auth):
@@ -144,11 +158,14 @@ class CredentialAuth(httpx2.Auth):
 
 
 def build_auth(
-    credentials: Credentials | None, http: HttpClientFactory, on_rotate: Callable[[str], None] | None = None
+    credentials: Credentials | None,
+    http: HttpClientFactory,
+    on_rotate: Callable[[str], None] | None = None,
+    state: TokenState | None = None,
 ) -> CredentialAuth | None:
     """The auth flow for an upstream's credentials (None when it has none); ``on_rotate`` keeps a
-    refresh token the token endpoint rotated."""
+    refresh token the token endpoint rotated; ``state`` is where OAuth tokens live (default: memory)."""
     if credentials is None:
         return None
-    tokens = OAuthTokens(credentials, http, on_rotate=on_rotate) if credentials.type == "oauth2" else None
+    tokens = OAuthTokens(credentials, http, on_rotate=on_rotate, state=state) if credentials.type == "oauth2" else None
     return CredentialAuth(credentials, tokens)

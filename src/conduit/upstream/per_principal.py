@@ -18,6 +18,7 @@ from pathlib import Path
 import mcp_types as types
 from anyio.abc import TaskGroup
 
+from conduit.cluster.store import SharedStore
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import UpstreamError
 from conduit.security.callers import Caller
@@ -38,11 +39,13 @@ class PrincipalConnections:
         host_env: Mapping[str, str],
         tg: TaskGroup,
         network: NetworkPolicy,
+        shared: SharedStore | None = None,
     ) -> None:
         self.config = config
         self._store = store
+        self._shared = shared
         self._make = functools.partial(
-            UpstreamConnection, config, base_dir=base_dir, host_env=host_env, tg=tg, network=network
+            UpstreamConnection, config, base_dir=base_dir, host_env=host_env, tg=tg, network=network, shared=shared
         )
         self._tg = tg
         self._connections: dict[str, tuple[int, UpstreamConnection]] = {}
@@ -114,7 +117,8 @@ class PrincipalConnections:
             return known[1]
         if known is not None:  # stored anew (`conduit auth` again): the old connection is closed
             self._tg.start_soon(known[1].aclose)
-        rotate = functools.partial(self._store.rotate_refresh_token, principal_id, self.id)
-        connection = self._make(credentials=credentials, on_rotate=rotate)
+        # In cluster mode the current refresh token lives with the tokens in Redis; else it is written back here.
+        rotate = None if self._shared else functools.partial(self._store.rotate_refresh_token, principal_id, self.id)
+        connection = self._make(credentials=credentials, on_rotate=rotate, principal=principal_id)
         self._connections[principal_id] = (generation, connection)
         return connection

@@ -17,6 +17,7 @@ import mcp_types as types
 from anyio.abc import TaskGroup
 
 from conduit.catalog import Catalog, ToolEntry, ToolId
+from conduit.cluster.store import SharedStore
 from conduit.config.schema import UpstreamConfig
 from conduit.errors import ConfigError, UnknownToolError, UpstreamError
 from conduit.security.callers import MASTER, Caller
@@ -43,8 +44,10 @@ class UpstreamRegistry:
         tg: TaskGroup,
         network: NetworkPolicy | None = None,
         store: CredentialStore | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self._base_dir = base_dir
+        self._shared = shared
         self._host_env = host_env
         self._tg = tg
         self._network = network or NetworkPolicy()
@@ -73,10 +76,16 @@ class UpstreamRegistry:
                 host_env=self._host_env,
                 tg=self._tg,
                 network=self._network,
+                shared=self._shared,
             )
         else:
             connection = UpstreamConnection(
-                config, base_dir=self._base_dir, host_env=self._host_env, tg=self._tg, network=self._network
+                config,
+                base_dir=self._base_dir,
+                host_env=self._host_env,
+                tg=self._tg,
+                network=self._network,
+                shared=self._shared,
             )
         self._connections[config.id] = connection
         return connection

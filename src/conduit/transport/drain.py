@@ -1,0 +1,105 @@
+"""Leaving a load balancer's rotation without losing a request: what SIGTERM starts on the HTTP front end.
+
+1. ``/ready`` answers 503 at once, so the balancer (or Kubernetes) stops sending new requests here;
+2. for ``http.drainDelayMs`` new requests are still served, since the balancer needs that long to notice;
+3. then new MCP requests get 503 with ``Retry-After`` and a JSON-RPC error (nothing has run, so a retry
+   elsewhere is safe), while requests in flight finish, for up to ``http.drainTimeoutMs``;
+4. then the server stops (and whatever still runs is cancelled, its sandboxes killed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Final
+
+import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from conduit.config.schema import HttpConfig
+from conduit.errors import BUSY
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S: Final = 1
+"""What a refused client is told to wait: another replica can take the request at once."""
+
+
+class Drain:
+    """The drain state of one server, and the requests in flight on it."""
+
+    def __init__(self, config: HttpConfig) -> None:
+        self.delay_s = config.drain_delay_ms / 1000
+        self.timeout_s = config.drain_timeout_ms / 1000
+        self.draining = False
+        """SIGTERM arrived: ``/ready`` answers 503."""
+        self.refusing = False
+        """The delay is over: new requests are refused."""
+        self.in_flight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle = anyio.Event() if self.in_flight == 1 else self._idle
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def run(self) -> None:
+        """Steps 1 to 3; returns when the server may stop."""
+        started = time.monotonic()
+        self.draining = True
+        logger.info("draining: /ready answers 503; new work accepted for %.1f s more", self.delay_s)
+        await anyio.sleep(self.delay_s)
+        self.refusing = True
+        logger.info(
+            "draining: new requests refused; waiting for %d in flight (at most %.1f s)", self.in_flight, self.timeout_s
+        )
+        with anyio.move_on_after(self.timeout_s) as waited:
+            await self._idle.wait()
+        if waited.cancelled_caught:
+            logger.warning("drain timeout: %d requests still in flight are cancelled", self.in_flight)
+        logger.info("drained in %.1f s", time.monotonic() - started)
+
+
+class DrainGate:
+    """ASGI middleware in front of the MCP app: counts requests in flight and refuses new ones once draining."""
+
+    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.drain.refusing:
+            await _refuse(send)
+            return
+        self.drain.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.drain.leave()
+
+
+async def _refuse(send: Send) -> None:
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": BUSY, "message": "this replica is shutting down; nothing was run, retry"},
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_S).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,216 @@
+"""A real cluster on loopback: one ``redis-server``, three ``conduit serve`` replicas and ``haproxy`` in front.
+
+``redis-server`` and ``haproxy`` come from Debian's packages: ``make setup`` installs them when it
+runs as root (``.ci/run`` makes sure they are there); elsewhere these tests say what is missing and skip.
+Every port is chosen free at run time; a replica keeps its ports across restarts, so the balancer
+finds it again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from conduit.upstream.credential_store import new_key
+from support import ConduitHttp, write_config
+
+MASTER_TOKEN = "cluster-master-token-0123456789"
+CLUSTER_KEY = new_key()
+CHECK_INTERVAL_MS = 200
+"""haproxy's health-check interval against each replica's /ready."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def need(*programs: str) -> None:
+    missing = [program for program in programs if shutil.which(program) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian packages; `make setup` as root installs them)")
+
+
+@dataclass
+class Redis:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            subprocess.run(["sleep", "0.02"], check=False)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@dataclass
+class Replica:
+    name: str
+    config: Path
+    port: int
+    ops_port: int
+    server: ConduitHttp | None = None
+    stack: AsyncExitStack | None = None
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    async def start(self) -> None:
+        self.stack = AsyncExitStack()
+        self.server = await self.stack.enter_async_context(
+            ConduitHttp.start(self.config, token=MASTER_TOKEN, port=self.port)
+        )
+
+    async def stop(self) -> None:
+        if self.stack is not None:
+            await self.stack.aclose()
+        self.stack = self.server = None
+
+
+@dataclass
+class Cluster:
+    """Three replicas behind haproxy (round robin, /ready checked every 200 ms), sharing one Redis."""
+
+    redis: Redis
+    replicas: list[Replica]
+    balancer_port: int
+    directory: Path
+    balancer: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.balancer_port}/mcp"
+
+    @asynccontextmanager
+    async def client(self, token: str = MASTER_TOKEN) -> AsyncIterator[Client]:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+            async with Client(streamable_http_client(self.url, http_client=http)) as client:
+                yield client
+
+    def start_balancer(self) -> None:
+        servers = "\n".join(f"    server {r.name} 127.0.0.1:{r.port} check port {r.ops_port}" for r in self.replicas)
+        config = self.directory / "haproxy.cfg"
+        config.write_text(
+            f"""global
+    maxconn 2000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    option forwardfor
+    option redispatch
+    retries 2
+frontend mcp
+    bind 127.0.0.1:{self.balancer_port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /ready
+    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2
+{servers}
+"""
+        )
+        self.balancer = subprocess.Popen(
+            ["haproxy", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    async def wait_all_up(self) -> None:
+        """Until haproxy has seen every replica ready (its checks need ``rise`` passes)."""
+        async with httpx2.AsyncClient(timeout=5) as http:
+            for replica in self.replicas:
+                assert (await http.get(f"{replica.ops_url}/ready")).status_code == 200
+        await anyio.sleep(CHECK_INTERVAL_MS * 3 / 1000)
+
+    def stop_balancer(self) -> None:
+        if self.balancer is not None:
+            self.balancer.kill()
+            self.balancer.wait()
+
+
+def replica_configs(directory: Path, redis_url: str, document: Mapping[str, Any], count: int = 3) -> list[Replica]:
+    replicas = []
+    for index in range(count):
+        ops_port = free_port()
+        home = directory / f"replica-{index}"  # each its own log
+        home.mkdir()
+        config = write_config(
+            home,
+            {
+                "opsPort": ops_port,
+                "rateLimit": "",
+                "http": {"trustedProxies": ["127.0.0.1"], "drainDelayMs": 1000, "drainTimeoutMs": 20_000},
+                "cluster": {"redisUrl": redis_url, "key": CLUSTER_KEY},
+                "pools": {
+                    "typescript": {"min": 1, "max": 4},
+                    "python": {"min": 0, "max": 1},
+                    "isolate": {"min": 0, "max": 1},
+                },
+                **document,
+            },
+        )
+        replicas.append(Replica(f"r{index}", config, free_port(), ops_port))
+    return replicas
+
+
+@asynccontextmanager
+async def running_cluster(directory: Path, document: Mapping[str, Any]) -> AsyncIterator[Cluster]:
+    need("redis-server", "haproxy")
+    redis = Redis(free_port(), directory)
+    redis.start()
+    cluster = Cluster(redis, replica_configs(directory, redis.url, document), free_port(), directory)
+    try:
+        async with anyio.create_task_group() as tg:
+            for replica in cluster.replicas:
+                tg.start_soon(replica.start)
+        cluster.start_balancer()
+        await cluster.wait_all_up()
+        yield cluster
+    finally:
+        cluster.stop_balancer()
+        for replica in cluster.replicas:
+            await replica.stop()
+        redis.stop()
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
