@@ -8,7 +8,7 @@ CONFIG ?= examples/demo.yaml
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test lint typecheck check bench soak clean
+.PHONY: setup cluster-deps run test lint typecheck check bench soak clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -35,7 +35,19 @@ $(VENV)/bin/conduit-confine: src/conduit/sandbox/walls/native/conduit_confine.c 
 	@if command -v $(CC) >/dev/null 2>&1 && $(CC) -O2 -Wall -Wextra -o $@ $<; then echo "built $@"; \
 	else echo "note: no working C compiler ($(CC)): sandboxes start through the Python launcher"; fi
 
-setup: $(VENV)/.synced $(VENV)/bin/conduit-confine ## virtualenv, Python deps, Deno (PyPI `deno`), Pyodide (npm), native launcher
+# The cluster tests' Redis server and load balancer, from Debian's packages: installed when this runs as
+# root with apt (CI does); elsewhere the tests that need them say so and skip.
+CLUSTER_PROGRAMS := redis-server haproxy
+cluster-deps:
+	@missing=""; for p in $(CLUSTER_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing$$missing (Debian packages) for the cluster tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends$$missing >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends$$missing >/dev/null; }; \
+	else echo "note:$$missing not installed (needs root and apt): the cluster tests will skip"; fi
+
+setup: $(VENV)/.synced $(VENV)/bin/conduit-confine cluster-deps ## virtualenv, Python deps, Deno (PyPI `deno`), Pyodide (npm), native launcher
 
 run: setup ## start Conduit over Streamable HTTP with the demo upstreams
 	$(VENV)/bin/conduit serve --config $(CONFIG)

@@ -158,6 +158,33 @@ def children(parent: int, marker: str) -> set[int]:
     return found
 
 
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (children, their children, ...)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(stat_fields(entry / "stat")[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def command_names(pids: set[int]) -> set[str]:
+    """The command names (``comm``) of those of ``pids`` still running."""
+    names = set()
+    for pid in pids:
+        try:
+            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return names
+
+
 def _read(path: Path) -> str:
     return path.read_text(errors="replace")
 

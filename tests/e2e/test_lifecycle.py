@@ -19,9 +19,10 @@ from support import (
     EXECUTE_TS,
     INITIALIZE,
     ConduitHttp,
+    command_names,
+    descendants,
     process_alive,
     run_ts,
-    stat_fields,
     stdio_client_for,
     wait_until,
 )
@@ -147,22 +148,6 @@ async def test_http_server_stop_shuts_down_cleanly(e2e_config: Path) -> None:
     assert error_records(server.log.read_text()) == []
 
 
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (children, their children, ...)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int(stat_fields(entry / "stat")[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 async def test_a_sigkilled_server_takes_its_sandboxes_with_it_running_and_pooled(e2e_config: Path) -> None:
     # PR_SET_PDEATHSIG, set by the launcher after the uid drop: nobody is left to kill the sandboxes
     # when Conduit itself is SIGKILLed (an OOM kill, a node drain's last step), so they must die alone.
@@ -177,7 +162,7 @@ async def test_a_sigkilled_server_takes_its_sandboxes_with_it_running_and_pooled
                 tg.start_soon(lambda t=tool, c=code: client.call_tool(t, {**spin, "code": c}))
             await anyio.sleep(3)  # the three are spinning; the pools hold idle sandboxes beside them
             below = descendants(server.process.pid)
-            names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in below if process_alive(pid)}
+            names = command_names(below)
             assert {"deno", "monty"} <= names, names
             server.process.kill()
             killed_at = time.monotonic()

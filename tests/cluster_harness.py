@@ -178,13 +178,13 @@ def replica_configs(directory: Path, redis_url: str, document: Mapping[str, Any]
                 "opsPort": ops_port,
                 "rateLimit": "",
                 "http": {"trustedProxies": ["127.0.0.1"], "drainDelayMs": 1000, "drainTimeoutMs": 20_000},
-                "cluster": {"redisUrl": redis_url, "key": CLUSTER_KEY},
+                **document,
+                "cluster": {"redisUrl": redis_url, "key": CLUSTER_KEY, **document.get("cluster", {})},
                 "pools": {
                     "typescript": {"min": 1, "max": 4},
                     "python": {"min": 0, "max": 1},
                     "isolate": {"min": 0, "max": 1},
                 },
-                **document,
             },
         )
         replicas.append(Replica(f"r{index}", config, free_port(), ops_port))
