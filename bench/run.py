@@ -176,13 +176,17 @@ if __name__ == "__main__":
         default="typescript,python,monty,pyodide,isolate",
         help="comma-separated; python is engine auto, monty and pyodide ask for the engine (default: all)",
     )
-    parser.add_argument("--transports", default="stdio,http", help="comma-separated: stdio, http (default: both)")
+    parser.add_argument(
+        "--transports",
+        default="stdio,http",
+        help="comma-separated: stdio, http, http-stateless (sessionless, as in cluster mode) (default: stdio,http)",
+    )
     args = parser.parse_args()
     chosen_runtimes = tuple(name for name in args.runtimes.split(",") if name)
     chosen_transports = tuple(name for name in args.transports.split(",") if name)
     for chosen, known, flag in (
         (chosen_runtimes, GAP_S, "--runtimes"),
-        (chosen_transports, ("stdio", "http"), "--transports"),
+        (chosen_transports, ("stdio", "http", "http-stateless"), "--transports"),
     ):
         unknown = [name for name in chosen if name not in known]
         if unknown or not chosen:

@@ -76,12 +76,13 @@ class Served:
     pid: int
 
 
-def config_file(directory: Path) -> Path:
+def config_file(directory: Path, stateless: bool = False) -> Path:
     path = directory / "bench.yaml"
     document = {
         "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}],
         "opsPort": 0,
         "rateLimit": "",
+        "http": {"stateless": stateless},
     }
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
@@ -99,9 +100,10 @@ def _server_pid() -> int:
 
 @asynccontextmanager
 async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
-    """``conduit serve`` over ``transport`` (``stdio`` or ``http``) with the toolbox upstream."""
+    """``conduit serve`` over ``transport`` (``stdio``, ``http``, or ``http-stateless``: without MCP sessions,
+    as replicas behind a balancer serve) with the toolbox upstream."""
     with tempfile.TemporaryDirectory() as directory:
-        config = config_file(Path(directory))
+        config = config_file(Path(directory), stateless=transport == "http-stateless")
         env = {**os.environ, "IPC_BEARER_TOKEN": TOKEN}
         log = Path(directory) / "conduit.log"
         if transport == "stdio":

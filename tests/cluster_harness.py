@@ -212,5 +212,12 @@ async def running_cluster(directory: Path, document: Mapping[str, Any]) -> Async
 
 
 @pytest.fixture
-def cluster_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    """A real ``redis-server`` on a free loopback port, for one test."""
+    need("redis-server")
+    redis = Redis(free_port(), tmp_path)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()

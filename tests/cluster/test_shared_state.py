@@ -1,0 +1,162 @@
+"""What replicas share through a real Redis, one piece at a time: tokens, credentials, config, refusals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+
+from cluster_harness import CLUSTER_KEY, Redis
+from conduit.cluster.store import SharedStore
+from conduit.config.schema import ClusterConfig, Config, Credentials
+from conduit.core.assembly import open_gateway
+from conduit.errors import ConfigError, MethodNotFoundError, StoreUnavailableError, UpstreamError
+from conduit.security.ssrf import NetworkPolicy
+from conduit.upstream.credential_store import CredentialStore, RedisVault, new_key
+from conduit.upstream.credentials import OAuthTokens
+from conduit.upstream.network import guarded_client
+from conduit.upstream.token_state import SharedTokenState, state_name
+from support import MASTER, TOOLBOX, http_upstream
+
+pytestmark = pytest.mark.anyio
+
+LOOPBACK = NetworkPolicy(allow_private_networks=True)
+
+
+def shared(redis: Redis, on_error: str = "local", key: str = CLUSTER_KEY) -> SharedStore:
+    return SharedStore(ClusterConfig(redis_url=redis.url, key=key, on_store_error=on_error))  # type: ignore[arg-type]
+
+
+def oauth(base: str) -> Credentials:
+    return Credentials.model_validate(
+        {"type": "oauth2", "tokenUrl": f"{base}/token", "clientId": "conduit-test-client", "refreshToken": "refresh-0"}
+    )
+
+
+async def stats(base: str) -> dict:
+    async with httpx2.AsyncClient() as http:
+        return (await http.get(f"{base}/_stats")).json()
+
+
+def replica_tokens(store: SharedStore, credentials: Credentials) -> OAuthTokens:
+    """One replica's view of the credential: its own OAuthTokens over the shared state."""
+    state = SharedTokenState(store, state_name("remote", credentials))
+    return OAuthTokens(credentials, lambda: guarded_client(LOOPBACK), state=state)
+
+
+async def test_three_replicas_asking_at_once_refresh_once_and_a_restarted_one_refreshes_not_at_all(
+    redis_server: Redis,
+) -> None:
+    async with http_upstream("--auth", "oauth", "--token-lifetime", "600") as base:
+        credentials = oauth(base)
+        replicas = [replica_tokens(shared(redis_server), credentials) for _ in range(3)]
+        got: list[str] = []
+
+        async def ask(tokens: OAuthTokens) -> None:
+            got.append(await tokens.access_token())
+
+        async with anyio.create_task_group() as tg:
+            for tokens in replicas * 5:
+                tg.start_soon(ask, tokens)
+        restarted = replica_tokens(shared(redis_server), credentials)
+        again = await restarted.access_token()
+        renewed = await replicas[0].access_token(renew=True)  # the upstream said 401: one new refresh
+        after_renewal = await replicas[1].access_token(renew=True)  # the same 401 on another replica: adopts it
+        seen = await stats(base)
+    assert len(set(got)) == 1 and again == got[0]
+    assert renewed != got[0] and after_renewal == renewed
+    assert seen["reused_refresh_tokens"] == 0
+    assert len(seen["grants"]) == 2, seen["grants"]
+    assert sum(tokens.requests for tokens in [*replicas, restarted]) == 2
+
+
+async def test_tokens_sealed_with_another_cluster_key_are_not_read(
+    redis_server: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with http_upstream("--auth", "oauth", "--token-lifetime", "600") as base:
+        credentials = oauth(base)
+        first = await replica_tokens(shared(redis_server), credentials).access_token()
+        other = replica_tokens(shared(redis_server, key=new_key()), credentials)
+        with caplog.at_level(logging.WARNING), pytest.raises(UpstreamError, match="refused the refresh_token grant"):
+            await other.access_token()  # it cannot read the rotated refresh token, and refresh-0 was used
+        raw = await shared(redis_server).client.keys("conduit:tokens:*")
+        value = await shared(redis_server).client.get(raw[0])
+    assert first.encode() not in value and b"refresh-" not in value  # encrypted at rest
+    assert "cannot be read with cluster.key" in caplog.text
+
+
+async def test_tokens_go_on_locally_while_redis_is_away_or_fail_when_told_to_refuse(redis_server: Redis) -> None:
+    async with http_upstream("--auth", "oauth", "--token-lifetime", "600") as base:
+        credentials = oauth(base)
+        redis_server.stop()
+        local = await replica_tokens(shared(redis_server, "local"), credentials).access_token()
+        with pytest.raises(StoreUnavailableError):
+            await replica_tokens(shared(redis_server, "refuse"), credentials).access_token()
+    assert local.startswith("access-")
+
+
+def test_credentials_stored_by_conduit_auth_reach_every_replica_and_are_sealed(redis_server: Redis) -> None:
+    key = new_key()
+    writer = CredentialStore(RedisVault(shared(redis_server)), key)  # `conduit auth` in cluster mode
+    serving = CredentialStore(RedisVault(shared(redis_server)), key)
+    assert serving.get("alice", "github") is None
+    writer.put("alice", "github", Credentials.model_validate({"type": "bearer", "bearerToken": "user-alice-secret"}))
+    found = None
+    for _ in range(40):  # a replica looks again at most once a second
+        found = serving.get("alice", "github")
+        if found is not None:
+            break
+        time.sleep(0.05)
+    assert found is not None and found[0].bearer_token is not None
+    assert found[0].bearer_token.get_secret_value() == "user-alice-secret"
+    raw = shared(redis_server).sync_client.hget("conduit:credentials", "document")
+    assert isinstance(raw, bytes) and b"user-alice-secret" not in raw
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        CredentialStore(RedisVault(shared(redis_server)), new_key()).get("alice", "github")
+
+
+def test_while_redis_is_away_a_replica_keeps_the_credentials_it_read_or_refuses(redis_server: Redis) -> None:
+    key = new_key()
+    CredentialStore(RedisVault(shared(redis_server)), key).put(
+        "alice", "github", Credentials.model_validate({"type": "bearer", "bearerToken": "user-alice-secret"})
+    )
+    local = CredentialStore(RedisVault(shared(redis_server, "local")), key)
+    refusing = CredentialStore(RedisVault(shared(redis_server, "refuse")), key)
+    assert local.get("alice", "github") is not None and refusing.get("alice", "github") is not None
+    redis_server.stop()
+    time.sleep(1.1)  # past the re-check interval: both ask Redis again
+    assert local.get("alice", "github") is not None
+    with pytest.raises(StoreUnavailableError):
+        refusing.get("alice", "github")
+    with pytest.raises(StoreUnavailableError):
+        local.put("bob", "github", Credentials.model_validate({"type": "bearer", "bearerToken": "x"}))
+
+
+def test_cluster_mode_needs_a_valid_key() -> None:
+    with pytest.raises(ValueError, match="cluster.redisUrl needs cluster.key"):
+        Config.model_validate({"cluster": {"redisUrl": "redis://127.0.0.1:1/0"}})
+    with pytest.raises(ValueError, match="cluster.key is not a Fernet key"):
+        Config.model_validate({"cluster": {"redisUrl": "redis://127.0.0.1:1/0", "key": "not-a-key"}})
+    config = Config.model_validate({"cluster": {"redisUrl": "redis://:pw-secret@127.0.0.1:1/0", "key": CLUSTER_KEY}})
+    assert config.stateless_http and CLUSTER_KEY in config.secret_values()
+    assert "redis://:pw-secret@127.0.0.1:1/0" in config.secret_values()  # scrubbed from logs
+    assert not Config.model_validate({}).stateless_http
+
+
+async def test_run_time_upstream_registration_is_refused_in_cluster_mode(redis_server: Redis, tmp_path: Path) -> None:
+    config = Config.model_validate(
+        {
+            "cluster": {"redisUrl": redis_server.url, "key": CLUSTER_KEY},
+            "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
+        }
+    )
+    async with open_gateway(config, master_token=MASTER, base_dir=tmp_path, host_env=dict(os.environ)) as gateway:
+        with pytest.raises(MethodNotFoundError, match="cluster mode"):
+            gateway.register_upstream({"id": "late", "command": sys.executable, "args": [TOOLBOX]})
+        assert gateway.health()[1]["cluster"] == {"status": "ok", "onStoreError": "local"}
