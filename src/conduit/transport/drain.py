@@ -67,7 +67,8 @@ class Drain:
 
 
 class DrainGate:
-    """ASGI middleware in front of the MCP app: counts requests in flight and refuses new ones once draining."""
+    """ASGI middleware in front of the MCP app: counts requests (POSTs) in flight and refuses new ones once
+    draining."""
 
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
@@ -79,6 +80,9 @@ class DrainGate:
             return
         if self.drain.refusing:
             await _refuse(send)
+            return
+        if scope["method"] != "POST":  # a GET event stream is no work to wait for: it ends with the server
+            await self.app(scope, receive, send)
             return
         self.drain.enter()
         try:
