@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client
 
+from conduit.transport.http import SHUTDOWN_GRACE_S
 from support import (
     CONDUIT,
     EXECUTE_ISOLATE,
@@ -169,3 +171,26 @@ async def test_a_sigkilled_server_takes_its_sandboxes_with_it_running_and_pooled
             tg.cancel_scope.cancel()
     await wait_until(lambda: not any(process_alive(pid) for pid in below))
     assert time.monotonic() - killed_at < 5
+
+
+async def test_sigterm_with_an_event_stream_open_exits_without_waiting_out_the_drain(e2e_config: Path) -> None:
+    # A client may hold its session's event stream (GET /mcp) open for as long as it likes: that is no
+    # work in flight, so the drain does not wait for it (drainTimeoutMs is 30 s by default).
+    async with ConduitHttp.start(e2e_config) as server:
+        headers = {
+            "Authorization": f"Bearer {server.token}",
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
+        async with httpx2.AsyncClient(timeout=30) as http:
+            opened = await http.post(server.url, headers=headers, json=INITIALIZE)
+            session = {**headers, "mcp-session-id": opened.headers["mcp-session-id"], "Accept": "text/event-stream"}
+            async with http.stream("GET", server.url, headers=session) as stream:
+                assert stream.status_code == 200
+                server.process.terminate()
+                started = time.monotonic()
+                with anyio.fail_after(15):
+                    await server.process.wait()
+                took = time.monotonic() - started
+    assert server.process.returncode == 0
+    assert took < SHUTDOWN_GRACE_S + 3, took  # uvicorn's grace for open connections, not the 30 s drain
