@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from cluster_harness import redis_server
 from conduit.config.schema import Config
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from support import CONDUIT, MASTER, TOOLBOX, ConduitHttp, stdio_client_for, write_config
+
+__all__ = ["redis_server"]  # a fixture, for tests/cluster
 
 
 @pytest.fixture(scope="session")

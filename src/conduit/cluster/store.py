@@ -52,8 +52,6 @@ class SharedStore:
         self.sync_client = redis.Redis.from_url(self.url, **client_options())
         self._retry_at = 0.0
         self._down = False
-        self.failures = 0
-        """Operations Redis failed (for ``/health`` and the tests)."""
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -73,11 +71,14 @@ class SharedStore:
             try:
                 result = await operation()
             except FAILURES as exc:
-                self.failed(exc)
+                self._failed(exc)
             else:
-                self.succeeded()
+                self._succeeded()
                 return result
-        return await self.unavailable(fallback)
+        if self._falls_back(fallback):
+            assert fallback is not None
+            return await fallback()
+        raise self._refusal()
 
     def run_sync(self, operation: Callable[[], T], fallback: Callable[[], T] | None) -> T:
         """:meth:`run` for the few synchronous readers (the credential store); same rules.
@@ -89,28 +90,26 @@ class SharedStore:
             try:
                 result = operation()
             except FAILURES as exc:
-                self.failed(exc)
+                self._failed(exc)
             else:
-                self.succeeded()
+                self._succeeded()
                 return result
-        if self.on_error == "local" and fallback is not None:
+        if self._falls_back(fallback):
+            assert fallback is not None
             return fallback()
         raise self._refusal()
 
-    async def unavailable(self, fallback: Callable[[], Awaitable[T]] | None) -> T:
-        """What a request gets while Redis is away: ``fallback`` (``local``) or a refusal."""
-        if self.on_error == "local" and fallback is not None:
-            return await fallback()
-        raise self._refusal()
+    def _falls_back(self, fallback: object) -> bool:
+        """Whether a request goes on without Redis: ``onStoreError: local`` and a fallback to go on with."""
+        return self.on_error == "local" and fallback is not None
 
-    def failed(self, exc: BaseException) -> None:
-        self.failures += 1
+    def _failed(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + RETRY_S
         if not self._down:
             self._down = True
             logger.warning("the cluster's Redis is unreachable (%s): %s", type(exc).__name__, _answer(self.on_error))
 
-    def succeeded(self) -> None:
+    def _succeeded(self) -> None:
         if self._down:
             self._down = False
             logger.info("the cluster's Redis answers again: shared state is used")

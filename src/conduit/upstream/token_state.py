@@ -25,7 +25,7 @@ from redis.exceptions import LockError
 
 from conduit.cluster.store import FAILURES, SharedStore
 from conduit.config.schema import Credentials
-from conduit.errors import UpstreamError
+from conduit.errors import StoreUnavailableError, UpstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +132,17 @@ class SharedTokenState:
         async def remote() -> None:
             await self._shared.client.set(self._key, sealed, ex=int(KEEP_S))
 
-        await self._shared.run(remote, self._local_write_only)
+        try:
+            await self._shared.run(remote, self._kept_locally)
+        except StoreUnavailableError:  # even with `refuse`: the refresh has happened, its tokens must not be lost
+            await self._kept_locally()
 
-    async def _local_write_only(self) -> None:
+    async def _kept_locally(self) -> None:
         logger.warning("OAuth tokens kept in this replica's memory only: the cluster's Redis is unreachable")
 
     def _open(self, sealed: bytes | str) -> Tokens | None:
         try:
-            document = json.loads(self._shared.fernet.decrypt(sealed if isinstance(sealed, bytes) else sealed.encode()))
+            document = json.loads(self._shared.fernet.decrypt(sealed.encode() if isinstance(sealed, str) else sealed))
             return Tokens(str(document["access"]), float(document["expires_at"]), document.get("refresh"))
         except (InvalidToken, ValueError, KeyError, TypeError):
             logger.warning("the OAuth tokens in Redis cannot be read with cluster.key: refreshing anew")

@@ -1,3 +1,0 @@
-from cluster_harness import redis_server
-
-__all__ = ["redis_server"]
