@@ -82,6 +82,37 @@ async def test_a_handshake_era_client_round_robined_across_replicas_never_loses_
     assert all(count >= 1 for count in served), served
 
 
+async def test_stateless_replicas_still_stream_progress_and_still_kill_the_run_of_a_dropped_client(
+    tmp_path: Path,
+) -> None:
+    async with running_cluster(tmp_path, {}) as cluster:
+        received: list[tuple[float, str | None]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            received.append((time.monotonic(), message))
+
+        code = 'console.log("one"); await new Promise((r) => setTimeout(r, 800)); console.log("two"); return 1;'
+        async with cluster.client() as client:
+            result = await client.call_tool(EXECUTE_TS, {"code": code}, progress_callback=on_progress)
+            finished = time.monotonic()
+        assert not result.is_error, result
+        assert [message for _, message in received] == ["one", "two"]
+        assert received[0][0] < finished - 0.5  # streamed while the program ran, through haproxy
+
+        replica = cluster.replicas[2]
+        assert replica.server is not None
+        params = {"name": EXECUTE_TS, "arguments": {"code": "while (true) {}", "limits": {"timeoutMs": 60_000}}}
+        spin = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}
+        async with httpx2.AsyncClient(timeout=30) as http:
+            with anyio.move_on_after(1.5):  # the client goes away mid-run
+                await http.post(replica.server.url, headers=RAW_HEADERS, json=spin)
+        with anyio.fail_after(10):
+            while (await scrape(replica.server)).get(("conduit_executions_running", ()), 0) != 0:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        outcomes = await scrape(replica.server)
+    assert outcomes[("conduit_executions_total", (("outcome", "cancelled"), ("runtime", "typescript")))] == 1
+
+
 async def health_of(cluster: Cluster) -> list[dict[str, Any]]:
     async with httpx2.AsyncClient(timeout=5) as http:
         return [(await http.get(f"{replica.ops_url}/health")).json() for replica in cluster.replicas]

@@ -22,7 +22,7 @@ from conduit.upstream.credential_store import CredentialStore, RedisVault, new_k
 from conduit.upstream.credentials import OAuthTokens
 from conduit.upstream.network import guarded_client
 from conduit.upstream.token_state import SharedTokenState, state_name
-from support import MASTER, TOOLBOX, http_upstream
+from support import MASTER, TOOLBOX, conduit, http_upstream, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -160,3 +160,69 @@ async def test_run_time_upstream_registration_is_refused_in_cluster_mode(redis_s
         with pytest.raises(MethodNotFoundError, match="cluster mode"):
             gateway.register_upstream({"id": "late", "command": sys.executable, "args": [TOOLBOX]})
         assert gateway.health()[1]["cluster"] == {"status": "ok", "onStoreError": "local"}
+
+
+def test_conduit_auth_in_cluster_mode_stores_the_credential_in_redis_and_fails_clearly_without_it(
+    redis_server: Redis, tmp_path: Path
+) -> None:
+    key = new_key()
+    config = write_config(
+        tmp_path,
+        {
+            "cluster": {"redisUrl": redis_server.url, "key": CLUSTER_KEY},
+            "auth": {
+                "principals": [{"id": "alice", "apiKey": "alice-key-0123456789abcdef"}],
+                "credentialStore": {"key": key},
+            },
+            "upstreams": [
+                {
+                    "id": "remote",
+                    "type": "streamableHttp",
+                    "url": "https://mcp.example/mcp",
+                    "credentials": "perPrincipal",
+                }
+            ],
+        },
+    )
+    stored = conduit(
+        "auth",
+        "--principal",
+        "alice",
+        "--upstream",
+        "remote",
+        "--bearer-token",
+        "user-alice-1",
+        "--config",
+        str(config),
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert "in Redis (conduit:credentials)" in stored.stderr and "user-alice-1" not in stored.stderr
+    found = CredentialStore(RedisVault(shared(redis_server)), key).get("alice", "remote")
+    assert found is not None and found[0].bearer_token is not None
+    assert found[0].bearer_token.get_secret_value() == "user-alice-1"
+    redis_server.stop()
+    refused = conduit(
+        "auth",
+        "--principal",
+        "alice",
+        "--upstream",
+        "remote",
+        "--bearer-token",
+        "user-alice-2",
+        "--config",
+        str(config),
+    )
+    assert refused.returncode == 1
+    assert "Redis" in refused.stderr and "unreachable" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_doctor_says_whether_the_clusters_redis_answers(redis_server: Redis, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, {"cluster": {"redisUrl": f"redis://:pw-9f2@127.0.0.1:{redis_server.port}/0", "key": CLUSTER_KEY}}
+    )
+    up = conduit("doctor", "--config", str(config))
+    assert "ok    cluster: Redis answers" in up.stdout, up.stdout + up.stderr
+    redis_server.stop()
+    down = conduit("doctor", "--config", str(config))
+    assert down.returncode == 1 and "FAIL  cluster: Redis unreachable" in down.stderr
+    assert "pw-9f2" not in down.stdout + down.stderr

@@ -11,6 +11,7 @@ from typing import Any, Final
 import anyio
 
 from conduit.cli.common import add_config_option, load
+from conduit.config.schema import Config
 from conduit.errors import SandboxStartError
 from conduit.sandbox.walls import Walls
 
@@ -93,6 +94,15 @@ def doctor(args: argparse.Namespace) -> int:
             else:
                 count = sum(1 for entry in catalog.tools if entry.upstream == upstream.id)
                 report.append(f"ok    upstream {upstream.id}: reachable, {count} tools")
+    if config.cluster.redis_url is not None:
+        problem = _redis_problem(config)
+        if problem:
+            problems.append(
+                f"FAIL  cluster: Redis unreachable: {problem} (replicas go on: onStoreError is "
+                f"{config.cluster.on_store_error})"
+            )
+        else:
+            report.append(f"ok    cluster: Redis answers; onStoreError {config.cluster.on_store_error}")
     walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
     try:
         for wall in walls.report:
@@ -109,3 +119,17 @@ def doctor(args: argparse.Namespace) -> int:
     for line in ([] if args.quiet else report) + problems:
         print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)
     return 1 if problems else 0
+
+
+def _redis_problem(config: Config) -> str | None:
+    """None when the cluster's Redis answers a PING, else why not (never the URL: it may hold a password)."""
+    from conduit.cluster.store import FAILURES, SharedStore
+
+    store = SharedStore(config.cluster)
+    try:
+        store.sync_client.ping()
+    except FAILURES as exc:
+        return type(exc).__name__
+    finally:
+        store.sync_client.close()
+    return None

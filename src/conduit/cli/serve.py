@@ -22,8 +22,9 @@ examples:
   conduit serve --config examples/demo.yaml --port 0
 
 The HTTP endpoint requires 'Authorization: Bearer <token>' (IPC_BEARER_TOKEN or ipcBearerToken;
-generated and printed to stderr when unset). /health and /metrics are served on the ops port
-(opsHost:opsPort, default 127.0.0.1:3001) in both modes.
+generated and printed to stderr when unset). /live, /ready, /health and /metrics are served on the
+ops port (opsHost:opsPort, default 127.0.0.1:3001) in both modes. Over HTTP, SIGTERM drains first
+(http.drainDelayMs, http.drainTimeoutMs); a second signal stops at once.
 """
 
 
