@@ -152,6 +152,9 @@ async def test_redis_away_for_3_s_gives_no_500s_the_configured_behaviour_and_rec
                 break
             await anyio.sleep(0.05)
         counted = await cluster_keys(cluster)
+    print(
+        f"\nonStoreError {on_store_error}: during the outage {sorted(set(during))}, recovered {recovered_after} s after"
+    )
     assert set(during) == ({"ok"} if on_store_error == "local" else {"refused"}), during
     assert recovered_after is not None and recovered_after <= 2.0, recovered_after
     assert counted, "after recovery the limits are counted in Redis again"
@@ -227,7 +230,7 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
     async with running_cluster(tmp_path, {"maxConcurrent": 16}) as cluster:
         target = cluster.replicas[0]
         assert target.server is not None
-        wait = "await new Promise((r) => setTimeout(r, 2500)); return 'done';"
+        wait = "await new Promise((r) => setTimeout(r, 2000)); return 'done';"
         finished: list[Any] = []
         balanced: list[bool] = []
 
@@ -278,6 +281,9 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
             exited_after = time.monotonic() - signalled
             returncode = target.server.process.returncode
             stop.set()
+    print(
+        f"\nSIGTERM: {len(finished)} of 12 done, {len(balanced)} through the balancer, exit after {exited_after:.2f} s"
+    )
     assert finished == ["done"] * 12
     assert balanced and all(balanced), f"{balanced.count(False)} of {len(balanced)} failed through the balancer"
     assert returncode == 0
@@ -338,7 +344,8 @@ async def test_2000_executions_with_one_replica_sigkilled_part_way_lose_only_its
     failures = [answer for answer in answers[:answers_before] if answer != "ok"]
     print(
         f"\n2000 executions, 24 in flight: {cluster_rate:.0f}/s through 3 replicas (one SIGKILLed), "
-        f"{single_rate:.0f}/s on one replica; {len(failures)} lost; its sandboxes gone {gone_after:.2f} s after"
+        f"{single_rate:.0f}/s on one replica; {len(failures)} lost ({', '.join(sorted(set(failures)))}); "
+        f"its sandboxes gone {gone_after:.2f} s after"
     )
     assert len(answers[:answers_before]) == 2000
     assert len(failures) <= 24, failures  # at most what was in flight on the killed replica
