@@ -3,7 +3,7 @@
 An upstream tool's id is ``<upstream>__<tool>``; programs and allowlists may also write
 ``<upstream>.<tool>``, and a bare ``<tool>`` names that tool on any upstream. Upstream ids never
 contain ``__`` (the config refuses it), so the first ``__`` splits an id unambiguously. Conduit's
-own MCP tools are ``conduit__<name>``. Pure: no I/O, nothing from the rest of Conduit.
+own MCP tools are ``conduit__<name>``. Pure: no I/O, nothing from the rest of Conduit (only MCP's types).
 
 >>> ToolId.parse("time.get_current_time"), ToolId.parse("toolbox__add").qualified, ToolId.parse("add")
 (ToolId(upstream='time', tool='get_current_time'), 'toolbox__add', ToolId(upstream=None, tool='add'))
@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import mcp_types as types
 
 SEPARATOR: Final = "__"
 """Between an upstream's id and a tool's name in a tool id."""
@@ -64,10 +66,28 @@ class ToolEntry:
     name: str
     description: str
     input_schema: Mapping[str, Any]
+    listed: types.Tool | None = field(default=None, compare=False)
+    """The upstream's own definition (output schema, annotations, title, icons), when it came from a listing."""
+
+    @classmethod
+    def of(cls, upstream: str, tool: types.Tool) -> ToolEntry:
+        """The entry of a tool an upstream listed."""
+        return cls(upstream, tool.name, tool.description or "", tool.input_schema, tool)
 
     @property
     def qualified(self) -> str:
         return f"{self.upstream}{SEPARATOR}{self.name}"
+
+    @property
+    def output_schema(self) -> Mapping[str, Any] | None:
+        return self.listed.output_schema if self.listed is not None else None
+
+    def proxied(self) -> types.Tool:
+        """The tool as Conduit lists it over MCP: its qualified name, and everything else the upstream said
+        of it (title, description, input and output schema, annotations, icons) unchanged."""
+        if self.listed is None:
+            return types.Tool(name=self.qualified, description=self.description, input_schema=dict(self.input_schema))
+        return self.listed.model_copy(update={"name": self.qualified, "meta": None, "execution": None})
 
     def describe(self) -> dict[str, Any]:
         """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``)."""

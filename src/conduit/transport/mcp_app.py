@@ -172,10 +172,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         tools = [*_conduit_tools(), *disclosure_tools.TOOLS.values()]
         if not gateway.config.code_mode_only:
             catalog = await gateway.visible_catalog(caller.reach)
-            tools.extend(
-                types.Tool(name=entry.qualified, description=entry.description, input_schema=dict(entry.input_schema))
-                for entry in catalog.tools
-            )
+            tools.extend(entry.proxied() for entry in catalog.tools)
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:

@@ -114,7 +114,7 @@ class UpstreamRegistry:
             for connection in self._connections.values():
                 tg.start_soon(list_one, connection)
         entries = [
-            ToolEntry(upstream_id, tool.name, tool.description or "", tool.input_schema)
+            ToolEntry.of(upstream_id, tool)
             for upstream_id in self._connections
             for tool in found.get(upstream_id, ())
         ]
@@ -136,7 +136,7 @@ class UpstreamRegistry:
             raise UnknownToolError(f"unknown tool {qualified!r}: no upstream named {upstream_id!r}")
         for candidate in await connection.list_tools():
             if candidate.name == tool:
-                return ToolEntry(upstream_id, candidate.name, candidate.description or "", candidate.input_schema)
+                return ToolEntry.of(upstream_id, candidate)
         raise UnknownToolError(f"unknown tool {qualified!r}: upstream {upstream_id!r} has no tool {tool!r}")
 
     async def call(
