@@ -17,7 +17,7 @@ from cluster_harness import redis_server
 from conduit.config.schema import Config
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
-from support import CONDUIT, MASTER, TOOLBOX, ConduitHttp, stdio_client_for, write_config
+from support import CONDUIT, MASTER, TOOLBOX, connected, write_config
 
 __all__ = ["redis_server"]  # a fixture, for tests/cluster
 
@@ -66,12 +66,8 @@ def e2e_config(tmp_path_factory: pytest.TempPathFactory, toolbox_command: dict[s
 @pytest.fixture(scope="module", params=["stdio", "http"])
 async def conduit(request: pytest.FixtureRequest, e2e_config: Path, anyio_backend: str) -> AsyncIterator[Client]:
     """An official MCP client connected to a real Conduit process, over stdio and over HTTP."""
-    if request.param == "stdio":
-        async with Client(stdio_client_for(e2e_config)) as client:
-            yield client
-    else:
-        async with ConduitHttp.start(e2e_config) as server, server.client() as client:
-            yield client
+    async with connected(request.param, e2e_config) as client:
+        yield client
 
 
 @pytest.fixture

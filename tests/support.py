@@ -96,6 +96,17 @@ class ConduitHttp:
                 yield client
 
 
+@asynccontextmanager
+async def connected(transport: str, config: Path) -> AsyncIterator[Client]:
+    """An official MCP client connected to a real Conduit process, over ``transport`` (stdio or http)."""
+    if transport == "stdio":
+        async with Client(stdio_client_for(config)) as client:
+            yield client
+    else:
+        async with ConduitHttp.start(config) as server, server.client() as client:
+            yield client
+
+
 async def scrape(server: ConduitHttp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of ``/metrics``, keyed by name and sorted labels."""
     async with httpx2.AsyncClient(timeout=10) as http:

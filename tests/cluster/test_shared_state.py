@@ -184,34 +184,15 @@ def test_conduit_auth_in_cluster_mode_stores_the_credential_in_redis_and_fails_c
             ],
         },
     )
-    stored = conduit(
-        "auth",
-        "--principal",
-        "alice",
-        "--upstream",
-        "remote",
-        "--bearer-token",
-        "user-alice-1",
-        "--config",
-        str(config),
-    )
+    store_as_alice = ["auth", "--principal", "alice", "--upstream", "remote", "--config", str(config)]
+    stored = conduit(*store_as_alice, "--bearer-token", "user-alice-1")
     assert stored.returncode == 0, stored.stderr
     assert "in Redis (conduit:credentials)" in stored.stderr and "user-alice-1" not in stored.stderr
     found = CredentialStore(RedisVault(shared(redis_server)), key).get("alice", "remote")
     assert found is not None and found[0].bearer_token is not None
     assert found[0].bearer_token.get_secret_value() == "user-alice-1"
     redis_server.stop()
-    refused = conduit(
-        "auth",
-        "--principal",
-        "alice",
-        "--upstream",
-        "remote",
-        "--bearer-token",
-        "user-alice-2",
-        "--config",
-        str(config),
-    )
+    refused = conduit(*store_as_alice, "--bearer-token", "user-alice-2")
     assert refused.returncode == 1
     assert "Redis" in refused.stderr and "unreachable" in refused.stderr and "Traceback" not in refused.stderr
 

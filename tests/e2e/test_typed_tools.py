@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from support import ConduitHttp, run_ts, stdio_client_for, write_config
+from support import connected, run_ts, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -32,12 +32,8 @@ async def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             "pools": {"typescript": {"min": 1, "max": 2}, "python": {"min": 0, "max": 1}},
         },
     )
-    if request.param == "stdio":
-        async with Client(stdio_client_for(config)) as connected:
-            yield connected
-    else:
-        async with ConduitHttp.start(config) as server, server.client() as connected:
-            yield connected
+    async with connected(request.param, config) as mcp:
+        yield mcp
 
 
 async def test_a_proxied_tool_is_listed_as_its_upstream_lists_it_under_its_qualified_name(client: Client) -> None:

@@ -9,9 +9,10 @@ tried again by the next operation, so a replica recovers by itself within a seco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, TypeVar
 
 import redis
@@ -68,17 +69,11 @@ class SharedStore:
             StoreUnavailableError: Redis is away and ``onStoreError`` is ``refuse`` (or there is no fallback).
         """
         if self.available:
-            try:
-                result = await operation()
-            except FAILURES as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return result
-        if self._falls_back(fallback):
-            assert fallback is not None
-            return await fallback()
-        raise self._refusal()
+            with self._watched():
+                return await operation()
+        if fallback is None or not self._falls_back():
+            raise self._refusal()
+        return await fallback()
 
     def run_sync(self, operation: Callable[[], T], fallback: Callable[[], T] | None) -> T:
         """:meth:`run` for the few synchronous readers (the credential store); same rules.
@@ -87,21 +82,25 @@ class SharedStore:
             StoreUnavailableError: as :meth:`run`.
         """
         if self.available:
-            try:
-                result = operation()
-            except FAILURES as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return result
-        if self._falls_back(fallback):
-            assert fallback is not None
-            return fallback()
-        raise self._refusal()
+            with self._watched():
+                return operation()
+        if fallback is None or not self._falls_back():
+            raise self._refusal()
+        return fallback()
 
-    def _falls_back(self, fallback: object) -> bool:
-        """Whether a request goes on without Redis: ``onStoreError: local`` and a fallback to go on with."""
-        return self.on_error == "local" and fallback is not None
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[None]:
+        """Around one Redis operation: a failure is recorded and swallowed (the caller falls back or refuses)."""
+        try:
+            yield
+        except FAILURES as exc:
+            self._failed(exc)
+        else:
+            self._succeeded()
+
+    def _falls_back(self) -> bool:
+        """Whether a request goes on without Redis (``onStoreError: local``)."""
+        return self.on_error == "local"
 
     def _failed(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + RETRY_S

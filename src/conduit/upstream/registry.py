@@ -114,9 +114,7 @@ class UpstreamRegistry:
             for connection in self._connections.values():
                 tg.start_soon(list_one, connection)
         entries = [
-            ToolEntry.of(upstream_id, tool)
-            for upstream_id in self._connections
-            for tool in found.get(upstream_id, ())
+            ToolEntry.of(upstream_id, tool) for upstream_id in self._connections for tool in found.get(upstream_id, ())
         ]
         return Catalog(tools=tuple(entries), failures=failures)
 
