@@ -10,9 +10,11 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from support import connected, run_ts, write_config
 
@@ -72,3 +74,41 @@ async def test_a_programs_call_keeps_structured_content_and_resource_links(clien
         "name": "radar",
         "mimeType": "image/png",
     }
+
+
+async def disclose(client: Client, tool: str, **arguments: Any) -> Any:
+    result = await client.call_tool(f"conduit__mcp_{tool}", arguments)
+    assert not result.is_error, result
+    return result.structured_content
+
+
+async def test_read_tool_schema_shows_the_output_schema(client: Client) -> None:
+    read = await disclose(client, "read_tool_schema", toolId="typed.lookup")
+    assert read["outputSchema"] == typed.LOOKUP_OUTPUT
+
+
+async def test_validate_tool_checks_a_result_against_the_output_schema(client: Client) -> None:
+    good = await disclose(client, "validate_tool", toolName="typed__forecast", result=typed.forecast("Oslo"))
+    assert good == {"result": {"valid": True, "errors": []}}
+    wrong = {**typed.forecast("Bergen"), "days": [{"date": "2026-12-01", "high": 1, "low": 0, "sky": "snow"}]}
+    del wrong["alert"]
+    checked = await disclose(client, "validate_tool", toolName="typed__forecast", args={"city": 3}, result=wrong)
+    assert checked["valid"] is False and [e["path"] for e in checked["errors"]] == ["args.city"]
+    assert checked["result"]["valid"] is False
+    assert {(e["path"], e["rule"]) for e in checked["result"]["errors"]} == {
+        ("result", "required"),
+        ("result.days[0].sky", "enum"),
+    }
+    neither = await disclose(client, "validate_tool", toolName="typed__lookup", result={"entry": {"kind": "team"}})
+    assert neither["result"]["valid"] is False and neither["result"]["errors"][0]["path"] == "result.entry"
+
+
+async def test_validate_tool_refuses_a_result_that_is_not_an_object_and_a_call_with_nothing_to_check(
+    client: Client,
+) -> None:
+    for arguments, message in (
+        ({"toolName": "typed__lookup", "result": [1]}, "result must be an object"),
+        ({"toolName": "typed__lookup"}, "give args, result, or both"),
+    ):
+        with pytest.raises(MCPError, match=message):  # invalid params: a protocol error
+            await client.call_tool("conduit__mcp_validate_tool", arguments)

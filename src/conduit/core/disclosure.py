@@ -84,14 +84,17 @@ def find_tool(catalog: Catalog, tool_id: Any) -> ToolEntry:
 
 
 def read_schema(catalog: Catalog, tool_id: Any) -> dict[str, Any]:
-    """One tool in full: description, input schema, and the call forms the sandboxes' SDKs give it."""
+    """One tool in full: description, input schema, its output schema when it publishes one (the shape of
+    ``structuredContent``), and the call forms the sandboxes' SDKs give it."""
     entry = find_tool(catalog, tool_id)
+    output = {"outputSchema": dict(entry.output_schema)} if entry.output_schema else {}
     return {
         "toolId": entry.qualified,
         "package": entry.upstream,
         "name": entry.name,
         "description": entry.description,
         "inputSchema": dict(entry.input_schema),
+        **output,
         "typescript": typescript_declaration(entry),
         "python": python_declaration(entry),
     }
@@ -147,16 +150,34 @@ def _score(entry: ToolEntry, terms: list[str]) -> int:
     return score
 
 
-def validate(catalog: Catalog, tool_name: Any, arguments: Any, strict: bool) -> dict[str, Any]:
-    """Whether ``arguments`` would pass validation for the tool, with every problem named."""
+def validate(catalog: Catalog, tool_name: Any, arguments: Any, strict: bool, result: Any = None) -> dict[str, Any]:
+    """Whether ``arguments`` would pass validation for the tool, with every problem named; and, given a
+    ``result`` (a ``structuredContent`` value), whether it matches the tool's output schema.
+
+    Raises:
+        InvalidParamsError: no such tool; ``args`` or ``result`` is not an object; neither is given.
+    """
     entry = find_tool(catalog, tool_name)
-    if not isinstance(arguments, dict):
-        raise InvalidParamsError("args must be an object")
-    if not usable_schema(entry.input_schema):
+    if arguments is None and result is None:
+        raise InvalidParamsError("give args, result, or both")
+    answer: dict[str, Any] = {}
+    if arguments is not None:
+        if not isinstance(arguments, dict):
+            raise InvalidParamsError("args must be an object")
+        answer = _checked(entry.input_schema, arguments, "args", strict, "the tool has no schema")
+    if result is not None:
+        if not isinstance(result, dict):
+            raise InvalidParamsError("result must be an object (a structuredContent value)")
+        answer["result"] = _checked(entry.output_schema, result, "result", strict, "the tool has no output schema")
+    return answer
+
+
+def _checked(schema: Any, value: dict[str, Any], root: str, strict: bool, missing: str) -> dict[str, Any]:
+    if not usable_schema(schema):
         if strict:
-            return {"valid": False, "errors": [{"path": "args", "rule": "schema", "message": "the tool has no schema"}]}
-        return {"valid": True, "errors": [], "note": "the tool has no schema to check against"}
-    problems = check_arguments(entry.input_schema, arguments)
+            return {"valid": False, "errors": [{"path": root, "rule": "schema", "message": missing}]}
+        return {"valid": True, "errors": [], "note": f"{missing} to check against"}
+    problems = check_arguments(schema, value, root)
     return {
         "valid": not problems,
         "errors": [{"path": p.path, "rule": p.rule, "message": p.message} for p in problems],

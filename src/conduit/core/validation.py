@@ -38,8 +38,11 @@ def usable_schema(schema: Mapping[str, Any] | None) -> bool:
     return _validator(schema) is not None
 
 
-def check_arguments(schema: Mapping[str, Any] | None, arguments: Mapping[str, Any]) -> list[Problem]:
-    """The problems of ``arguments`` under ``schema`` (empty when valid or when there is nothing to check).
+def check_arguments(
+    schema: Mapping[str, Any] | None, arguments: Mapping[str, Any], root: str = "args"
+) -> list[Problem]:
+    """The problems of ``arguments`` (or of another object, named ``root`` in the paths: a tool's ``result``)
+    under ``schema`` (empty when valid or when there is nothing to check).
 
     >>> schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n", "s"]}
     >>> [str(p) for p in check_arguments(schema, {"n": "1"})]
@@ -49,7 +52,7 @@ def check_arguments(schema: Mapping[str, Any] | None, arguments: Mapping[str, An
     if validator is None:
         return []
     errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    return [Problem(_path(error.absolute_path), str(error.validator), error.message) for error in errors][
+    return [Problem(_path(error.absolute_path, root), str(error.validator), error.message) for error in errors][
         :_MAX_PROBLEMS
     ]
 
@@ -88,8 +91,8 @@ def _compiled(canonical: str) -> Draft202012Validator | None:
     return Draft202012Validator(schema)
 
 
-def _path(parts: Any) -> str:
-    text = "args"
+def _path(parts: Any, root: str) -> str:
+    text = root
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text

@@ -32,8 +32,9 @@ TOOLS: Final = {
     ),
     f"{_PREFIX}mcp_read_tool_schema": types.Tool(
         name=f"{_PREFIX}mcp_read_tool_schema",
-        description="Read one tool in full: description, JSON input schema, and the exact TypeScript and Python "
-        "call forms of `tools.<package>.<tool>` inside a program.",
+        description="Read one tool in full: description, JSON input schema, output schema (the shape of its "
+        "structuredContent) when it has one, and the exact TypeScript and Python call forms of "
+        "`tools.<package>.<tool>` inside a program.",
         input_schema=_schema(
             {"toolId": {"type": "string", "description": "`package__tool` or `package.tool`."}}, ["toolId"]
         ),
@@ -51,11 +52,15 @@ TOOLS: Final = {
     ),
     f"{_PREFIX}mcp_validate_tool": types.Tool(
         name=f"{_PREFIX}mcp_validate_tool",
-        description="Check arguments against a tool's input schema without calling it; every problem names the "
-        "field and the rule it breaks.",
+        description="Check arguments against a tool's input schema without calling it, and/or a result value "
+        "against its output schema; every problem names the field and the rule it breaks.",
         input_schema=_schema(
-            {"toolName": {"type": "string"}, "args": {"type": "object"}},
-            ["toolName", "args"],
+            {
+                "toolName": {"type": "string"},
+                "args": {"type": "object"},
+                "result": {"type": "object", "description": "A structuredContent value to check."},
+            },
+            ["toolName"],
         ),
     ),
 }
@@ -84,4 +89,6 @@ async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], allowl
     if short == "mcp_search_tools":
         return {"matches": disclosure.search(catalog, arguments.get("query"), arguments.get("limit"))}
     strict = gateway.config.validation_mode == "strict"
-    return disclosure.validate(catalog, arguments.get("toolName"), arguments.get("args"), strict)
+    return disclosure.validate(
+        catalog, arguments.get("toolName"), arguments.get("args"), strict, result=arguments.get("result")
+    )
