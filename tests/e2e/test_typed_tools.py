@@ -85,6 +85,7 @@ async def disclose(client: Client, tool: str, **arguments: Any) -> Any:
 async def test_read_tool_schema_shows_the_output_schema(client: Client) -> None:
     read = await disclose(client, "read_tool_schema", toolId="typed.lookup")
     assert read["outputSchema"] == typed.LOOKUP_OUTPUT
+    assert read["typescript"].endswith('| { kind: "team"; members: Array<string> } }>>')  # the typed result
 
 
 async def test_validate_tool_checks_a_result_against_the_output_schema(client: Client) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from conduit.catalog import ToolEntry
 from conduit.sandbox.deno import find_deno
 from conduit.sdk.naming import identifier, unique_identifiers
 from conduit.sdk.typescript import generate_typescript_sdk, schema_type, typescript_declaration
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "servers"))
+import typed
 
 
 @pytest.mark.parametrize(
@@ -59,11 +63,11 @@ ENTRIES = [
 def test_generated_sdk_has_doc_comments_and_safe_names() -> None:
     sdk = generate_typescript_sdk(ENTRIES)
     assert "git_hub: Object.freeze({" in sdk
-    signature = "create_issue: (args: { title: string; labels?: Array<string> })"
+    signature = "create_issue: (args: { title: string; labels?: Array<string> }): Promise<CallToolResult>"
     assert f'{signature} => invoke("git-hub__create-issue", args)' in sdk
     assert "* Create an issue." in sdk
     assert "*/ alert(1)" not in sdk
-    assert 'list: (args?: Record<string, unknown>) => invoke("git-hub__list", args)' in sdk
+    assert 'list: (args?: Record<string, unknown>): Promise<CallToolResult> => invoke("git-hub__list", args)' in sdk
 
 
 @pytest.mark.deno
@@ -118,3 +122,47 @@ def test_property_descriptions_become_doc_comments_in_the_typescript_declaration
         "  filter?: { tag?: string };",
         "}) => Promise<CallToolResult>",
     ]
+
+
+TYPED = [ToolEntry.of("wx", tool) for tool in typed.TOOLS]
+
+
+@pytest.mark.deno
+def test_results_of_tools_with_output_schemas_type_check_field_by_field(tmp_path: Path) -> None:
+    # tests/servers/typed.py: nested objects, an array, an enum, a nullable member, a $defs union.
+    (tmp_path / "sdk.ts").write_text(generate_typescript_sdk(TYPED))
+    usage = tmp_path / "use.ts"
+    usage.write_text(
+        'import { createTools } from "./sdk.ts";\n'
+        "const { tools } = createTools(async () => ({}));\n"
+        'const wx = (await tools.wx.forecast({ city: "Oslo" })).structuredContent!;\n'
+        'const sunny: boolean = wx.days[0].sky === "sun";\n'
+        "const high: number = wx.days[1].high;\n"
+        "const alert: string | undefined = wx.alert?.text;\n"
+        "const found = (await tools.wx.lookup({ id: 4 })).structuredContent!.entry;\n"
+        'const who: string[] = found.kind === "team" ? found.members : [found.name];\n'
+        "console.log(sunny, high, alert, who);\n"
+    )
+    checked = deno_check(usage, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for line, wrong in (
+        (4, 'const sunny: boolean = wx.days[0].sky === "snow";\n'),  # not in the enum
+        (5, "const high: string = wx.days[1].high;\n"),
+        (8, "const who: string[] = found.members;\n"),  # a user has none: narrow first
+    ):
+        lines = usage.read_text().splitlines(keepends=True)
+        lines[line - 1] = wrong
+        (tmp_path / "bad.ts").write_text("".join(lines))
+        failed = deno_check(tmp_path / "bad.ts", tmp_path)
+        assert failed.returncode != 0, wrong
+        assert f"bad.ts:{line}" in failed.stdout + failed.stderr, failed.stdout + failed.stderr
+
+
+def test_the_declaration_names_the_result_type_when_the_tool_publishes_an_output_schema() -> None:
+    forecast, lookup = (typescript_declaration(entry) for entry in TYPED)
+    assert forecast.endswith(
+        "=> Promise<CallToolResult<{ city: string; days: Array<{ date: string; high: number; low: number; "
+        'sky: "sun" | "cloud" | "rain" }>; alert: { level?: number; text?: string } | null }>>'
+    )
+    union = '{ kind: "user"; name: string } | { kind: "team"; members: Array<string> }'  # through $defs/$ref
+    assert lookup.endswith(f"=> Promise<CallToolResult<{{ entry: {union} }}>>")

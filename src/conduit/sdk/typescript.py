@@ -30,36 +30,67 @@ def doc_comment(text: str, indent: str) -> str:
     return f"{indent}/**\n{body}\n{indent} */\n"
 
 
-def schema_type(schema: Any, depth: int = 0) -> str:
+def schema_type(schema: Any, depth: int = 0, root: Mapping[str, Any] | None = None) -> str:
     """A TypeScript type for a JSON Schema; ``unknown`` wherever the schema says too little.
+
+    ``$ref`` to the root's ``$defs`` (or ``definitions``) is expanded in place, a recursive one down to
+    ``unknown`` past the depth limit; ``nullable: true`` adds ``| null``.
 
     >>> schema_type({"type": "object", "properties": {"a": {"type": "string"}, "b": {"enum": [1, "x"]}},
     ...              "required": ["a"]})
     '{ a: string; b?: 1 | "x" }'
+    >>> schema_type({"$defs": {"n": {"type": "integer", "nullable": True}}, "type": "array",
+    ...              "items": {"$ref": "#/$defs/n"}})
+    'Array<number | null>'
     """
     if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
         return "unknown"
+    if root is None:
+        root = schema
+    if schema.get("nullable") is True:
+        plain = schema_type({key: value for key, value in schema.items() if key != "nullable"}, depth, root)
+        return plain if plain in ("unknown", "null") else f"{plain} | null"
+    reference = schema.get("$ref")
+    if isinstance(reference, str):
+        return schema_type(_resolve(reference, root), depth + 1, root)
     if "const" in schema:
         return json.dumps(schema["const"])
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return " | ".join(json.dumps(value) for value in schema["enum"])
     for combinator in ("anyOf", "oneOf"):
         if isinstance(schema.get(combinator), list) and schema[combinator]:
-            return " | ".join(schema_type(option, depth + 1) for option in schema[combinator])
+            return " | ".join(schema_type(option, depth + 1, root) for option in schema[combinator])
     kind = schema.get("type")
     if isinstance(kind, list):
-        return " | ".join(schema_type({**schema, "type": item}, depth + 1) for item in kind) or "unknown"
+        return " | ".join(schema_type({**schema, "type": item}, depth + 1, root) for item in kind) or "unknown"
     if kind in _PRIMITIVES:
         return _PRIMITIVES[kind]
     if kind == "array":
-        item = schema_type(schema.get("items"), depth + 1)
+        item = schema_type(schema.get("items"), depth + 1, root)
         return f"Array<{item}>"
     if kind == "object" or "properties" in schema:
-        return _object_type(schema, depth)
+        return _object_type(schema, depth, root)
     return "unknown"
 
 
-def _object_type(schema: Mapping[str, Any], depth: int) -> str:
+def _resolve(reference: str, root: Mapping[str, Any]) -> Any:
+    """The schema ``#/$defs/name`` (or ``#/definitions/name``) names in ``root``; None for any other reference."""
+    for prefix in ("#/$defs/", "#/definitions/"):
+        if reference.startswith(prefix):
+            defs = root.get(prefix[2:-1])
+            return defs.get(reference.removeprefix(prefix)) if isinstance(defs, Mapping) else None
+    return None
+
+
+def result_type(entry: ToolEntry) -> str:
+    """What a call of the tool resolves to: ``CallToolResult``, with ``structuredContent`` typed by the tool's
+    output schema when it publishes one."""
+    if not entry.output_schema:
+        return "CallToolResult"
+    return f"CallToolResult<{schema_type(entry.output_schema)}>"
+
+
+def _object_type(schema: Mapping[str, Any], depth: int, root: Mapping[str, Any]) -> str:
     properties = schema.get("properties")
     required = set(schema.get("required") or ())
     members: list[str] = []
@@ -67,7 +98,8 @@ def _object_type(schema: Mapping[str, Any], depth: int) -> str:
     if isinstance(properties, Mapping):
         for name, sub in properties.items():
             optional = "" if name in required else "?"
-            member = f"{json.dumps(name) if not name.isidentifier() else name}{optional}: {schema_type(sub, depth + 1)}"
+            key = json.dumps(name) if not name.isidentifier() else name
+            member = f"{key}{optional}: {schema_type(sub, depth + 1, root)}"
             description = sub.get("description") if isinstance(sub, Mapping) else None
             if depth == 0 and isinstance(description, str) and description.strip():
                 described = True
@@ -89,7 +121,8 @@ def _tool_member(entry: ToolEntry, name: str, typed: bool) -> str:
         args_type = schema_type(entry.input_schema)
         optional = "?" if not (entry.input_schema or {}).get("required") else ""
         comment = doc_comment(entry.description, "      ")
-        return f"{comment}      {name}: (args{optional}: {args_type}) => invoke({qualified}, args),\n"
+        returned = f"Promise<{result_type(entry)}>"
+        return f"{comment}      {name}: (args{optional}: {args_type}): {returned} => invoke({qualified}, args),\n"
     text = f"{entry.description}\n@param {{{schema_type(entry.input_schema)}}} args".strip()
     comment = doc_comment(text, "      ")
     return f"{comment}      {name}: (args) => invoke({qualified}, args),\n"
@@ -113,7 +146,7 @@ def typescript_declaration(entry: ToolEntry) -> str:
     upstream, name = identifier(entry.upstream), identifier(entry.name)
     optional = "?" if not (entry.input_schema or {}).get("required") else ""
     comment = doc_comment(entry.description, "")
-    signature = f"(args{optional}: {schema_type(entry.input_schema)}) => Promise<CallToolResult>"
+    signature = f"(args{optional}: {schema_type(entry.input_schema)}) => Promise<{result_type(entry)}>"
     return f"{comment}tools.{upstream}.{name}: {signature}"
 
 
@@ -142,6 +175,13 @@ type Call = (method: string, params: unknown) => Promise<any>;
 
 /** A tool call failed: denied (-32003), unknown (-32004), upstream failure (-32005/-32006), ... */
 export interface ToolError extends Error { code: number; data?: unknown }
+
+/** What a tool answers: content blocks, and `structuredContent` of the type its output schema gives. */
+export interface CallToolResult<T = Record<string, unknown>> {
+  content: Array<{ type: string; [key: string]: unknown }>;
+  structuredContent?: T;
+  isError?: boolean;
+}
 
 export function createTools(call: Call) {
   const invoke = (name: string, args: unknown) => call("mcp_call_tool", { name, arguments: args ?? {} });
