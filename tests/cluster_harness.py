@@ -137,15 +137,22 @@ defaults
     timeout client 120s
     timeout server 120s
     option forwardfor
-    option redispatch
-    retries 2
+    # A request must never go out on a kept-alive connection to a replica that has just died: haproxy
+    # cannot retry a POST that was sent, so it would be lost though it never ran. New connections to a
+    # dead replica are refused at once, and retried on another (redispatch on every retry).
+    http-reuse never
+    option redispatch 1
+    retries 3
 frontend mcp
     bind 127.0.0.1:{self.balancer_port}
     default_backend replicas
 backend replicas
     balance roundrobin
     option httpchk GET /ready
-    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2
+    # Two failed checks take a replica out: one slow answer on a saturated machine must not (with every
+    # replica out, haproxy answers 503 itself).
+    timeout check 1s
+    default-server inter {CHECK_INTERVAL_MS}ms fall 2 rise 2
 {servers}
 """
         )

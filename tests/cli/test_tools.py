@@ -58,7 +58,7 @@ def test_an_unknown_tool_is_an_error(config: str) -> None:
 @pytest.mark.parametrize(
     ("sdk", "expected"),
     [
-        ("ts", 'add: (args: { a: number; b: number }) => invoke("toolbox__add", args)'),
+        ("ts", 'add: (args: { a: number; b: number }): Promise<CallToolResult> => invoke("toolbox__add", args)'),
         ("py", "async def add(self, args: dict[str, Any] | None = None, /, *, a: float = _MISSING"),
         ("js", 'add: (args) => invoke("toolbox__add", args)'),
     ],

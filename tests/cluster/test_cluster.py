@@ -349,4 +349,5 @@ async def test_2000_executions_with_one_replica_sigkilled_part_way_lose_only_its
     )
     assert len(answers[:answers_before]) == 2000
     assert len(failures) <= 24, failures  # at most what was in flight on the killed replica
+    assert all(failure.startswith("lost: ") for failure in failures), failures  # none refused by the balancer
     assert gone_after < 5
