@@ -215,7 +215,8 @@ def test_both_launchers_make_and_join_a_cgroup_of_their_own(launcher: str) -> No
     try:
         parents = [str(path) for path in detected.cgroups.parents]
         probe = ["/bin/sh", "-c", "echo $$; cat /proc/self/cgroup"]
-        command = launcher_walls(launcher).command({"new_cgroups": parents}, probe)
+        # As Monty's workers are launched: their own leaves, and the parent-death signal after them.
+        command = launcher_walls(launcher).command({"new_cgroups": parents, "parent_death": True}, probe)
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode == 0, done.stderr
         pid, *lines = done.stdout.splitlines()

@@ -152,7 +152,7 @@ def apply(spec: dict[str, Any]) -> None:
     Raises:
         ConfineError: a requested wall could not be applied.
     """
-    parent = os.getppid()
+    launched_by = os.getppid()
     pid = str(os.getpid())
     made = []
     for parent in spec.get("new_cgroups", []):  # cgroups.launched_leaf: this process's own leaf
@@ -187,7 +187,7 @@ def apply(spec: dict[str, Any]) -> None:
         os.setgid(gid)
         os.setuid(int(uid))
     if spec.get("parent_death"):
-        die_with_parent(parent)
+        die_with_parent(launched_by)
 
 
 def encode_spec(spec: dict[str, Any]) -> str:
