@@ -42,20 +42,17 @@ class RateLimiter:
     def __init__(self, spec: str, shared: SharedStore | None = None) -> None:
         self.spec = spec
         self._local = MovingWindowRateLimiter(MemoryStorage())
-        self._shared = shared
-        self._redis = (
-            MovingWindowRateLimiter(
-                RedisStorage(
-                    shared.url,
-                    implementation="redispy",
-                    key_prefix=shared.key("limits"),
-                    wrap_exceptions=True,
-                    **client_options(),
-                )
+        self._shared: tuple[SharedStore, MovingWindowRateLimiter] | None = None
+        """The cluster's Redis, and the limiter counting there."""
+        if shared is not None:
+            storage = RedisStorage(
+                shared.url,
+                implementation="redispy",
+                key_prefix=shared.key("limits"),
+                wrap_exceptions=True,
+                **client_options(),
             )
-            if shared is not None
-            else None
-        )
+            self._shared = (shared, MovingWindowRateLimiter(storage))
         self._items: dict[str, list[RateLimitItem]] = {}
 
     async def admit(self, caller: Caller, address: str | None) -> Refusal | None:
@@ -76,15 +73,15 @@ class RateLimiter:
         return None
 
     async def _hit(self, item: RateLimitItem, key: str) -> bool:
-        if self._shared is None or self._redis is None:
+        if self._shared is None:
             return await self._local.hit(item, key)
-        redis = self._redis
-        return await self._shared.run(lambda: redis.hit(item, key), lambda: self._local.hit(item, key))
+        shared, redis = self._shared
+        return await shared.run(lambda: redis.hit(item, key), lambda: self._local.hit(item, key))
 
     async def _retry_after(self, item: RateLimitItem, key: str) -> float:
         limiter = self._local
-        if self._shared is not None and self._redis is not None and self._shared.available:
-            limiter = self._redis
+        if self._shared is not None and self._shared[0].available:
+            limiter = self._shared[1]
         try:
             stats = await limiter.get_window_stats(item, key)
         except FAILURES:  # the refusal stands; only its hint is lost
