@@ -29,6 +29,13 @@ $(VENV)/.ts-client: $(VENV)/.synced tests/clients/typescript/package.json tests/
 	cd $(VENV)/mcp-ts-client && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
+# The published MCP servers the code-mode surface is measured against (bench/surface.py, tests/e2e/test_surface.py).
+$(VENV)/.reference-upstreams: $(VENV)/.synced tests/servers/reference/package.json tests/servers/reference/package-lock.json
+	mkdir -p $(VENV)/reference-upstreams
+	cp tests/servers/reference/package.json tests/servers/reference/package-lock.json $(VENV)/reference-upstreams/
+	cd $(VENV)/reference-upstreams && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
 # The native sandbox launcher (~1 ms per sandbox start instead of ~12 ms for its Python twin). Optional:
 # without a C compiler Conduit uses the Python launcher, with the same walls.
 $(VENV)/bin/conduit-confine: src/conduit/sandbox/walls/native/conduit_confine.c $(VENV)/.synced
@@ -52,7 +59,7 @@ setup: $(VENV)/.synced $(VENV)/bin/conduit-confine cluster-deps ## virtualenv, P
 run: setup ## start Conduit over Streamable HTTP with the demo upstreams
 	$(VENV)/bin/conduit serve --config $(CONFIG)
 
-test: setup $(VENV)/.ts-client ## lint, type-check and run the whole test suite
+test: setup $(VENV)/.ts-client $(VENV)/.reference-upstreams ## lint, type-check and run the whole test suite
 	$(VENV)/bin/ruff check src tests examples bench
 	$(VENV)/bin/ruff format --check src tests examples bench
 	$(VENV)/bin/mypy

@@ -12,7 +12,7 @@ const converted = await tools.time.convert_time({
   time: "16:30",
   target_timezone: "Asia/Tokyo",
 });
-const tokyo = converted.structuredContent?.target ?? JSON.parse(converted.content[0].text).target;
+const tokyo = converted.target; // convert_time publishes an output schema: the call gives its value
 
 console.log(`Sold out: ${soldOut.join(", ")}`);
 console.log(`Restock at 16:30 UTC is ${tokyo.datetime.slice(11, 16)} in Tokyo.`);

@@ -7,7 +7,8 @@ Infrastructure failing is an exception; untrusted code failing is a value
     ├── InvalidParamsError        a request's arguments are wrong (type, size, pattern, unknown key)   *
     │   └── ConfigError           a config file, env override or upstream definition is invalid       *
     ├── UpstreamError             an upstream MCP server failed (connect, call, timeout, died)
-    │   └── UnknownToolError      no upstream offers the requested tool                                *
+    │   ├── UnknownToolError      no upstream offers the requested tool                                *
+    │   └── ToolReportedError     a typed call's tool answered isError (the raw result is its data)
     ├── ToolDeniedError           the caller's allowlist does not cover the tool                       *
     ├── AuthError                 a bridge request carried a missing, wrong or expired token           *
     ├── MethodNotFoundError       no such bridge method, or a runtime this build lacks                 *
@@ -26,7 +27,7 @@ one (:mod:`conduit.transport.wire` for MCP).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 # JSON-RPC 2.0 protocol codes.
 PARSE_ERROR: Final = -32700
@@ -56,6 +57,8 @@ class ConduitError(Exception):
     code: int = INTERNAL_ERROR
     caller_fault: bool = False
     """The request itself was wrong (answered as a protocol error), rather than the work failing."""
+    data: Any = None
+    """What a sandbox's error gets as ``data`` besides the code and message (None: nothing)."""
 
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
@@ -86,6 +89,15 @@ class UnknownToolError(UpstreamError):
 
     code = UNKNOWN_TOOL
     caller_fault = True
+
+
+class ToolReportedError(UpstreamError):
+    """A tool called for its typed value answered with ``isError``: the program's call throws, with the
+    tool's own message, and the raw ``CallToolResult`` as the error's ``data``."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.data = result
 
 
 class ToolDeniedError(ConduitError):

@@ -41,14 +41,31 @@ async def test_packages_then_stubs_then_one_schema(conduit: Client) -> None:
     assert packages["toolbox"]["transport"] == "stdio"
     assert packages["toolbox"]["toolCount"] >= 7
     assert packages["time"]["toolCount"] == 2
-    stubs = {s["toolId"]: s for s in (await disclose(conduit, "list_tool_stubs", packageId="toolbox"))["tools"]}
-    assert stubs["toolbox__add"] == {"toolId": "toolbox__add", "name": "add", "description": "Add two numbers."}
-    assert "inputSchema" not in stubs["toolbox__add"]
+    page = await disclose(conduit, "list_tool_stubs", packageId="toolbox")
+    assert page["package"] == "toolbox" and page["call"] == "await tools.toolbox.<name>(args)"
+    stubs = {line.partition("(")[0]: line for line in page["tools"]}
+    assert stubs["add"] == "add({a: number, b: number}): CallToolResult — Add two numbers."
+    assert stubs["protocol_error"].startswith("protocol_error({}): CallToolResult")  # the SDK's name for it
     schema = await disclose(conduit, "read_tool_schema", toolId="toolbox.add")
-    assert schema["inputSchema"]["required"] == ["a", "b"]
-    assert "tools.toolbox.add: (args: { a: number; b: number }) => Promise<CallToolResult>" in schema["typescript"]
-    assert "Returns the sum as structured content." in schema["typescript"]
-    assert "async def add(self, args: dict[str, Any] | None = None, /, *, a: float" in schema["python"]
+    assert schema["toolId"] == "toolbox__add"
+    assert "tools.toolbox.add: (args: { a: number; b: number }) => Promise<CallToolResult>" in schema["declaration"]
+    assert "Returns the sum as structured content." in schema["declaration"]
+    python = await disclose(conduit, "read_tool_schema", toolId="toolbox.add", format="python")
+    assert "async def add(self, args: dict[str, Any] | None = None, /, *, a: float" in python["declaration"]
+    described = await disclose(conduit, "read_tool_schema", toolId="toolbox.protocol_error", format="json")
+    assert described["toolId"] == "toolbox__protocol-error"  # found by the SDK's name too
+    assert described["inputSchema"] == {"type": "object", "properties": {}} and "outputSchema" not in described
+    typed = await disclose(conduit, "read_tool_schema", toolId="time__get_current_time", format="json")
+    assert typed["outputSchema"]["required"] == ["timezone", "datetime", "day_of_week", "is_dst"]
+
+
+async def test_stubs_come_a_page_at_a_time(conduit: Client) -> None:
+    first = await disclose(conduit, "list_tool_stubs", packageId="toolbox", limit=3)
+    assert len(first["tools"]) == 3 and first["nextOffset"] == 3 and first["total"] >= 7
+    rest = await disclose(conduit, "list_tool_stubs", packageId="toolbox", offset=3, limit=100)
+    assert "nextOffset" not in rest and len(first["tools"]) + len(rest["tools"]) == first["total"]
+    names = [line.partition("(")[0] for line in first["tools"] + rest["tools"]]
+    assert names == sorted(names) and len(set(names)) == len(names)
 
 
 @pytest.mark.parametrize(
@@ -57,6 +74,9 @@ async def test_packages_then_stubs_then_one_schema(conduit: Client) -> None:
         ("list_tool_stubs", {"packageId": "nope"}, "unknown package 'nope' (known: time, toolbox)"),
         ("list_tool_stubs", {}, "packageId must be a non-empty string"),
         ("read_tool_schema", {"toolId": "toolbox__nope"}, "unknown tool 'toolbox__nope'"),
+        ("read_tool_schema", {"toolId": "toolbox__add", "format": "rust"}, "format must be one of"),
+        ("list_tool_stubs", {"packageId": "toolbox", "offset": -1}, "offset must be an integer from 0"),
+        ("list_tool_stubs", {"packageId": "toolbox", "limit": 101}, "limit must be an integer from 1 to 100"),
         ("search_tools", {"query": "  !! "}, "at least one word"),
         ("search_tools", {"query": "add", "limit": 0}, "limit must be an integer from 1 to 50"),
         ("validate_tool", {"toolName": "toolbox.add", "args": [1]}, "args must be an object"),
@@ -74,9 +94,9 @@ async def test_bad_disclosure_requests_are_invalid_params(
 
 async def test_search_ranks_names_above_descriptions(conduit: Client) -> None:
     matches = (await disclose(conduit, "search_tools", query="add two numbers"))["matches"]
-    assert matches[0]["toolId"] == "toolbox__add"
+    assert matches[0] == "toolbox.add: Add two numbers."
     converted = (await disclose(conduit, "search_tools", query="convert timezone", limit=1))["matches"]
-    assert [m["toolId"] for m in converted] == ["time__convert_time"]
+    assert converted == ["time.convert_time: Convert time between timezones"]
     assert (await disclose(conduit, "search_tools", query="zebra"))["matches"] == []
 
 
@@ -165,4 +185,4 @@ async def test_code_mode_only_lists_only_conduit_tools_and_refuses_direct_calls(
         )
         assert (is_error, out["result"]) == (False, 3)
         stubs = await disclose(client, "list_tool_stubs", packageId="toolbox")
-        assert any(stub["toolId"] == "toolbox__add" for stub in stubs["tools"])
+        assert any(stub.startswith("add(") for stub in stubs["tools"])

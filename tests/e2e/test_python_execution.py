@@ -59,7 +59,7 @@ c = await tools.raw("toolbox__echo", {"text": "raw"})
 t = await tools.time.get_current_time(timezone="UTC")
 names = sorted(tool["name"] for tool in await discover_mcp_tools())
 [a["structuredContent"]["sum"], b["structuredContent"]["sum"], c["content"][0]["text"],
- t["structuredContent"]["timezone"], len(names) >= 9]
+ t["timezone"], len(names) >= 9]
 """
     is_error, out = await run_py(conduit, code)
     assert (is_error, out.get("result")) == (False, [5, 9, "raw", "UTC", True]), out

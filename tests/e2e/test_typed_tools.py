@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from support import connected, run_ts, write_config
+from support import EXECUTE_ISOLATE, EXECUTE_PYTHON, EXECUTE_TS, connected, run_code, run_ts, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -60,10 +60,10 @@ async def test_a_proxied_call_keeps_structured_content_and_resource_links(client
     assert union.structured_content == {"entry": {"kind": "team", "members": ["user-5", "user-7"]}}
 
 
-async def test_a_programs_call_keeps_structured_content_and_resource_links(client: Client) -> None:
+async def test_a_programs_raw_call_keeps_structured_content_and_resource_links(client: Client) -> None:
     failed, outcome = await run_ts(
         client,
-        "const r = await tools.typed.forecast({ city: 'Oslo' });"
+        "const r = await tools.$raw('typed__forecast', { city: 'Oslo' });"
         "return { value: r.structuredContent, link: r.content[1] };",
     )
     assert not failed, outcome
@@ -76,6 +76,72 @@ async def test_a_programs_call_keeps_structured_content_and_resource_links(clien
     }
 
 
+# One program per runtime: the typed call gives the structured value itself; a tool error throws -32005
+# naming the tool, with the raw result as the error's data; the raw form still gives the whole result.
+TYPED_PROGRAMS = {
+    EXECUTE_TS: """
+const wx = await tools.typed.forecast({ city: "Oslo" });
+const found = (await tools.typed.lookup({ id: 4 })).entry;
+let failure = null;
+try { await tools.typed.forecast({ city: "Atlantis" }); } catch (e) { failure = [e.code, e.message, e.data]; }
+const raw = await tools.$raw("typed__forecast", { city: "Oslo" });
+return { wx, members: found.kind === "team" ? found.members : [], failure, rawKeys: Object.keys(raw).sort() };
+""",
+    EXECUTE_ISOLATE: """
+const wx = await tools.typed.forecast({ city: "Oslo" });
+const found = (await tools.typed.lookup({ id: 4 })).entry;
+let failure = null;
+try { await tools.typed.forecast({ city: "Atlantis" }); } catch (e) { failure = [e.code, e.message, e.data]; }
+const raw = await tools.$raw("typed__forecast", { city: "Oslo" });
+return { wx, members: found.kind === "team" ? found.members : [], failure, rawKeys: Object.keys(raw).sort() };
+""",
+    "pyodide": """
+from conduit_tools import TypedForecast, TypedForecastDaysItem
+wx: TypedForecast = await tools.typed.forecast(city="Oslo")
+found = (await tools.typed.lookup(id=4))["entry"]
+try:
+    await tools.typed.forecast(city="Atlantis")
+except ToolError as e:
+    failure = [e.code, str(e), e.data]
+raw = await tools.raw("typed__forecast", {"city": "Oslo"})
+fields = [sorted(TypedForecast.__annotations__), sorted(TypedForecastDaysItem.__required_keys__)]
+{"wx": wx, "members": found["members"] if found["kind"] == "team" else [], "failure": failure,
+ "rawKeys": sorted(raw), "fields": fields}
+""",
+    "monty": """
+wx = await tools.typed.forecast(city="Oslo")
+found = (await tools.typed.lookup(id=4))["entry"]
+try:
+    await tools.typed.forecast(city="Atlantis")
+except Exception as e:
+    failure = [-32005, str(e), None]
+raw = await tools.raw("typed__forecast", {"city": "Oslo"})
+{"wx": wx, "members": found["members"] if found["kind"] == "team" else [], "failure": failure, "rawKeys": sorted(raw)}
+""",
+}
+
+
+@pytest.mark.parametrize("runtime", list(TYPED_PROGRAMS))
+async def test_a_typed_call_gives_the_structured_value_and_a_tool_error_throws(client: Client, runtime: str) -> None:
+    if runtime in ("pyodide", "monty"):
+        failed, outcome = await run_code(client, EXECUTE_PYTHON, TYPED_PROGRAMS[runtime], engine=runtime)
+        assert outcome.get("engine") == runtime, outcome
+    else:
+        failed, outcome = await run_code(client, runtime, TYPED_PROGRAMS[runtime])
+    assert not failed, outcome
+    result = outcome["result"]
+    assert result["wx"] == typed.forecast("Oslo")
+    assert result["members"] == ["user-5", "user-7"]
+    code, message, data = result["failure"]
+    assert code == -32005
+    assert message.startswith("tool 'typed__forecast' reported an error: no forecast for Atlantis"), message
+    if runtime != "monty":  # Monty's exceptions carry a message only
+        assert data["isError"] is True and data["content"] == [{"type": "text", "text": "no forecast for Atlantis"}]
+    assert {"content", "structuredContent"} <= set(result["rawKeys"])
+    if runtime == "pyodide":  # the TypedDicts import and name every field
+        assert result["fields"] == [["alert", "city", "days"], ["date", "high", "low", "sky"]]
+
+
 async def disclose(client: Client, tool: str, **arguments: Any) -> Any:
     result = await client.call_tool(f"conduit__mcp_{tool}", arguments)
     assert not result.is_error, result
@@ -83,9 +149,22 @@ async def disclose(client: Client, tool: str, **arguments: Any) -> Any:
 
 
 async def test_read_tool_schema_shows_the_output_schema(client: Client) -> None:
-    read = await disclose(client, "read_tool_schema", toolId="typed.lookup")
+    read = await disclose(client, "read_tool_schema", toolId="typed.lookup", format="json")
     assert read["outputSchema"] == typed.LOOKUP_OUTPUT
-    assert read["typescript"].endswith('| { kind: "team"; members: Array<string> } }>>')  # the typed result
+    typescript = (await disclose(client, "read_tool_schema", toolId="typed.lookup"))["declaration"]
+    assert typescript.endswith('| { kind: "team"; members: Array<string> } }>')  # the typed result
+    python = (await disclose(client, "read_tool_schema", toolId="typed.lookup", format="python"))["declaration"]
+    assert "class TypedLookupUser(TypedDict):" in python and "-> TypedLookup:" in python
+
+
+async def test_stubs_and_search_show_typed_signatures_in_brief(client: Client) -> None:
+    page = await disclose(client, "list_tool_stubs", packageId="typed")
+    assert page["tools"] == [
+        "forecast({city: string}): {city: string, days: {…}[], alert: {…}|null} — Three days of weather for a city.",
+        "lookup({id: number}): {entry: {…}} — A user or a team by id.",  # a union of objects, in brief
+    ]
+    found = await disclose(client, "search_tools", query="weather")
+    assert found["matches"] == ["typed.forecast: Three days of weather for a city."]
 
 
 async def test_validate_tool_checks_a_result_against_the_output_schema(client: Client) -> None:

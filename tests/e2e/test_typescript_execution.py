@@ -74,7 +74,7 @@ async def test_one_tool_call_returns_the_upstream_call_tool_result(conduit: Clie
 
 
 async def test_real_published_upstream_mcp_server_time(conduit: Client) -> None:
-    code = 'const r = await tools.time.get_current_time({timezone: "UTC"}); return r.structuredContent.timezone;'
+    code = 'const r = await tools.time.get_current_time({timezone: "UTC"}); return r.timezone;'
     is_error, out = await run_ts(conduit, code)
     assert (is_error, out["result"]) == (False, "UTC")
 

@@ -135,11 +135,11 @@ def test_results_of_tools_with_output_schemas_type_check_field_by_field(tmp_path
     usage.write_text(
         'import { createTools } from "./sdk.ts";\n'
         "const { tools } = createTools(async () => ({}));\n"
-        'const wx = (await tools.wx.forecast({ city: "Oslo" })).structuredContent!;\n'
+        'const wx = await tools.wx.forecast({ city: "Oslo" });\n'
         'const sunny: boolean = wx.days[0].sky === "sun";\n'
         "const high: number = wx.days[1].high;\n"
         "const alert: string | undefined = wx.alert?.text;\n"
-        "const found = (await tools.wx.lookup({ id: 4 })).structuredContent!.entry;\n"
+        "const found = (await tools.wx.lookup({ id: 4 })).entry;\n"
         'const who: string[] = found.kind === "team" ? found.members : [found.name];\n'
         "console.log(sunny, high, alert, who);\n"
     )
@@ -161,8 +161,8 @@ def test_results_of_tools_with_output_schemas_type_check_field_by_field(tmp_path
 def test_the_declaration_names_the_result_type_when_the_tool_publishes_an_output_schema() -> None:
     forecast, lookup = (typescript_declaration(entry) for entry in TYPED)
     assert forecast.endswith(
-        "=> Promise<CallToolResult<{ city: string; days: Array<{ date: string; high: number; low: number; "
-        'sky: "sun" | "cloud" | "rain" }>; alert: { level?: number; text?: string } | null }>>'
+        "=> Promise<{ city: string; days: Array<{ date: string; high: number; low: number; "
+        'sky: "sun" | "cloud" | "rain" }>; alert: { level?: number; text?: string } | null }>'
     )
     union = '{ kind: "user"; name: string } | { kind: "team"; members: Array<string> }'  # through $defs/$ref
-    assert lookup.endswith(f"=> Promise<CallToolResult<{{ entry: {union} }}>>")
+    assert lookup.endswith(f"=> Promise<{{ entry: {union} }}>")

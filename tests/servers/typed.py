@@ -2,7 +2,8 @@
 
 ``forecast`` answers a nested object (an array of days, an enum, a nullable alert) and a resource link;
 ``lookup`` answers one of two shapes (a union through ``$defs``/``$ref``). Every answer carries
-``structuredContent`` valid against the tool's ``outputSchema`` and its text twin.
+``structuredContent`` valid against the tool's ``outputSchema`` and its text twin, except the
+forecast for ``Atlantis``: a tool error (``isError``) without structured content.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mcp.server import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
+UNKNOWN_CITY = "Atlantis"
 FORECAST_OUTPUT = {
     "type": "object",
     "properties": {
@@ -100,6 +102,9 @@ async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
 
 async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.CallToolResult:
     args = params.arguments or {}
+    if params.name == "forecast" and args.get("city") == UNKNOWN_CITY:
+        text = types.TextContent(type="text", text=f"no forecast for {UNKNOWN_CITY}")
+        return types.CallToolResult(content=[text], is_error=True)
     if params.name == "forecast":
         value = forecast(str(args["city"]))
         link = types.ResourceLink(

@@ -124,7 +124,10 @@ class BridgeServer:
             assert self._handler is not None
             result = await self._handler.handle_bridge(caller, method, params)
         except ConduitError as exc:
-            return {"error": {"code": exc.code, "message": sandbox_safe(exc.message)}}
+            error: dict[str, Any] = {"code": exc.code, "message": sandbox_safe(exc.message)}
+            if exc.data is not None:
+                error["data"] = exc.data
+            return {"error": error}
         except Exception:
             logger.exception("bridge method %s failed", method)
             return {"error": {"code": INTERNAL_ERROR, "message": "internal error"}}

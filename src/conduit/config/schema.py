@@ -75,12 +75,11 @@ class Limits(_Model):
 
     @classmethod
     def request_schema(cls) -> dict[str, Any]:
-        """The JSON Schema of a request's ``limits`` argument: any of the limits, each a positive integer."""
+        """The JSON Schema of a request's ``limits`` argument, as listed to clients: an object naming the limits
+        (each a positive integer; :meth:`from_request` checks every key and value and names what is wrong)."""
         return {
             "type": "object",
-            "description": "Lower the server's limits for this run (values above the server's ceilings are capped).",
-            "properties": {name: {"type": "integer", "minimum": 1} for name in cls.wire_names()},
-            "additionalProperties": False,
+            "description": f"Lower {', '.join(cls.wire_names())} for this run.",
         }
 
 

@@ -1,9 +1,10 @@
 """Progressive disclosure: what an agent can learn about upstream tools without loading every schema.
 
-Packages (upstreams) first, then one package's tool stubs (names and one-line descriptions),
-then one tool's full schema with the exact TypeScript and Python call forms, or a ranked
-search across everything. All of it is computed from the gateway's catalog, so it always
-matches what the sandboxes' generated SDKs contain.
+Packages (upstreams) first, then one package's tools as one-line signatures, then one tool's full
+declaration (TypeScript or Python, the form a program calls it in, typed by its schemas) or its JSON
+Schemas, or a ranked search across everything. Answers are short on purpose: a line per tool, the
+first sentence of a description, pages of stubs; the full text is one ``read_tool_schema`` away.
+All of it is computed from the gateway's catalog, so it always matches what the sandboxes' SDKs contain.
 """
 
 from __future__ import annotations
@@ -12,25 +13,35 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from conduit.catalog import Catalog, ToolEntry, qualify
+from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import InvalidParamsError
+from conduit.sdk.naming import identifier, unique_identifiers
 from conduit.sdk.python import python_declaration
-from conduit.sdk.typescript import typescript_declaration
+from conduit.sdk.typescript import brief_type, typescript_declaration
 from conduit.upstream.registry import Upstream
 
-SEARCH_LIMIT: Final = 10
+SEARCH_LIMIT: Final = 8
+STUBS_PAGE: Final = 10
+SUMMARY_CHARS: Final = 90
+FORMATS: Final = ("typescript", "python", "json")
 _TERM: Final = re.compile(r"[a-z0-9]+")
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s")
 
 
 def summary(text: str) -> str:
-    """The first line of a description.
+    """The first sentence of a description's first line, at most ``SUMMARY_CHARS`` long.
 
-    >>> summary("  Get the time.\\nMore detail.")
+    >>> summary("  Get the time. In any zone.\\nMore detail.")
     'Get the time.'
+    >>> summary("word " * 30)[-11:]
+    'word word …'
     """
     stripped = text.strip()
-    return stripped.splitlines()[0] if stripped else ""
+    first = _SENTENCE_END.split(stripped.splitlines()[0], maxsplit=1)[0] if stripped else ""
+    if len(first) <= SUMMARY_CHARS:
+        return first
+    return first[: first.rfind(" ", 0, SUMMARY_CHARS - 1)].rstrip(",;:") + " …"
 
 
 def list_packages(catalog: Catalog, connections: Mapping[str, Upstream]) -> list[dict[str, Any]]:
@@ -49,59 +60,103 @@ def list_packages(catalog: Catalog, connections: Mapping[str, Upstream]) -> list
     return packages
 
 
-def list_stubs(catalog: Catalog, package_id: Any) -> list[dict[str, Any]]:
-    """One upstream's tools: ids and one-line descriptions.
+def list_stubs(catalog: Catalog, package_id: Any, offset: Any = None, limit: Any = None) -> dict[str, Any]:
+    """One upstream's tools, a page at a time: ``name(args): result — summary`` each, in the SDK's names.
 
     Raises:
-        ConduitError: no such package (INVALID_PARAMS).
+        ConduitError: no such package, or a bad offset or limit (INVALID_PARAMS).
     """
     if not isinstance(package_id, str) or not package_id:
         raise InvalidParamsError("packageId must be a non-empty string")
-    entries = [entry for entry in catalog.tools if entry.upstream == package_id]
+    offset = _bounded("offset", offset, 0, 0, 1_000_000)
+    limit = _bounded("limit", limit, STUBS_PAGE, 1, 100)
+    entries = sorted((entry for entry in catalog.tools if entry.upstream == package_id), key=lambda e: e.name)
     if not entries and package_id not in catalog.failures:
         known = sorted({entry.upstream for entry in catalog.tools} | set(catalog.failures))
         raise InvalidParamsError(f"unknown package {package_id!r} (known: {', '.join(known) or 'none'})")
     if not entries:
         raise InvalidParamsError(f"package {package_id!r} is unavailable: {catalog.failures[package_id]}")
-    return [
-        {"toolId": entry.qualified, "name": entry.name, "description": summary(entry.description)} for entry in entries
-    ]
+    names = unique_identifiers(entry.name for entry in entries)
+    page = entries[offset : offset + limit]
+    answer: dict[str, Any] = {
+        "package": package_id,
+        "call": f"await tools.{identifier(package_id)}.<name>(args)",
+        "tools": [stub(entry, names[entry.name]) for entry in page],
+    }
+    if offset + limit < len(entries):
+        answer["nextOffset"] = offset + limit
+        answer["total"] = len(entries)
+    return answer
+
+
+def stub(entry: ToolEntry, name: str) -> str:
+    """One tool in a line: its SDK name, argument and result types in brief, and its summary.
+
+    >>> stub(ToolEntry("t", "now", "Current time.\\nIn a zone.", {"type": "object",
+    ...     "properties": {"zone": {"type": "string"}}, "required": ["zone"]}), "now")
+    'now({zone: string}): CallToolResult — Current time.'
+    """
+    returned = brief_type(entry.output_schema) if entry.output_schema else "CallToolResult"
+    line = f"{name}({brief_type(entry.input_schema)}): {returned}"
+    described = summary(entry.description)
+    return f"{line} — {described}" if described else line
+
+
+def _bounded(name: str, value: Any, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParamsError(f"{name} must be an integer from {low} to {high}")
+    return value
 
 
 def find_tool(catalog: Catalog, tool_id: Any) -> ToolEntry:
-    """The tool named ``upstream__tool`` or ``upstream.tool``.
+    """The tool named ``upstream__tool`` or ``upstream.tool``, by its upstream's names or the SDK's.
 
     Raises:
         ConduitError: not a string, or no such tool (INVALID_PARAMS).
     """
     if not isinstance(tool_id, str) or not tool_id:
         raise InvalidParamsError("the tool id must be a non-empty string")
-    qualified = qualify(tool_id)
-    entry = catalog.find(qualified)
+    parsed = ToolId.parse(tool_id)
+    entry = catalog.find(parsed.qualified)
+    if entry is None and parsed.upstream is not None:  # the SDK's name: tools.<package>.<name>
+        package = [e for e in catalog.tools if identifier(e.upstream) == identifier(parsed.upstream)]
+        names = unique_identifiers(e.name for e in sorted(package, key=lambda e: e.name))
+        entry = next((e for e in package if names[e.name] == parsed.tool), None)
     if entry is None:
         raise InvalidParamsError(f"unknown tool {tool_id!r} (search with conduit__mcp_search_tools)")
     return entry
 
 
-def read_schema(catalog: Catalog, tool_id: Any) -> dict[str, Any]:
-    """One tool in full: description, input schema, its output schema when it publishes one (the shape of
-    ``structuredContent``), and the call forms the sandboxes' SDKs give it."""
+def read_schema(catalog: Catalog, tool_id: Any, form: Any = None) -> dict[str, Any]:
+    """One tool in full, in ``form``: ``typescript`` (default) or ``python``, the declaration a program calls
+    (typed by its input and output schemas, with its description and argument docs); ``json``, its
+    description and JSON Schemas (``outputSchema``, the shape of its typed value, when it publishes one).
+
+    Raises:
+        ConduitError: no such tool, or an unknown form (INVALID_PARAMS).
+    """
     entry = find_tool(catalog, tool_id)
+    form = form or "typescript"
+    if form not in FORMATS:
+        raise InvalidParamsError(f"format must be one of {', '.join(FORMATS)}")
+    if form == "typescript":
+        return {"toolId": entry.qualified, "declaration": typescript_declaration(entry)}
+    if form == "python":
+        return {"toolId": entry.qualified, "declaration": python_declaration(entry)}
     output = {"outputSchema": dict(entry.output_schema)} if entry.output_schema else {}
     return {
         "toolId": entry.qualified,
-        "package": entry.upstream,
-        "name": entry.name,
         "description": entry.description,
         "inputSchema": dict(entry.input_schema),
         **output,
-        "typescript": typescript_declaration(entry),
-        "python": python_declaration(entry),
     }
 
 
-def search(catalog: Catalog, query: Any, limit: Any = None) -> list[dict[str, Any]]:
-    """Tools ranked by how well their names, packages and descriptions match ``query``'s words.
+def search(catalog: Catalog, query: Any, limit: Any = None) -> list[str]:
+    """Tools ranked by how well their names, packages and descriptions match ``query``'s words, each as
+    ``package.tool: summary``, best first.
 
     A word equal to the tool's name scores 10, equal to a word of the name 6, inside the name 3,
     equal to the package 4, a word of the description 2, inside the description 1.
@@ -111,10 +166,7 @@ def search(catalog: Catalog, query: Any, limit: Any = None) -> list[dict[str, An
     """
     if not isinstance(query, str) or not _TERM.findall(query.lower()):
         raise InvalidParamsError("query must be a string with at least one word")
-    if limit is None:
-        limit = SEARCH_LIMIT
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 50:
-        raise InvalidParamsError("limit must be an integer from 1 to 50")
+    limit = _bounded("limit", limit, SEARCH_LIMIT, 1, 50)
     terms = _TERM.findall(query.lower())
     ranked = []
     for entry in catalog.tools:
@@ -122,10 +174,20 @@ def search(catalog: Catalog, query: Any, limit: Any = None) -> list[dict[str, An
         if score > 0:
             ranked.append((score, entry))
     ranked.sort(key=lambda pair: (-pair[0], pair[1].qualified))
-    return [
-        {"toolId": entry.qualified, "description": summary(entry.description), "score": score}
-        for score, entry in ranked[:limit]
-    ]
+    names = sdk_names(catalog)
+    return [f"{names[entry.qualified]}: {summary(entry.description)}".rstrip(": ") for _, entry in ranked[:limit]]
+
+
+def sdk_names(catalog: Catalog) -> dict[str, str]:
+    """Each tool's name in the SDK, ``package.tool`` as a program writes it after ``tools.``, by qualified id."""
+    by_package: dict[str, list[ToolEntry]] = {}
+    for entry in catalog.tools:
+        by_package.setdefault(entry.upstream, []).append(entry)
+    names: dict[str, str] = {}
+    for package, entries in by_package.items():
+        tools = unique_identifiers(entry.name for entry in sorted(entries, key=lambda e: e.name))
+        names.update({entry.qualified: f"{identifier(package)}.{tools[entry.name]}" for entry in entries})
+    return names
 
 
 def _score(entry: ToolEntry, terms: list[str]) -> int:

@@ -31,6 +31,7 @@ from conduit.core.admission import Admission
 from conduit.core.health import health_report
 from conduit.core.languages import BY_NAME, LANGUAGES
 from conduit.core.ratelimit import RateLimiter
+from conduit.core.typed import typed_value
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import (
     BusyError,
@@ -377,10 +378,10 @@ class Gateway:
         return [entry.describe() for entry in await self.discover(who.allowlist, query)]
 
     async def _bridge_call(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
-        result = await self.audited_call(
-            who.caller, who.allowlist, params.get("name"), params.get("arguments"), who.execution_id
-        )
-        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        name = params.get("name")
+        result = await self.audited_call(who.caller, who.allowlist, name, params.get("arguments"), who.execution_id)
+        answer = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return typed_value(str(name), answer) if params.get("structured") is True else answer
 
     async def _bridge_register(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         return {"id": self.register_upstream(params.get("upstream", params))}

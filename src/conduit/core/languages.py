@@ -123,46 +123,28 @@ def _isolate(parts: RuntimeParts) -> Runtime:
     )
 
 
-_TS_DESCRIPTION: Final = """\
-Run a TypeScript program in a fresh, locked-down Deno sandbox and return its output.
+_CALLS: Final = (
+    "`await tools.<package>.<tool>({args})` calls a tool, typed as conduit__mcp_read_tool_schema declares it; "
+    "failures {throw}."
+)
 
-The program calls upstream MCP tools through the global `tools` object:
-`const r = await tools.<upstream>.<tool>({...args})` returns the tool's CallToolResult
-(`r.content`, `r.structuredContent`, `r.isError`). `await tools.$raw("upstream__tool", args)`
-calls by name; `await discoverMCPTools()` lists the tools this run may call. Denied, unknown or
-failed calls throw an Error with a numeric `code`. Top-level `await` works; a top-level `return`
-value becomes `result`. console.log/info/debug go to stdout, console.warn/error to stderr.
-The sandbox has no file, env, network or subprocess access, and each run starts fresh.
-Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
+_TS_DESCRIPTION: Final = (
+    "Run TypeScript in a fresh Deno sandbox (no files, env, network or subprocesses). "
+    + _CALLS.format(args="...", throw="throw with a numeric `code`")
+    + " A top-level `return` value becomes `result`."
+)
 
-_ISOLATE_DESCRIPTION: Final = """\
-Run a plain JavaScript program in a fresh V8 isolate: the fastest runtime, for computation and tool calls.
+_ISOLATE_DESCRIPTION: Final = (
+    "Run plain JavaScript in a fresh V8 isolate: the fastest start; ECMAScript built-ins only. "
+    "Same `tools` as conduit__mcp_execute_typescript."
+)
 
-Same SDK as the TypeScript runtime: `await tools.<upstream>.<tool>({...args})` returns the tool's
-CallToolResult, `await tools.$raw("upstream__tool", args)` calls by name, `await discoverMCPTools()`
-lists the tools this run may call; failed calls throw an Error with a numeric `code`. Top-level `await`
-works; a top-level `return` value becomes `result`. console.log/info/debug go to stdout,
-console.warn/error to stderr. Only ECMAScript built-ins exist: no modules, no fetch, no timers beyond
-setTimeout, no ArrayBuffer/typed arrays/WebAssembly. Each run starts in a fresh isolate.
-Result: {stdout, stderr, exitCode, result?, error?: {code, message}}."""
-
-_PYTHON_DESCRIPTION: Final = """\
-Run a Python program in a fresh, sealed sandbox and return its output.
-
-Two engines: Monty (a fast interpreter of a Python subset: functions, plain classes, dataclasses,
-async/await, comprehensions, f-strings, match; modules json, re, math, datetime, asyncio, typing,
-collections, itertools, functools...) and Pyodide (full CPython 3.14 and its standard library).
-`engine: "auto"` (default) runs on Monty whatever Monty runs as CPython would, decided before it
-runs, and on Pyodide otherwise; the result's `engine` says which ran.
-The program calls upstream MCP tools through the global `tools` object:
-`r = await tools.<upstream>.<tool>(arg=value, ...)` (or pass one dict) returns the tool's CallToolResult
-as a dict (`r["content"]`, `r["structuredContent"]`, `r.get("isError")`).
-`await tools.raw("upstream__tool", {...})` calls by name; `await discover_mcp_tools()` lists the tools
-this run may call. A failed call raises (on Pyodide `ToolError` with a numeric `.code`; naming
-ToolError sends a program to Pyodide). Top-level `await` works; the value of the last expression
-becomes `result` (JSON values only). print() goes to stdout, exceptions print a traceback of the
-program to stderr. There is no file, env, network or subprocess access, and each run starts fresh.
-Result: {stdout, stderr, exitCode, engine, result?, error?: {code, message}}."""
+_PYTHON_DESCRIPTION: Final = (
+    "Run Python in a fresh sandbox (no files, env, network or subprocesses): Monty, a fast subset, when the "
+    "program fits, else Pyodide (CPython 3.14). "
+    + _CALLS.format(args="arg=...", throw="raise `ToolError` (`.code`)")
+    + " The last expression's value becomes `result`."
+)
 
 LANGUAGES: Final = (
     Language(

@@ -84,7 +84,7 @@ class Bridge:
     async def call(self, method: Any, params_json: Any, output: Any = "") -> str:
         """Forward the output the prelude handed over, then one request; always answers a JSON string.
 
-        The answer is ``{"result": ...}`` or ``{"error": {"code", "message"}}``: nothing from Python
+        The answer is ``{"result": ...}`` or ``{"error": {"code", "message", "data"?}}``: nothing from Python
         (exceptions, tracebacks) ever reaches the isolate.
         """
         forward_output(output)
@@ -115,7 +115,10 @@ class Bridge:
         answer = await future
         if "error" in answer:
             error = answer["error"]
-            return json.dumps({"error": {"code": error.get("code", -32603), "message": str(error.get("message"))}})
+            sent = {"code": error.get("code", -32603), "message": str(error.get("message"))}
+            if "data" in error:
+                sent["data"] = error["data"]
+            return json.dumps({"error": sent})
         return json.dumps({"result": answer.get("result")})
 
     async def aclose(self) -> None:

@@ -49,6 +49,7 @@ from conduit.sandbox.process import REAP_TIMEOUT, private_memory_bytes, set_nice
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
 from conduit.sandbox.walls.launch import MAX_PIDS
+from conduit.sdk.python import without_result_types
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +374,9 @@ class MontySandbox:
             try:
                 with turn:
                     try:
-                        await session.feed_run(PRELUDE + job.sdk, external_lookup=lookup, print_callback=printed)
+                        await session.feed_run(
+                            PRELUDE + without_result_types(job.sdk), external_lookup=lookup, print_callback=printed
+                        )
                         value = await session.feed_run(job.program, external_lookup=lookup, print_callback=printed)
                         record = _encode(value, limits.max_output_bytes)
                     except pm.MontyRuntimeError as exc:

@@ -1,15 +1,19 @@
-"""The Python SDK a Pyodide sandbox loads: ``tools.<upstream>.<tool>(**kwargs)`` and ``tools.raw``.
+"""The Python SDK a Python sandbox loads: ``tools.<upstream>.<tool>(**kwargs)`` and ``tools.raw``.
 
 Every tool becomes an ``async`` method with keyword-only arguments taken from its JSON Schema
 (required ones without a default), type hints, and a docstring from its description; a
 dict may be passed instead of (or besides) keywords. Names are made into identifiers; a
-property whose name is not one (or is a keyword) is reachable through the dict form. The
-generated source runs inside the sandbox next to ``invoke`` and ``_MISSING`` from the
-sandbox runtime (``python_prelude.py``).
+property whose name is not one (or is a keyword) is reachable through the dict form. A tool
+that publishes an output schema returns its ``structuredContent``, typed by a ``TypedDict``
+(:mod:`conduit.sdk.typeddicts`); any other returns its CallToolResult as a dict. The generated
+source runs inside the sandbox next to ``invoke`` and ``_MISSING`` from the sandbox runtime
+(``python_prelude.py`` on Pyodide, ``monty_prelude.py`` on Monty, which gets it without the
+``TypedDict``s).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import keyword
 import textwrap
@@ -19,6 +23,7 @@ from typing import Any, Final
 
 from conduit.catalog import ToolEntry
 from conduit.sdk.naming import identifier, unique_identifiers
+from conduit.sdk.typeddicts import TypedDicts
 
 _PRIMITIVES: Final = {"string": "str", "number": "float", "integer": "int", "boolean": "bool", "null": "None"}
 
@@ -84,52 +89,78 @@ def signature(entry: ToolEntry) -> tuple[str, list[str], str]:
     return ", ".join(params), names, ("Args:\n" + "\n".join(docs)) if docs else ""
 
 
-def _method(entry: ToolEntry, name: str) -> str:
+def _method(entry: ToolEntry, name: str, types: TypedDicts) -> str:
     params, names, args_doc = signature(entry)
     kwargs = "{" + ", ".join(f"{json.dumps(arg)}: {arg}" for arg in names) + "}"
     doc = _docstring("\n\n".join(part for part in (entry.description.strip(), args_doc) if part), "        ")
-    return (
-        f"    async def {name}({params}) -> dict[str, Any]:\n{doc}"
-        f"        return await invoke({json.dumps(entry.qualified)}, args, {kwargs})\n"
-    )
+    if entry.output_schema:
+        returned = types.result_hint(entry.upstream, entry.name, entry.output_schema)
+        call = f"invoke({json.dumps(entry.qualified)}, args, {kwargs}, True)"
+    else:
+        returned, call = "dict[str, Any]", f"invoke({json.dumps(entry.qualified)}, args, {kwargs})"
+    return f"    async def {name}({params}) -> {returned}:\n{doc}        return await {call}\n"
 
 
 def python_declaration(entry: ToolEntry) -> str:
-    """How a program calls one tool, as the Python method the SDK generates (``tools.<upstream>.<tool>``)."""
-    method = textwrap.dedent(_method(entry, identifier(entry.name)))
+    """How a program calls one tool, as the Python method the SDK generates (``tools.<upstream>.<tool>``),
+    after the ``TypedDict``s of what it returns when it publishes an output schema."""
+    types = TypedDicts()
+    method = textwrap.dedent(_method(entry, identifier(entry.name), types))
     body = method[: method.rindex("    return await invoke")] + "    ...\n"
-    return f"# await tools.{identifier(entry.upstream)}.{identifier(entry.name)}(...)\n{body}"
+    return f"{types.source()}# await tools.{identifier(entry.upstream)}.{identifier(entry.name)}(...)\n{body}"
 
 
 def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:
-    """Python source defining ``tools`` for ``entries``."""
+    """Python source defining ``tools`` for ``entries``, and the ``TypedDict``s of typed tools' results
+    (between the markers :func:`without_result_types` cuts at; the names are importable from
+    ``conduit_tools`` on Pyodide)."""
     ordered: Sequence[ToolEntry] = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
     upstream_attributes = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
+    types = TypedDicts()
     classes: list[str] = []
     attributes: list[str] = []
     for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
         tools = list(group)
         names = unique_identifiers(entry.name for entry in tools)
         class_name = f"_{identifier(upstream)}_tools"
-        methods = "\n".join(_method(entry, names[entry.name]) for entry in tools)
+        methods = "\n".join(_method(entry, names[entry.name], types) for entry in tools)
         classes.append(f'class {class_name}:\n    """Tools of upstream {upstream!r}."""\n\n{methods}')
         attributes.append(f"    {upstream_attributes[upstream]} = {class_name}()\n")
-    return _TEMPLATE.format(classes="\n\n".join(classes), attributes="".join(attributes))
+    typed = types.source()
+    result_types = f"{TYPES_START}from typing import NotRequired, TypedDict\n\n\n{typed}{TYPES_END}" if typed else ""
+    return _TEMPLATE.format(types=result_types, classes="\n\n".join(classes), attributes="".join(attributes))
+
+
+TYPES_START: Final = "# >>> result types (CPython only)\n"
+TYPES_END: Final = "# <<< result types\n"
+
+
+@functools.lru_cache(maxsize=64)
+def without_result_types(source: str) -> str:
+    """``source`` (a generated Python SDK) without its ``TypedDict``s, for interpreters that have no
+    ``TypedDict`` (Monty): its annotations are never evaluated there, so the names need not exist."""
+    start = source.find(TYPES_START)
+    if start < 0:
+        return source
+    end = source.index(TYPES_END, start) + len(TYPES_END)
+    return source[:start] + source[end:]
 
 
 _TEMPLATE: Final = '''\
 # Generated by Conduit: the tools this execution may call. Do not edit.
 from typing import Any, Literal
 
-
+{types}
 {classes}
 
 class _Tools:
-    """Upstream tools: ``await tools.<upstream>.<tool>(**kwargs)`` returns the CallToolResult as a dict."""
+    """Upstream tools: ``await tools.<upstream>.<tool>(**kwargs)`` returns the tool's structuredContent when it
+    publishes an output schema (a TypedDict below), else the CallToolResult as a dict."""
 
 {attributes}
     async def raw(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Call any allowed tool by qualified name, e.g. ``await tools.raw("github__create_issue", {{...}})``."""
+        """Call any allowed tool by qualified name, e.g. ``await tools.raw("github__create_issue", {{...}})``:
+        the whole CallToolResult."""
         return await invoke(name, args, {{}})
 
 

@@ -2,9 +2,11 @@
 
 The SDK is one function, ``createTools(call)``; the harness passes it the bridge's
 request function. Every tool becomes ``tools.<upstream>.<tool>(args)`` with a doc comment
-and an argument type derived from its JSON Schema; ``tools.$raw(name, args)`` reaches any
-tool by its qualified name. The SDK only shapes calls: the host checks every call and
-every discovery against the execution's allowlist, whatever the program sends.
+and an argument type derived from its JSON Schema. A tool that publishes an output schema
+resolves to its ``structuredContent``, typed by that schema (:mod:`conduit.core.typed`); any
+other resolves to its ``CallToolResult``. ``tools.$raw(name, args)`` reaches any tool by its
+qualified name and always resolves to the whole result. The SDK only shapes calls: the host
+checks every call and every discovery against the execution's allowlist, whatever the program sends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def doc_comment(text: str, indent: str) -> str:
     lines = [line.rstrip() for line in text.replace("*/", "*\u2215").strip().splitlines()]
     if not lines:
         return ""
+    if len(lines) == 1:
+        return f"{indent}/** {lines[0]} */\n"
     body = "\n".join(f"{indent} *{' ' + line if line else ''}" for line in lines)
     return f"{indent}/**\n{body}\n{indent} */\n"
 
@@ -73,6 +77,74 @@ def schema_type(schema: Any, depth: int = 0, root: Mapping[str, Any] | None = No
     return "unknown"
 
 
+BRIEF_MEMBERS: Final = 6
+BRIEF_ENUM: Final = 4
+
+
+def brief_type(schema: Any, depth: int = 0, root: Mapping[str, Any] | None = None) -> str:
+    """A schema's type in brief, for a one-line stub: the top object's members, ``{…}`` below it.
+
+    >>> brief_type({"type": "object", "properties": {"path": {"type": "string"}, "n": {"type": "integer"},
+    ...     "opts": {"type": "object", "properties": {"a": {}}}, "tags": {"type": "array", "items": {"enum": [1, 2]}}},
+    ...     "required": ["path"]})
+    '{path: string, n?: number, opts?: {…}, tags?: (1|2)[]}'
+    >>> brief_type({"enum": ["a", "b"]})
+    "'a'|'b'"
+    >>> brief_type({"type": "object", "properties": {}}), brief_type({"enum": list("abcde")})
+    ('{}', 'string')
+    """
+    if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
+        return "unknown"
+    if root is None:
+        root = schema
+    nullable = "|null" if schema.get("nullable") is True else ""
+    reference = schema.get("$ref")
+    if isinstance(reference, str):
+        return brief_type(_resolve(reference, root), depth, root) + nullable
+    if "const" in schema:
+        return _literal(schema["const"]) + nullable
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        if len(enum) > BRIEF_ENUM:
+            kinds = {type(value).__name__ for value in enum}
+            return ("string" if kinds == {"str"} else "number" if kinds <= {"int", "float"} else "unknown") + nullable
+        return "|".join(_literal(value) for value in enum) + nullable
+    for combinator in ("anyOf", "oneOf"):
+        options = schema.get(combinator)
+        if isinstance(options, list) and options:
+            return "|".join(dict.fromkeys(brief_type(option, depth, root) for option in options)) + nullable
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return "|".join(brief_type({**schema, "type": item}, depth, root) for item in kind) or "unknown"
+    if kind in _PRIMITIVES:
+        return _PRIMITIVES[kind] + nullable
+    if kind == "array":
+        item = brief_type(schema.get("items"), depth + 1, root)
+        return (f"({item})[]" if "|" in item else f"{item}[]") + nullable
+    properties = schema.get("properties")
+    if kind == "object" or isinstance(properties, Mapping):
+        if not isinstance(properties, Mapping) or not properties:
+            return ("{}" if isinstance(properties, Mapping) else "object") + nullable
+        if depth > 0:
+            return "{…}" + nullable
+        required = set(schema.get("required") or ())
+        members = [
+            f"{name if name.isidentifier() else json.dumps(name)}{'' if name in required else '?'}: "
+            f"{brief_type(sub, depth + 1, root)}"
+            for name, sub in list(properties.items())[:BRIEF_MEMBERS]
+        ]
+        more = ", …" if len(properties) > BRIEF_MEMBERS else ""
+        return "{" + ", ".join(members) + more + "}" + nullable
+    return "unknown"
+
+
+def _literal(value: Any) -> str:
+    """A literal type, strings single-quoted (no escaped quotes once the stub is JSON)."""
+    if isinstance(value, str) and "'" not in value and "\\" not in value:
+        return f"'{value}'"
+    return json.dumps(value)
+
+
 def _resolve(reference: str, root: Mapping[str, Any]) -> Any:
     """The schema ``#/$defs/name`` (or ``#/definitions/name``) names in ``root``; None for any other reference."""
     for prefix in ("#/$defs/", "#/definitions/"):
@@ -83,11 +155,8 @@ def _resolve(reference: str, root: Mapping[str, Any]) -> Any:
 
 
 def result_type(entry: ToolEntry) -> str:
-    """What a call of the tool resolves to: ``CallToolResult``, with ``structuredContent`` typed by the tool's
-    output schema when it publishes one."""
-    if not entry.output_schema:
-        return "CallToolResult"
-    return f"CallToolResult<{schema_type(entry.output_schema)}>"
+    """What a call of the tool resolves to: the type its output schema gives, else ``CallToolResult``."""
+    return schema_type(entry.output_schema) if entry.output_schema else "CallToolResult"
 
 
 def _object_type(schema: Mapping[str, Any], depth: int, root: Mapping[str, Any]) -> str:
@@ -117,15 +186,16 @@ def _object_type(schema: Mapping[str, Any], depth: int, root: Mapping[str, Any])
 
 def _tool_member(entry: ToolEntry, name: str, typed: bool) -> str:
     qualified = json.dumps(entry.qualified)
+    through = "value" if entry.output_schema else "invoke"
     if typed:
         args_type = schema_type(entry.input_schema)
         optional = "?" if not (entry.input_schema or {}).get("required") else ""
         comment = doc_comment(entry.description, "      ")
         returned = f"Promise<{result_type(entry)}>"
-        return f"{comment}      {name}: (args{optional}: {args_type}): {returned} => invoke({qualified}, args),\n"
+        return f"{comment}      {name}: (args{optional}: {args_type}): {returned} => {through}({qualified}, args),\n"
     text = f"{entry.description}\n@param {{{schema_type(entry.input_schema)}}} args".strip()
     comment = doc_comment(text, "      ")
-    return f"{comment}      {name}: (args) => invoke({qualified}, args),\n"
+    return f"{comment}      {name}: (args) => {through}({qualified}, args),\n"
 
 
 def _upstream_blocks(entries: Iterable[ToolEntry], typed: bool) -> str:
@@ -173,22 +243,25 @@ _TYPESCRIPT: Final = """\
 // Generated by Conduit: the tools this execution may call. Do not edit.
 type Call = (method: string, params: unknown) => Promise<any>;
 
-/** A tool call failed: denied (-32003), unknown (-32004), upstream failure (-32005/-32006), ... */
+/** A tool call failed: denied (-32003), unknown (-32004), upstream failure (-32005/-32006), ...
+ * A typed tool that answered isError throws -32005 with the raw CallToolResult as `data`. */
 export interface ToolError extends Error { code: number; data?: unknown }
 
-/** What a tool answers: content blocks, and `structuredContent` of the type its output schema gives. */
-export interface CallToolResult<T = Record<string, unknown>> {
+/** What a tool without an output schema (and `$raw`) answers. */
+export interface CallToolResult {
   content: Array<{ type: string; [key: string]: unknown }>;
-  structuredContent?: T;
+  structuredContent?: Record<string, unknown>;
   isError?: boolean;
 }
 
 export function createTools(call: Call) {
   const invoke = (name: string, args: unknown) => call("mcp_call_tool", { name, arguments: args ?? {} });
+  const value = (name: string, args: unknown) =>
+    call("mcp_call_tool", { name, arguments: args ?? {}, structured: true });
   const tools = {
 /*UPSTREAMS*/
-    /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`. */
-    $raw: (name: string, args?: Record<string, unknown>) => invoke(name, args),
+    /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`: the whole result. */
+    $raw: (name: string, args?: Record<string, unknown>): Promise<CallToolResult> => invoke(name, args),
   };
   /** The tools this execution may call, with descriptions and input schemas. */
   const discoverMCPTools = (options?: { query?: string }) => call("mcp_discover_tools", options ?? {});
@@ -199,9 +272,10 @@ export function createTools(call: Call) {
 _JAVASCRIPT: Final = """\
 function createTools(call) {
   const invoke = (name, args) => call("mcp_call_tool", { name, arguments: args ?? {} });
+  const value = (name, args) => call("mcp_call_tool", { name, arguments: args ?? {}, structured: true });
   const tools = {
 /*UPSTREAMS*/
-    /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`. */
+    /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`: the whole result. */
     $raw: (name, args) => invoke(name, args),
   };
   /** The tools this execution may call, with descriptions and input schemas. */

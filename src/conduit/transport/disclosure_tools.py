@@ -15,51 +15,42 @@ from conduit.security.allowlist import Allowlist
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    """An input schema as listed (:func:`call` refuses unknown arguments by name)."""
+    return {"type": "object", "properties": properties, **({"required": required} if required else {})}
 
 
 TOOLS: Final = {
     f"{_PREFIX}mcp_list_tool_packages": types.Tool(
         name=f"{_PREFIX}mcp_list_tool_packages",
-        description="List the tool packages (upstream MCP servers) programs can call: id, transport, tool count, "
-        "status. Start here, then list a package's stubs.",
+        description="The tool packages (upstream servers) programs can call.",
         input_schema=_schema({}, []),
     ),
     f"{_PREFIX}mcp_list_tool_stubs": types.Tool(
         name=f"{_PREFIX}mcp_list_tool_stubs",
-        description="List one package's tools: ids (`package__tool`) and one-line descriptions, without schemas.",
-        input_schema=_schema({"packageId": {"type": "string", "description": "A package id."}}, ["packageId"]),
+        description="A package's tools, a typed line each. Paged.",
+        input_schema=_schema(
+            {"packageId": {"type": "string"}, "offset": {"type": "integer"}, "limit": {"type": "integer"}},
+            ["packageId"],
+        ),
     ),
     f"{_PREFIX}mcp_read_tool_schema": types.Tool(
         name=f"{_PREFIX}mcp_read_tool_schema",
-        description="Read one tool in full: description, JSON input schema, output schema (the shape of its "
-        "structuredContent) when it has one, and the exact TypeScript and Python call forms of "
-        "`tools.<package>.<tool>` inside a program.",
+        description="A tool's full declaration: typescript (default), python, or json schemas.",
         input_schema=_schema(
-            {"toolId": {"type": "string", "description": "`package__tool` or `package.tool`."}}, ["toolId"]
+            {"toolId": {"type": "string"}, "format": {"enum": list(disclosure.FORMATS)}},
+            ["toolId"],
         ),
     ),
     f"{_PREFIX}mcp_search_tools": types.Tool(
         name=f"{_PREFIX}mcp_search_tools",
-        description="Search every package's tools by words in their names and descriptions; best matches first.",
-        input_schema=_schema(
-            {
-                "query": {"type": "string", "description": "Words to look for, e.g. 'create issue'."},
-                "limit": {"type": "integer", "minimum": 1, "maximum": 50, "description": "At most this many (10)."},
-            },
-            ["query"],
-        ),
+        description="Find tools by words, best first.",
+        input_schema=_schema({"query": {"type": "string"}, "limit": {"type": "integer"}}, ["query"]),
     ),
     f"{_PREFIX}mcp_validate_tool": types.Tool(
         name=f"{_PREFIX}mcp_validate_tool",
-        description="Check arguments against a tool's input schema without calling it, and/or a result value "
-        "against its output schema; every problem names the field and the rule it breaks.",
+        description="Check args or a result value against a tool's schemas.",
         input_schema=_schema(
-            {
-                "toolName": {"type": "string"},
-                "args": {"type": "object"},
-                "result": {"type": "object", "description": "A structuredContent value to check."},
-            },
+            {"toolName": {"type": "string"}, "args": {"type": "object"}, "result": {"type": "object"}},
             ["toolName"],
         ),
     ),
@@ -83,9 +74,11 @@ async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], allowl
         reached = {uid: up for uid, up in gateway.registry.connections.items() if allowlist.reaches(uid)}
         return {"packages": disclosure.list_packages(catalog, reached)}
     if short == "mcp_list_tool_stubs":
-        return {"tools": disclosure.list_stubs(catalog, arguments.get("packageId"))}
+        return disclosure.list_stubs(
+            catalog, arguments.get("packageId"), arguments.get("offset"), arguments.get("limit")
+        )
     if short == "mcp_read_tool_schema":
-        return disclosure.read_schema(catalog, arguments.get("toolId"))
+        return disclosure.read_schema(catalog, arguments.get("toolId"), arguments.get("format"))
     if short == "mcp_search_tools":
         return {"matches": disclosure.search(catalog, arguments.get("query"), arguments.get("limit"))}
     strict = gateway.config.validation_mode == "strict"

@@ -40,22 +40,21 @@ logger = logging.getLogger(__name__)
 EXECUTE_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {
-        "code": {"type": "string", "description": "The program to run."},
+        "code": {"type": "string"},
         "allowedTools": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Tools the program may call: '*', 'upstream.*', 'upstream.tool' or 'tool'.",
+            "description": "e.g. ['github.*']",
         },
         "limits": Limits.request_schema(),
     },
     "required": ["code"],
-    "additionalProperties": False,
 }
+"""As listed: unknown arguments are refused by :func:`_check_arguments`, with their names."""
 
 ENGINE_PROPERTY: Final[dict[str, Any]] = {
     "type": "string",
     "enum": list(PYTHON_ENGINES),
-    "description": "auto (default): Monty when the program is within what it runs, else Pyodide (full CPython).",
 }
 PYTHON_EXECUTE_SCHEMA: Final[dict[str, Any]] = {
     **EXECUTE_SCHEMA,

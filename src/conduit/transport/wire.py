@@ -27,9 +27,11 @@ def protocol_error(exc: ConduitError) -> MCPError | None:
 
 
 def json_result(payload: Mapping[str, Any], is_error: bool = False) -> types.CallToolResult:
-    """A tool result carrying ``payload`` as structured content and as its JSON text twin."""
+    """A tool result carrying ``payload`` as structured content and as its JSON text twin (compact: the
+    twin is what a model reads)."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+        content=[types.TextContent(type="text", text=text)],
         structured_content=dict(payload),
         is_error=is_error,
     )

@@ -116,6 +116,7 @@
       const error = new ErrorCtor(answer.error.message);
       error.name = "ToolError";
       error.code = answer.error.code;
+      if (answer.error.data !== undefined) error.data = answer.error.data;
       throw error;
     }
     return answer.result;

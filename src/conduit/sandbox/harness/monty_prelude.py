@@ -20,13 +20,17 @@ async def call(method, params):
     return answer["result"]
 
 
-async def invoke(name, args, kwargs):
-    """Call tool `name` with a dict of arguments and/or keyword arguments (keywords win)."""
+async def invoke(name, args, kwargs, structured=False):
+    """Call tool `name` with a dict of arguments and/or keyword arguments (keywords win); `structured`:
+    get its `structuredContent` (a tool with an output schema), raising if it answers `isError`."""
     if args is not None and not isinstance(args, dict):
         raise TypeError(f"{name}: pass arguments as keywords or as one dict, not {type(args).__name__}")
     merged = dict(args or {})
     merged.update({key: value for key, value in kwargs.items() if value is not _MISSING})
-    return await call("mcp_call_tool", {"name": name, "arguments": merged})
+    params = {"name": name, "arguments": merged}
+    if structured:
+        params["structured"] = True
+    return await call("mcp_call_tool", params)
 
 
 async def discover_mcp_tools(query=None):

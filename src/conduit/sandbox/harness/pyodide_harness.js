@@ -102,7 +102,8 @@ pyodide.registerJsModule("_conduit_bridge", {
     try {
       return JSON.stringify({ result: await bridge.request(method, JSON.parse(paramsJson)) });
     } catch (error) {
-      return JSON.stringify({ error: { code: error?.code ?? -32603, message: String(error?.message ?? error) } });
+      const sent = { code: error?.code ?? -32603, message: String(error?.message ?? error), data: error?.data };
+      return JSON.stringify({ error: sent });
     }
   },
 });

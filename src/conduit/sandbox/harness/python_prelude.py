@@ -26,11 +26,16 @@ _OUT_OF_MEMORY = re.compile(
 
 
 class ToolError(Exception):
-    """A tool call failed: denied (-32003), unknown (-32004), upstream failure (-32005/-32006), ..."""
+    """A tool call failed: denied (-32003), unknown (-32004), upstream failure (-32005/-32006), ...
 
-    def __init__(self, code, message):
+    ``data`` is what the host sent besides the message: for a typed call whose tool answered
+    ``isError``, the raw CallToolResult.
+    """
+
+    def __init__(self, code, message, data=None):
         super().__init__(message)
         self.code = code
+        self.data = data
 
 
 _MISSING = object()
@@ -39,17 +44,22 @@ _MISSING = object()
 async def call(method, params):
     answer = json.loads(await _conduit_bridge.call(method, json.dumps(params)))
     if "error" in answer:
-        raise ToolError(answer["error"].get("code", -32603), answer["error"].get("message", "tool call failed"))
+        error = answer["error"]
+        raise ToolError(error.get("code", -32603), error.get("message", "tool call failed"), error.get("data"))
     return answer["result"]
 
 
-async def invoke(name, args, kwargs):
-    """Call tool ``name`` with a dict of arguments and/or keyword arguments (keywords win)."""
+async def invoke(name, args, kwargs, structured=False):
+    """Call tool ``name`` with a dict of arguments and/or keyword arguments (keywords win); ``structured``:
+    get its ``structuredContent`` (a tool with an output schema), raising if it answers ``isError``."""
     if args is not None and not isinstance(args, dict):
         raise TypeError(f"{name}: pass arguments as keywords or as one dict, not {type(args).__name__}")
     merged = dict(args or {})
     merged.update({key: value for key, value in kwargs.items() if value is not _MISSING})
-    return await call("mcp_call_tool", {"name": name, "arguments": merged})
+    params = {"name": name, "arguments": merged}
+    if structured:
+        params["structured"] = True
+    return await call("mcp_call_tool", params)
 
 
 async def discover_mcp_tools(query=None):
