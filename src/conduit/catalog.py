@@ -82,6 +82,30 @@ class ToolEntry:
     def output_schema(self) -> Mapping[str, Any] | None:
         return self.listed.output_schema if self.listed is not None else None
 
+    @property
+    def hints(self) -> str:
+        """What the upstream's annotations say of the tool, in words (``read-only, idempotent``), or nothing.
+
+        >>> ToolEntry.of("fs", types.Tool(name="rm", input_schema={}, annotations=types.ToolAnnotations(
+        ...     destructive_hint=True, open_world_hint=False))).hints
+        'destructive, closed-world'
+        """
+        notes = self.listed.annotations if self.listed is not None else None
+        if notes is None:
+            return ""
+        words = [
+            word
+            for word, said in (
+                ("read-only", notes.read_only_hint is True),
+                ("destructive", notes.destructive_hint is True and notes.read_only_hint is not True),
+                ("idempotent", notes.idempotent_hint is True),
+                ("open-world", notes.open_world_hint is True),
+                ("closed-world", notes.open_world_hint is False),
+            )
+            if said
+        ]
+        return ", ".join(words)
+
     def proxied(self) -> types.Tool:
         """The tool as Conduit lists it over MCP: its qualified name, and everything else the upstream said
         of it (title, description, input and output schema, annotations, icons) unchanged."""
@@ -90,14 +114,18 @@ class ToolEntry:
         return self.listed.model_copy(update={"name": self.qualified, "meta": None, "execution": None})
 
     def describe(self) -> dict[str, Any]:
-        """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``)."""
-        return {
+        """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``), with
+        its output schema (the shape of what a call gives) when it publishes one."""
+        described = {
             "name": self.qualified,
             "upstream": self.upstream,
             "tool": self.name,
             "description": self.description,
             "inputSchema": dict(self.input_schema),
         }
+        if self.output_schema:
+            described["outputSchema"] = dict(self.output_schema)
+        return described
 
 
 @dataclass(frozen=True)

@@ -78,23 +78,17 @@ async def test_a_programs_raw_call_keeps_structured_content_and_resource_links(c
 
 # One program per runtime: the typed call gives the structured value itself; a tool error throws -32005
 # naming the tool, with the raw result as the error's data; the raw form still gives the whole result.
+JS_PROGRAM = """
+const wx = await tools.typed.forecast({ city: "Oslo" });
+const found = (await tools.typed.lookup({ id: 4 })).entry;
+let failure = null;
+try { await tools.typed.forecast({ city: "Atlantis" }); } catch (e) { failure = [e.code, e.message, e.data]; }
+const raw = await tools.$raw("typed__forecast", { city: "Oslo" });
+return { wx, members: found.kind === "team" ? found.members : [], failure, rawKeys: Object.keys(raw).sort() };
+"""
 TYPED_PROGRAMS = {
-    EXECUTE_TS: """
-const wx = await tools.typed.forecast({ city: "Oslo" });
-const found = (await tools.typed.lookup({ id: 4 })).entry;
-let failure = null;
-try { await tools.typed.forecast({ city: "Atlantis" }); } catch (e) { failure = [e.code, e.message, e.data]; }
-const raw = await tools.$raw("typed__forecast", { city: "Oslo" });
-return { wx, members: found.kind === "team" ? found.members : [], failure, rawKeys: Object.keys(raw).sort() };
-""",
-    EXECUTE_ISOLATE: """
-const wx = await tools.typed.forecast({ city: "Oslo" });
-const found = (await tools.typed.lookup({ id: 4 })).entry;
-let failure = null;
-try { await tools.typed.forecast({ city: "Atlantis" }); } catch (e) { failure = [e.code, e.message, e.data]; }
-const raw = await tools.$raw("typed__forecast", { city: "Oslo" });
-return { wx, members: found.kind === "team" ? found.members : [], failure, rawKeys: Object.keys(raw).sort() };
-""",
+    EXECUTE_TS: JS_PROGRAM,  # the same SDK in Deno and in a V8 isolate
+    EXECUTE_ISOLATE: JS_PROGRAM,
     "pyodide": """
 from conduit_tools import TypedForecast, TypedForecastDaysItem
 wx: TypedForecast = await tools.typed.forecast(city="Oslo")
@@ -155,6 +149,11 @@ async def test_read_tool_schema_shows_the_output_schema(client: Client) -> None:
     assert typescript.endswith('| { kind: "team"; members: Array<string> } }>')  # the typed result
     python = (await disclose(client, "read_tool_schema", toolId="typed.lookup", format="python"))["declaration"]
     assert "class TypedLookupUser(TypedDict):" in python and "-> TypedLookup:" in python
+    assert "# await tools.typed.lookup(...)  (read-only)\n" in python  # what its annotations say
+    forecast = (await disclose(client, "read_tool_schema", toolId="typed.forecast"))["declaration"]
+    assert forecast.startswith(
+        "/**\n * Three days of weather for a city.\n * Hints: read-only, idempotent, closed-world.\n */"
+    )
 
 
 async def test_stubs_and_search_show_typed_signatures_in_brief(client: Client) -> None:
@@ -192,3 +191,11 @@ async def test_validate_tool_refuses_a_result_that_is_not_an_object_and_a_call_w
     ):
         with pytest.raises(MCPError, match=message):  # invalid params: a protocol error
             await client.call_tool("conduit__mcp_validate_tool", arguments)
+
+
+async def test_discovery_inside_a_program_shows_output_schemas(client: Client) -> None:
+    failed, outcome = await run_ts(
+        client, "return (await discoverMCPTools()).map((t) => [t.tool, t.outputSchema?.required ?? null]);"
+    )
+    assert not failed, outcome
+    assert outcome["result"] == [["forecast", ["city", "days", "alert"]], ["lookup", ["entry"]]]

@@ -106,3 +106,21 @@ def test_the_declaration_shows_the_typed_dicts_then_the_method() -> None:
         in (declaration)
     )
     assert "-> dict[str, Any]:" in python_declaration(PLAIN)
+
+
+def test_names_the_sdk_uses_and_values_python_cannot_put_in_a_literal_do_not_break_it() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "mode": {"enum": [{"a": 1}, [2]]},  # unhashable: Literal[...] would fail as the SDK loads
+            "ratio": {"const": 0.5},
+            "kind": {"enum": ["x", 1, None]},
+        },
+    }
+    tool = types.Tool(name="dict", input_schema=schema, output_schema=schema)  # "typed" + "dict" = TypedDict
+    sdk = load(generate_python_sdk([ToolEntry.of("typed", tool)]))
+    result = sdk["TypedDict2"]
+    assert typing.is_typeddict(result) and sdk["TypedDict"] is typing.TypedDict
+    hints = typing.get_type_hints(result)
+    assert hints["mode"] is Any
+    assert hints["ratio"] is Any and hints["kind"] == typing.Literal["x", 1, None]

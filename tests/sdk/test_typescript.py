@@ -110,13 +110,9 @@ def test_property_descriptions_become_doc_comments_in_the_typescript_declaration
     }
     declaration = typescript_declaration(ToolEntry("docs", "search-pages", "Search the docs.", schema))
     assert declaration.splitlines() == [
-        "/**",
-        " * Search the docs.",
-        " */",
+        "/** Search the docs. */",
         "tools.docs.search_pages: (args: {",
-        "  /**",
-        "   * Words to find. *\u2215 not a comment end",
-        "   */",
+        "  /** Words to find. *\u2215 not a comment end */",
         "  text: string;",
         "  limit?: number;",
         "  filter?: { tag?: string };",

@@ -42,7 +42,7 @@ def tool(index: int) -> types.Tool:
     )
 
 
-TOOLS = [tool(index) for index in range(int(sys.argv[1]) if len(sys.argv) > 1 else 500)]
+TOOLS: list[types.Tool] = []
 
 
 async def list_tools(ctx: object, params: object) -> types.ListToolsResult:
@@ -65,4 +65,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    TOOLS.extend(tool(index) for index in range(int(sys.argv[1]) if len(sys.argv) > 1 else 500))
     anyio.run(main)

@@ -19,7 +19,7 @@ from conduit.cli.common import add_config_option, load, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.core.languages import BY_ALIAS
 from conduit.sdk.naming import identifier
-from conduit.sdk.typescript import schema_type
+from conduit.sdk.typescript import result_type, schema_type
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import UpstreamRegistry
 
@@ -124,7 +124,8 @@ def _one(entry: ToolEntry) -> str:
             "",
             f"TypeScript / JavaScript:  await tools.{upstream}.{method}(args: {schema_type(schema)})",
             f"Python:                   await tools.{upstream}.{method}({keywords})",
-            f'By name:                  await tools.$raw("{entry.qualified}", {{...}})',
+            f'By name:                  await tools.$raw("{entry.qualified}", {{...}})  (the whole result)',
+            f"Returns:                  {result_type(entry)}",
             "",
             "input schema:",
             json.dumps(schema, indent=2),

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from conduit.catalog import ToolEntry
 from conduit.sdk.naming import identifier, unique_identifiers
-from conduit.sdk.typeddicts import TypedDicts
+from conduit.sdk.typeddicts import TypedDicts, literal
 
 _PRIMITIVES: Final = {"string": "str", "number": "float", "integer": "int", "boolean": "bool", "null": "None"}
 
@@ -39,7 +39,7 @@ def python_type(schema: Any, depth: int = 0) -> str:
     if not isinstance(schema, Mapping) or depth > 6:
         return "Any"
     if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return f"Literal[{', '.join(repr(value) for value in schema['enum'])}]"
+        return literal(schema["enum"])
     kind = schema.get("type")
     if isinstance(kind, list):
         return " | ".join(python_type({**schema, "type": item}, depth + 1) for item in kind) or "Any"
@@ -107,7 +107,9 @@ def python_declaration(entry: ToolEntry) -> str:
     types = TypedDicts()
     method = textwrap.dedent(_method(entry, identifier(entry.name), types))
     body = method[: method.rindex("    return await invoke")] + "    ...\n"
-    return f"{types.source()}# await tools.{identifier(entry.upstream)}.{identifier(entry.name)}(...)\n{body}"
+    hints = f"  ({entry.hints})" if entry.hints else ""
+    call = f"# await tools.{identifier(entry.upstream)}.{identifier(entry.name)}(...){hints}\n"
+    return f"{types.source()}{call}{body}"
 
 
 def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:

@@ -32,8 +32,22 @@ from typing import Any, Final
 from conduit.sdk.naming import identifier
 
 MAX_DEPTH: Final = 8
+_SDK_NAMES: Final = frozenset({"Any", "Literal", "NotRequired", "TypedDict", "None", "True", "False"})
+"""Names the generated SDK already uses: no class may take one."""
 _WORD: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PRIMITIVES: Final = {"string": "str", "number": "float", "integer": "int", "boolean": "bool", "null": "None"}
+
+
+def literal(values: list[Any]) -> str:
+    """``Literal[...]`` of ``values`` when Python allows them there (strings, integers, booleans, None),
+    else ``Any`` (a ``Literal`` of a float, list or dict would be wrong, or fail when the SDK loads).
+
+    >>> literal(["a", 1, None]), literal([{"a": 1}]), literal([1.5])
+    ("Literal['a', 1, None]", 'Any', 'Any')
+    """
+    if not all(value is None or isinstance(value, (str, int)) for value in values):
+        return "Any"
+    return f"Literal[{', '.join(repr(value) for value in values)}]"
 
 
 def camel(name: str) -> str:
@@ -52,7 +66,7 @@ class TypedDicts:
 
     def __init__(self) -> None:
         self._classes: list[str] = []
-        self._taken: set[str] = set()
+        self._taken: set[str] = set(_SDK_NAMES)
         self._defs: dict[tuple[int, str], str] = {}
         """A ``$ref`` already made (or being made) into a hint, by root schema and reference."""
         self._pending: set[str] = set()
@@ -84,9 +98,9 @@ class TypedDicts:
         if isinstance(reference, str):
             return self._reference(reference, where, depth)
         if "const" in schema:
-            return f"Literal[{schema['const']!r}]"
+            return literal([schema["const"]])
         if isinstance(schema.get("enum"), list) and schema["enum"]:
-            return f"Literal[{', '.join(repr(value) for value in schema['enum'])}]"
+            return literal(schema["enum"])
         for combinator in ("anyOf", "oneOf"):
             options = schema.get(combinator)
             if isinstance(options, list) and options:

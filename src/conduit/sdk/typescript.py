@@ -215,9 +215,14 @@ def typescript_declaration(entry: ToolEntry) -> str:
     """How a program calls one tool, as a typed TypeScript declaration with its doc comment."""
     upstream, name = identifier(entry.upstream), identifier(entry.name)
     optional = "?" if not (entry.input_schema or {}).get("required") else ""
-    comment = doc_comment(entry.description, "")
+    comment = doc_comment(_with_hints(entry), "")
     signature = f"(args{optional}: {schema_type(entry.input_schema)}) => Promise<{result_type(entry)}>"
     return f"{comment}tools.{upstream}.{name}: {signature}"
+
+
+def _with_hints(entry: ToolEntry) -> str:
+    """The description, and what the tool's annotations say of it (``Hints: read-only, idempotent.``)."""
+    return f"{entry.description.strip()}\nHints: {entry.hints}." if entry.hints else entry.description
 
 
 def generate_typescript_sdk(entries: Iterable[ToolEntry]) -> str:
