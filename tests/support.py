@@ -89,21 +89,23 @@ class ConduitHttp:
             await stop_process(process, grace=10)
 
     @asynccontextmanager
-    async def client(self, token: str | None = None) -> AsyncIterator[Client]:
+    async def client(self, token: str | None = None, **options: Any) -> AsyncIterator[Client]:
+        """An official client (``options``: the ``Client``'s, e.g. ``elicitation_callback``)."""
         headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
         async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
-            async with Client(streamable_http_client(self.url, http_client=http)) as client:
+            async with Client(streamable_http_client(self.url, http_client=http), **options) as client:
                 yield client
 
 
 @asynccontextmanager
-async def connected(transport: str, config: Path) -> AsyncIterator[Client]:
-    """An official MCP client connected to a real Conduit process, over ``transport`` (stdio or http)."""
+async def connected(transport: str, config: Path, **options: Any) -> AsyncIterator[Client]:
+    """An official MCP client connected to a real Conduit process, over ``transport`` (stdio or http);
+    ``options`` are the ``Client``'s (``elicitation_callback``...)."""
     if transport == "stdio":
-        async with Client(stdio_client_for(config)) as client:
+        async with Client(stdio_client_for(config), **options) as client:
             yield client
     else:
-        async with ConduitHttp.start(config) as server, server.client() as client:
+        async with ConduitHttp.start(config) as server, server.client(**options) as client:
             yield client
 
 

@@ -10,6 +10,7 @@ Infrastructure failing is an exception; untrusted code failing is a value
     │   ├── UnknownToolError      no upstream offers the requested tool                                *
     │   └── ToolReportedError     a typed call's tool answered isError (the raw result is its data)
     ├── ToolDeniedError           the caller's allowlist does not cover the tool                       *
+    ├── ApprovalDeclinedError     a person declined a call (or could not be asked, or did not answer)
     ├── AuthError                 a bridge request carried a missing, wrong or expired token           *
     ├── MethodNotFoundError       no such bridge method, or a runtime this build lacks                 *
     ├── BusyError                 the execution queue is full
@@ -49,6 +50,8 @@ TIMEOUT: Final = -32008
 MEMORY_LIMIT: Final = -32009
 OUTPUT_LIMIT: Final = -32013
 LOG_LIMIT: Final = -32014
+APPROVAL_DECLINED: Final = -32015
+"""A call an approval rule covers was declined, not answered in time, or could not be asked about."""
 
 
 class ConduitError(Exception):
@@ -105,6 +108,13 @@ class ToolDeniedError(ConduitError):
 
     code = FORBIDDEN
     caller_fault = True
+
+
+class ApprovalDeclinedError(ConduitError):
+    """A call an approval rule covers did not get a person's approval: declined, cancelled, not answered in
+    time, or the client cannot be asked. The upstream never saw it."""
+
+    code = APPROVAL_DECLINED
 
 
 class AuthError(ConduitError):

@@ -11,12 +11,15 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from conduit.errors import FORBIDDEN, AuthError
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import MASTER, Caller
 from conduit.security.tokens import mint_token, tokens_equal
+
+if TYPE_CHECKING:
+    from conduit.core.approvals import Asker
 
 DISCOVER_TOOLS: Final = "mcp_discover_tools"
 CALL_TOOL: Final = "mcp_call_tool"
@@ -36,6 +39,8 @@ class BridgeCaller:
     caller: Caller = MASTER
     """The caller whose execution the session belongs to (its credentials, its audit records)."""
     execution_id: str | None = None
+    asker: Asker | None = None
+    """Who asks the execution's client's person to approve a call (None: nobody can be asked)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Session:
     execution_id: str
     allowlist: Allowlist
     caller: Caller
+    asker: Asker | None = None
 
 
 def _digest(token: str) -> bytes:
@@ -61,9 +67,11 @@ class SessionRegistry:
         self._everything = Allowlist.parse(["*"])
 
     @contextmanager
-    def session(self, execution_id: str, allowlist: Allowlist, caller: Caller = MASTER) -> Iterator[Session]:
+    def session(
+        self, execution_id: str, allowlist: Allowlist, caller: Caller = MASTER, asker: Asker | None = None
+    ) -> Iterator[Session]:
         """A session token valid exactly while the ``with`` block runs."""
-        session = Session(mint_token(), execution_id, allowlist, caller)
+        session = Session(mint_token(), execution_id, allowlist, caller, asker)
         key = _digest(session.token)
         self._sessions[key] = session
         try:
@@ -91,5 +99,9 @@ class SessionRegistry:
         if method not in SESSION_METHODS:
             raise AuthError(f"a session token may not call {method!r}", code=FORBIDDEN)
         return BridgeCaller(
-            is_master=False, allowlist=session.allowlist, caller=session.caller, execution_id=session.execution_id
+            is_master=False,
+            allowlist=session.allowlist,
+            caller=session.caller,
+            execution_id=session.execution_id,
+            asker=session.asker,
         )

@@ -261,6 +261,43 @@ class Policy(_Model):
         return None if spec is None else _parse_rate_limit(spec)
 
 
+ANNOTATION_HINTS: Final = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+
+
+class ApprovalRule(_Model):
+    """Tool calls of programs that wait for a person's approval: those of ``tools`` (allowlist patterns),
+    or of tools whose annotations say what ``annotations`` says, made for ``principals`` (unset: anyone)."""
+
+    tools: list[str] | None = None
+    """Patterns like ``allowedTools``: ``"github.delete_repo"``, ``"payments.*"``."""
+    annotations: dict[str, bool] | None = None
+    """``{destructiveHint: true}``: the tool's annotations must say each of these (``readOnlyHint``,
+    ``destructiveHint``, ``idempotentHint``, ``openWorldHint``); a tool that says nothing matches none."""
+    principals: list[str] | None = None
+    """Principal ids whose programs the rule covers (``local`` is stdio's); unset: everyone's."""
+    timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 120_000
+    """How long the person has to answer; no answer declines. The program's own timeout keeps running."""
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> ApprovalRule:
+        if (self.tools is None) == (self.annotations is None):
+            raise ValueError("an approval rule matches on exactly one of 'tools' and 'annotations'")
+        if self.tools is not None:
+            from conduit.security.allowlist import Allowlist, AllowlistError
+
+            try:
+                Allowlist.parse(self.tools)
+            except AllowlistError as exc:
+                raise ValueError(f"tools: {exc}") from None
+        if self.annotations is not None:
+            unknown = sorted(set(self.annotations) - set(ANNOTATION_HINTS))
+            if unknown or not self.annotations:
+                raise ValueError(
+                    f"annotations takes {', '.join(ANNOTATION_HINTS)} (not {', '.join(unknown) or 'none'})"
+                )
+        return self
+
+
 class PrincipalConfig(Policy):
     """A caller known by an API key (``Authorization: Bearer <key>`` over HTTP)."""
 
@@ -410,6 +447,20 @@ class HttpConfig(_Model):
         return _check_networks(proxies)
 
 
+class BackgroundConfig(_Model):
+    """Executions started with ``"background": true``: answered at once with an ``executionId``, followed with
+    ``conduit__mcp_execution_status`` and stopped with ``conduit__mcp_cancel_execution``."""
+
+    max_timeout_ms: Annotated[int, Field(gt=0, le=86_400_000)] = 600_000
+    """The time limit of a background run, and its default (a request and a principal's ceiling lower it);
+    ``resourceLimits.timeoutMs`` stays the foreground's. A sandbox's CPU time stays bounded by its
+    ``RLIMIT_CPU`` (``resourceLimits.timeoutMs`` + 60 s): long runs are expected to wait on tools."""
+    keep_ms: Annotated[int, Field(ge=1000, le=7 * 86_400_000)] = 3_600_000
+    """How long a finished run's outcome is kept for its principal; then it is dropped."""
+    max_per_principal: Annotated[int, Field(ge=1, le=10_000)] = 32
+    """Background runs a principal may have running at once (they also count against ``maxConcurrent``)."""
+
+
 class ClusterConfig(_Model):
     """Replicas behind a load balancer sharing their state in Redis. Without ``redisUrl``: one process,
     everything in its memory."""
@@ -471,7 +522,8 @@ class Config(_Model):
     """Executions waiting for a slot; beyond this, new ones are refused as busy (-32000)."""
     rate_limit: str = "1200/minute"
     """Executions and proxied tool calls per HTTP client address (``limits`` syntax: ``"120/minute;2000/hour"``;
-    empty: unlimited). Discovery, initialisation and pings are never counted; stdio is never limited."""
+    empty: unlimited). Discovery, initialisation, pings and following or cancelling a background run are never
+    counted; stdio is never limited."""
     max_code_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
     """Largest program accepted, in UTF-8 bytes."""
     resource_limits: Limits = Field(default_factory=Limits)
@@ -503,7 +555,10 @@ class Config(_Model):
     isolation: IsolationConfig = Field(default_factory=IsolationConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    approvals: list[ApprovalRule] = Field(default_factory=list)
+    """Programs' tool calls that wait for a person's approval (MCP elicitation); see docs/CODE_MODE.md."""
 
     @field_validator("ipc_bearer_token")
     @classmethod

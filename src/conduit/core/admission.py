@@ -23,6 +23,11 @@ class Admission:
     def running(self) -> int:
         return self.max_running - self._slots.value
 
+    @property
+    def full(self) -> bool:
+        """Whether a new execution would be refused now: every slot taken and the queue full."""
+        return self._slots.value == 0 and self.waiting >= self.max_queue
+
     @asynccontextmanager
     async def slot(self, who: str = "server busy:") -> AsyncIterator[None]:
         """Hold one execution slot for the ``with`` block (``who`` starts the busy message).
@@ -30,7 +35,7 @@ class Admission:
         Raises:
             BusyError: every slot is taken and the queue is full.
         """
-        if self._slots.value == 0 and self.waiting >= self.max_queue:
+        if self.full:
             raise BusyError(f"{who} {self.max_running} executions running and {self.waiting} queued; retry later")
         self.waiting += 1
         try:

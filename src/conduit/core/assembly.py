@@ -66,6 +66,7 @@ async def open_gateway(
             address = await bridge.bind()
             runtimes: dict[str, Runtime] = {}
             tracing: Tracing | None = None
+            gateway: Gateway | None = None
             try:
                 deno = DenoRuntime(
                     deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls, reaper=tg
@@ -91,10 +92,13 @@ async def open_gateway(
                     tracing=tracing,
                     walls=walls,
                     shared=shared,
+                    tasks=tg,
                 )
                 bridge.serve(tg, gateway)
                 yield gateway
             finally:
+                if gateway is not None:
+                    gateway.runs.cancel_all()  # before the runtimes and upstreams they use go
                 with anyio.CancelScope(shield=True):
                     await registry.aclose()
                     for runtime in reversed(list(runtimes.values())):

@@ -15,22 +15,26 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import mcp_types as types
+from anyio.abc import TaskGroup
 
 from conduit.bridge.server import BridgeServer
 from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, BridgeCaller, SessionRegistry
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.cluster.store import SharedStore
 from conduit.config.loader import parse_upstream
-from conduit.config.schema import Config
+from conduit.config.schema import Config, Limits
 from conduit.core import engines
 from conduit.core.admission import Admission
+from conduit.core.approvals import Approvals, Asker
 from conduit.core.health import health_report
 from conduit.core.languages import BY_NAME, LANGUAGES
 from conduit.core.ratelimit import RateLimiter
+from conduit.core.runs import Run, Runs
 from conduit.core.typed import typed_value
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import (
@@ -54,6 +58,19 @@ from conduit.upstream.registry import UpstreamRegistry
 logger = logging.getLogger(__name__)
 AUDIT = logging.getLogger("conduit.audit")
 
+
+@dataclass(frozen=True)
+class Plan:
+    """An execution request, checked: what will run, under which limits, allowlist and engine, for whom."""
+
+    language: str
+    code: str
+    limits: Limits
+    allowlist: Allowlist
+    engine: Any
+    caller: Caller
+
+
 BridgeMethod = Callable[[BridgeCaller, Mapping[str, Any]], Awaitable[Any]]
 
 
@@ -72,6 +89,7 @@ class Gateway:
         tracing: Tracing | None = None,
         walls: Walls | None = None,
         shared: SharedStore | None = None,
+        tasks: TaskGroup | None = None,
     ) -> None:
         self.config = config
         self.tracing = tracing or Tracing(None, "conduit")
@@ -88,6 +106,11 @@ class Gateway:
         self._shares: dict[str, Admission] = {}
         """Principals' own concurrency (``maxConcurrent``), within the server's."""
         self._sdks = SdkCache()
+        self.runs = Runs(tasks, config.background.keep_ms / 1000, config.background.max_per_principal)
+        """Executions that outlive their request (``tasks``: the task group they run in)."""
+        self.approvals = Approvals(
+            config.approvals, config.secret_values(), config.secret_redaction_patterns, config.redact_credentials
+        )
         self._bridge_methods: dict[str, BridgeMethod] = {
             DISCOVER_TOOLS: self._bridge_discover,
             CALL_TOOL: self._bridge_call,
@@ -134,6 +157,7 @@ class Gateway:
         engine: Any = None,
         on_output: Callable[[str, str], None] | None = None,
         caller: Caller = MASTER,
+        asker: Asker | None = None,
     ) -> RunOutcome:
         """Run one program in a fresh sandbox, as ``caller`` (its policy around the request's).
 
@@ -145,11 +169,34 @@ class Gateway:
             engine: Python only: ``auto``, ``monty`` or ``pyodide`` (default: ``pythonEngine``).
             on_output: called with ``(stream, text)`` as output arrives, for live streaming.
             caller: who asks; the allowlist is intersected with its own, its limits are ceilings.
+            asker: asks the client's person to approve the calls an ``approvals`` rule covers (None: the
+                client cannot be asked, and such calls are declined).
 
         Raises:
             InvalidParamsError: invalid code, allowlist or limits.
             MethodNotFoundError: no such runtime.
             BusyError: every slot is taken and the queue is full.
+        """
+        plan = self.plan(language, code, allowed_tools=allowed_tools, limits=limits, engine=engine, caller=caller)
+        return await self.run(plan, on_output=on_output, asker=asker)
+
+    def plan(
+        self,
+        language: str,
+        code: Any,
+        *,
+        allowed_tools: Any = None,
+        limits: Any = None,
+        engine: Any = None,
+        caller: Caller = MASTER,
+        background: bool = False,
+    ) -> Plan:
+        """An execution request checked, before anything runs (see :meth:`execute`); a ``background`` run's
+        time limit defaults to, and is capped at, ``background.maxTimeoutMs``.
+
+        Raises:
+            InvalidParamsError: invalid code, allowlist or limits.
+            MethodNotFoundError: no such runtime.
         """
         if not isinstance(code, str):
             raise InvalidParamsError("code must be a string")
@@ -158,7 +205,10 @@ class Gateway:
             raise InvalidParamsError(f"code is {size} bytes; the limit is {self.config.max_code_bytes} bytes")
         if limits is not None and not isinstance(limits, dict):
             raise InvalidParamsError("limits must be an object")
-        effective = self.limits.lowered(caller.limits).lowered(limits)
+        ceiling = self.limits
+        if background:
+            ceiling = ceiling.model_copy(update={"timeout_ms": self.config.background.max_timeout_ms})
+        effective = ceiling.lowered(caller.limits).lowered(limits)
         allowlist = caller.narrow(self.parse_allowlist(allowed_tools))
         if language == "python":
             engine = engines.requested_engine(engine, self.config.python_engine)
@@ -166,7 +216,30 @@ class Gateway:
             raise InvalidParamsError("engine applies to Python programs only")
         if language not in self.runtimes:
             raise MethodNotFoundError(f"the {language} runtime is not available yet in this version")
-        execution_id = uuid.uuid4().hex
+        return Plan(language, code, effective, allowlist, engine, caller)
+
+    async def run(
+        self,
+        plan: Plan,
+        *,
+        on_output: Callable[[str, str], None] | None = None,
+        asker: Asker | None = None,
+        execution_id: str | None = None,
+    ) -> RunOutcome:
+        """Run a checked request (:meth:`plan`) in a fresh sandbox; see :meth:`execute`.
+
+        Raises:
+            BusyError: every slot is taken and the queue is full.
+        """
+        language, code, effective, allowlist, engine, caller = (
+            plan.language,
+            plan.code,
+            plan.limits,
+            plan.allowlist,
+            plan.engine,
+            plan.caller,
+        )
+        execution_id = execution_id or uuid.uuid4().hex
         token = EXECUTION_ID.set(execution_id)
         started = time.perf_counter()
         outcome_label = "internal_error"
@@ -179,7 +252,7 @@ class Gateway:
                     chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
                     metric = chosen.runtime if chosen else language
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
-                    with self.sessions.session(execution_id, allowlist, caller) as session:
+                    with self.sessions.session(execution_id, allowlist, caller, asker) as session:
                         logger.info("execution started", extra={"runtime": metric})
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
                 if chosen is not None:
@@ -209,6 +282,35 @@ class Gateway:
                     self.metrics.principal_executions.labels(caller.id, outcome_label).inc()
                     self.metrics.execution_seconds.labels(metric).observe(time.perf_counter() - started)
                 EXECUTION_ID.reset(token)
+
+    def start_run(
+        self,
+        plan: Plan,
+        *,
+        background: bool,
+        askable: bool,
+        on_output: Callable[[str, str], None] | None = None,
+    ) -> Run:
+        """Start a checked request (:meth:`plan`) as a run that outlives its request: a background run, or a
+        foreground one whose approvals are asked between rounds. ``askable``: the client can be asked to
+        approve calls (else a call a rule covers is declined at once).
+
+        Raises:
+            BusyError: a background run, and the principal has its most running, or the server is full.
+        """
+        if background:
+            share = self._shares.get(plan.caller.id)
+            for admission in (self.admission, share):
+                if admission is not None and admission.full:
+                    raise BusyError(f"server busy: {admission.running} executions running and the queue is full")
+
+        async def work(run: Run) -> RunOutcome:
+            asker = run.ask if askable and self.approvals else None
+            return await self.run(plan, on_output=run.feed, asker=asker, execution_id=run.id)
+
+        run = self.runs.start(plan.caller, plan.language, work, background=background)
+        run.on_output = on_output
+        return run
 
     def _share(self, caller: Caller) -> AbstractAsyncContextManager[None]:
         """A slot of ``caller``'s own concurrency share (none for callers without one)."""
@@ -253,12 +355,19 @@ class Gateway:
         ]
 
     async def call_tool(
-        self, name: Any, arguments: Any, allowlist: Allowlist, caller: Caller = MASTER
+        self,
+        name: Any,
+        arguments: Any,
+        allowlist: Allowlist,
+        caller: Caller = MASTER,
+        program: BridgeCaller | None = None,
     ) -> types.CallToolResult:
         """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) if ``allowlist`` covers it,
-        with ``caller``'s own credential where the upstream takes one.
+        with ``caller``'s own credential where the upstream takes one. A ``program``'s call that an approval
+        rule covers first waits for a person's approval.
 
         Raises:
+            ApprovalDeclinedError: an approval rule covers the call and no person approved it.
             ToolDeniedError: the allowlist does not cover the tool (checked before it is looked up).
             UnknownToolError: no such tool.
             UpstreamError: the upstream failed.
@@ -283,13 +392,16 @@ class Gateway:
         if problems:
             details = "; ".join(str(problem) for problem in problems)
             raise InvalidParamsError(f"invalid arguments for {qualified!r}: {details}")
+        if program is not None and self.approvals:
+            await self.approvals.require(entry, arguments, caller, program.asker, program.execution_id)
         return await self.registry.call(entry, arguments, caller)
 
     async def audited_call(
-        self, caller: Caller, allowlist: Allowlist, name: Any, arguments: Any, execution_id: str | None = None
+        self, caller: Caller, allowlist: Allowlist, name: Any, arguments: Any, program: BridgeCaller | None = None
     ) -> types.CallToolResult:
-        """A tool call (a program's, or proxied over MCP), counted, timed and written to the audit log
-        with who made it (never its arguments or result)."""
+        """A tool call (a ``program``'s, over the bridge, or proxied over MCP), counted, timed and written to the
+        audit log with who made it (never its arguments or result)."""
+        execution_id = program.execution_id if program is not None else None
         started = time.perf_counter()
         upstream = (ToolId.parse(name).upstream or name) if isinstance(name, str) else "?"
         if upstream not in self.registry.connections:
@@ -300,7 +412,7 @@ class Gateway:
         with self.tracing.tool_call(execution_id, tool, upstream) as span:
             span["principal"] = caller.id
             try:
-                result = await self.call_tool(name, arguments, allowlist, caller)
+                result = await self.call_tool(name, arguments, allowlist, caller, program)
                 is_error = bool(result.is_error)
                 return result
             except ConduitError as exc:
@@ -379,7 +491,7 @@ class Gateway:
 
     async def _bridge_call(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         name = params.get("name")
-        result = await self.audited_call(who.caller, who.allowlist, name, params.get("arguments"), who.execution_id)
+        result = await self.audited_call(who.caller, who.allowlist, name, params.get("arguments"), who)
         answer = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return typed_value(str(name), answer) if params.get("structured") is True else answer
 

@@ -28,6 +28,8 @@ FIELDS: Final = (
     "tool",
     "duration_ms",
     "upstream",
+    "decision",
+    "decided_by",
 )
 """Structured fields a record may carry (as ``extra``); the formatters print exactly these."""
 

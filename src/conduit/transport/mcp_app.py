@@ -32,7 +32,7 @@ from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import PRINCIPAL, REQUEST_ID
 from conduit.security.callers import LOCAL, Caller
-from conduit.transport import disclosure_tools
+from conduit.transport import disclosure_tools, run_tools
 from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ EXECUTE_SCHEMA: Final[dict[str, Any]] = {
             "description": "e.g. ['github.*']",
         },
         "limits": Limits.request_schema(),
+        "background": {"type": "boolean"},
     },
     "required": ["code"],
 }
@@ -168,21 +169,25 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         caller = caller_for(ctx)
-        tools = [*_conduit_tools(), *disclosure_tools.TOOLS.values()]
+        tools = [*_conduit_tools(), *run_tools.TOOLS.values(), *disclosure_tools.TOOLS.values()]
         if not gateway.config.code_mode_only:
             catalog = await gateway.visible_catalog(caller.reach)
             tools.extend(entry.proxied() for entry in catalog.tools)
         return types.ListToolsResult(tools=tools)
 
-    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         REQUEST_ID.set(str(ctx.request_id) if ctx.request_id is not None else uuid.uuid4().hex)
         caller = caller_for(ctx)
         arguments = params.arguments or {}
-        if params.name not in disclosure_tools.TOOLS:
-            await _admit(gateway, ctx, caller)
+        if params.name not in disclosure_tools.TOOLS and params.name not in run_tools.TOOLS:
+            await _admit(gateway, ctx, caller)  # following or stopping a run is not new work
         language = BY_TOOL.get(params.name)
         if language is not None:
             _check_arguments(language.name, arguments)
+            if gateway.approvals or arguments.get("background") is not None:
+                return await _detached(ctx, gateway, caller, language.name, params)
             try:
                 async with ProgressStream.open(ctx) as progress:
                     outcome = await gateway.execute(
@@ -197,6 +202,11 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
             except ConduitError as exc:
                 return answer_failure(exc, failed_execution)
             return json_result(outcome.as_result(), outcome.error is not None)
+        if params.name in run_tools.TOOLS:
+            try:
+                return await run_tools.call(ctx, gateway, caller, params.name, params)
+            except ConduitError as exc:
+                return answer_failure(exc, failed_tool_call)
         if params.name in disclosure_tools.TOOLS:
             try:
                 return json_result(await disclosure_tools.call(gateway, params.name, arguments, caller.reach))
@@ -218,6 +228,41 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
+
+
+async def _detached(
+    ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, language: str, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
+    """An execution as a run of the gateway's (:mod:`conduit.core.runs`): a background one, answered at once with
+    its id; or a foreground one this request attends, asking the client's person about its approvals (its
+    later rounds continue it)."""
+    arguments = params.arguments or {}
+    background = arguments.get("background", False)
+    if not isinstance(background, bool):
+        raise MCPError(INVALID_PARAMS, "background must be a boolean")
+    try:
+        async with ProgressStream.open(ctx) as progress:
+            run = run_tools.resumed(gateway, caller, params)
+            if run is None:
+                plan = gateway.plan(
+                    language,
+                    arguments.get("code"),
+                    allowed_tools=arguments.get("allowedTools"),
+                    limits=arguments.get("limits"),
+                    engine=arguments.get("engine"),
+                    caller=caller,
+                    background=background,
+                )
+                run = gateway.start_run(plan, background=background, askable=run_tools.can_ask(ctx))
+                if background:
+                    return json_result({"executionId": run.id, "status": "running"})
+            run.on_output = progress.feed if progress else None
+            try:
+                return await run_tools.attend(ctx, gateway, run, owned=True)
+            finally:
+                run.on_output = None
+    except ConduitError as exc:
+        return answer_failure(exc, failed_execution)
 
 
 async def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:

@@ -1,0 +1,159 @@
+"""Approval of sensitive calls: a program's call that an ``approvals`` rule covers waits for a person.
+
+The transport that started the execution gives it an :data:`Asker` when its client can be asked
+(MCP elicitation); the gateway asks it, at most the rule's ``timeoutMs``, before the call goes out.
+Accept sends the call; a decline, a cancel, no answer in time, a failed request, or a client that
+cannot be asked at all throws :class:`~conduit.errors.ApprovalDeclinedError` (-32015) in the
+program, and the upstream never sees the call: a rule is never silently skipped. The program's own
+time limit keeps running while the person decides. Every request and decision is an audit record.
+What the person is shown of the arguments is scrubbed of configured secrets and credential shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import anyio
+
+from conduit.catalog import ToolEntry
+from conduit.config.schema import ApprovalRule
+from conduit.errors import ApprovalDeclinedError
+from conduit.security.allowlist import Allowlist
+from conduit.security.callers import Caller
+from conduit.security.redact import redact, scrub
+
+AUDIT = logging.getLogger("conduit.audit")
+logger = logging.getLogger(__name__)
+
+Answer = Literal["accept", "decline", "cancel"]
+SHOWN_CHARS: Final = 4000
+"""At most this much of the arguments is shown to the person (the rest is cut, and says so)."""
+_HINTS: Final = {
+    "readOnlyHint": "read_only_hint",
+    "destructiveHint": "destructive_hint",
+    "idempotentHint": "idempotent_hint",
+    "openWorldHint": "open_world_hint",
+}
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """What a person is asked about."""
+
+    tool: str
+    """The tool's qualified id."""
+    title: str
+    """The tool's title or name, for people."""
+    arguments: str
+    """The call's arguments as JSON, scrubbed."""
+    principal: str
+    execution_id: str | None
+
+    @property
+    def message(self) -> str:
+        return (
+            f"A program running for {self.principal!r} wants to call {self.tool} ({self.title}) with:\n"
+            f"{self.arguments}\nApprove this call?"
+        )
+
+
+Asker = Callable[[ApprovalRequest], Awaitable[Answer]]
+"""Asks the client's person; answers how they responded (raises if the request itself failed)."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    config: ApprovalRule
+    tools: Allowlist | None
+
+
+class Approvals:
+    """The configured rules, and the asking."""
+
+    def __init__(
+        self, rules: Sequence[ApprovalRule], secrets: Sequence[str], patterns: Sequence[str], credentials: bool
+    ) -> None:
+        self._rules = [_Rule(rule, Allowlist.parse(rule.tools) if rule.tools is not None else None) for rule in rules]
+        self._secrets = list(secrets)
+        self._patterns = [re.compile(pattern) for pattern in patterns]
+        self._credentials = credentials
+
+    def __bool__(self) -> bool:
+        return bool(self._rules)
+
+    def rule_for(self, entry: ToolEntry, caller: Caller) -> ApprovalRule | None:
+        """The first rule that covers ``caller``'s program calling ``entry``, or None."""
+        for rule in self._rules:
+            if rule.config.principals is not None and caller.id not in rule.config.principals:
+                continue
+            if rule.tools is not None and rule.tools.permits(entry.upstream, entry.name):
+                return rule.config
+            if rule.config.annotations is not None and _says(entry, rule.config.annotations):
+                return rule.config
+        return None
+
+    def shown(self, arguments: object) -> str:
+        """``arguments`` as the person sees them: JSON, configured secrets and credential shapes scrubbed."""
+        text = json.dumps(arguments, ensure_ascii=False, indent=1, default=str)
+        text = scrub(redact(text, self._secrets, self._patterns), credentials=self._credentials, pii=False)
+        return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "\n… (cut)"
+
+    async def require(
+        self, entry: ToolEntry, arguments: object, caller: Caller, ask: Asker | None, execution_id: str | None
+    ) -> None:
+        """Return when the call may go out; raise when a rule covers it and no person approved it.
+
+        Raises:
+            ApprovalDeclinedError: declined, cancelled, not answered in time, or nobody could be asked.
+        """
+        rule = self.rule_for(entry, caller)
+        if rule is None:
+            return
+        tool = entry.qualified
+        title = (entry.listed.title if entry.listed is not None else None) or entry.name
+        request = ApprovalRequest(tool, title, self.shown(arguments), caller.id, execution_id)
+        decision, why = await self._ask(ask, request, rule.timeout_ms / 1000)
+        AUDIT.info(
+            "approval",
+            extra={
+                "principal": caller.id,
+                "execution_id": execution_id,
+                "tool": tool,
+                "decision": decision,
+                "decided_by": caller.id if decision in ("approved", "declined", "cancelled") else None,
+            },
+        )
+        if decision != "approved":
+            raise ApprovalDeclinedError(f"the call of {tool!r} was not approved: {why}")
+
+    @staticmethod
+    async def _ask(ask: Asker | None, request: ApprovalRequest, timeout_s: float) -> tuple[str, str]:
+        if ask is None:
+            return "unavailable", "it needs a person's approval, and this client cannot be asked (no elicitation)"
+        answer: Answer | None = None
+        try:
+            with anyio.move_on_after(timeout_s):
+                answer = await ask(request)
+        except Exception as exc:  # the client went away, or refused the request
+            logger.warning("an approval request for %s failed: %s", request.tool, exc)
+            return "failed", "the approval request failed"
+        if answer is None:
+            return "timeout", f"no answer within {timeout_s:g} s"
+        if answer == "accept":
+            return "approved", ""
+        if answer == "cancel":
+            return "cancelled", "the person cancelled the approval request"
+        return "declined", "the person declined it"
+
+
+def _says(entry: ToolEntry, wanted: dict[str, bool]) -> bool:
+    """Whether the tool's annotations say each of ``wanted`` (one that says nothing says none of them)."""
+    notes = entry.listed.annotations if entry.listed is not None else None
+    if notes is None:
+        return False
+    return all(getattr(notes, _HINTS[key]) is value for key, value in wanted.items())

@@ -1,0 +1,168 @@
+"""Runs over MCP: background executions, their status and cancel tools, and asking a client's person.
+
+A request *attends* a run (:func:`attend`): it waits for its outcome, and asks the client to approve
+each call the run waits for. A client on a handshake protocol version is asked in the request with
+an elicitation form; one on 2026-07-28 gets the multi-round-trip form: the tool call answers
+``input_required`` with the form, and the client's next round (``inputResponses`` and the
+``requestState`` it was given) brings the answer back to the same run, which kept running meanwhile.
+A client that did not declare elicitation is never asked: such calls are declined at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import anyio
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from conduit.catalog import CONDUIT_PREFIX
+from conduit.core.approvals import Answer, ApprovalRequest
+from conduit.core.gateway import Gateway
+from conduit.core.runs import LostRunError, Pending, Run
+from conduit.errors import INVALID_PARAMS
+from conduit.security.callers import Caller
+from conduit.transport.wire import json_result
+
+logger = logging.getLogger(__name__)
+
+STATUS: Final = f"{CONDUIT_PREFIX}mcp_execution_status"
+CANCEL: Final = f"{CONDUIT_PREFIX}mcp_cancel_execution"
+_ID_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"executionId": {"type": "string"}},
+    "required": ["executionId"],
+}
+TOOLS: Final = {
+    STATUS: types.Tool(
+        name=STATUS,
+        description="A background execution's output so far; its result once done.",
+        input_schema=_ID_SCHEMA,
+    ),
+    CANCEL: types.Tool(name=CANCEL, description="Stop a background execution.", input_schema=_ID_SCHEMA),
+}
+Answered = types.CallToolResult | types.InputRequiredResult
+
+
+def can_ask(ctx: ServerRequestContext[Any]) -> bool:
+    """Whether the client declared elicitation (a call needing approval is declined at once otherwise)."""
+    return ctx.session.check_client_capability(types.ClientCapabilities(elicitation=types.ElicitationCapability()))
+
+
+def _modern(ctx: ServerRequestContext[Any]) -> bool:
+    return ctx.session.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def elicitation(request: ApprovalRequest) -> types.ElicitRequestFormParams:
+    """The form a person is shown: the tool, the (scrubbed) arguments, and one yes/no field."""
+    schema: Any = {
+        "type": "object",
+        "properties": {"approve": {"type": "boolean", "title": f"Approve {request.tool}", "default": False}},
+        "required": ["approve"],
+    }
+    return types.ElicitRequestFormParams(message=request.message, requested_schema=schema)
+
+
+def answer_of(response: object) -> Answer:
+    """A client's answer to the form: approval only for ``accept`` with ``approve: true``."""
+    if not isinstance(response, types.ElicitResult):
+        return "decline"
+    if response.action == "accept":
+        return "accept" if (response.content or {}).get("approve") is True else "decline"
+    return "cancel" if response.action == "cancel" else "decline"
+
+
+def resumed(gateway: Gateway, caller: Caller, params: types.CallToolRequestParams) -> Run | None:
+    """The run a later round continues (its ``requestState``), with the round's answers given to it."""
+    if params.request_state is None:
+        return None
+    run = gateway.runs.by_token(caller, params.request_state)
+    if run is None:
+        raise MCPError(INVALID_PARAMS, "unknown or expired requestState: start the call again")
+    for key, response in (params.input_responses or {}).items():
+        run.answer(key, answer_of(response))
+    return run
+
+
+async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: Run, *, owned: bool) -> Answered:
+    """Wait for ``run``'s outcome (its foreground answer), asking the client about every approval it waits for.
+
+    ``owned``: the run is this request's foreground run, cancelled if the request goes away (but not when
+    it answers ``input_required``: the next round continues it).
+    """
+    handed_over = False
+    try:
+        async with anyio.create_task_group() as asking:
+            while True:
+                changed = run.changed
+                if not run.running:
+                    asking.cancel_scope.cancel()
+                    payload, failed = run.result()
+                    return json_result(payload, failed)
+                unsent = run.unsent()
+                if unsent and _modern(ctx):
+                    handed_over = True
+                    asking.cancel_scope.cancel()
+                    return input_required(run, unsent)
+                for pending in unsent:
+                    pending.sent = True
+                    asking.start_soon(_ask_in_request, ctx, run, pending)
+                await changed.wait()
+        raise AssertionError("the loop above only ends by returning")  # pragma: no cover
+    finally:
+        if owned and not handed_over and run.running:
+            gateway.runs.cancel(run)
+
+
+def input_required(run: Run, unsent: list[Pending]) -> types.InputRequiredResult:
+    """The multi-round-trip answer: the forms to fill in, and the state that brings the answers back."""
+    for pending in unsent:
+        pending.sent = True
+    requests: dict[str, Any] = {p.key: types.ElicitRequest(params=elicitation(p.request)) for p in unsent}
+    return types.InputRequiredResult(input_requests=requests, request_state=run.resume_token)
+
+
+async def _ask_in_request(ctx: ServerRequestContext[Any], run: Run, pending: Pending) -> None:
+    form = elicitation(pending.request)
+    try:
+        response = await ctx.session.elicit_form(form.message, form.requested_schema, related_request_id=ctx.request_id)
+    except Exception as exc:  # no back-channel, the client refused or went away: declined
+        logger.warning("could not ask for approval of %s: %s", pending.request.tool, exc)
+        run.answer(pending.key, "decline")
+        return
+    run.answer(pending.key, answer_of(response))
+
+
+async def call(ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, name: str, params: Any) -> Answered:
+    """The status or cancel tool's answer."""
+    arguments: Mapping[str, Any] = params.arguments or {}
+    unknown = sorted(set(arguments) - {"executionId"})
+    if unknown:
+        raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
+    run = resumed(gateway, caller, params)
+    if run is None:
+        try:
+            run = gateway.runs.find(caller, arguments.get("executionId"))
+        except LostRunError as exc:
+            return json_result({"executionId": exc.execution_id, "status": "lost", "message": exc.message}, True)
+    if name == CANCEL:
+        gateway.runs.cancel(run)
+        with anyio.move_on_after(5):
+            while run.running:
+                await run.changed.wait()
+        payload, failed = run.status()
+        return json_result(payload, failed)
+    unsent = run.unsent()
+    if unsent and can_ask(ctx) and _modern(ctx):
+        return input_required(run, unsent)
+    if unsent and can_ask(ctx):
+        async with anyio.create_task_group() as asking:
+            for pending in unsent:
+                pending.sent = True
+                asking.start_soon(_ask_in_request, ctx, run, pending)
+    payload, failed = run.status()
+    return json_result(payload, failed)
