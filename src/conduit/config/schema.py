@@ -79,7 +79,7 @@ class Limits(_Model):
         (each a positive integer; :meth:`from_request` checks every key and value and names what is wrong)."""
         return {
             "type": "object",
-            "description": f"Lower {', '.join(cls.wire_names())} for this run.",
+            "description": f"Lower {', '.join(cls.wire_names())}.",
         }
 
 

@@ -21,9 +21,9 @@ from conduit.sdk.python import python_declaration
 from conduit.sdk.typescript import brief_type, typescript_declaration
 from conduit.upstream.registry import Upstream
 
-SEARCH_LIMIT: Final = 8
+SEARCH_LIMIT: Final = 6
 STUBS_PAGE: Final = 10
-SUMMARY_CHARS: Final = 90
+SUMMARY_CHARS: Final = 80
 FORMATS: Final = ("typescript", "python", "json")
 _TERM: Final = re.compile(r"[a-z0-9]+")
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s")
@@ -78,11 +78,7 @@ def list_stubs(catalog: Catalog, package_id: Any, offset: Any = None, limit: Any
         raise InvalidParamsError(f"package {package_id!r} is unavailable: {catalog.failures[package_id]}")
     names = unique_identifiers(entry.name for entry in entries)
     page = entries[offset : offset + limit]
-    answer: dict[str, Any] = {
-        "package": package_id,
-        "call": f"await tools.{identifier(package_id)}.<name>(args)",
-        "tools": [stub(entry, names[entry.name]) for entry in page],
-    }
+    answer: dict[str, Any] = {"package": package_id, "tools": [stub(entry, names[entry.name]) for entry in page]}
     if offset + limit < len(entries):
         answer["nextOffset"] = offset + limit
         answer["total"] = len(entries)

@@ -124,12 +124,11 @@ def _isolate(parts: RuntimeParts) -> Runtime:
 
 
 _CALLS: Final = (
-    "`await tools.<package>.<tool>({args})` calls a tool, typed as conduit__mcp_read_tool_schema declares it; "
-    "failures {throw}."
+    "Tools: `await tools.<package>.<tool>({args})`, typed as conduit__mcp_read_tool_schema shows; failures {throw}."
 )
 
 _TS_DESCRIPTION: Final = (
-    "Run TypeScript in a fresh Deno sandbox (no files, env, network or subprocesses). "
+    "Run TypeScript in a fresh, sealed Deno sandbox. "
     + _CALLS.format(args="...", throw="throw with a numeric `code`")
     + " A top-level `return` value becomes `result`."
 )
@@ -140,8 +139,8 @@ _ISOLATE_DESCRIPTION: Final = (
 )
 
 _PYTHON_DESCRIPTION: Final = (
-    "Run Python in a fresh sandbox (no files, env, network or subprocesses): Monty, a fast subset, when the "
-    "program fits, else Pyodide (CPython 3.14). "
+    "Run Python in a fresh, sealed sandbox: Monty, a fast subset, when the program fits, else Pyodide "
+    "(CPython 3.14). "
     + _CALLS.format(args="arg=...", throw="raise `ToolError` (`.code`)")
     + " The last expression's value becomes `result`."
 )

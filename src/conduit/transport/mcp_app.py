@@ -41,11 +41,7 @@ EXECUTE_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {
         "code": {"type": "string"},
-        "allowedTools": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "e.g. ['github.*']",
-        },
+        "allowedTools": {"type": "array", "items": {"type": "string"}},
         "limits": Limits.request_schema(),
         "background": {"type": "boolean"},
     },
