@@ -120,9 +120,10 @@ class Cluster:
         return f"http://127.0.0.1:{self.balancer_port}/mcp"
 
     @asynccontextmanager
-    async def client(self, token: str = MASTER_TOKEN) -> AsyncIterator[Client]:
+    async def client(self, token: str = MASTER_TOKEN, **options: Any) -> AsyncIterator[Client]:
+        """An official client through the balancer (``options``: the ``Client``'s)."""
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
-            async with Client(streamable_http_client(self.url, http_client=http)) as client:
+            async with Client(streamable_http_client(self.url, http_client=http), **options) as client:
                 yield client
 
     def start_balancer(self) -> None:
@@ -160,10 +161,10 @@ backend replicas
             ["haproxy", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
 
-    async def wait_all_up(self) -> None:
-        """Until haproxy has seen every replica ready (its checks need ``rise`` passes)."""
+    async def wait_all_up(self, replicas: list[Replica] | None = None) -> None:
+        """Until haproxy has seen every replica (or those of ``replicas``) ready (its checks need ``rise`` passes)."""
         async with httpx2.AsyncClient(timeout=5) as http:
-            for replica in self.replicas:
+            for replica in self.replicas if replicas is None else replicas:
                 assert (await http.get(f"{replica.ops_url}/ready")).status_code == 200
         await anyio.sleep(CHECK_INTERVAL_MS * 3 / 1000)
 

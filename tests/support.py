@@ -23,6 +23,40 @@ CONDUIT = str(Path(sys.executable).parent / "conduit")
 EXECUTE_TS = "conduit__mcp_execute_typescript"
 EXECUTE_ISOLATE = "conduit__mcp_execute_isolate"
 EXECUTE_PYTHON = "conduit__mcp_execute_python"
+STATUS = "conduit__mcp_execution_status"
+CANCEL = "conduit__mcp_cancel_execution"
+
+
+def sleeping_program(ms: int) -> str:
+    """A TypeScript program that prints, sleeps ``ms``, prints again and returns 42."""
+    return (
+        f'console.log("started");\nawait new Promise((resolve) => setTimeout(resolve, {ms}));\n'
+        'console.log("finished");\nreturn 42;\n'
+    )
+
+
+def slept(execution_id: str) -> dict[str, Any]:
+    """The status of a finished :func:`sleeping_program` run: exactly its foreground answer, and its id."""
+    stdout = "started\nfinished\n"
+    return {"executionId": execution_id, "status": "done", "stdout": stdout, "stderr": "", "exitCode": 0, "result": 42}
+
+
+async def start_background(client: Client, code: str, **arguments: Any) -> str:
+    """Start a background TypeScript run; its execution id."""
+    result = await client.call_tool(EXECUTE_TS, {"code": code, "background": True, **arguments})
+    assert not result.is_error, result
+    answer = result.structured_content
+    assert answer is not None and answer["status"] == "running", answer
+    return str(answer["executionId"])
+
+
+async def run_status(client: Client, execution_id: str, tool: str = STATUS) -> tuple[bool, dict[str, Any]]:
+    """A run's status (or, with ``tool=CANCEL``, what cancelling it answered): (isError, structuredContent)."""
+    result = await client.call_tool(tool, {"executionId": execution_id})
+    assert result.structured_content is not None, result
+    return bool(result.is_error), dict(result.structured_content)
+
+
 MASTER = "bridge-test-master-token-abcdef0123456789"
 TOOLBOX = str(Path(__file__).parent / "servers" / "toolbox.py")
 HTTP_UPSTREAM = str(Path(__file__).parent / "servers" / "http_upstream.py")

@@ -205,3 +205,21 @@ async def test_every_request_and_decision_is_an_audit_record_over_http(tmp_path:
     ]
     assert all(r["logger"] == "conduit.audit" and r["execution_id"] for r in records)
     assert all(SECRET not in json.dumps(r) for r in records)
+
+
+async def test_a_background_runs_approval_is_asked_when_its_status_is_read(client: Client, person: Person) -> None:
+    started = await client.call_tool(
+        "conduit__mcp_execute_typescript",
+        {"code": 'return await tools.ledger.refund({ account: "c-1", amount: 3 });', "background": True},
+    )
+    execution_id = started.structured_content["executionId"]  # type: ignore[index]
+    with anyio.fail_after(10):
+        while True:  # each status read asks about what the run waits for, as the execution call would have
+            result = await client.call_tool("conduit__mcp_execution_status", {"executionId": execution_id})
+            answer = result.structured_content
+            assert answer is not None
+            if answer["status"] != "running":
+                break
+            await anyio.sleep(0.1)
+    assert answer["status"] == "done" and answer["result"]["structuredContent"] == {"tool": "refund", "ok": True}
+    assert len(person.asked) == 1 and "ledger__refund" in person.asked[0].message

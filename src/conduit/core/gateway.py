@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup
 from conduit.bridge.server import BridgeServer
 from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, BridgeCaller, SessionRegistry
 from conduit.catalog import Catalog, ToolEntry, ToolId
+from conduit.cluster.run_mirror import RunMirror
 from conduit.cluster.store import SharedStore
 from conduit.config.loader import parse_upstream
 from conduit.config.schema import Config, Limits
@@ -34,7 +35,7 @@ from conduit.core.approvals import Approvals, Asker
 from conduit.core.health import health_report
 from conduit.core.languages import BY_NAME, LANGUAGES
 from conduit.core.ratelimit import RateLimiter
-from conduit.core.runs import Run, Runs
+from conduit.core.runs import BOOT, Run, Runs
 from conduit.core.typed import typed_value
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import (
@@ -106,7 +107,10 @@ class Gateway:
         self._shares: dict[str, Admission] = {}
         """Principals' own concurrency (``maxConcurrent``), within the server's."""
         self._sdks = SdkCache()
-        self.runs = Runs(tasks, config.background.keep_ms / 1000, config.background.max_per_principal)
+        keep_s = config.background.keep_ms / 1000
+        longest_s = max(config.resource_limits.timeout_ms, config.background.max_timeout_ms) / 1000
+        mirror = RunMirror(shared, BOOT, keep_s, longest_s) if shared is not None else None
+        self.runs = Runs(tasks, keep_s, config.background.max_per_principal, mirror)
         """Executions that outlive their request (``tasks``: the task group they run in)."""
         self.approvals = Approvals(
             config.approvals, config.secret_values(), config.secret_redaction_patterns, config.redact_credentials

@@ -13,6 +13,7 @@ restart ends every running execution; nothing survives it), never as pending.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import secrets
@@ -24,6 +25,7 @@ from typing import Any, Final, Literal
 import anyio
 from anyio.abc import TaskGroup
 
+from conduit.cluster.run_mirror import POLL_S, RunMirror
 from conduit.core.approvals import Answer, ApprovalRequest
 from conduit.errors import BusyError, ConduitError, InvalidParamsError
 from conduit.sandbox.base import RunOutcome
@@ -68,9 +70,12 @@ class Run:
     changed: anyio.Event = field(default_factory=anyio.Event)
     on_output: Callable[[str, str], None] | None = None
     """Who else wants the output as it arrives (a foreground request's progress stream)."""
-    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    """The ``requestState`` a multi-round-trip client echoes to continue this run (opaque, unguessable)."""
+    resume_token: str = ""
+    """The ``requestState`` a multi-round-trip client echoes to continue this run: its id and a secret."""
     _asked: int = 0
+
+    def __post_init__(self) -> None:
+        self.resume_token = f"{self.id}.{secrets.token_urlsafe(24)}"
 
     @property
     def running(self) -> bool:
@@ -134,20 +139,59 @@ class Run:
         return {**head, **payload}, failed
 
 
-class Runs:
-    """The runs of this process, in the gateway's task group."""
+@dataclass
+class RemoteRun:
+    """A run another replica holds, as its mirror record says (cluster mode): read-only here; commands for
+    it go to its inbox (:class:`~conduit.cluster.run_mirror.RunMirror`)."""
 
-    def __init__(self, tasks: TaskGroup | None, keep_s: float, max_per_principal: int) -> None:
+    id: str
+    record: dict[str, Any]
+
+    @property
+    def running(self) -> bool:
+        return bool(self.record["state"] == "running")
+
+    @property
+    def resume_token(self) -> str:
+        return str(self.record["token"])
+
+    def status(self) -> tuple[dict[str, Any], bool]:
+        return dict(self.record["status"]), bool(self.record["failed"])
+
+    def result(self) -> tuple[dict[str, Any], bool]:
+        payload, failed = self.record["result"] or (self.record["status"], self.record["failed"])
+        return dict(payload), bool(failed)
+
+    def unsent(self) -> list[Pending]:
+        return [
+            Pending(item["key"], ApprovalRequest(**item["request"]))
+            for item in self.record["pending"]
+            if not item["sent"]
+        ]
+
+
+AnyRun = Run | RemoteRun
+
+
+class Runs:
+    """The runs of this process, in the gateway's task group; with a ``mirror``, the cluster's too."""
+
+    def __init__(
+        self, tasks: TaskGroup | None, keep_s: float, max_per_principal: int, mirror: RunMirror | None = None
+    ) -> None:
         self._tasks = tasks
         self._keep_s = keep_s
         self._max_per_principal = max_per_principal
+        self._mirror = mirror
         self._runs: dict[str, Run] = {}
+        if mirror is not None and tasks is not None:
+            tasks.start_soon(mirror.beat)
 
     def start(self, caller: Caller, language: str, work: Work, *, background: bool) -> Run:
         """Start ``work`` as a run of ``caller``'s.
 
         Raises:
-            BusyError: a background run, and the principal has ``background.maxPerPrincipal`` running.
+            BusyError: a background run, and the principal has ``background.maxPerPrincipal`` running here.
         """
         if self._tasks is None:
             raise ConduitError("executions that outlive their request are not available here")
@@ -162,6 +206,8 @@ class Runs:
         run = Run(f"{BOOT}-{secrets.token_hex(12)}", caller, language, background)
         self._runs[run.id] = run
         self._tasks.start_soon(self._run, run, work)
+        if self._mirror is not None:
+            self._tasks.start_soon(self._mirrored, run, self._mirror)
         return run
 
     async def _run(self, run: Run, work: Work) -> None:
@@ -180,35 +226,108 @@ class Runs:
             if run.state == "running":  # cancelled: by its principal, its client, or the server stopping
                 run.finish("cancelled")
 
-    def find(self, caller: Caller, execution_id: Any) -> Run:
-        """``caller``'s run ``execution_id``.
+    async def _mirrored(self, run: Run, mirror: RunMirror) -> None:
+        """Publish ``run`` whenever it changes (at most every ``POLL_S``), and carry out its inbox's commands."""
+        published: dict[str, Any] | None = None
+        while True:
+            changed = run.changed
+            record = _record(run)
+            if record != published:
+                await mirror.publish(run.id, record, finished=not run.running)
+                published = record
+            if not run.running:
+                return
+            for command in await mirror.take(run.id):
+                self._carry_out(run, command)
+            with anyio.move_on_after(POLL_S):
+                await changed.wait()
+            await anyio.sleep(POLL_S / 5)  # output arriving fast is published in batches
+
+    def _carry_out(self, run: Run, command: dict[str, Any]) -> None:
+        if command.get("cancel"):
+            self._cancel_local(run)
+        elif "answer" in command:
+            run.answer(str(command["key"]), command["answer"])
+        elif "sent" in command:
+            pending = run.pending.get(str(command["sent"]))
+            if pending is not None:
+                pending.sent = True
+
+    async def find(self, caller: Caller, execution_id: Any) -> AnyRun:
+        """``caller``'s run ``execution_id``, here or (cluster mode) on another replica.
 
         Raises:
-            LostRunError: the id is from an earlier process (restarted since).
+            LostRunError: it was running in a process that has ended (this one restarted, or its replica died).
             InvalidParamsError: no such run of ``caller``'s (never was, another's, or expired).
+            StoreUnavailableError: another replica's run, Redis is away and ``onStoreError`` is ``refuse``.
         """
         if not isinstance(execution_id, str) or not execution_id:
             raise InvalidParamsError("executionId must be a non-empty string")
         self._sweep()
-        matched = _ID.match(execution_id)
-        if matched is not None and matched.group(1) != BOOT:
-            raise LostRunError(execution_id)
+        unknown = InvalidParamsError(
+            f"unknown execution {execution_id!r}: none of yours has this id (or its outcome expired)"
+        )
         run = self._runs.get(execution_id)
-        if run is None or run.caller.id != caller.id:
-            raise InvalidParamsError(
-                f"unknown execution {execution_id!r}: none of yours has this id (or its outcome expired)"
-            )
-        return run
+        if run is not None:
+            if run.caller.id != caller.id:
+                raise unknown
+            return run
+        matched = _ID.match(execution_id)
+        if matched is None or matched.group(1) == BOOT:
+            raise unknown
+        if self._mirror is None:
+            raise LostRunError(execution_id)
+        record = await self._mirror.read(execution_id)
+        if record is not None and record["principal"] != caller.id:
+            raise unknown
+        alive = await self._mirror.alive(matched.group(1))
+        if record is None:
+            if alive:
+                raise unknown
+            raise LostRunError(execution_id)
+        if record["state"] == "running" and not alive:
+            raise LostRunError(execution_id)
+        return RemoteRun(execution_id, record)
 
-    def by_token(self, caller: Caller, token: object) -> Run | None:
-        """``caller``'s run whose ``resume_token`` is ``token`` (running, or finished and still kept), or None."""
-        if not isinstance(token, str):
+    async def by_token(self, caller: Caller, token: object) -> AnyRun | None:
+        """``caller``'s run whose ``requestState`` is ``token`` (running, or finished and still kept), or None."""
+        if not isinstance(token, str) or "." not in token:
             return None
-        self._sweep()
-        run = next((run for run in self._runs.values() if secrets.compare_digest(run.resume_token, token)), None)
-        return run if run is not None and run.caller.id == caller.id else None
+        execution_id = token.partition(".")[0]
+        try:
+            run = await self.find(caller, execution_id)
+        except (InvalidParamsError, LostRunError):
+            return None
+        return run if secrets.compare_digest(run.resume_token, token) else None
 
-    def cancel(self, run: Run) -> None:
+    async def refreshed(self, run: AnyRun) -> AnyRun:
+        """``run`` once it changes: at once for a run here, within ``POLL_S`` for another replica's."""
+        if isinstance(run, Run):
+            await run.changed.wait()
+            return run
+        await anyio.sleep(POLL_S)
+        assert self._mirror is not None
+        record = await self._mirror.read(run.id)
+        return RemoteRun(run.id, record) if record is not None else run
+
+    async def answer(self, run: AnyRun, key: str, answer: Answer) -> None:
+        if isinstance(run, Run):
+            run.answer(key, answer)
+        elif self._mirror is not None:
+            await self._mirror.post(run.id, {"key": key, "answer": answer})
+
+    async def mark_sent(self, run: AnyRun, pending: Pending) -> None:
+        pending.sent = True
+        if isinstance(run, RemoteRun) and self._mirror is not None:
+            await self._mirror.post(run.id, {"sent": pending.key})
+
+    async def cancel(self, run: AnyRun) -> None:
+        if isinstance(run, Run):
+            self._cancel_local(run)
+        elif self._mirror is not None:
+            await self._mirror.post(run.id, {"cancel": True})
+
+    def _cancel_local(self, run: Run) -> None:
         if run.state == "running":
             run.scope.cancel()
 
@@ -220,7 +339,22 @@ class Runs:
 
     def cancel_all(self) -> None:
         for run in self._runs.values():
-            self.cancel(run)
+            self._cancel_local(run)
+
+
+def _record(run: Run) -> dict[str, Any]:
+    """What the cluster knows of ``run`` (:class:`RemoteRun` reads it back)."""
+    status, failed = run.status()
+    pending = [{"key": p.key, "sent": p.sent, "request": dataclasses.asdict(p.request)} for p in run.pending.values()]
+    return {
+        "principal": run.caller.id,
+        "state": run.state,
+        "status": status,
+        "failed": failed,
+        "result": None if run.running else list(run.result()),
+        "pending": pending,
+        "token": run.resume_token,  # sealed with cluster.key, like everything in the record
+    }
 
 
 class LostRunError(ConduitError):
@@ -228,7 +362,7 @@ class LostRunError(ConduitError):
 
     def __init__(self, execution_id: str) -> None:
         super().__init__(
-            f"execution {execution_id!r} was lost: Conduit restarted after it started, and running executions "
-            "do not survive a restart"
+            f"execution {execution_id!r} was lost: the Conduit process running it ended (a restart, or its replica "
+            "stopped), and running executions do not survive that"
         )
         self.execution_id = execution_id

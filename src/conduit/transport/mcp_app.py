@@ -29,6 +29,7 @@ from conduit.catalog import CONDUIT_PREFIX
 from conduit.config.schema import PYTHON_ENGINES, Limits
 from conduit.core.gateway import Gateway
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
+from conduit.core.runs import Run
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import PRINCIPAL, REQUEST_ID
 from conduit.security.callers import LOCAL, Caller
@@ -238,7 +239,7 @@ async def _detached(
         raise MCPError(INVALID_PARAMS, "background must be a boolean")
     try:
         async with ProgressStream.open(ctx) as progress:
-            run = run_tools.resumed(gateway, caller, params)
+            run = await run_tools.resumed(gateway, caller, params)
             if run is None:
                 plan = gateway.plan(
                     language,
@@ -252,11 +253,13 @@ async def _detached(
                 run = gateway.start_run(plan, background=background, askable=run_tools.can_ask(ctx))
                 if background:
                     return json_result({"executionId": run.id, "status": "running"})
-            run.on_output = progress.feed if progress else None
+            if isinstance(run, Run):  # another replica's run streams nothing here; its result has all the output
+                run.on_output = progress.feed if progress else None
             try:
                 return await run_tools.attend(ctx, gateway, run, owned=True)
             finally:
-                run.on_output = None
+                if isinstance(run, Run):
+                    run.on_output = None
     except ConduitError as exc:
         return answer_failure(exc, failed_execution)
 

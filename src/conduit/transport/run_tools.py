@@ -23,7 +23,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from conduit.catalog import CONDUIT_PREFIX
 from conduit.core.approvals import Answer, ApprovalRequest
 from conduit.core.gateway import Gateway
-from conduit.core.runs import LostRunError, Pending, Run
+from conduit.core.runs import AnyRun, LostRunError, Pending
 from conduit.errors import INVALID_PARAMS
 from conduit.security.callers import Caller
 from conduit.transport.wire import json_result
@@ -76,19 +76,19 @@ def answer_of(response: object) -> Answer:
     return "cancel" if response.action == "cancel" else "decline"
 
 
-def resumed(gateway: Gateway, caller: Caller, params: types.CallToolRequestParams) -> Run | None:
+async def resumed(gateway: Gateway, caller: Caller, params: types.CallToolRequestParams) -> AnyRun | None:
     """The run a later round continues (its ``requestState``), with the round's answers given to it."""
     if params.request_state is None:
         return None
-    run = gateway.runs.by_token(caller, params.request_state)
+    run = await gateway.runs.by_token(caller, params.request_state)
     if run is None:
         raise MCPError(INVALID_PARAMS, "unknown or expired requestState: start the call again")
     for key, response in (params.input_responses or {}).items():
-        run.answer(key, answer_of(response))
+        await gateway.runs.answer(run, key, answer_of(response))
     return run
 
 
-async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: Run, *, owned: bool) -> Answered:
+async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, *, owned: bool) -> Answered:
     """Wait for ``run``'s outcome (its foreground answer), asking the client about every approval it waits for.
 
     ``owned``: the run is this request's foreground run, cancelled if the request goes away (but not when
@@ -98,7 +98,6 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: Run, *, 
     try:
         async with anyio.create_task_group() as asking:
             while True:
-                changed = run.changed
                 if not run.running:
                     asking.cancel_scope.cancel()
                     payload, failed = run.result()
@@ -107,34 +106,35 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: Run, *, 
                 if unsent and _modern(ctx):
                     handed_over = True
                     asking.cancel_scope.cancel()
-                    return input_required(run, unsent)
+                    return await input_required(gateway, run, unsent)
                 for pending in unsent:
-                    pending.sent = True
-                    asking.start_soon(_ask_in_request, ctx, run, pending)
-                await changed.wait()
+                    await gateway.runs.mark_sent(run, pending)
+                    asking.start_soon(_ask_in_request, ctx, gateway, run, pending)
+                run = await gateway.runs.refreshed(run)
         raise AssertionError("the loop above only ends by returning")  # pragma: no cover
     finally:
         if owned and not handed_over and run.running:
-            gateway.runs.cancel(run)
+            with anyio.CancelScope(shield=True):
+                await gateway.runs.cancel(run)
 
 
-def input_required(run: Run, unsent: list[Pending]) -> types.InputRequiredResult:
+async def input_required(gateway: Gateway, run: AnyRun, unsent: list[Pending]) -> types.InputRequiredResult:
     """The multi-round-trip answer: the forms to fill in, and the state that brings the answers back."""
     for pending in unsent:
-        pending.sent = True
+        await gateway.runs.mark_sent(run, pending)
     requests: dict[str, Any] = {p.key: types.ElicitRequest(params=elicitation(p.request)) for p in unsent}
     return types.InputRequiredResult(input_requests=requests, request_state=run.resume_token)
 
 
-async def _ask_in_request(ctx: ServerRequestContext[Any], run: Run, pending: Pending) -> None:
+async def _ask_in_request(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, pending: Pending) -> None:
     form = elicitation(pending.request)
     try:
         response = await ctx.session.elicit_form(form.message, form.requested_schema, related_request_id=ctx.request_id)
     except Exception as exc:  # no back-channel, the client refused or went away: declined
         logger.warning("could not ask for approval of %s: %s", pending.request.tool, exc)
-        run.answer(pending.key, "decline")
+        await gateway.runs.answer(run, pending.key, "decline")
         return
-    run.answer(pending.key, answer_of(response))
+    await gateway.runs.answer(run, pending.key, answer_of(response))
 
 
 async def call(ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, name: str, params: Any) -> Answered:
@@ -143,26 +143,26 @@ async def call(ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller,
     unknown = sorted(set(arguments) - {"executionId"})
     if unknown:
         raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
-    run = resumed(gateway, caller, params)
+    run = await resumed(gateway, caller, params)
     if run is None:
         try:
-            run = gateway.runs.find(caller, arguments.get("executionId"))
+            run = await gateway.runs.find(caller, arguments.get("executionId"))
         except LostRunError as exc:
             return json_result({"executionId": exc.execution_id, "status": "lost", "message": exc.message}, True)
     if name == CANCEL:
-        gateway.runs.cancel(run)
+        await gateway.runs.cancel(run)
         with anyio.move_on_after(5):
             while run.running:
-                await run.changed.wait()
+                run = await gateway.runs.refreshed(run)
         payload, failed = run.status()
         return json_result(payload, failed)
     unsent = run.unsent()
     if unsent and can_ask(ctx) and _modern(ctx):
-        return input_required(run, unsent)
+        return await input_required(gateway, run, unsent)
     if unsent and can_ask(ctx):
         async with anyio.create_task_group() as asking:
             for pending in unsent:
-                pending.sent = True
-                asking.start_soon(_ask_in_request, ctx, run, pending)
+                await gateway.runs.mark_sent(run, pending)
+                asking.start_soon(_ask_in_request, ctx, gateway, run, pending)
     payload, failed = run.status()
     return json_result(payload, failed)
