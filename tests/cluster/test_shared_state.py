@@ -207,3 +207,40 @@ def test_doctor_says_whether_the_clusters_redis_answers(redis_server: Redis, tmp
     down = conduit("doctor", "--config", str(config))
     assert down.returncode == 1 and "FAIL  cluster: Redis unreachable" in down.stderr
     assert "pw-9f2" not in down.stdout + down.stderr
+
+
+async def test_run_records_are_sealed_commands_wait_for_the_owner_and_redis_away_never_breaks_the_owner(
+    redis_server: Redis,
+) -> None:
+    from conduit.cluster.run_mirror import RunMirror
+
+    owner, reader = (
+        RunMirror(shared(redis_server), "aaaaaaaa", 60, 60),
+        RunMirror(shared(redis_server), "bbbbbbbb", 60, 60),
+    )
+    await owner.publish("aaaaaaaa-run", {"principal": "alice", "status": {"stdout": "secret-output"}}, finished=False)
+    assert (await reader.read("aaaaaaaa-run"))["principal"] == "alice"  # type: ignore[index]
+    raw = shared(redis_server).sync_client.get("conduit:run:aaaaaaaa-run")
+    assert raw is not None and b"secret-output" not in raw and b"alice" not in raw  # sealed with cluster.key
+    other = RunMirror(shared(redis_server, key=new_key()), "cccccccc", 60, 60)
+    assert await other.read("aaaaaaaa-run") is None  # another cluster.key reads nothing
+    await reader.post("aaaaaaaa-run", {"cancel": True})
+    await reader.post("aaaaaaaa-run", {"key": "approval-1", "answer": "accept"})
+    assert await owner.take("aaaaaaaa-run") == [{"cancel": True}, {"key": "approval-1", "answer": "accept"}]
+    assert await owner.take("aaaaaaaa-run") == []  # taken once
+    assert await reader.alive("aaaaaaaa") is False
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(owner.beat)  # its first beat is at once
+        await anyio.sleep(0.3)
+        assert await reader.alive("aaaaaaaa") is True
+        tg.cancel_scope.cancel()
+    redis_server.stop()
+    refusing = RunMirror(shared(redis_server, on_error="refuse"), "dddddddd", 60, 60)
+    await refusing.publish("dddddddd-run", {"principal": "bob"}, finished=True)  # skipped: the owner goes on
+    assert await refusing.take("dddddddd-run") == []  # the owner's loop never fails
+    with pytest.raises(StoreUnavailableError):
+        await refusing.read("aaaaaaaa-run")  # a reader is told Redis is away (-32000), not "unknown"
+    with pytest.raises(StoreUnavailableError):
+        await refusing.post("aaaaaaaa-run", {"cancel": True})  # a command is never silently dropped
+    local = RunMirror(shared(redis_server), "eeeeeeee", 60, 60)
+    assert await local.read("aaaaaaaa-run") is None and await local.alive("aaaaaaaa") is True  # never "lost" then

@@ -128,6 +128,13 @@ def test_env_overrides_beat_the_file_and_cli_overrides_beat_env(tmp_path: Path) 
         ("transport: carrier-pigeon", "transport: Input should be 'http' or 'stdio'"),
         ("- just\n- a list", "the top level must be a mapping"),
         ("port: [unclosed", "invalid YAML"),
+        ("approvals: [{principals: [a]}]", "matches on exactly one of 'tools' and 'annotations'"),
+        ("approvals: [{tools: [a], annotations: {destructiveHint: true}}]", "exactly one of 'tools' and"),
+        ("approvals: [{annotations: {dangerous: true}}]", "annotations takes readOnlyHint"),
+        ("approvals: [{tools: ['a.b.*.c']}]", "approvals[0]: tools: invalid allowlist pattern 'a.b.*.c'"),
+        ("approvals: [{tools: [a], timeoutMs: 10}]", "approvals[0].timeoutMs: Input should be greater than or equal"),
+        ("background: {keepMs: 5}", "background.keepMs: Input should be greater than or equal to 1000"),
+        ("background: {maxTimeoutMs: 0}", "background.maxTimeoutMs: Input should be greater than 0"),
     ],
 )
 def test_broken_config_fails_with_key_path_and_reason(tmp_path: Path, text: str, expected: str) -> None:

@@ -204,6 +204,8 @@ async def test_every_request_and_decision_is_an_audit_record_over_http(tmp_path:
         ("ledger__delete_account", "declined", "master", "master"),
     ]
     assert all(r["logger"] == "conduit.audit" and r["execution_id"] for r in records)
+    requested = [(r["tool"], r["decision"]) for r in lines if r.get("message") == "approval requested"]
+    assert requested == [("ledger__refund", "asked"), ("ledger__delete_account", "asked")]  # each request, too
     assert all(SECRET not in json.dumps(r) for r in records)
 
 

@@ -52,7 +52,10 @@ class RunMirror:
     async def beat(self) -> None:
         """Keep this replica's heartbeat fresh until cancelled."""
         while True:
-            await self._quiet(lambda: self._store.client.set(self._heartbeat(self._boot), b"1", ex=HEARTBEAT_TTL_S))
+            try:
+                await self._quiet(lambda: self._store.client.set(self._heartbeat(self._boot), b"1", ex=HEARTBEAT_TTL_S))
+            except Exception:  # never take the server down for a heartbeat
+                logger.exception("the replica's heartbeat could not be written")
             await anyio.sleep(HEARTBEAT_S)
 
     async def alive(self, boot: str) -> bool:
@@ -123,8 +126,12 @@ class RunMirror:
         async def none() -> list[bytes]:
             return []
 
+        try:
+            taken = await self._store.run(pop, none)
+        except StoreUnavailableError:  # refuse mode and Redis away: the commands wait in Redis
+            return []
         commands = []
-        for sealed in await self._store.run(pop, none):
+        for sealed in taken:
             try:
                 commands.append(json.loads(self._store.fernet.decrypt(sealed)))
             except (InvalidToken, ValueError):

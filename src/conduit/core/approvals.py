@@ -117,6 +117,11 @@ class Approvals:
         tool = entry.qualified
         title = (entry.listed.title if entry.listed is not None else None) or entry.name
         request = ApprovalRequest(tool, title, self.shown(arguments), caller.id, execution_id)
+        if ask is not None:
+            AUDIT.info(
+                "approval requested",
+                extra={"principal": caller.id, "execution_id": execution_id, "tool": tool, "decision": "asked"},
+            )
         decision, why = await self._ask(ask, request, rule.timeout_ms / 1000)
         AUDIT.info(
             "approval",

@@ -124,7 +124,8 @@ class Run:
         if self.outcome is not None:
             return self.outcome.as_result(), self.outcome.error is not None
         error = self.failure or ConduitError("the execution was cancelled before it finished")
-        payload = {"stdout": "".join(self.stdout), "stderr": "".join(self.stderr), "exitCode": None}
+        exit_code = 1 if self.failure is not None else None  # it could not run, as a foreground one answers
+        payload = {"stdout": "".join(self.stdout), "stderr": "".join(self.stderr), "exitCode": exit_code}
         return {**payload, "error": {"code": error.code, "message": error.message}}, True
 
     def status(self) -> tuple[dict[str, Any], bool]:
@@ -228,6 +229,12 @@ class Runs:
 
     async def _mirrored(self, run: Run, mirror: RunMirror) -> None:
         """Publish ``run`` whenever it changes (at most every ``POLL_S``), and carry out its inbox's commands."""
+        try:
+            await self._mirror_loop(run, mirror)
+        except Exception:  # the mirror must never take the task group (and the server) down
+            logger.exception("run %s is no longer mirrored to the cluster", run.id)
+
+    async def _mirror_loop(self, run: Run, mirror: RunMirror) -> None:
         published: dict[str, Any] | None = None
         while True:
             changed = run.changed
