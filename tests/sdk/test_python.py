@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import typing
 from pathlib import Path
@@ -124,3 +125,25 @@ def test_names_the_sdk_uses_and_values_python_cannot_put_in_a_literal_do_not_bre
     hints = typing.get_type_hints(result)
     assert hints["mode"] is Any
     assert hints["ratio"] is Any and hints["kind"] == typing.Literal["x", 1, None]
+
+
+def test_two_upstreams_whose_names_meet_as_identifiers_keep_a_class_each_and_disclosure_names_them_alike() -> None:
+    from conduit.catalog import Catalog
+    from conduit.core.disclosure import find_tool, search
+
+    entries = [ToolEntry("a-b", "ping", "Ping one.", {}), ToolEntry("a_b", "ping", "Ping two.", {})]
+    sdk = load(generate_python_sdk(entries))
+    called: list[str] = []
+
+    async def invoke(name: str, args: Any, kwargs: Any, structured: bool = False) -> None:
+        called.append(name)
+
+    sdk["invoke"] = invoke
+    tools = sdk["tools"]
+    assert type(tools.a_b) is not type(tools.a_b_2)  # one class per upstream (both were _a_b_tools before)
+    asyncio.run(tools.a_b.ping())
+    asyncio.run(tools.a_b_2.ping())
+    assert called == ["a-b__ping", "a_b__ping"]
+    catalog = Catalog(tools=tuple(entries), failures={})
+    assert search(catalog, "ping", 5) == ["a_b.ping: Ping one.", "a_b_2.ping: Ping two."]  # the SDK's names
+    assert find_tool(catalog, "a_b_2.ping").qualified == "a_b__ping"

@@ -2,7 +2,7 @@
 
 A run lives in the replica that started it (its sandbox is there). What others need of it is mirrored,
 sealed with ``cluster.key``: its status (output so far, or its outcome), the approvals it waits for,
-and the digest of its ``requestState``. A replica that receives a status, a cancel or a round's answers
+and its ``requestState``. A replica that receives a status, a cancel or a round's answers
 for a run it does not hold reads the mirror and posts commands to the run's inbox, which the owner
 takes every :data:`POLL_S`. Each replica also keeps a heartbeat: a run whose record says running while
 its replica's heartbeat is gone was lost with that replica.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -25,7 +24,7 @@ from conduit.config.schema import ApprovalRule
 from conduit.errors import ApprovalDeclinedError
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import Caller
-from conduit.security.redact import redact, scrub
+from conduit.security.redact import Redactor
 
 AUDIT = logging.getLogger("conduit.audit")
 logger = logging.getLogger(__name__)
@@ -33,12 +32,6 @@ logger = logging.getLogger(__name__)
 Answer = Literal["accept", "decline", "cancel"]
 SHOWN_CHARS: Final = 4000
 """At most this much of the arguments is shown to the person (the rest is cut, and says so)."""
-_HINTS: Final = {
-    "readOnlyHint": "read_only_hint",
-    "destructiveHint": "destructive_hint",
-    "idempotentHint": "idempotent_hint",
-    "openWorldHint": "open_world_hint",
-}
 
 
 @dataclass(frozen=True)
@@ -75,13 +68,9 @@ class _Rule:
 class Approvals:
     """The configured rules, and the asking."""
 
-    def __init__(
-        self, rules: Sequence[ApprovalRule], secrets: Sequence[str], patterns: Sequence[str], credentials: bool
-    ) -> None:
+    def __init__(self, rules: Sequence[ApprovalRule], redactor: Redactor) -> None:
         self._rules = [_Rule(rule, Allowlist.parse(rule.tools) if rule.tools is not None else None) for rule in rules]
-        self._secrets = list(secrets)
-        self._patterns = [re.compile(pattern) for pattern in patterns]
-        self._credentials = credentials
+        self._redactor = redactor
 
     def __bool__(self) -> bool:
         return bool(self._rules)
@@ -99,8 +88,7 @@ class Approvals:
 
     def shown(self, arguments: object) -> str:
         """``arguments`` as the person sees them: JSON, configured secrets and credential shapes scrubbed."""
-        text = json.dumps(arguments, ensure_ascii=False, indent=1, default=str)
-        text = scrub(redact(text, self._secrets, self._patterns), credentials=self._credentials, pii=False)
+        text = self._redactor(json.dumps(arguments, ensure_ascii=False, indent=1, default=str))
         return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "\n… (cut)"
 
     async def require(
@@ -161,4 +149,5 @@ def _says(entry: ToolEntry, wanted: dict[str, bool]) -> bool:
     notes = entry.listed.annotations if entry.listed is not None else None
     if notes is None:
         return False
-    return all(getattr(notes, _HINTS[key]) is value for key, value in wanted.items())
+    said = notes.model_dump(by_alias=True)  # the hints by their names on the wire, as rules name them
+    return all(said.get(key) is value for key, value in wanted.items())

@@ -16,7 +16,7 @@ from typing import Any, Final
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import InvalidParamsError
-from conduit.sdk.naming import identifier, unique_identifiers
+from conduit.sdk.naming import layout, sdk_names
 from conduit.sdk.python import python_declaration
 from conduit.sdk.typescript import brief_type, typescript_declaration
 from conduit.upstream.registry import Upstream
@@ -70,15 +70,15 @@ def list_stubs(catalog: Catalog, package_id: Any, offset: Any = None, limit: Any
         raise InvalidParamsError("packageId must be a non-empty string")
     offset = _bounded("offset", offset, 0, 0, 1_000_000)
     limit = _bounded("limit", limit, STUBS_PAGE, 1, 100)
-    entries = sorted((entry for entry in catalog.tools if entry.upstream == package_id), key=lambda e: e.name)
+    entries = [entry for entry in catalog.tools if entry.upstream == package_id]
     if not entries and package_id not in catalog.failures:
         known = sorted({entry.upstream for entry in catalog.tools} | set(catalog.failures))
         raise InvalidParamsError(f"unknown package {package_id!r} (known: {', '.join(known) or 'none'})")
     if not entries:
         raise InvalidParamsError(f"package {package_id!r} is unavailable: {catalog.failures[package_id]}")
-    names = unique_identifiers(entry.name for entry in entries)
-    page = entries[offset : offset + limit]
-    answer: dict[str, Any] = {"package": package_id, "tools": [stub(entry, names[entry.name]) for entry in page]}
+    [package] = layout(entries)
+    page = package.tools[offset : offset + limit]
+    answer: dict[str, Any] = {"package": package_id, "tools": [stub(entry, name) for entry, name in page]}
     if offset + limit < len(entries):
         answer["nextOffset"] = offset + limit
         answer["total"] = len(entries)
@@ -117,9 +117,9 @@ def find_tool(catalog: Catalog, tool_id: Any) -> ToolEntry:
     parsed = ToolId.parse(tool_id)
     entry = catalog.find(parsed.qualified)
     if entry is None and parsed.upstream is not None:  # the SDK's name: tools.<package>.<name>
-        package = [e for e in catalog.tools if identifier(e.upstream) == identifier(parsed.upstream)]
-        names = unique_identifiers(e.name for e in sorted(package, key=lambda e: e.name))
-        entry = next((e for e in package if names[e.name] == parsed.tool), None)
+        wanted = f"{parsed.upstream}.{parsed.tool}"
+        qualified = next((q for q, name in sdk_names(catalog.tools).items() if name == wanted), None)
+        entry = catalog.find(qualified) if qualified is not None else None
     if entry is None:
         raise InvalidParamsError(f"unknown tool {tool_id!r} (search with conduit__mcp_search_tools)")
     return entry
@@ -170,20 +170,8 @@ def search(catalog: Catalog, query: Any, limit: Any = None) -> list[str]:
         if score > 0:
             ranked.append((score, entry))
     ranked.sort(key=lambda pair: (-pair[0], pair[1].qualified))
-    names = sdk_names(catalog)
+    names = sdk_names(catalog.tools)
     return [f"{names[entry.qualified]}: {summary(entry.description)}".rstrip(": ") for _, entry in ranked[:limit]]
-
-
-def sdk_names(catalog: Catalog) -> dict[str, str]:
-    """Each tool's name in the SDK, ``package.tool`` as a program writes it after ``tools.``, by qualified id."""
-    by_package: dict[str, list[ToolEntry]] = {}
-    for entry in catalog.tools:
-        by_package.setdefault(entry.upstream, []).append(entry)
-    names: dict[str, str] = {}
-    for package, entries in by_package.items():
-        tools = unique_identifiers(entry.name for entry in sorted(entries, key=lambda e: e.name))
-        names.update({entry.qualified: f"{identifier(package)}.{tools[entry.name]}" for entry in entries})
-    return names
 
 
 def _score(entry: ToolEntry, terms: list[str]) -> int:

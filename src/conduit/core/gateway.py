@@ -54,6 +54,7 @@ from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.security.callers import MASTER, Caller
+from conduit.security.redact import Redactor
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,13 @@ class Gateway:
         self.runs = Runs(tasks, keep_s, config.background.max_per_principal, mirror)
         """Executions that outlive their request (``tasks``: the task group they run in)."""
         self.approvals = Approvals(
-            config.approvals, config.secret_values(), config.secret_redaction_patterns, config.redact_credentials
+            config.approvals,  # what a person is shown: no secret, no credential shape; PII they need to judge
+            Redactor(
+                config.secret_values(),
+                config.secret_redaction_patterns,
+                credentials=config.redact_credentials,
+                pii=False,
+            ),
         )
         self._bridge_methods: dict[str, BridgeMethod] = {
             DISCOVER_TOOLS: self._bridge_discover,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from conduit.observability.context import EXECUTION_ID, PRINCIPAL, REQUEST_ID
-from conduit.security.redact import redact, scrub
+from conduit.security.redact import Redactor
 
 FIELDS: Final = (
     "request_id",
@@ -41,13 +40,7 @@ class RedactingFilter(logging.Filter):
         self, secrets: Iterable[str], patterns: Iterable[str], *, credentials: bool = True, pii: bool = True
     ) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 4]
-        self._patterns = [re.compile(p) for p in patterns]
-        self._credentials = credentials
-        self._pii = pii
-
-    def _clean(self, text: str) -> str:
-        return scrub(redact(text, self._secrets, self._patterns), credentials=self._credentials, pii=self._pii)
+        self._clean = Redactor(secrets, patterns, credentials=credentials, pii=pii)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self._clean(record.getMessage())

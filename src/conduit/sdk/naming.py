@@ -1,4 +1,4 @@
-"""Tool and upstream names made into identifiers every SDK language accepts.
+"""Tool and upstream names made into identifiers every SDK language accepts, and the SDK's layout.
 
 >>> identifier("get-current-time"), identifier("2fa.verify"), identifier("delete"), identifier("")
 ('get_current_time', '_2fa_verify', 'delete_', '_')
@@ -9,7 +9,11 @@ from __future__ import annotations
 import keyword
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import groupby
 from typing import Final
+
+from conduit.catalog import ToolEntry
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 
@@ -51,3 +55,36 @@ def unique_identifiers(names: Iterable[str]) -> dict[str, str]:
         taken.add(candidate)
         mapping[name] = candidate
     return mapping
+
+
+@dataclass(frozen=True)
+class Package:
+    """One upstream as the SDK lays it out: ``tools.<attribute>.<name>`` for each of its tools."""
+
+    upstream: str
+    attribute: str
+    tools: list[tuple[ToolEntry, str]]
+    """Its tools, sorted by name, each with the identifier a program writes for it."""
+
+
+def layout(entries: Iterable[ToolEntry]) -> list[Package]:
+    """The SDK's packages and names for ``entries``: the one layout every generated SDK and every disclosure
+    answer uses, so a name shown is a name that works.
+
+    >>> [(p.attribute, [name for _, name in p.tools]) for p in layout(
+    ...     [ToolEntry("a-b", "x", "", {}), ToolEntry("a_b", "x-y", "", {}), ToolEntry("a_b", "x_y", "", {})])]
+    [('a_b', ['x']), ('a_b_2', ['x_y', 'x_y_2'])]
+    """
+    ordered = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
+    attributes = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
+    packages = []
+    for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
+        tools = list(group)
+        names = unique_identifiers(entry.name for entry in tools)
+        packages.append(Package(upstream, attributes[upstream], [(entry, names[entry.name]) for entry in tools]))
+    return packages
+
+
+def sdk_names(entries: Iterable[ToolEntry]) -> dict[str, str]:
+    """Each tool's name in the SDK, ``package.tool`` as a program writes it after ``tools.``, by qualified id."""
+    return {entry.qualified: f"{p.attribute}.{name}" for p in layout(entries) for entry, name in p.tools}

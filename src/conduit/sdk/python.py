@@ -17,12 +17,11 @@ import functools
 import json
 import keyword
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import groupby
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from conduit.catalog import ToolEntry
-from conduit.sdk.naming import identifier, unique_identifiers
+from conduit.sdk.naming import identifier, layout
 from conduit.sdk.typeddicts import TypedDicts, literal
 
 _PRIMITIVES: Final = {"string": "str", "number": "float", "integer": "int", "boolean": "bool", "null": "None"}
@@ -116,18 +115,14 @@ def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:
     """Python source defining ``tools`` for ``entries``, and the ``TypedDict``s of typed tools' results
     (between the markers :func:`without_result_types` cuts at; the names are importable from
     ``conduit_tools`` on Pyodide)."""
-    ordered: Sequence[ToolEntry] = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
-    upstream_attributes = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
     types = TypedDicts()
     classes: list[str] = []
     attributes: list[str] = []
-    for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
-        tools = list(group)
-        names = unique_identifiers(entry.name for entry in tools)
-        class_name = f"_{identifier(upstream)}_tools"
-        methods = "\n".join(_method(entry, names[entry.name], types) for entry in tools)
-        classes.append(f'class {class_name}:\n    """Tools of upstream {upstream!r}."""\n\n{methods}')
-        attributes.append(f"    {upstream_attributes[upstream]} = {class_name}()\n")
+    for package in layout(entries):
+        class_name = f"_{package.attribute}_tools"  # unique, as the attributes are
+        methods = "\n".join(_method(entry, name, types) for entry, name in package.tools)
+        classes.append(f'class {class_name}:\n    """Tools of upstream {package.upstream!r}."""\n\n{methods}')
+        attributes.append(f"    {package.attribute} = {class_name}()\n")
     typed = types.source()
     result_types = f"{TYPES_START}from typing import NotRequired, TypedDict\n\n\n{typed}{TYPES_END}" if typed else ""
     return _TEMPLATE.format(types=result_types, classes="\n\n".join(classes), attributes="".join(attributes))

@@ -12,12 +12,11 @@ checks every call and every discovery against the execution's allowlist, whateve
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from itertools import groupby
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from conduit.catalog import ToolEntry
-from conduit.sdk.naming import identifier, unique_identifiers
+from conduit.sdk.naming import identifier, layout
 
 _MAX_DEPTH: Final = 6
 _PRIMITIVES: Final = {"string": "string", "number": "number", "integer": "number", "boolean": "boolean", "null": "null"}
@@ -199,15 +198,11 @@ def _tool_member(entry: ToolEntry, name: str, typed: bool) -> str:
 
 
 def _upstream_blocks(entries: Iterable[ToolEntry], typed: bool) -> str:
-    ordered: Sequence[ToolEntry] = sorted(entries, key=lambda entry: (entry.upstream, entry.name))
-    attributes = unique_identifiers(dict.fromkeys(entry.upstream for entry in ordered))
     blocks: list[str] = []
-    for upstream, group in groupby(ordered, key=lambda entry: entry.upstream):
-        tools = list(group)
-        names = unique_identifiers(entry.name for entry in tools)
-        members = "".join(_tool_member(entry, names[entry.name], typed) for entry in tools)
-        comment = doc_comment(f"Tools of upstream '{upstream}'.", "    ")
-        blocks.append(f"{comment}    {attributes[upstream]}: Object.freeze({{\n{members}    }}),\n")
+    for package in layout(entries):
+        members = "".join(_tool_member(entry, name, typed) for entry, name in package.tools)
+        comment = doc_comment(f"Tools of upstream '{package.upstream}'.", "    ")
+        blocks.append(f"{comment}    {package.attribute}: Object.freeze({{\n{members}    }}),\n")
     return "".join(blocks)
 
 

@@ -110,6 +110,26 @@ def redact(text: str, secrets: Iterable[str], patterns: Iterable[re.Pattern[str]
     return text
 
 
+class Redactor:
+    """One cleaning of text for a place it leaves to: configured secret values (four characters or longer, so
+    that a short one does not blank ordinary words) and patterns, then credential shapes and PII as asked.
+
+    >>> Redactor(["s3cret-value", "ab"], [r"id-\\d+"], pii=False)("s3cret-value id-42 ab ann@example.com")
+    '[REDACTED] [REDACTED] ab ann@example.com'
+    """
+
+    def __init__(
+        self, secrets: Iterable[str], patterns: Iterable[str], *, credentials: bool = True, pii: bool = True
+    ) -> None:
+        self._secrets = [secret for secret in secrets if len(secret) >= 4]
+        self._patterns = [re.compile(pattern) for pattern in patterns]
+        self._credentials = credentials
+        self._pii = pii
+
+    def __call__(self, text: str) -> str:
+        return scrub(redact(text, self._secrets, self._patterns), credentials=self._credentials, pii=self._pii)
+
+
 _URL: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"()<>]+", re.IGNORECASE)
 _HOST_PATH: Final = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+[\w.@+-]*")
 

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import anyio
 import mcp_types as types
+from anyio.abc import TaskGroup
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -107,9 +108,7 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, 
                     handed_over = True
                     asking.cancel_scope.cancel()
                     return await input_required(gateway, run, unsent)
-                for pending in unsent:
-                    await gateway.runs.mark_sent(run, pending)
-                    asking.start_soon(_ask_in_request, ctx, gateway, run, pending)
+                await _ask_in_request(asking, ctx, gateway, run, unsent)
                 run = await gateway.runs.refreshed(run)
         raise AssertionError("the loop above only ends by returning")  # pragma: no cover
     finally:
@@ -126,7 +125,17 @@ async def input_required(gateway: Gateway, run: AnyRun, unsent: list[Pending]) -
     return types.InputRequiredResult(input_requests=requests, request_state=run.resume_token)
 
 
-async def _ask_in_request(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, pending: Pending) -> None:
+async def _ask_in_request(
+    asking: TaskGroup, ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, unsent: list[Pending]
+) -> None:
+    """Ask the client about each of ``unsent`` with an ``elicitation/create`` on this request (handshake era),
+    each in a task of ``asking``; the answers go to the run as they come."""
+    for pending in unsent:
+        await gateway.runs.mark_sent(run, pending)
+        asking.start_soon(_elicit, ctx, gateway, run, pending)
+
+
+async def _elicit(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, pending: Pending) -> None:
     form = elicitation(pending.request)
     try:
         response = await ctx.session.elicit_form(form.message, form.requested_schema, related_request_id=ctx.request_id)
@@ -161,8 +170,6 @@ async def call(ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller,
         return await input_required(gateway, run, unsent)
     if unsent and can_ask(ctx):
         async with anyio.create_task_group() as asking:
-            for pending in unsent:
-                await gateway.runs.mark_sent(run, pending)
-                asking.start_soon(_ask_in_request, ctx, gateway, run, pending)
+            await _ask_in_request(asking, ctx, gateway, run, unsent)
     payload, failed = run.status()
     return json_result(payload, failed)
