@@ -27,7 +27,7 @@ from conduit import __version__
 from conduit.auth.http import caller_of
 from conduit.catalog import CONDUIT_PREFIX
 from conduit.config.schema import PYTHON_ENGINES, Limits
-from conduit.core.gateway import Gateway
+from conduit.core.gateway import Gateway, Plan
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
 from conduit.core.runs import Run
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
@@ -187,15 +187,8 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
                 return await _detached(ctx, gateway, caller, language.name, params)
             try:
                 async with ProgressStream.open(ctx) as progress:
-                    outcome = await gateway.execute(
-                        language.name,
-                        arguments.get("code"),
-                        allowed_tools=arguments.get("allowedTools"),
-                        limits=arguments.get("limits"),
-                        engine=arguments.get("engine"),
-                        on_output=progress.feed if progress else None,
-                        caller=caller,
-                    )
+                    plan = _plan(gateway, language.name, arguments, caller)
+                    outcome = await gateway.run(plan, on_output=progress.feed if progress else None)
             except ConduitError as exc:
                 return answer_failure(exc, failed_execution)
             return json_result(outcome.as_result(), outcome.error is not None)
@@ -227,6 +220,21 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
     )
 
 
+def _plan(
+    gateway: Gateway, language: str, arguments: Mapping[str, Any], caller: Caller, *, background: bool = False
+) -> Plan:
+    """An execution tool's arguments, checked into what will run (:meth:`Gateway.plan`)."""
+    return gateway.plan(
+        language,
+        arguments.get("code"),
+        allowed_tools=arguments.get("allowedTools"),
+        limits=arguments.get("limits"),
+        engine=arguments.get("engine"),
+        caller=caller,
+        background=background,
+    )
+
+
 async def _detached(
     ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, language: str, params: types.CallToolRequestParams
 ) -> types.CallToolResult | types.InputRequiredResult:
@@ -241,15 +249,7 @@ async def _detached(
         async with ProgressStream.open(ctx) as progress:
             run = await run_tools.resumed(gateway, caller, params)
             if run is None:
-                plan = gateway.plan(
-                    language,
-                    arguments.get("code"),
-                    allowed_tools=arguments.get("allowedTools"),
-                    limits=arguments.get("limits"),
-                    engine=arguments.get("engine"),
-                    caller=caller,
-                    background=background,
-                )
+                plan = _plan(gateway, language, arguments, caller, background=background)
                 run = gateway.start_run(plan, background=background, askable=run_tools.can_ask(ctx))
                 if background:
                     return json_result({"executionId": run.id, "status": "running"})
