@@ -270,6 +270,60 @@ def test_config_reference_documents_every_key() -> None:
         ),
         ({"upstreams": [{"id": "s", "command": "x", "credentials": "perPrincipal"}]}, "needs an HTTP upstream"),
         ({"http": {"trustedProxies": ["10.0.0.0/8", "proxy.example"]}}, "http.trustedProxies: entry 1"),
+        ({"auth": {"principals": [{"id": "master", "apiKey": "k" * 16}]}}, "principal id 'master' is reserved"),
+        ({"auth": {"principals": [{"id": "Local", "apiKey": "k" * 16}]}}, "principal id 'Local' is reserved"),
+        (
+            {"auth": {"principals": [{"id": "alice", "apiKey": "k" * 16}, {"id": "ALICE", "apiKey": "j" * 16}]}},
+            "principal id 'alice' is used twice",
+        ),
+        ({"auth": {"principals": [{"id": "oauth:bob", "apiKey": "k" * 16}]}}, "auth.principals[0].id"),
+        (
+            {
+                "auth": {
+                    "oauth": {
+                        "issuer": "https://i.example",
+                        "audience": "https://c.example/mcp",
+                        "policies": [{"scope": "staff", "principal": "alice"}],
+                    },
+                    "principals": [{"id": "alice", "apiKey": "k" * 16}],
+                }
+            },
+            "needs a 'claim' naming 'sub'",
+        ),
+        (
+            {
+                "auth": {
+                    "oauth": {
+                        "issuer": "https://i.example",
+                        "audience": "https://c.example/mcp",
+                        "policies": [{"claim": {"sub": "alice@idp"}, "principal": "carol"}],
+                    },
+                    "principals": [{"id": "alice", "apiKey": "k" * 16}],
+                }
+            },
+            "no principal 'carol' in principals",
+        ),
+        (
+            {
+                "auth": {
+                    "oauth": {
+                        "issuer": "https://i.example",
+                        "audience": "https://c.example/mcp",
+                        "policies": [{"claim": {"sub": "alice@idp"}, "principal": "alice", "maxConcurrent": 3}],
+                    },
+                    "principals": [{"id": "alice", "apiKey": "k" * 16}],
+                }
+            },
+            "takes 'alice''s own policy; remove maxConcurrent",
+        ),
+        (
+            {"approvals": [{"tools": ["up.refund"], "principals": ["mallory"]}]},
+            "approvals[0].principals: 'mallory' is no caller here",
+        ),
+        ({"http": {"maxBodyBytes": 65536}, "maxCodeBytes": 65536}, "must be below http.maxBodyBytes"),
+        ({"http": {"maxBodyBytes": 100}}, "http.maxBodyBytes"),
+        ({"toolCallRateLimit": "often"}, "not a rate limit"),
+        ({"resourceLimits": {"maxToolCalls": 0}}, "resourceLimits.maxToolCalls"),
     ],
 )
 def test_bad_auth_configs_are_refused_with_the_reason(tmp_path: Path, document: dict[str, Any], reason: str) -> None:
@@ -277,3 +331,15 @@ def test_bad_auth_configs_are_refused_with_the_reason(tmp_path: Path, document: 
     with pytest.raises(ConfigError) as refused:
         load_config(None, {}, tmp_path)
     assert reason in str(refused.value)
+
+
+def test_approval_rules_may_name_every_kind_of_caller(tmp_path: Path) -> None:
+    document = {
+        "auth": {
+            "principals": [{"id": "alice", "apiKey": "k" * 16}],
+            "oauth": {"issuer": "https://i.example", "audience": "https://c.example/mcp"},
+        },
+        "approvals": [{"tools": ["up.refund"], "principals": ["alice", "master", "local", "oauth:dora"]}],
+    }
+    (tmp_path / "conduit.json").write_text(json.dumps(document))
+    assert load_config(None, {}, tmp_path).config.approvals[0].principals == ["alice", "master", "local", "oauth:dora"]

@@ -32,15 +32,19 @@ from mcp.shared.exceptions import MCPError
 from conduit.errors import UPSTREAM_ERROR
 from conduit.oauth.discovery import authorization_server_document, discover_resource
 from support import (
+    CANCEL,
     CONDUIT,
     INITIALIZE,
     ISSUER,
+    STATUS,
     ConduitHttp,
     conduit,
     http_upstream,
     loopback_server,
     run_ts,
     scrape,
+    sleeping_program,
+    start_background,
     stdio_client_for,
     write_config,
 )
@@ -55,6 +59,8 @@ ALICE_UPSTREAM_TOKEN = "user-alice-7f3a"
 BOB_UPSTREAM_TOKEN = "user-bob-91c2"
 STORE_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 SCOPE = "conduit:echo"
+ALICE_AT_IDP = "idp|alice-7f3a"
+"""The subject alice has at the identity provider: the config maps it to the API-key principal alice."""
 
 
 @dataclass
@@ -127,8 +133,10 @@ async def setup(
                     "issuer": issuer,
                     "audience": audience,
                     "policies": [
+                        {"claim": {"sub": ALICE_AT_IDP}, "principal": "alice"},  # the one mapping: alice's person
                         {"scope": SCOPE, "allowedTools": ["toolbox.echo"]},
                         {"claim": {"groups": "ops"}, "allowedTools": ["toolbox.*"]},
+                        {"claim": {"groups": "remote"}, "allowedTools": ["remote.*", "toolbox.*"], "maxConcurrent": 1},
                     ],
                     "algorithms": ["RS256", "ES256"],
                 },
@@ -349,8 +357,8 @@ async def test_a_valid_jwt_acts_as_its_principal_under_the_policy_its_scope_sele
     async with setup.client(es256) as dora_again:
         assert await tool_names(dora_again) == {"toolbox__echo"}
     samples = await scrape(setup.server)
-    assert samples[("conduit_principal_executions_total", (("outcome", "ok"), ("principal", "dora")))] >= 1
-    assert samples[("conduit_principal_tool_calls_total", (("outcome", "ok"), ("principal", "dora")))] >= 1
+    assert samples[("conduit_principal_executions_total", (("outcome", "ok"), ("principal", "oauth:dora")))] >= 1
+    assert samples[("conduit_principal_tool_calls_total", (("outcome", "ok"), ("principal", "oauth:dora")))] >= 1
 
 
 async def test_bad_jwts_are_all_refused_with_401(setup: Setup) -> None:
@@ -423,4 +431,116 @@ async def test_stdio_acts_as_the_principal_named_on_the_command_line(setup: Setu
 async def test_audit_records_name_the_principal(setup: Setup) -> None:
     records = [json.loads(line) for line in setup.server.log.read_text().splitlines() if line.startswith("{")]
     calls = [record for record in records if record.get("logger") == "conduit.audit"]
-    assert {record.get("principal") for record in calls} >= {"alice", "bob", "dora"}
+    assert {record.get("principal") for record in calls} >= {"alice", "bob", "oauth:dora"}
+
+
+# -- identities: no token can become another caller by naming it ------------------------------------------------------
+
+
+async def unknown_to(client: Client, execution_id: str) -> bool:
+    """Whether ``client`` gets 'none of yours' for both the status and the cancel of ``execution_id``."""
+    for tool in (STATUS, CANCEL):
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool(tool, {"executionId": execution_id})
+        if "none of yours has this id" not in refused.value.error.message:
+            return False
+    return True
+
+
+async def still_running(client: Client, execution_id: str) -> bool:
+    result = await client.call_tool(STATUS, {"executionId": execution_id})
+    return result.structured_content is not None and result.structured_content["status"] == "running"
+
+
+@pytest.mark.parametrize("claim", ["master", "local", "Master", "ｍaster"])
+async def test_a_token_whose_claim_names_the_master_or_stdio_caller_is_neither(setup: Setup, claim: str) -> None:
+    async with setup.client(MASTER_TOKEN) as master, setup.client(setup.token(sub=claim)) as named:
+        run = await start_background(master, sleeping_program(3000))
+        assert await unknown_to(named, run)  # before the fix: its stdout, and a cancel that stopped it
+        assert await still_running(master, run)
+        assert await tool_names(named) == {"toolbox__echo"}  # the scope's policy, not the master's reach
+        await master.call_tool(CANCEL, {"executionId": run})
+
+
+async def test_a_token_whose_claim_names_a_principal_gets_none_of_its_runs_credentials_or_shares(setup: Setup) -> None:
+    program = "try { return await tools.remote.whoami({}); } catch (e) { return { code: e.code, message: e.message }; }"
+    named = setup.token(sub="alice", groups=["remote"], scope="")
+    async with setup.client(ALICE_KEY) as alice, setup.client(named) as impostor:
+        run = await start_background(alice, sleeping_program(2000))
+        assert await unknown_to(impostor, run)
+        failed, outcome = await run_ts(impostor, program)
+        assert not failed, outcome
+        assert outcome["result"]["code"] == UPSTREAM_ERROR  # no credential of its own; never alice's
+        assert "conduit auth --principal oauth:alice --upstream remote" in outcome["result"]["message"]
+        assert await still_running(alice, run)
+        await alice.call_tool(CANCEL, {"executionId": run})
+    async with httpx2.AsyncClient(timeout=10) as http:
+        stats = (await http.get(f"{setup.remote}/_stats")).json()
+    assert set(stats["tokens"]) <= {ALICE_UPSTREAM_TOKEN, BOB_UPSTREAM_TOKEN}
+
+
+async def test_a_token_whose_claim_names_a_principal_has_its_own_concurrency_share(setup: Setup) -> None:
+    """bob's share is one run; the OAuth caller named bob has a share of one too: not bob's."""
+    slow = "await new Promise((r) => setTimeout(r, 1200)); return 'slow';"
+    quick = "return Date.now();"
+    async with setup.client(BOB_KEY) as bob, setup.client(setup.token(sub="bob", groups=["remote"], scope="")) as named:
+        ended: dict[str, float] = {}
+
+        async def run(name: str, client: Client, code: str) -> None:
+            failed, outcome = await run_ts(client, code)
+            assert not failed, outcome
+            ended[name] = time.monotonic()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, "bob", bob, slow)
+            await anyio.sleep(0.3)  # bob's share is taken
+            tg.start_soon(run, "named", named, quick)
+    assert ended["named"] < ended["bob"]  # it did not wait for bob's share
+
+
+async def test_a_token_whose_claim_names_a_principal_has_its_own_rate_limit(setup: Setup) -> None:
+    async with setup.client(CAROL_KEY) as carol:
+        with pytest.raises(MCPError, match="principal carol"):
+            for _ in range(4):  # carol's 3/minute, spent
+                await run_ts(carol, "return 1;")
+    async with setup.client(setup.token(sub="carol")) as named:
+        failed, _ = await run_ts(named, "return 1;")
+        assert not failed
+
+
+@pytest.mark.parametrize(("one", "other"), [("erin", "Erin"), ("jos\u00e9", "jose\u0301"), ("ｅrin", "erin")])
+async def test_claims_that_differ_in_case_or_unicode_form_are_different_callers(
+    setup: Setup, one: str, other: str
+) -> None:
+    async with setup.client(setup.token(sub=one)) as first, setup.client(setup.token(sub=other)) as second:
+        run = await start_background(first, sleeping_program(2000))
+        assert await unknown_to(second, run)
+        assert await still_running(first, run)
+        await first.call_tool(CANCEL, {"executionId": run})
+
+
+async def test_the_configured_mapping_makes_a_person_the_principal(setup: Setup) -> None:
+    async with setup.client(ALICE_KEY) as alice, setup.client(setup.token(sub=ALICE_AT_IDP)) as mapped:
+        run = await start_background(alice, sleeping_program(300))
+        with anyio.fail_after(10):
+            while await still_running(mapped, run):  # noqa: ASYNC110 - alice's own run, read with her other credential
+                await anyio.sleep(0.1)
+        assert await tool_names(mapped) == await tool_names(alice)
+        failed, outcome = await run_ts(mapped, "return (await tools.remote.whoami({})).structuredContent.credential;")
+        assert not failed and outcome["result"] == ALICE_UPSTREAM_TOKEN
+
+
+async def test_an_oauth_caller_has_credentials_of_its_own_in_the_store(setup: Setup) -> None:
+    env = {"PATH": "/usr/bin:/bin", "STORE_KEY": STORE_KEY}
+    store = [CONDUIT, "auth", "--upstream", "remote", "--bearer-token", "user-frank-55aa"]
+    store += ["--config", str(setup.config)]
+    stored = await anyio.run_process([*store, "--principal", "oauth:frank"], env=env, check=False)
+    assert stored.returncode == 0, stored.stderr
+    for reserved in ("master", "local", "nobody-configured"):
+        refused = await anyio.run_process([*store, "--principal", reserved], env=env, check=False)
+        assert refused.returncode == 2 and b"no principal" in refused.stderr
+    program = "return (await tools.remote.whoami({})).structuredContent.credential;"
+    async with setup.client(setup.token(sub="frank", groups=["remote"], scope="")) as frank:
+        failed, outcome = await run_ts(frank, program)
+        assert not failed, outcome
+        assert outcome["result"] == "user-frank-55aa"

@@ -2,13 +2,16 @@
 
 :class:`CallerVerifier` is the MCP SDK's ``TokenVerifier``: the SDK's bearer middleware calls it for
 every HTTP request and keeps the :class:`CallerToken` it returns as the request's user, which also
-binds each MCP session to the caller that opened it. Keys are compared in constant time over their
+binds each MCP session to the caller that opened it. An OAuth token's caller is ``oauth:<claim>``
+(:func:`~conduit.security.callers.oauth_id`), never the API-key principal or operator its claim may
+name, unless the policy it matches maps it to a principal. Keys are compared in constant time over their
 SHA-256 digests (every principal's digest is compared, so timing tells nothing about which one is
 close); no token is ever logged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -20,7 +23,7 @@ from pydantic import ConfigDict
 from conduit.auth.jwt_tokens import JwtValidator, TokenRejected
 from conduit.config.schema import AuthConfig, Config, OAuthConfig, OAuthPolicy
 from conduit.errors import ConfigError
-from conduit.security.callers import MASTER, Caller, principal
+from conduit.security.callers import MASTER, Caller, oauth_id, principal
 from conduit.upstream.network import guarded_client, policy_for
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class CallerVerifier:
     def __init__(self, auth: AuthConfig, master_token: str, jwt: JwtValidator | None = None) -> None:
         self._master = key_digest(master_token)
         self._keys: list[tuple[bytes, Caller]] = []
+        self._principals: dict[str, Caller] = {}
+        """API-key principals by id, for OAuth policies that map a person to one (``principal``)."""
         for entry in auth.principals:
             digest = (
                 key_digest(entry.api_key.get_secret_value())
@@ -51,7 +56,8 @@ class CallerVerifier:
             )
             if hmac.compare_digest(digest, self._master):
                 raise ConfigError(f"principal {entry.id!r} has the master token as its API key")
-            self._keys.append((digest, principal(entry.id, entry)))
+            self._principals[entry.id] = principal(entry.id, entry)
+            self._keys.append((digest, self._principals[entry.id]))
         self._oauth = auth.oauth
         self._jwt = jwt
         self.rejections: dict[str, int] = {}
@@ -76,21 +82,25 @@ class CallerVerifier:
         return self._oauth_caller(token, claims, self._oauth)
 
     def _oauth_caller(self, token: str, claims: dict[str, Any], oauth: OAuthConfig) -> CallerToken | None:
-        principal_id = claims.get(oauth.principal_claim)
-        if not isinstance(principal_id, str) or not principal_id:
-            return self._refused(f"the token has no {oauth.principal_claim!r} claim naming its principal")
+        claim = claims.get(oauth.principal_claim)
+        caller_id = oauth_id(claim)
+        if caller_id is None:
+            return self._refused(f"the token's {oauth.principal_claim!r} claim does not name a principal")
         scopes = _scopes(claims)
         for index, policy in enumerate(oauth.policies):
             if _matches(policy, scopes, claims):
                 name = f"scope:{policy.scope}" if policy.scope is not None else f"policies[{index}]"
-                caller = principal(principal_id, policy, name)
-                client = claims.get("client_id", claims.get("azp", principal_id))
+                if policy.principal is not None:  # the config says this person is that principal
+                    caller = dataclasses.replace(self._principals[policy.principal], policy_name=name)
+                else:
+                    caller = principal(caller_id, policy, name)
+                client = claims.get("client_id", claims.get("azp", claim))
                 return CallerToken(
                     token=token,
                     client_id=str(client),
                     scopes=scopes,
                     expires_at=int(claims["exp"]),
-                    subject=str(claims.get("sub", principal_id)),
+                    subject=caller.id,  # what the SDK binds a session to: exactly this caller
                     claims={"iss": claims.get("iss")},
                     caller=caller,
                 )

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from conduit.cli.common import add_config_option, load
 from conduit.cluster.store import SharedStore
-from conduit.config.schema import Credentials
+from conduit.config.schema import RESERVED_CALLER_IDS, Credentials
 from conduit.errors import ConduitError, ConfigError, StoreUnavailableError
 from conduit.oauth.authorize import Grant, LoginOptions, login
 from conduit.upstream.credential_store import new_key, store_for
@@ -39,6 +39,7 @@ examples:
   conduit auth https://mcp.example.com/mcp --issuer https://auth.example.com --no-browser
   conduit auth --principal alice --upstream github         alice's own token, kept in the credential store
   conduit auth --principal bob --upstream search --api-key "$BOBS_KEY"
+  conduit auth --principal oauth:u-123 --upstream github   the token of the OAuth caller whose claim is u-123
   conduit auth --new-store-key                             a key for auth.credentialStore.key
 """
 
@@ -93,8 +94,9 @@ def _store_mode(args: argparse.Namespace) -> int:
         raise ConfigError("--principal and --upstream go together")
     loaded = load(args)
     config = loaded.config
-    if args.principal not in {entry.id for entry in config.auth.principals} and config.auth.oauth is None:
-        raise ConfigError(f"no principal {args.principal!r} in auth.principals")
+    if args.principal in RESERVED_CALLER_IDS or not config.auth.is_caller_id(args.principal):
+        oauth = " (an OAuth caller is oauth:<its principal claim>)" if config.auth.oauth is not None else ""
+        raise ConfigError(f"no principal {args.principal!r} in auth.principals{oauth}")
     upstream = next((entry for entry in config.upstreams if entry.id == args.upstream), None)
     if upstream is None or upstream.url is None:
         raise ConfigError(f"no HTTP upstream {args.upstream!r} in the config")

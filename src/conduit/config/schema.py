@@ -18,6 +18,11 @@ from pydantic.alias_generators import to_camel
 from conduit.errors import InvalidParamsError
 
 _ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+RESERVED_CALLER_IDS: Final = frozenset({"master", "local"})
+"""The ids of the master token's caller and the stdio caller: no principal may have them, in any case."""
+OAUTH_CALLER_PREFIX: Final = "oauth:"
+"""An OAuth caller's id is this and its principal claim (``oauth:u-123``): no API-key principal can name
+itself into it, since a principal's id has no colon."""
 
 
 class _Model(BaseModel):
@@ -32,7 +37,7 @@ class _Model(BaseModel):
 class Limits(_Model):
     """Per-execution ceilings (``resourceLimits``). A request may lower them, never raise them.
 
-    The one model of the four limits: a request's ``limits`` lower it (:meth:`lowered`), sandboxes
+    The one model of the five limits: a request's ``limits`` lower it (:meth:`lowered`), sandboxes
     receive it, and the execution tools' input schema and the isolate worker's job are derived from it
     (:meth:`request_schema`, ``model_dump(by_alias=True)``).
     """
@@ -45,6 +50,8 @@ class Limits(_Model):
     """stdout + stderr bytes kept before the run is killed (-32013)."""
     max_log_entries: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
     """Output lines (stdout + stderr) before the run is killed (-32014)."""
+    max_tool_calls: Annotated[int, Field(gt=0, le=10_000_000)] = 1000
+    """Tool calls one run may make; each call past it throws -32017 in the program, which goes on."""
 
     @classmethod
     def wire_names(cls) -> dict[str, str]:
@@ -232,6 +239,8 @@ class Policy(_Model):
     """Ceilings below ``resourceLimits`` (``timeoutMs``, ``memoryLimitMb``, ...); a request lowers them further."""
     rate_limit: str | None = None
     """Its executions and proxied tool calls (``limits`` syntax); unset: the server's ``rateLimit``."""
+    tool_call_rate_limit: str | None = None
+    """Its programs' tool calls, per upstream (``limits`` syntax); unset: the server's ``toolCallRateLimit``."""
     max_concurrent: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Its executions running at once (within the server's ``maxConcurrent``); unset: no share of its own."""
 
@@ -255,7 +264,7 @@ class Policy(_Model):
             raise ValueError(exc.message) from None
         return limits
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "tool_call_rate_limit")
     @classmethod
     def _rate_limit_parses(cls, spec: str | None) -> str | None:
         return None if spec is None else _parse_rate_limit(spec)
@@ -274,7 +283,8 @@ class ApprovalRule(_Model):
     """``{destructiveHint: true}``: the tool's annotations must say each of these (``readOnlyHint``,
     ``destructiveHint``, ``idempotentHint``, ``openWorldHint``); a tool that says nothing matches none."""
     principals: list[str] | None = None
-    """Principal ids whose programs the rule covers (``local`` is stdio's); unset: everyone's."""
+    """Callers whose calls the rule covers: principal ids, ``oauth:<claim>`` for an OAuth caller, ``master``,
+    ``local`` (stdio's); unset: everyone's."""
     timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 120_000
     """How long the person has to answer; no answer declines. The program's own timeout keeps running."""
 
@@ -302,7 +312,8 @@ class PrincipalConfig(Policy):
     """A caller known by an API key (``Authorization: Bearer <key>`` over HTTP)."""
 
     id: Annotated[str, Field(pattern=_ID_PATTERN)]
-    """Its name in audit records, logs, metrics and the credential store."""
+    """Its name in audit records, logs, metrics and the credential store; not ``master`` or ``local`` (in any
+    case), and unique among principals whatever the case."""
     api_key: SecretStr | None = None
     """Its key (at least 16 characters); prefer ``apiKeySha256`` so the file holds no secret."""
     api_key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
@@ -310,6 +321,8 @@ class PrincipalConfig(Policy):
 
     @model_validator(mode="after")
     def _one_key(self) -> PrincipalConfig:
+        if self.id.casefold() in RESERVED_CALLER_IDS:
+            raise ValueError(f"principal id {self.id!r} is reserved (master and local are Conduit's own callers)")
         if (self.api_key is None) == (self.api_key_sha256 is None):
             raise ValueError(f"principal {self.id!r} needs exactly one of 'apiKey' and 'apiKeySha256'")
         if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
@@ -318,16 +331,28 @@ class PrincipalConfig(Policy):
 
 
 class OAuthPolicy(Policy):
-    """The policy of OAuth callers whose token has ``scope`` (in its ``scope``/``scp`` claim) or ``claim``."""
+    """The policy of OAuth callers whose token has ``scope`` (in its ``scope``/``scp`` claim) or ``claim``.
+
+    Such a caller is ``oauth:<principal claim>``, a caller of its own, unless ``principal`` says it is an
+    API-key principal."""
 
     scope: str | None = None
     claim: dict[str, str] | None = None
     """``{name: value}``: the token's claim ``name`` equals ``value`` (or is a list holding it)."""
+    principal: str | None = None
+    """The id of an ``auth.principals`` entry the matching tokens act as: the same caller, with its policy,
+    credentials, runs and limits. Only with a ``claim`` that names the principal claim's value (one person),
+    and without policy keys of its own (the principal's policy applies)."""
 
     @model_validator(mode="after")
     def _one_match(self) -> OAuthPolicy:
         if (self.scope is None) == (self.claim is None):
             raise ValueError("a policy matches on exactly one of 'scope' and 'claim'")
+        own = sorted(to_camel(name) for name in self.model_fields_set & set(Policy.model_fields))
+        if self.principal is not None and own:
+            raise ValueError(
+                f"a policy with 'principal' takes {self.principal!r}'s own policy; remove {', '.join(own)}"
+            )
         return self
 
 
@@ -361,6 +386,12 @@ class OAuthConfig(_Model):
 
     @model_validator(mode="after")
     def _urls(self) -> OAuthConfig:
+        for index, policy in enumerate(self.policies):
+            if policy.principal is not None and self.principal_claim not in (policy.claim or {}):
+                raise ValueError(
+                    f"policies[{index}]: 'principal: {policy.principal}' needs a 'claim' naming "
+                    f"{self.principal_claim!r} (the one person whose tokens act as that principal)"
+                )
         for name, value in (("issuer", self.issuer), ("resource", self.resource or self.audience)):
             if not re.match(r"^https?://[^/\s]+", value):
                 raise ValueError(
@@ -388,8 +419,22 @@ class AuthConfig(_Model):
     @field_validator("principals")
     @classmethod
     def _unique_principals(cls, principals: list[PrincipalConfig]) -> list[PrincipalConfig]:
-        _check_unique("principal", [principal.id for principal in principals])
+        _check_unique("principal", [principal.id.casefold() for principal in principals])
         return principals
+
+    @model_validator(mode="after")
+    def _mapped_principals_exist(self) -> AuthConfig:
+        known = {principal.id for principal in self.principals}
+        for index, policy in enumerate(self.oauth.policies if self.oauth is not None else []):
+            if policy.principal is not None and policy.principal not in known:
+                raise ValueError(f"oauth.policies[{index}].principal: no principal {policy.principal!r} in principals")
+        return self
+
+    def is_caller_id(self, caller_id: str) -> bool:
+        """Whether ``caller_id`` can name a caller of this config: a principal, an OAuth caller, master or local."""
+        if caller_id in RESERVED_CALLER_IDS or any(principal.id == caller_id for principal in self.principals):
+            return True
+        return self.oauth is not None and caller_id.startswith(OAUTH_CALLER_PREFIX) and caller_id != OAUTH_CALLER_PREFIX
 
 
 WallName = Literal[
@@ -436,6 +481,9 @@ class HttpConfig(_Model):
     drain_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 30_000
     """After the drain delay, how long requests in flight may take to finish before the server stops."""
 
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
+    """The largest request body accepted, on every path: a larger one is answered 413 before anything reads or
+    parses it, and nothing beyond this is buffered. A program travels in one, so keep it above ``maxCodeBytes``."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDRs of the proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` name the real
     client (uvicorn's forwarded-allow-ips). Empty (the default): those headers are ignored from everyone,
@@ -523,7 +571,11 @@ class Config(_Model):
     rate_limit: str = "1200/minute"
     """Executions and proxied tool calls per HTTP client address (``limits`` syntax: ``"120/minute;2000/hour"``;
     empty: unlimited). Discovery, initialisation, pings and following or cancelling a background run are never
-    counted; stdio is never limited."""
+    counted; stdio is never limited. Programs' own tool calls count against ``toolCallRateLimit`` instead."""
+    tool_call_rate_limit: str = "3000/minute"
+    """Tool calls that programs make, per caller and upstream (``limits`` syntax; empty: unlimited): one
+    caller's loops cannot flood an upstream that others share. A call over it throws -32000 in the program
+    (with when to retry); the run goes on. The stdio caller is never limited."""
     max_code_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024)] = 256 * 1024
     """Largest program accepted, in UTF-8 bytes."""
     resource_limits: Limits = Field(default_factory=Limits)
@@ -569,7 +621,7 @@ class Config(_Model):
             raise ValueError("must be at least 16 characters (or unset, to have one generated)")
         return token
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "tool_call_rate_limit")
     @classmethod
     def _rate_limit_parses(cls, spec: str) -> str:
         return _parse_rate_limit(spec)
@@ -589,6 +641,26 @@ class Config(_Model):
     def _unique_ids(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
         _check_unique("upstream", [upstream.id for upstream in upstreams])
         return upstreams
+
+    @model_validator(mode="after")
+    def _code_fits_in_a_body(self) -> Config:
+        if self.max_code_bytes >= self.http.max_body_bytes:
+            raise ValueError(
+                f"maxCodeBytes ({self.max_code_bytes}) must be below http.maxBodyBytes ({self.http.max_body_bytes}): "
+                "a program is sent in one request body"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _approval_principals_known(self) -> Config:
+        for index, rule in enumerate(self.approvals):
+            for name in rule.principals or []:
+                if not self.auth.is_caller_id(name):
+                    raise ValueError(
+                        f"approvals[{index}].principals: {name!r} is no caller here (a principal's id, "
+                        "oauth:<claim> with auth.oauth, master or local)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _store_for_per_principal_upstreams(self) -> Config:

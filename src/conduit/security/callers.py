@@ -6,6 +6,14 @@ the single trusted local caller with the same reach, unless ``conduit serve --st
 names a principal. Principals (an API key, or an OAuth access token mapped to a policy) run under
 their :class:`~conduit.config.schema.Policy`: a request's allowlist is intersected with theirs,
 their limits are ceilings, and they have rate limits and concurrency of their own.
+
+A caller's :attr:`Caller.id` is the one key of everything that is its own: runs, credentials in the
+store and in Redis, rate-limit counters, concurrency shares, approvals, audit records, metrics and logs.
+No credential can name itself into another caller's id: ``master`` and ``local`` are no principal's
+(the config refuses them), an API-key principal's id is its config entry's, and an OAuth caller's is
+``oauth:`` and its principal claim (a principal's id has no colon). An OAuth caller is an API-key
+principal only where a policy says so (``principal: alice``). Ids are compared exactly: claims that
+differ in case or Unicode form are different callers.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from conduit.config.schema import Config, Policy
+from conduit.config.schema import OAUTH_CALLER_PREFIX, Config, Policy
 from conduit.errors import ConfigError
 from conduit.security.allowlist import Allowlist
 
 CallerKind = Literal["master", "local", "principal"]
 EVERYTHING: Final = Allowlist.parse(["*"])
+MAX_CLAIM_CHARS: Final = 256
+"""The longest principal claim an OAuth caller's id is made of."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +37,7 @@ class Caller:
     """Who a request acts as."""
 
     id: str
-    """A principal's id; ``master`` or ``local`` (stdio) for the operator."""
+    """The caller's one key: a principal's id, ``oauth:<claim>``, or ``master`` / ``local`` (stdio) for the operator."""
     kind: CallerKind
     allowlist: Allowlist | None = None
     """What it may see and call at most (None: anything the request's allowlist covers)."""
@@ -35,6 +45,8 @@ class Caller:
     """Ceilings below the server's resource limits, by wire name (``timeoutMs``...)."""
     rate_limit: str | None = None
     """Its own rate limit (None: the server's, keyed by client address)."""
+    tool_call_rate_limit: str | None = None
+    """Its own limit on its programs' tool calls per upstream (None: the server's)."""
     max_concurrent: int | None = None
     policy_name: str | None = None
     """For OAuth callers: which policy matched (a scope or claim), for audit records."""
@@ -72,9 +84,26 @@ def principal(principal_id: str, policy: Policy, policy_name: str | None = None)
         allowlist=allowlist,
         limits=dict(policy.limits),
         rate_limit=policy.rate_limit,
+        tool_call_rate_limit=policy.tool_call_rate_limit,
         max_concurrent=policy.max_concurrent,
         policy_name=policy_name,
     )
+
+
+def oauth_id(claim: object) -> str | None:
+    """The id of the OAuth caller whose principal claim is ``claim``; None when the claim cannot name one
+    (not a string, empty, longer than :data:`MAX_CLAIM_CHARS`, or holding control characters).
+
+    >>> oauth_id("master")
+    'oauth:master'
+    >>> oauth_id("Alice") == oauth_id("alice")
+    False
+    >>> oauth_id("line\\nbreak") is None
+    True
+    """
+    if not isinstance(claim, str) or not claim or len(claim) > MAX_CLAIM_CHARS or not claim.isprintable():
+        return None
+    return OAUTH_CALLER_PREFIX + claim
 
 
 def local_caller(config: Config, principal_id: str | None) -> Caller:
