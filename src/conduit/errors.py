@@ -11,6 +11,7 @@ Infrastructure failing is an exception; untrusted code failing is a value
     │   └── ToolReportedError     a typed call's tool answered isError (the raw result is its data)
     ├── ToolDeniedError           the caller's allowlist does not cover the tool                       *
     ├── ApprovalDeclinedError     a person declined a call (or could not be asked, or did not answer)
+    ├── ToolCallLimitError        a program made its run's last allowed tool call (maxToolCalls)
     ├── AuthError                 a bridge request carried a missing, wrong or expired token           *
     ├── MethodNotFoundError       no such bridge method, or a runtime this build lacks                 *
     ├── BusyError                 the execution queue is full
@@ -52,6 +53,8 @@ OUTPUT_LIMIT: Final = -32013
 LOG_LIMIT: Final = -32014
 APPROVAL_DECLINED: Final = -32015
 """A call an approval rule covers was declined, not answered in time, or could not be asked about."""
+TOOL_CALL_LIMIT: Final = -32017
+"""A program's tool call past its run's ``maxToolCalls``: that call fails, the program goes on."""
 
 
 class ConduitError(Exception):
@@ -115,6 +118,13 @@ class ApprovalDeclinedError(ConduitError):
     time, or the client cannot be asked. The upstream never saw it."""
 
     code = APPROVAL_DECLINED
+
+
+class ToolCallLimitError(ConduitError):
+    """A program asked for more tool calls than its run's ``maxToolCalls``: the call is refused (the upstream
+    never sees it) and the program decides what to do."""
+
+    code = TOOL_CALL_LIMIT
 
 
 class AuthError(ConduitError):

@@ -2,7 +2,8 @@
 
 tests/servers/ledger.py keeps a ledger of every call it receives: a declined call must not be in it.
 Rules: ``ledger.refund`` by name; ``ledger.balance`` for principal ``alice`` only (stdio is ``local``);
-every tool annotated ``destructiveHint: true`` (``delete_account``), with a 1 s timeout.
+every tool annotated ``destructiveHint: true`` (``delete_account``), with a 1 s timeout. A rule guards its
+tool whichever path reaches it: a program's call, or the client calling the proxied tool directly.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
+from conduit.errors import APPROVAL_DECLINED
+from conduit.transport.wire import ERROR_CODE_META
 from support import ConduitHttp, connected, run_ts, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
 LEDGER = str(Path(__file__).parents[1] / "servers" / "ledger.py")
 SECRET = "ipc-secret-token-0123456789abcdef"  # a configured secret: never shown to the person
+ALICE_KEY = "alice-key-0123456789abcdef"
 
 
 @dataclass
@@ -52,6 +56,7 @@ def config_for(directory: Path) -> Path:
             "ipcBearerToken": SECRET,
             "upstreams": [{"id": "ledger", "command": sys.executable, "args": [LEDGER]}],
             "pools": {"typescript": {"min": 1, "max": 2}, "python": {"min": 0, "max": 1}},
+            "auth": {"principals": [{"id": "alice", "apiKey": ALICE_KEY}]},
             "approvals": [
                 {"tools": ["ledger.refund"]},
                 {"tools": ["ledger.balance"], "principals": ["alice"]},
@@ -225,3 +230,69 @@ async def test_a_background_runs_approval_is_asked_when_its_status_is_read(clien
             await anyio.sleep(0.1)
     assert answer["status"] == "done" and answer["result"]["structuredContent"] == {"tool": "refund", "ok": True}
     assert len(person.asked) == 1 and "ledger__refund" in person.asked[0].message
+
+
+def declined(result: types.CallToolResult) -> str:
+    """The text of a direct call refused as not approved (-32015 in its ``_meta``)."""
+    assert result.is_error and (result.meta or {}).get(ERROR_CODE_META) == APPROVAL_DECLINED, result
+    [content] = result.content
+    assert isinstance(content, types.TextContent)
+    return content.text
+
+
+async def test_a_direct_call_a_rule_covers_waits_for_the_persons_approval(client: Client, person: Person) -> None:
+    before = await ledger(client)
+    result = await client.call_tool("ledger__refund", {"account": "d-1", "amount": 7})
+    assert not result.is_error and result.structured_content == {"tool": "refund", "ok": True}
+    [asked] = person.asked
+    assert "ledger__refund" in asked.message and '"amount": 7' in asked.message
+    assert await ledger(client) == [*before, {"tool": "refund", "arguments": {"account": "d-1", "amount": 7}}]
+
+
+@pytest.mark.parametrize(("action", "why"), [("decline", "the person declined it"), ("cancel", "the person cancelled")])
+async def test_a_declined_direct_call_is_a_32015_tool_error_and_never_reaches_the_upstream(
+    client: Client, person: Person, action: str, why: str
+) -> None:
+    person.action = action
+    before = await ledger(client)
+    result = await client.call_tool("ledger__refund", {"account": "d-2", "amount": 900})
+    assert declined(result).startswith(f"the call of 'ledger__refund' was not approved: {why}")
+    assert len(person.asked) == 1
+    assert await ledger(client) == before
+
+
+async def test_a_direct_call_nobody_answers_is_declined_at_the_rules_timeout(client: Client, person: Person) -> None:
+    person.delay_s = 3.0
+    before = await ledger(client)
+    result = await client.call_tool("ledger__delete_account", {"account": "d-3"})
+    assert declined(result) == "the call of 'ledger__delete_account' was not approved: no answer within 1 s"
+    assert await ledger(client) == before
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_direct_call_from_a_client_that_cannot_be_asked_gets_32015_at_once(tmp_path: Path, mode: str) -> None:
+    async with connected("stdio", config_for(tmp_path), mode=mode) as plain:  # no elicitation callback
+        result = await plain.call_tool("ledger__refund", {"account": "d-4", "amount": 1})
+        assert "this client cannot be asked (no elicitation)" in declined(result)
+        assert (await plain.call_tool("ledger__balance", {"account": "d-4"})).structured_content == {
+            "tool": "balance",
+            "ok": True,
+        }  # no rule covers local's balance: called at once
+        assert await ledger(plain) == [{"tool": "balance", "arguments": {"account": "d-4"}}]
+
+
+async def test_direct_calls_of_the_master_and_of_a_principal_wait_for_approval_over_http(tmp_path: Path) -> None:
+    person = Person(action="decline")
+    async with (
+        ConduitHttp.start(config_for(tmp_path), token=SECRET) as server,
+        server.client(elicitation_callback=person) as master,
+        server.client(ALICE_KEY, elicitation_callback=person) as alice,
+    ):
+        assert "not approved" in declined(await master.call_tool("ledger__refund", {"account": "e-1", "amount": 1}))
+        assert "not approved" in declined(await alice.call_tool("ledger__balance", {"account": "e-2"}))
+        assert not (await master.call_tool("ledger__balance", {"account": "e-3"})).is_error  # alice's rule only
+        person.action = "accept"
+        approved = await alice.call_tool("ledger__refund", {"account": "e-4", "amount": 2})
+        assert approved.structured_content == {"tool": "refund", "ok": True}
+        assert [call["arguments"]["account"] for call in await ledger(master)] == ["e-3", "e-4"]
+    assert [asked.message.split(" wants")[0] for asked in person.asked] == ["'master'", "'alice'", "'alice'"]

@@ -1,7 +1,8 @@
-"""Approval of sensitive calls: a program's call that an ``approvals`` rule covers waits for a person.
+"""Approval of sensitive calls: a call that an ``approvals`` rule covers waits for a person, whichever path
+reaches the tool: a program's call, or a client calling the proxied tool directly.
 
-The transport that started the execution gives it an :data:`Asker` when its client can be asked
-(MCP elicitation); the gateway asks it, at most the rule's ``timeoutMs``, before the call goes out.
+The transport gives the execution (or the direct call's run) an :data:`Asker` when its client can be
+asked (MCP elicitation); the gateway asks it, at most the rule's ``timeoutMs``, before the call goes out.
 Accept sends the call; a decline, a cancel, no answer in time, a failed request, or a client that
 cannot be asked at all throws :class:`~conduit.errors.ApprovalDeclinedError` (-32015) in the
 program, and the upstream never sees the call: a rule is never silently skipped. The program's own
@@ -46,13 +47,12 @@ class ApprovalRequest:
     """The call's arguments as JSON, scrubbed."""
     principal: str
     execution_id: str | None
+    """The program's execution (None: the client called the tool directly)."""
 
     @property
     def message(self) -> str:
-        return (
-            f"A program running for {self.principal!r} wants to call {self.tool} ({self.title}) with:\n"
-            f"{self.arguments}\nApprove this call?"
-        )
+        who = f"A program running for {self.principal!r}" if self.execution_id else repr(self.principal)
+        return f"{who} wants to call {self.tool} ({self.title}) with:\n{self.arguments}\nApprove this call?"
 
 
 Asker = Callable[[ApprovalRequest], Awaitable[Answer]]
@@ -76,7 +76,7 @@ class Approvals:
         return bool(self._rules)
 
     def rule_for(self, entry: ToolEntry, caller: Caller) -> ApprovalRule | None:
-        """The first rule that covers ``caller``'s program calling ``entry``, or None."""
+        """The first rule that covers ``caller`` calling ``entry``, or None."""
         for rule in self._rules:
             if rule.config.principals is not None and caller.id not in rule.config.principals:
                 continue

@@ -23,7 +23,14 @@ import mcp_types as types
 from anyio.abc import TaskGroup
 
 from conduit.bridge.server import BridgeServer
-from conduit.bridge.sessions import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM, BridgeCaller, SessionRegistry
+from conduit.bridge.sessions import (
+    CALL_TOOL,
+    DISCOVER_TOOLS,
+    REGISTER_UPSTREAM,
+    BridgeCaller,
+    Session,
+    SessionRegistry,
+)
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.cluster.run_mirror import RunMirror
 from conduit.cluster.store import SharedStore
@@ -104,7 +111,7 @@ class Gateway:
         self.limits = config.resource_limits
         self.admission = Admission(config.max_concurrent, config.max_queue)
         self.shared = shared
-        self.rate_limiter = RateLimiter(config.rate_limit, shared)
+        self.rate_limiter = RateLimiter(config.rate_limit, shared, config.tool_call_rate_limit)
         self._shares: dict[str, Admission] = {}
         """Principals' own concurrency (``maxConcurrent``), within the server's."""
         self._sdks = SdkCache()
@@ -263,7 +270,9 @@ class Gateway:
                     chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
                     metric = chosen.runtime if chosen else language
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
-                    with self.sessions.session(execution_id, allowlist, caller, asker) as session:
+                    with self.sessions.session(
+                        execution_id, allowlist, caller, asker, effective.max_tool_calls
+                    ) as session:
                         logger.info("execution started", extra={"runtime": metric})
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
                 if chosen is not None:
@@ -319,9 +328,20 @@ class Gateway:
             asker = run.ask if askable and self.approvals else None
             return await self.run(plan, on_output=run.feed, asker=asker, execution_id=run.id)
 
-        run = self.runs.start(plan.caller, plan.language, work, background=background)
+        run = self.runs.start(plan.caller, work, language=plan.language, background=background)
         run.on_output = on_output
         return run
+
+    def start_call(self, caller: Caller, name: str, arguments: Any, *, askable: bool) -> Run:
+        """A proxied call an approval rule covers, as a run this request attends: it waits for the person's
+        answer (asked in this request, or over the multi-round-trip form) and then calls, or is declined.
+        ``askable``: the client can be asked (else the call is declined at once)."""
+
+        async def work(run: Run) -> types.CallToolResult:
+            asker = run.ask if askable else None
+            return await self.audited_call(caller, caller.reach, name, arguments, asker=asker)
+
+        return self.runs.start(caller, work, tool=name, background=False)
 
     def _share(self, caller: Caller) -> AbstractAsyncContextManager[None]:
         """A slot of ``caller``'s own concurrency share (none for callers without one)."""
@@ -340,6 +360,20 @@ class Gateway:
                 ``cluster.onStoreError`` is ``refuse``.
         """
         refusal = await self.rate_limiter.admit(caller, address)
+        if refusal is not None:
+            self.metrics.rate_limited.inc()
+            raise BusyError(refusal.message)
+
+    async def _admit_tool_call(self, caller: Caller, name: Any) -> None:
+        """Count a program's call against ``caller``'s ``toolCallRateLimit`` for the upstream it names.
+
+        Raises:
+            BusyError: over the limit (with when to retry), or Redis is away with ``onStoreError: refuse``.
+        """
+        upstream = ToolId.parse(name).upstream if isinstance(name, str) and name else None
+        if upstream is None or upstream not in self.registry.connections:
+            return  # refused as unknown by the call itself
+        refusal = await self.rate_limiter.admit_tool_call(caller, upstream)
         if refusal is not None:
             self.metrics.rate_limited.inc()
             raise BusyError(refusal.message)
@@ -371,11 +405,13 @@ class Gateway:
         arguments: Any,
         allowlist: Allowlist,
         caller: Caller = MASTER,
-        program: BridgeCaller | None = None,
+        *,
+        asker: Asker | None = None,
+        execution_id: str | None = None,
     ) -> types.CallToolResult:
         """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) if ``allowlist`` covers it,
-        with ``caller``'s own credential where the upstream takes one. A ``program``'s call that an approval
-        rule covers first waits for a person's approval.
+        with ``caller``'s own credential where the upstream takes one. A call an approval rule covers first
+        waits for a person's approval (``asker``), whichever path it came by: a program's, a proxied one.
 
         Raises:
             ApprovalDeclinedError: an approval rule covers the call and no person approved it.
@@ -383,6 +419,17 @@ class Gateway:
             UnknownToolError: no such tool.
             UpstreamError: the upstream failed.
             InvalidParamsError: invalid name or arguments.
+        """
+        entry, arguments = await self._checked(name, arguments, allowlist)
+        if self.approvals:
+            await self.approvals.require(entry, arguments, caller, asker, execution_id)
+        return await self.registry.call(entry, arguments, caller)
+
+    async def _checked(self, name: Any, arguments: Any, allowlist: Allowlist) -> tuple[ToolEntry, dict[str, Any]]:
+        """The tool a call names and its arguments, checked: the allowlist first, then the tool, then its schema.
+
+        Raises:
+            ToolDeniedError, UnknownToolError, InvalidParamsError: see :meth:`call_tool`.
         """
         if not isinstance(name, str) or not name:
             raise InvalidParamsError("name must be a non-empty string")
@@ -403,16 +450,35 @@ class Gateway:
         if problems:
             details = "; ".join(str(problem) for problem in problems)
             raise InvalidParamsError(f"invalid arguments for {qualified!r}: {details}")
-        if program is not None and self.approvals:
-            await self.approvals.require(entry, arguments, caller, program.asker, program.execution_id)
-        return await self.registry.call(entry, arguments, caller)
+        return entry, arguments
+
+    async def needs_approval(self, name: Any, arguments: Any, caller: Caller) -> bool:
+        """Whether a proxied call by ``caller`` is one an approval rule covers (False for a call that will
+        be refused anyway: its refusal is the answer)."""
+        if not self.approvals:
+            return False
+        try:
+            entry, _ = await self._checked(name, arguments, caller.reach)
+        except ConduitError:
+            return False
+        return self.approvals.rule_for(entry, caller) is not None
 
     async def audited_call(
-        self, caller: Caller, allowlist: Allowlist, name: Any, arguments: Any, program: BridgeCaller | None = None
+        self,
+        caller: Caller,
+        allowlist: Allowlist,
+        name: Any,
+        arguments: Any,
+        *,
+        program: Session | None = None,
+        asker: Asker | None = None,
+        execution_id: str | None = None,
     ) -> types.CallToolResult:
-        """A tool call (a ``program``'s, over the bridge, or proxied over MCP), counted, timed and written to the
-        audit log with who made it (never its arguments or result)."""
-        execution_id = program.execution_id if program is not None else None
+        """A tool call (a ``program``'s, over the bridge: within its run's ``maxToolCalls`` and its caller's
+        ``toolCallRateLimit``; or proxied over MCP, asking with ``asker`` for a run ``execution_id``),
+        counted, timed and written to the audit log with who made it (never its arguments or result)."""
+        if program is not None:
+            asker, execution_id = program.asker, program.execution_id
         started = time.perf_counter()
         upstream = (ToolId.parse(name).upstream or name) if isinstance(name, str) else "?"
         if upstream not in self.registry.connections:
@@ -423,7 +489,12 @@ class Gateway:
         with self.tracing.tool_call(execution_id, tool, upstream) as span:
             span["principal"] = caller.id
             try:
-                result = await self.call_tool(name, arguments, allowlist, caller, program)
+                if program is not None:
+                    program.spend_tool_call()
+                    await self._admit_tool_call(caller, name)
+                result = await self.call_tool(
+                    name, arguments, allowlist, caller, asker=asker, execution_id=execution_id
+                )
                 is_error = bool(result.is_error)
                 return result
             except ConduitError as exc:
@@ -502,7 +573,7 @@ class Gateway:
 
     async def _bridge_call(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
         name = params.get("name")
-        result = await self.audited_call(who.caller, who.allowlist, name, params.get("arguments"), who)
+        result = await self.audited_call(who.caller, who.allowlist, name, params.get("arguments"), program=who.session)
         answer = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return typed_value(str(name), answer) if params.get("structured") is True else answer
 

@@ -1,10 +1,13 @@
-"""Rate limits on work only (executions and proxied tool calls), per principal or per client address.
+"""Rate limits on work only (executions and proxied tool calls), per principal or per client address; and on
+programs' tool calls, per caller and upstream.
 
 Listing tools, initialising, pinging and the disclosure tools are never counted. A principal is
 counted under its own id (with its ``rateLimit``, else the server's), wherever its requests come
 from; the master token's HTTP requests are counted per client address (behind a load balancer,
 ``http.trustedProxies`` makes that the real client's); the stdio client (one trusted local caller)
-is never limited unless it acts as a principal. Built on the ``limits`` library's moving-window
+is never limited unless it acts as a principal. A program's tool calls are counted apart, per caller
+and upstream (``toolCallRateLimit``), so one caller's loop cannot flood an upstream others share.
+Built on the ``limits`` library's moving-window
 limiter: in this process's memory, or with ``cluster.redisUrl`` in Redis, exact across replicas (one
 Lua script per hit). While Redis is away, ``cluster.onStoreError`` decides: count in memory, or refuse.
 """
@@ -39,8 +42,9 @@ class RateLimiter:
     """The limits of one server: ``spec`` like ``"120/minute;2000/hour"`` (empty: none) for addresses
     and principals without their own; counted in ``shared`` when there is one."""
 
-    def __init__(self, spec: str, shared: SharedStore | None = None) -> None:
+    def __init__(self, spec: str, shared: SharedStore | None = None, tool_call_spec: str = "") -> None:
         self.spec = spec
+        self.tool_call_spec = tool_call_spec
         self._local = MovingWindowRateLimiter(MemoryStorage())
         self._shared: tuple[SharedStore, MovingWindowRateLimiter] | None = None
         """The cluster's Redis, and the limiter counting there."""
@@ -67,6 +71,20 @@ class RateLimiter:
             spec, key, who = self.spec, f"address:{address}", address
         else:
             return None
+        return await self._count(spec, key, who)
+
+    async def admit_tool_call(self, caller: Caller, upstream: str) -> Refusal | None:
+        """Count one tool call of a ``caller``'s program to ``upstream``; None when admitted.
+
+        Raises:
+            StoreUnavailableError: Redis is away and ``cluster.onStoreError`` is ``refuse``.
+        """
+        if caller.kind == "local":
+            return None
+        spec = caller.tool_call_rate_limit or self.tool_call_spec
+        return await self._count(spec, f"calls:{caller.id}:{upstream}", f"{caller.id}'s calls to {upstream}")
+
+    async def _count(self, spec: str, key: str, who: str) -> Refusal | None:
         for item in self._parsed(spec):
             if not await self._hit(item, key):
                 return Refusal(who, spec, await self._retry_after(item, key))

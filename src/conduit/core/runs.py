@@ -2,7 +2,9 @@
 
 A :class:`Run` is an execution started in the gateway's own task group rather than in a request's: a
 background run (``"background": true``, answered at once with its id), or a foreground run of a client
-that approves calls through the multi-round-trip form (the run keeps going between the rounds). A run
+that approves calls through the multi-round-trip form (the run keeps going between the rounds). A
+proxied tool call that waits for a person's approval is a run too (its ``tool`` says which), answered
+with the tool's own result. A run
 keeps what it printed, the approvals it waits for, and in the end its outcome, exactly as a foreground
 run answers it. It belongs to the principal that started it: another never sees it, by any id. A
 finished run is kept ``background.keepMs``, then dropped.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import anyio
+import mcp_types as types
 from anyio.abc import TaskGroup
 
 from conduit.cluster.run_mirror import POLL_S, RunMirror
@@ -37,7 +40,9 @@ BOOT: Final = secrets.token_hex(4)
 """This process's part of every run id."""
 _ID: Final = re.compile(r"^([0-9a-f]{8})-([0-9a-f]{24})$")
 State = Literal["running", "done", "cancelled"]
-Work = Callable[["Run"], Awaitable[RunOutcome]]
+Outcome = RunOutcome | types.CallToolResult
+"""An execution's outcome, or a proxied call's result."""
+Work = Callable[["Run"], Awaitable[Outcome]]
 
 
 @dataclass
@@ -56,13 +61,16 @@ class Pending:
 class Run:
     id: str
     caller: Caller
-    language: str
+    language: str | None
+    """An execution's language (None: a proxied call)."""
+    tool: str | None
+    """A proxied call's tool, as the client named it (None: an execution)."""
     background: bool
     started: float = field(default_factory=time.time)
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     state: State = "running"
-    outcome: RunOutcome | None = None
+    outcome: Outcome | None = None
     failure: ConduitError | None = None
     finished_at: float | None = None
     pending: dict[str, Pending] = field(default_factory=dict)
@@ -114,13 +122,16 @@ class Run:
         self.changed.set()
         self.changed = anyio.Event()
 
-    def finish(self, state: State, outcome: RunOutcome | None = None, failure: ConduitError | None = None) -> None:
+    def finish(self, state: State, outcome: Outcome | None = None, failure: ConduitError | None = None) -> None:
         self.state, self.outcome, self.failure = state, outcome, failure
         self.finished_at = time.time()
         self._notify()
 
     def result(self) -> tuple[dict[str, Any], bool]:
-        """What a foreground run answers, and whether it is an error (only once finished)."""
+        """What a foreground run answers, and whether it is an error (only once finished): an execution's
+        result, or a proxied call's ``CallToolResult``; a failure is an execution's error record either way."""
+        if isinstance(self.outcome, types.CallToolResult):
+            return self.outcome.model_dump(mode="json", by_alias=True, exclude_none=True), bool(self.outcome.is_error)
         if self.outcome is not None:
             return self.outcome.as_result(), self.outcome.error is not None
         error = self.failure or ConduitError("the execution was cancelled before it finished")
@@ -147,6 +158,11 @@ class RemoteRun:
 
     id: str
     record: dict[str, Any]
+
+    @property
+    def tool(self) -> str | None:
+        tool = self.record.get("tool")
+        return str(tool) if tool is not None else None
 
     @property
     def running(self) -> bool:
@@ -188,8 +204,10 @@ class Runs:
         if mirror is not None and tasks is not None:
             tasks.start_soon(mirror.beat)
 
-    def start(self, caller: Caller, language: str, work: Work, *, background: bool) -> Run:
-        """Start ``work`` as a run of ``caller``'s.
+    def start(
+        self, caller: Caller, work: Work, *, language: str | None = None, tool: str | None = None, background: bool
+    ) -> Run:
+        """Start ``work`` as a run of ``caller``'s: an execution in ``language``, or a proxied call of ``tool``.
 
         Raises:
             BusyError: a background run, and the principal has ``background.maxPerPrincipal`` running here.
@@ -204,7 +222,7 @@ class Runs:
                     f"{caller.id!r} has {running} background executions running (background.maxPerPrincipal); "
                     "wait for one to finish, or cancel one"
                 )
-        run = Run(f"{BOOT}-{secrets.token_hex(12)}", caller, language, background)
+        run = Run(f"{BOOT}-{secrets.token_hex(12)}", caller, language, tool, background)
         self._runs[run.id] = run
         self._tasks.start_soon(self._run, run, work)
         if self._mirror is not None:
@@ -355,6 +373,7 @@ def _record(run: Run) -> dict[str, Any]:
     pending = [{"key": p.key, "sent": p.sent, "request": dataclasses.asdict(p.request)} for p in run.pending.values()]
     return {
         "principal": run.caller.id,
+        "tool": run.tool,
         "state": run.state,
         "status": status,
         "failed": failed,

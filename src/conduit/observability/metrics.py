@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from conduit.errors import (
+    APPROVAL_DECLINED,
     BUSY,
     FORBIDDEN,
     INTERNAL_ERROR,
@@ -25,6 +26,7 @@ from conduit.errors import (
     OUTPUT_LIMIT,
     PROGRAM_ERROR,
     TIMEOUT,
+    TOOL_CALL_LIMIT,
     UNKNOWN_TOOL,
     UPSTREAM_TIMEOUT,
 )
@@ -48,6 +50,10 @@ TOOL_OUTCOMES: Final[Mapping[int | None, str]] = {
     FORBIDDEN: "denied",
     UNKNOWN_TOOL: "unknown",
     UPSTREAM_TIMEOUT: "timeout",
+    INVALID_PARAMS: "invalid",
+    APPROVAL_DECLINED: "declined",
+    TOOL_CALL_LIMIT: "call_limit",
+    BUSY: "rate_limited",
 }
 
 

@@ -58,7 +58,8 @@ PYTHON_EXECUTE_SCHEMA: Final[dict[str, Any]] = {
     **EXECUTE_SCHEMA,
     "properties": {**EXECUTE_SCHEMA["properties"], "engine": ENGINE_PROPERTY},
 }
-EXECUTE_ARGUMENTS: Final = frozenset({"code", "allowedTools", "limits"})
+NO_WORK_TOOLS: Final = frozenset({*disclosure_tools.TOOLS, *run_tools.TOOLS})
+"""Conduit's tools that start no work: disclosure, and following or stopping a run."""
 
 
 def _execute_schema(language: str) -> dict[str, Any]:
@@ -78,6 +79,23 @@ def _check_arguments(language: str, arguments: Mapping[str, Any]) -> None:
         raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
     if "code" not in arguments:
         raise MCPError(INVALID_PARAMS, "missing required argument 'code'")
+
+
+def starts_work(message: Mapping[str, Any]) -> bool:
+    """Whether a JSON-RPC message asks for new work (an execution, a proxied tool call): what a draining
+    server refuses. Everything else starts none, a later round of a run (its ``requestState``) included.
+
+    >>> starts_work({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "up__refund"}})
+    True
+    >>> starts_work({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    False
+    """
+    if message.get("method") != "tools/call" or "id" not in message:
+        return False
+    params = message.get("params")
+    if not isinstance(params, Mapping) or params.get("requestState") is not None:
+        return False
+    return params.get("name") not in NO_WORK_TOOLS
 
 
 def progress_token(ctx: ServerRequestContext[Any]) -> str | int | None:
@@ -207,6 +225,8 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         if gateway.config.code_mode_only:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (this server runs in code-mode-only)")
         try:
+            if params.request_state is not None or await gateway.needs_approval(params.name, arguments, caller):
+                return await _approved_call(ctx, gateway, caller, params)
             return await gateway.audited_call(caller, caller.reach, params.name, arguments)
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
@@ -262,6 +282,18 @@ async def _detached(
                     run.on_output = None
     except ConduitError as exc:
         return answer_failure(exc, failed_execution)
+
+
+async def _approved_call(
+    ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
+    """A proxied call an approval rule covers, as a run this request attends (:meth:`Gateway.start_call`): the
+    person is asked in this request (handshake era) or over input_required rounds (2026-07-28), and the
+    upstream sees the call only once they approve."""
+    run = await run_tools.resumed(gateway, caller, params, tool=params.name)
+    if run is None:
+        run = gateway.start_call(caller, params.name, params.arguments or {}, askable=run_tools.can_ask(ctx))
+    return await run_tools.attend(ctx, gateway, run, owned=True)
 
 
 async def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:

@@ -25,9 +25,9 @@ from conduit.catalog import CONDUIT_PREFIX
 from conduit.core.approvals import Answer, ApprovalRequest
 from conduit.core.gateway import Gateway
 from conduit.core.runs import AnyRun, LostRunError, Pending
-from conduit.errors import INVALID_PARAMS
+from conduit.errors import INVALID_PARAMS, ConduitError
 from conduit.security.callers import Caller
-from conduit.transport.wire import json_result
+from conduit.transport.wire import failed_tool_call, json_result
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,15 @@ def answer_of(response: object) -> Answer:
     return "cancel" if response.action == "cancel" else "decline"
 
 
-async def resumed(gateway: Gateway, caller: Caller, params: types.CallToolRequestParams) -> AnyRun | None:
-    """The run a later round continues (its ``requestState``), with the round's answers given to it."""
+async def resumed(
+    gateway: Gateway, caller: Caller, params: types.CallToolRequestParams, tool: str | None = None
+) -> AnyRun | None:
+    """The run a later round continues (its ``requestState``), with the round's answers given to it: an
+    execution's, or (``tool``) the proxied call of that tool."""
     if params.request_state is None:
         return None
     run = await gateway.runs.by_token(caller, params.request_state)
-    if run is None:
+    if run is None or run.tool != tool:
         raise MCPError(INVALID_PARAMS, "unknown or expired requestState: start the call again")
     for key, response in (params.input_responses or {}).items():
         await gateway.runs.answer(run, key, answer_of(response))
@@ -101,8 +104,7 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, 
             while True:
                 if not run.running:
                     asking.cancel_scope.cancel()
-                    payload, failed = run.result()
-                    return json_result(payload, failed)
+                    return answer(run)
                 unsent = run.unsent()
                 if unsent and _modern(ctx):
                     handed_over = True
@@ -115,6 +117,17 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, 
         if owned and not handed_over and run.running:
             with anyio.CancelScope(shield=True):
                 await gateway.runs.cancel(run)
+
+
+def answer(run: AnyRun) -> types.CallToolResult:
+    """A finished run's answer: an execution's result, or a proxied call's own (its failure as a failed call)."""
+    payload, failed = run.result()
+    if run.tool is None:
+        return json_result(payload, failed)
+    if "content" in payload:
+        return types.CallToolResult.model_validate(payload)
+    error = payload["error"]
+    return failed_tool_call(ConduitError(str(error["message"]), code=int(error["code"])))
 
 
 async def input_required(gateway: Gateway, run: AnyRun, unsent: list[Pending]) -> types.InputRequiredResult:

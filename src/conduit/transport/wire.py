@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -43,9 +43,15 @@ def failed_execution(exc: ConduitError) -> types.CallToolResult:
     return json_result({"stdout": "", "stderr": "", "exitCode": 1, "error": error}, is_error=True)
 
 
+ERROR_CODE_META: Final = "conduit/errorCode"
+"""The ``_meta`` key of a failed proxied call's Conduit error code (-32015 for a call not approved...)."""
+
+
 def failed_tool_call(exc: ConduitError) -> types.CallToolResult:
-    """A proxied upstream call that failed: the reason as the result's text."""
-    return types.CallToolResult(content=[types.TextContent(type="text", text=exc.message)], is_error=True)
+    """A proxied upstream call that failed: the reason as the result's text, its code in ``_meta``."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=exc.message)], is_error=True, _meta={ERROR_CODE_META: exc.code}
+    )
 
 
 def answer_failure(exc: ConduitError, failed: Callable[[ConduitError], types.CallToolResult]) -> types.CallToolResult:
