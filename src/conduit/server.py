@@ -14,10 +14,11 @@ from conduit.config.loader import LoadedConfig
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.security.callers import LOCAL, Caller
+from conduit.transport.body import limited
 from conduit.transport.disconnect import CancelOnDisconnect
 from conduit.transport.drain import Drain, DrainGate
 from conduit.transport.http import serve_http
-from conduit.transport.mcp_app import build_server
+from conduit.transport.mcp_app import build_server, starts_work
 from conduit.transport.ops import build_ops_app
 from conduit.transport.stdio import stdio_streams
 
@@ -78,9 +79,14 @@ async def _serve(
                 async with stdio_streams() as (read_stream, write_stream):
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             else:
-                mcp_app = server.streamable_http_app(host=config.host, stateless_http=config.stateless_http)
+                mcp_app = server.streamable_http_app(
+                    host=config.host,
+                    stateless_http=config.stateless_http,
+                    max_request_body_size=config.http.max_body_bytes,
+                )
                 assert drain is not None
-                app = DrainGate(Door(CancelOnDisconnect(mcp_app), verifier, config.auth.oauth), drain)
+                door = Door(CancelOnDisconnect(mcp_app), verifier, config.auth.oauth)
+                app = limited(DrainGate(door, drain, starts_work), config.http.max_body_bytes)
                 await serve_http(
                     app,
                     host=config.host,
@@ -96,7 +102,7 @@ async def _serve_ops(gateway: Gateway, required: bool, drain: Drain | None) -> N
     announce = "Conduit ops on {url} (/live, /ready, /health, /metrics)"
     try:
         await serve_http(
-            build_ops_app(gateway, drain),
+            limited(build_ops_app(gateway, drain), config.http.max_body_bytes),
             host=config.ops_host,
             port=config.ops_port,
             log_level="warning",

@@ -17,6 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conduit.transport.body import messages, request_ids
+
 logger = logging.getLogger(__name__)
 
 _SESSION_HEADER = b"mcp-session-id"
@@ -32,18 +34,16 @@ class CancelOnDisconnect:
         if scope["type"] != "http" or scope.get("method") != "POST" or not _header(scope, _SESSION_HEADER):
             await self._app(scope, receive, send)
             return
-        body, ended = await _read_body(receive)
-        request_ids = _request_ids(body)
-        replayed = False
-        disconnected = ended
+        parsed, replay = await messages(scope, receive)
+        if parsed is None:  # gone before its body was complete: nothing was asked
+            return
+        ids = request_ids(parsed)
+        disconnected = False
         completed = False
 
-        async def replay() -> Message:
-            nonlocal replayed, disconnected
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            message = await receive()
+        async def watched() -> Message:
+            nonlocal disconnected
+            message = await replay()
             if message["type"] == "http.disconnect":
                 disconnected = True
             return message
@@ -55,10 +55,10 @@ class CancelOnDisconnect:
             await send(message)
 
         try:
-            await self._app(scope, replay, watch)
+            await self._app(scope, watched, watch)
         finally:
-            if disconnected and not completed and request_ids:
-                for request_id in request_ids:
+            if disconnected and not completed:
+                for request_id in ids:
                     await self._cancel(scope, request_id)
 
     async def _cancel(self, scope: Scope, request_id: Any) -> None:
@@ -87,32 +87,6 @@ class CancelOnDisconnect:
             await self._app({**scope, "headers": headers}, receive, discard)
         except Exception:  # the session may be gone already; nothing is left to cancel then
             logger.debug("cancelling request %s failed", request_id, exc_info=True)
-
-
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
-    """The whole request body, and whether the client disconnected while sending it."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks), True
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks), False
-
-
-def _request_ids(body: bytes) -> list[Any]:
-    """Ids of the JSON-RPC requests (not notifications or responses) in a POST body."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return []
-    messages = document if isinstance(document, list) else [document]
-    return [
-        message["id"]
-        for message in messages
-        if isinstance(message, dict) and "method" in message and isinstance(message.get("id"), (str, int))
-    ]
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
