@@ -45,7 +45,7 @@ from conduit.sandbox.monty_check import MontyChecker, Verdict
 from conduit.sandbox.outcome import classify
 from conduit.sandbox.output import OutputCollector
 from conduit.sandbox.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.process import REAP_TIMEOUT, private_memory_bytes, set_niceness, wait_exited
+from conduit.sandbox.process import REAP_TIMEOUT, has_exited, private_memory_bytes, set_niceness, wait_exited
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
 from conduit.sandbox.walls.launch import MAX_PIDS
@@ -301,7 +301,8 @@ class MontySandbox:
 
     @property
     def alive(self) -> bool:
-        return not self._gone and os.path.exists(f"/proc/{self._pid}")
+        """Whether the worker can still take a program: running, not a zombie waiting to be reaped."""
+        return not self._gone and not has_exited(self._pid)
 
     def memory_bytes(self) -> int:
         return private_memory_bytes(self._pid)
@@ -337,15 +338,37 @@ class MontySandbox:
         return oom
 
     async def run(self, job: Job) -> RunOutcome:
+        """Run ``job`` here; if this worker turns out to have died before the program started (its prelude
+        never ran), run it once on a fresh worker instead: nothing of the program had run."""
         if self._used:
             raise SandboxStartError("a sandbox runs exactly one program")
         self._used = True
+        outcome = await self._run(job)
+        if outcome is not None:
+            return outcome
+        logger.warning("a Monty worker was dead before its program started; running the program on a fresh one")
+        fresh = await self._workers.prepare(job.limits.memory_limit_mb)
+        fresh._used = True
+        outcome = await fresh._run(job, retry=False)
+        assert outcome is not None  # without a retry, every run has an outcome
+        return outcome
+
+    async def _run(self, job: Job, *, retry: bool = True) -> RunOutcome | None:
+        """The outcome; None when the worker died while the prelude was fed (the program never started) and
+        ``retry`` lets the caller run it elsewhere.
+
+        The answer comes at the program's time limit whatever the worker is doing: the worker is killed
+        then, and its turn ends and its session is given back in the background (the reaper), never on the
+        path of the answer or while the run holds its concurrency slot.
+        """
         limits = job.limits
         collector = OutputCollector.for_limits(limits, secrets.token_hex(8), job.on_output)
         timeout_s = limits.timeout_ms / 1000
         capped = timed_out = False
         record: dict[str, Any] | None = None
         crash: str | None = None
+        program_started = False
+        answered = False
 
         def at_cap() -> None:
             nonlocal capped
@@ -353,6 +376,8 @@ class MontySandbox:
             self._kill()
 
         def printed(stream: str, text: str) -> None:
+            if answered:  # the worker's last words after the answer: nobody reads them
+                return
             data = text.encode("utf-8", "surrogateescape")
             collector.feed_stdout(data) if stream == "stdout" else collector.feed_stderr(data)
             if collector.tripped:
@@ -367,16 +392,17 @@ class MontySandbox:
         turn = anyio.CancelScope(shield=True)
 
         async def feeds() -> None:
-            nonlocal record, crash
-            # Shielded: a run that is cancelled kills the worker first and lets the turn end with it, so
-            # the client library still owns the worker and reaps it (a turn dropped while its worker is
-            # still alive leaves it a zombie until the library next spawns one).
+            nonlocal record, crash, program_started
+            # Shielded: a run that ends early kills the worker and lets the turn end with it, so the client
+            # library still owns the worker and reaps it (a turn dropped while its worker is still alive
+            # leaves it a zombie until the library next spawns one).
             try:
                 with turn:
                     try:
                         await session.feed_run(
                             PRELUDE + without_result_types(job.sdk), external_lookup=lookup, print_callback=printed
                         )
+                        program_started = True
                         value = await session.feed_run(job.program, external_lookup=lookup, print_callback=printed)
                         record = _encode(value, limits.max_output_bytes)
                     except pm.MontyRuntimeError as exc:
@@ -386,31 +412,37 @@ class MontySandbox:
                         record = {"status": "error", "error": {"name": "SyntaxError", "message": str(exc)}}
                     except pm.MontyCrashedError as exc:
                         crash = f"the Monty worker died: {exc}"
+                    except pm.MontyError as exc:
+                        crash = f"the Monty worker failed: {exc}"
+            except Exception:  # in the reaper's task group: never let it take the server down
+                logger.exception("a Monty run failed")
+                crash = "the Monty worker failed"
             finally:
                 finished.set()
 
+        reaper = self._workers.reaper
         started = time.perf_counter()
         try:
             with anyio.move_on_after(timeout_s) as deadline:
                 async with anyio.create_task_group() as tg:
                     if self._cgroup is not None:
                         tg.start_soon(watch_cap, self._cgroup, at_cap)
-                    tg.start_soon(feeds)
-                    try:
-                        await finished.wait()
-                    finally:
-                        if not finished.is_set():  # cancelled or out of time: the worker dies, then the turn ends
-                            self._kill()
-                            turn.deadline = anyio.current_time() + REAP_TIMEOUT
-                        tg.cancel_scope.cancel()
+                    (reaper or tg).start_soon(feeds)
+                    await finished.wait()
+                    tg.cancel_scope.cancel()
             timed_out = deadline.cancelled_caught
         finally:
+            answered = True
             self._kill()
             capped = capped or (self._cgroup is not None and self._cgroup.oom_killed())
-            if self._workers.reaper is not None:  # the outcome is complete: the session's end is not waited for
-                self._workers.reaper.start_soon(self._end)
+            if not finished.is_set():  # the worker is dying: its turn ends within the reap bound
+                turn.deadline = anyio.current_time() + REAP_TIMEOUT
+            if reaper is not None:  # the outcome is complete: the turn's and the session's end are not waited for
+                reaper.start_soon(self._end_after, finished)
             else:
-                await self._end()
+                await self._end_after(finished)
+        if retry and crash is not None and not program_started and not timed_out and not capped:
+            return None
         killed = timed_out or capped or collector.tripped or crash is not None
         return classify(
             collector,
@@ -422,6 +454,12 @@ class MontySandbox:
             crash=crash,
             memory_killed=capped,
         )
+
+    async def _end_after(self, turn_ended: anyio.Event) -> None:
+        """End the session once its turn has ended (the shielded turn ends within the reap bound)."""
+        with anyio.CancelScope(shield=True):
+            await turn_ended.wait()
+        await self._end()
 
 
 def _encode(value: Any, max_bytes: int) -> dict[str, Any]:
