@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -15,12 +16,14 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from support import (
+    CONDUIT,
     EXECUTE_ISOLATE,
     EXECUTE_PYTHON,
     EXECUTE_TS,
     INITIALIZE,
     ConduitHttp,
     children,
+    descendants,
     run_js,
     run_ts,
     scrape,
@@ -310,3 +313,61 @@ async def test_requests_on_a_kept_alive_connection_do_not_wait_for_delayed_acks(
             await http.get(url)  # one connection, kept alive
             taken.append(time.perf_counter() - started)
     assert sorted(taken)[len(taken) // 2] < 0.02, taken
+
+
+async def test_the_uid_wall_has_one_truthful_account_in_the_log_health_and_doctor(server: ConduitHttp) -> None:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        health = (await http.get(f"{server.ops_url}/health")).json()
+    wall = health["isolation"]["unprivileged-uid"]
+    records = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    logged = [record["message"] for record in records if record["message"].startswith("sandbox uids: ")]
+    assert logged == [f"sandbox uids: {wall['detail']}"]
+    config = server.log.parent / "conduit.yaml"
+    doctor = await anyio.run_process([CONDUIT, "doctor", "--config", str(config)], check=False)
+    said = [line for line in doctor.stdout.decode().splitlines() if "isolation unprivileged-uid" in line]
+    assert len(said) == 1, doctor.stdout.decode()
+    assert said[0].split(": ", 1)[1] == wall["detail"]
+    assert said[0].startswith("ok ") == wall["active"]
+    assert "run as root" not in server.log.read_text()  # the false line it once logged at every start
+    if os.geteuid() != 0:
+        assert "not root" in wall["detail"]
+        return
+    # Root: what the account says is what the processes are. Isolate workers start as root, load V8 and
+    # drop to the sandbox uid before they report ready; the one running a program (the spinning one, with
+    # by far the most CPU time after a while) runs as that uid.
+    assert "isolate: uid 65534 before any program" in wall["detail"], wall
+    async with server.client() as client, anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(run_js, client, "while (true) {}", limits={"timeoutMs": 4000}))
+        await anyio.sleep(2.5)
+        workers = [pid for pid in descendants(server.process.pid) if "isolate_worker" in _cmdline(pid)]
+        busiest = max(workers, key=_cpu_ticks)
+        assert _cpu_ticks(busiest) > 100  # > 1 s of CPU: the program's worker
+        assert _uids(busiest) == ["65534"] * 4
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = stat_fields(Path(f"/proc/{pid}/stat"))
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _uids(pid: int) -> list[str]:
+    """Real, effective, saved and file-system uid of process ``pid``."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(line for line in status if line.startswith("Uid:")).split()[1:]
+
+
+def _state(pid: int) -> str:
+    try:
+        return stat_fields(Path(f"/proc/{pid}/stat"))[0]
+    except OSError:
+        return "gone"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

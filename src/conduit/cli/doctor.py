@@ -43,6 +43,7 @@ def add_parser(commands: Any) -> None:
 def doctor(args: argparse.Namespace) -> int:
     from importlib.metadata import version as version_of
 
+    from conduit.core.assembly import probed_walls
     from conduit.sandbox.deno import HARNESS, find_deno
     from conduit.sandbox.monty import find_monty
     from conduit.sandbox.pyodide import check_pyodide_dir, default_pyodide_dir
@@ -103,7 +104,10 @@ def doctor(args: argparse.Namespace) -> int:
             )
         else:
             report.append(f"ok    cluster: Redis answers; onStoreError {config.cluster.on_store_error}")
-    walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
+    try:
+        walls = anyio.run(probed_walls, config)
+    except SandboxStartError:  # no Deno: said above; the walls without the runtimes' uid checks
+        walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
     try:
         for wall in walls.report:
             if wall.active:

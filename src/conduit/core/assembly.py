@@ -9,12 +9,14 @@ nothing in the gateway builds a runtime.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -25,13 +27,15 @@ from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.core.languages import LANGUAGES, RuntimeParts
 from conduit.observability.tracing import Tracing, traces_endpoint
-from conduit.sandbox.base import Runtime
+from conduit.sandbox.base import BridgeAddress, Runtime
 from conduit.sandbox.deno import DenoRuntime, find_deno
 from conduit.sandbox.process import use_pidfd_child_watcher
 from conduit.sandbox.walls import Walls
 from conduit.upstream.credential_store import store_for
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import UpstreamRegistry
+
+logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -74,9 +78,9 @@ async def open_gateway(
                 parts = RuntimeParts(
                     config=config, deno=deno, bridge=address, work_dir=work_dir, walls=walls, bridge_call=bridge.answer
                 )
-                built = {language.name: language.build(parts) for language in LANGUAGES}
-                built.update({name: build(parts) for language in LANGUAGES for name, build in language.engines})
+                built = _build(parts)
                 await _probe_uids(walls, deno, built)
+                logger.info("sandbox uids: %s", walls.uid_wall().detail)
                 walls.check_required(config.isolation.require)
                 for name, runtime in built.items():
                     runtime.start(tg)
@@ -114,6 +118,45 @@ async def open_gateway(
             deno.homes.close()
         walls.close()
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+async def probed_walls(config: Config) -> Walls:
+    """The walls as a server with ``config`` has them once it has started (each runtime's uid probed), for
+    ``conduit doctor``; no sandbox is started. The caller closes them.
+
+    Raises:
+        SandboxStartError: Deno is missing.
+    """
+    walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
+    work_dir = Path(tempfile.mkdtemp(prefix="conduit-doctor-"))
+    deno: DenoRuntime | None = None
+    try:
+        os.chmod(work_dir, 0o711)
+
+        async def no_bridge(token: str, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+            raise AssertionError("nothing runs while the walls are probed")
+
+        nowhere = BridgeAddress("127.0.0.1", 0)
+        deno = DenoRuntime(deno_path=find_deno(config.deno_path), bridge=nowhere, work_dir=work_dir, walls=walls)
+        parts = RuntimeParts(
+            config=config, deno=deno, bridge=nowhere, work_dir=work_dir, walls=walls, bridge_call=no_bridge
+        )
+        await _probe_uids(walls, deno, _build(parts))
+    except BaseException:
+        walls.close()
+        raise
+    finally:
+        if deno is not None:
+            deno.homes.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return walls
+
+
+def _build(parts: RuntimeParts) -> dict[str, Runtime]:
+    """Every runtime, by name: each language's, and the further engines its programs may run on."""
+    built = {language.name: language.build(parts) for language in LANGUAGES}
+    built.update({name: build(parts) for language in LANGUAGES for name, build in language.engines})
+    return built
 
 
 async def _probe_uids(walls: Walls, deno: DenoRuntime, runtimes: Mapping[str, Runtime]) -> None:

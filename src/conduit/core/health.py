@@ -13,7 +13,8 @@ from conduit.upstream.registry import Upstream
 def health_report(
     runtimes: Mapping[str, Runtime], upstreams: Mapping[str, Upstream], walls: Walls | None
 ) -> tuple[bool, dict[str, Any]]:
-    """``(healthy, report)``: each runtime's status and pool, each upstream's state, each wall's."""
+    """``(healthy, report)``: each runtime's status and pool, each upstream's state, each wall's (on or off, and
+    what it does or why it is off: the same words as ``conduit doctor``)."""
     runtime_report: dict[str, dict[str, Any]] = {}
     for name, runtime in runtimes.items():
         status = runtime.status()
@@ -34,6 +35,6 @@ def health_report(
     healthy = all(entry["status"] == "ok" for entry in runtime_report.values()) and all(
         entry["status"] != "failing" for entry in upstream_report.values()
     )
-    isolation = {wall.name: wall.active for wall in walls.report} if walls else {}
+    isolation = {wall.name: {"active": wall.active, "detail": wall.detail} for wall in walls.report} if walls else {}
     report = {"status": "ok" if healthy else "degraded", "runtimes": runtime_report, "upstreams": upstream_report}
     return healthy, {**report, "isolation": isolation}

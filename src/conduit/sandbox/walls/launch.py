@@ -97,6 +97,8 @@ class Walls:
     report: list[Wall] = field(default_factory=list)
     uid: int | None = None
     """The uid sandboxes drop to (None: Conduit is not root, or the wall is off)."""
+    uid_off: str | None = None
+    """Why the unprivileged-uid wall is off for every sandbox (None: it is on, or Conduit is not root)."""
     uid_kinds: dict[str, bool] = field(default_factory=dict)
     """Per kind of sandbox: whether its runtime works as ``uid`` (probed once)."""
     native: str | None = None
@@ -108,9 +110,12 @@ class Walls:
         if not enabled or not sys.platform.startswith("linux"):
             reason = "disabled by isolation.enabled: false" if sys.platform.startswith("linux") else "not Linux"
             walls = cls(CgroupSupport(0, None, None, reason), 0, 0)
+            walls.uid_off = reason if os.geteuid() == 0 else None
         else:
             walls = cls(detect(), confine.landlock_abi(), math.ceil(timeout_ms / 1000) + 60)
             walls.uid = _sandbox_uid()
+            if os.geteuid() == 0 and walls.uid is None:
+                walls.uid_off = f"root for every sandbox: no '{SANDBOX_USER}' user on this machine"
             walls.native = native_launcher()
         walls.report = walls._describe(enabled)
         return walls
@@ -137,9 +142,8 @@ class Walls:
         if not works:
             for path in read_write:
                 os.chown(path, 0, 0)
-            logger.info("%s sandboxes run as root: their runtime does not start as uid %d", kind, self.uid)
         self.uid_kinds[kind] = works
-        self.report = [wall for wall in self.report if wall.name != "unprivileged-uid"] + [self._uid_wall()]
+        self.report = [wall for wall in self.report if wall.name != "unprivileged-uid"] + [self.uid_wall()]
 
     def uid_for(self, kind: str) -> int | None:
         """The uid sandboxes of ``kind`` run as, when they drop to one from the start."""
@@ -149,22 +153,32 @@ class Walls:
         """Whether sandboxes of ``kind`` start as root and drop the uid themselves once loaded."""
         return self.uid is not None and kind in LATE_UID_KINDS and self.uid_kinds.get(kind) is False
 
-    def _uid_wall(self) -> Wall:
-        if os.geteuid() != 0:
-            return Wall("unprivileged-uid", True, f"Conduit itself runs as uid {os.geteuid()}")
-        if self.uid is None:
-            return Wall("unprivileged-uid", False, f"no '{SANDBOX_USER}' user on this machine")
-        if not self.uid_kinds:
-            return Wall("unprivileged-uid", True, f"uid {self.uid} wherever a runtime starts as it (checked at start)")
-        dropped = sorted(kind for kind, works in self.uid_kinds.items() if works)
-        late = sorted(kind for kind in self.uid_kinds if self.late_uid(kind))
-        kept = sorted(kind for kind, works in self.uid_kinds.items() if not works and kind not in late)
-        detail = f"uid {self.uid} for {', '.join(dropped) or 'none'}"
-        if late:
-            detail += f"; {', '.join(late)} drop to it after loading their runtime"
-        if kept:
-            detail += f"; root for {', '.join(kept)} (their files are not readable by uid {self.uid})"
-        return Wall("unprivileged-uid", not kept, detail)
+    def uid_account(self, kind: str) -> str:
+        """What the unprivileged-uid wall is for sandboxes of ``kind``, in one phrase: the one account of it
+        that the log, ``/health`` and ``conduit doctor`` give.
+
+        >>> Walls(CgroupSupport(0, None, None), 0, 0, uid=65534, uid_kinds={"isolate": False}).uid_account("isolate")
+        'uid 65534 before any program (it starts as root to load its runtime, then drops)'
+        """
+        if self.uid_off is not None:
+            return f"off: {self.uid_off}"
+        if self.uid is None:  # and not off: Conduit is not root
+            return f"uid {os.geteuid()} (Conduit itself is not root)"
+        works = self.uid_kinds.get(kind)
+        if works is None:
+            return f"uid {self.uid} if its runtime starts as it (not checked yet: checked when Conduit starts)"
+        if works:
+            return f"uid {self.uid} from the start"
+        if self.late_uid(kind):
+            return f"uid {self.uid} before any program (it starts as root to load its runtime, then drops)"
+        return f"off: runs as root (its runtime did not start as uid {self.uid} when checked at start)"
+
+    def uid_wall(self) -> Wall:
+        """The unprivileged-uid wall: on when no sandbox runs programs as root, with each runtime's account."""
+        if self.uid_off is not None or not self.uid_kinds:
+            return Wall("unprivileged-uid", self.uid_off is None, self.uid_account(""))
+        active = all(works or self.late_uid(kind) for kind, works in self.uid_kinds.items())
+        return Wall("unprivileged-uid", active, "; ".join(f"{k}: {self.uid_account(k)}" for k in self.uid_kinds))
 
     def _describe(self, enabled: bool) -> list[Wall]:
         off = "disabled by isolation.enabled: false"
@@ -186,7 +200,7 @@ class Walls:
             Wall("landlock", enabled and self.landlock_abi > 0, landlock if enabled else off),
             Wall("no-new-privs", enabled, "prctl(PR_SET_NO_NEW_PRIVS)" if enabled else off),
             Wall("rlimit-cpu", self.cpu_seconds > 0, f"RLIMIT_CPU {self.cpu_seconds} s" if enabled else off),
-            self._uid_wall() if enabled else Wall("unprivileged-uid", os.geteuid() != 0, off),
+            self.uid_wall(),
         ]
 
     def missing(self, required: Iterable[str]) -> list[str]:
