@@ -7,13 +7,21 @@ benign execution in the same runtime still succeeds.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx2
+import jwt
 import pytest
-from canary_server import ENV_CANARY, TOKEN_CANARY, TOOL, AttackServer, attack_server
+from canary_server import BASE_CONFIG, ENV_CANARY, TOKEN_CANARY, TOOL, AttackServer, attack_server
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from conduit.sandbox.pyodide import default_pyodide_dir
+from support import INITIALIZE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -217,4 +225,267 @@ async def test_v8_constructor_chains_find_no_host(server: AttackServer) -> None:
 async def test_deno_static_import_of_a_host_file(server: AttackServer) -> None:
     out = await attack(server, "typescript", 'import t from "/etc/passwd" with {type: "text"};\nreturn t;')
     assert refused(out), out
+    assert "root:x:0:0" not in repr(out)
+
+
+# -- the environment through /proc ---------------------------------------------------------------------
+# A sandbox with no env permission might still read its own environment, or Conduit's (its parent's),
+# from /proc. Monty is asked for by name: ``auto`` sends a program that uses ``open`` elsewhere.
+
+PROC_ENVIRON = {
+    "typescript": """
+    const got = [];
+    for (const path of ['/proc/self/environ', `/proc/${Deno.ppid}/environ`, '/proc/1/environ']) {
+      try { got.push(Deno.readTextFileSync(path)); } catch (e) { got.push(e.name); }
+    }
+    try { got.push((await import('node:fs')).readFileSync(`/proc/${Deno.ppid}/environ`, 'utf8')); }
+    catch (e) { got.push(e.name); }
+    return got;
+    """,
+    "python": """
+import os, js
+got = []
+for path in ('/proc/self/environ', f'/proc/{os.getppid()}/environ', '/proc/1/environ'):
+    try:
+        got.append(open(path).read())
+    except Exception as e:
+        got.append(type(e).__name__)
+    try:
+        got.append(js.Deno.readTextFileSync(path))
+    except Exception as e:
+        got.append(type(e).__name__)
+try:
+    got.append(js.Deno.readTextFileSync('/proc/' + str(js.Deno.ppid) + '/environ'))
+except Exception as e:
+    got.append(type(e).__name__)
+got
+""",
+    "monty": """
+from pathlib import Path
+import os
+got = []
+for path in ('/proc/self/environ', '/proc/1/environ'):
+    try:
+        got.append(Path(path).read_text())
+    except Exception as e:
+        got.append(type(e).__name__)
+try:
+    got.append(str(os.environ.get('PATH')))
+except Exception as e:
+    got.append(type(e).__name__)
+got
+""",
+    "isolate": "return [typeof Deno, typeof require, typeof process, typeof readFile, typeof read];",
+}
+
+
+@pytest.mark.parametrize("runtime", ["typescript", "python", "monty", "isolate"])
+async def test_proc_environ_of_the_sandbox_and_of_conduit(server: AttackServer, runtime: str) -> None:
+    engine = {"engine": "monty"} if runtime == "monty" else {}
+    out = await attack(server, "python" if runtime == "monty" else runtime, PROC_ENVIRON[runtime], **engine)
+    text = repr(out)
+    assert ENV_CANARY not in text and TOKEN_CANARY not in text
+    for name in ("PATH=", "HOME=", "IPC_BEARER_TOKEN", "CONDUIT_TEST_SECRET"):
+        assert name not in text, (name, out)
+    if runtime == "isolate":
+        assert out["result"] == ["undefined"] * 5
+    else:
+        got = out.get("result") or []
+        assert got and all(isinstance(item, str) and len(item) < 40 for item in got), out  # error names only
+        assert runtime != "monty" or out.get("engine") == "monty"
+
+
+# -- the cloud metadata address -------------------------------------------------------------------------
+
+METADATA = {
+    "typescript": """
+    const got = [];
+    try { await fetch('http://169.254.169.254/latest/meta-data/'); got.push('fetched'); }
+    catch (e) { got.push(e.name); }
+    try { (await Deno.connect({hostname: '169.254.169.254', port: 80})).close(); got.push('connected'); }
+    catch (e) { got.push(e.name); }
+    try {
+      const http = await import('node:http');
+      got.push(await new Promise((resolve) => {
+        http.get('http://169.254.169.254/', () => resolve('requested')).on('error', (e) => resolve(e.name));
+      }));
+    } catch (e) { got.push(e.name); }
+    return got;
+    """,
+    "python": """
+from pyodide.http import pyfetch
+import js
+got = []
+try:
+    await pyfetch('http://169.254.169.254/latest/meta-data/')
+    got.append('fetched')
+except Exception as e:
+    got.append(type(e).__name__)
+try:
+    await js.Deno.connect(js.JSON.parse('{"hostname": "169.254.169.254", "port": 80}'))
+    got.append('connected')
+except Exception as e:
+    got.append(type(e).__name__)
+got
+""",
+    "isolate": "return [typeof fetch, typeof XMLHttpRequest, typeof WebSocket, typeof Deno];",
+}
+
+
+@pytest.mark.parametrize("runtime", sorted(TOOL))
+async def test_the_cloud_metadata_address_from_a_sandbox(server: AttackServer, runtime: str) -> None:
+    with anyio.fail_after(20):  # refused by permission at once, not a connection left to time out
+        out = await attack(server, runtime, METADATA[runtime])
+    got = out["result"]
+    assert not {"fetched", "connected", "requested"} & set(got), out
+    if runtime == "typescript":
+        assert set(got) <= {"NotCapable", "PermissionDenied"}, got  # Deno's permission check, not the network
+    if runtime == "isolate":
+        assert got == ["undefined"] * 4
+
+
+async def test_the_cloud_metadata_address_as_an_upstream_or_jwks_url(tmp_path: Path) -> None:
+    oauth = {"issuer": "https://idp.example", "audience": "https://conduit.example/mcp"}
+    overrides = {
+        "upstreams": [
+            *BASE_CONFIG["upstreams"],
+            {"id": "metadata", "type": "streamableHttp", "url": "http://169.254.169.254/mcp"},
+            {"id": "metadata6", "type": "streamableHttp", "url": "http://[::ffff:169.254.169.254]/mcp"},
+        ],
+        "auth": {"oauth": {**oauth, "jwksUrl": "http://169.254.169.254/latest/jwks"}},
+    }
+    async with attack_server(tmp_path, overrides) as server:
+        async with server.http.client() as client:
+            await client.list_tools()  # upstreams connect on first use
+        async with httpx2.AsyncClient(timeout=30) as http:
+            health = (await http.get(f"{server.http.ops_url}/health")).json()
+            for upstream in ("metadata", "metadata6"):
+                entry = health["upstreams"][upstream]
+                assert entry["status"] == "failing" and "link-local" in json.dumps(entry), entry
+            key = ec.generate_private_key(ec.SECP256R1())
+            claims = {**oauth, "aud": oauth["audience"], "iss": oauth["issuer"], "sub": "mallory", "exp": 2**31}
+            token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+            answer = await http.post(server.http.url, json=INITIALIZE, headers=headers)
+            assert answer.status_code == 401
+        code = "try { await tools.$raw('metadata__anything', {}); return 'called'; } catch (e) { return e.code; }"
+        out = await attack(server, "typescript", code)
+        assert out["result"] in (-32004, -32005), out  # unknown, or an upstream that cannot be reached
+    assert "link-local" in server.http.log.read_text()  # the JWKS fetch was refused by the guard, and said so
+
+
+# -- Deno's permission-bypass classes (on the pinned Deno) -----------------------------------------------
+
+DENO_BYPASSES = {
+    "path aliases": """
+    const paths = ['/etc//passwd', '/etc/./passwd', '/etc/../etc/passwd', '/ETC/passwd', '/etc/passwd\\u0000.txt',
+      '\\uFF0Fetc\\uFF0Fpasswd', '/etc/pa\\u0073swd', '/e\\u0301tc/passwd', '/proc/self/root/etc/passwd',
+      '/dev/fd/../../etc/passwd', new URL('file:///etc/%70asswd'), new URL('file:///etc/passwd')];
+    const got = [];
+    for (const path of paths) {
+      try { got.push(Deno.readTextFileSync(path)); } catch (e) { got.push(e.name); }
+      try { got.push((await import('node:fs')).readFileSync(path, 'utf8')); } catch (e) { got.push(e.name); }
+    }
+    return got;
+    """,
+    "node built-ins": """
+    const got = [];
+    const attempts = [
+      async () => (await import('node:child_process')).execSync('id').toString(),
+      async () => (await import('node:child_process')).spawnSync('id').stdout?.toString(),
+      async () => (await import('node:process')).env.PATH,
+      async () => (await import('node:os')).userInfo().username,
+      async () => (await import('node:fs')).readdirSync('/').join(),
+      async () => (await import('node:net')).connect(80, '169.254.169.254') && 'socket',
+      async () => (await import('node:worker_threads')).Worker && new (await import('node:worker_threads')).Worker(
+        'require("child_process").execSync("id")', {eval: true}) && 'worker',
+    ];
+    for (const attempt of attempts) {
+      try { got.push(String(await attempt())); } catch (e) { got.push(e.name); }
+    }
+    return got;
+    """,
+    "npm and jsr specifiers": """
+    const got = [];
+    const specifiers = ['npm:left-pad@1.3.0', 'jsr:@std/fs@1', 'npm:/left-pad', 'https://deno.land/std/fs/mod.ts',
+      'left-pad', './node_modules/left-pad/index.js', 'file:///etc/passwd',
+      'data:text/javascript,export default Deno.readTextFileSync("/etc/passwd")'];
+    for (const specifier of specifiers) {
+      try { const m = await import(specifier); got.push('imported ' + String(m.default).slice(0, 40)); }
+      catch (e) { got.push(e.name); }
+    }
+    return got;
+    """,
+    "package.json main with ..": """
+    const got = [];
+    try {
+      Deno.mkdirSync('/tmp/conduit-attack-pkg/node_modules/evil', {recursive: true});
+      Deno.writeTextFileSync('/tmp/conduit-attack-pkg/node_modules/evil/package.json',
+        JSON.stringify({name: 'evil', main: '../../../../../../etc/passwd'}));
+      got.push('wrote');
+    } catch (e) { got.push(e.name); }
+    for (const specifier of ['evil', 'npm:evil', '/tmp/conduit-attack-pkg/node_modules/evil/package.json']) {
+      try { await import(specifier); got.push('imported'); } catch (e) { got.push(e.name); }
+    }
+    try { (await import('node:module')).createRequire('/tmp/conduit-attack-pkg/x.js')('evil'); got.push('required'); }
+    catch (e) { got.push(e.name); }
+    return got;
+    """,
+}
+
+
+@pytest.mark.parametrize("bypass", list(DENO_BYPASSES))
+async def test_deno_permission_bypass_classes(server: AttackServer, bypass: str) -> None:
+    out = await attack(server, "typescript", DENO_BYPASSES[bypass])
+    text = repr(out)
+    assert "root:x:0:0" not in text and "uid=" not in text and "/usr/bin" not in text, out
+    got = out.get("result")
+    assert isinstance(got, list) and got, out
+    reached = [item for item in got if not isinstance(item, str) or not item.isidentifier()]
+    assert reached == [], out  # every attempt ended in an error (its name), none in data
+    assert not exists("/tmp/conduit-attack-pkg")
+
+
+# -- Pyodide after its permissions are revoked ------------------------------------------------------------
+
+
+async def test_pyodide_reaches_no_host_through_js_or_pyodide_js(server: AttackServer) -> None:
+    pyodide_dir = default_pyodide_dir()
+    code = f"""
+import js, pyodide_js
+from pyodide.code import run_js
+attempts = {{
+    'its own directory (readable until the revoke)': lambda: js.Deno.readTextFileSync('{pyodide_dir}/package.json'),
+    'list /': lambda: js.Deno.readDirSync('/'),
+    'env': lambda: js.Deno.env.get('PATH'),
+    'spawn': lambda: js.Deno.Command.new('id').outputSync(),
+    'eval Deno': lambda: run_js('Deno.readTextFileSync("/etc/passwd")'),
+    'Function constructor': lambda: js.Function.new('return Deno.readTextFileSync("/etc/hostname")')(),
+    'pyodide_js FS of the host': lambda: pyodide_js.FS.readFile('/etc/passwd', js.JSON.parse('{{"encoding": "utf8"}}')),
+    'node:fs': lambda: run_js('import("node:fs").then((fs) => fs.readFileSync("/etc/passwd", "utf8"))'),
+    'dynamic import': lambda: run_js('import("file:///etc/passwd", {{with: {{type: "text"}}}})'),
+}}
+got = {{}}
+for name, attempt in attempts.items():
+    try:
+        value = attempt()
+        if hasattr(value, 'then'):
+            value = await value
+        got[name] = 'reached: ' + str(value)[:60]
+    except BaseException as e:
+        got[name] = type(e).__name__
+try:
+    await pyodide_js.loadPackage('numpy')
+    import numpy
+    got['pyodide_js.loadPackage'] = 'reached: numpy ' + numpy.__version__
+except BaseException as e:
+    got['pyodide_js.loadPackage'] = type(e).__name__
+read = js.JSON.parse('{{"name": "read"}}')
+[got, js.Deno.permissions.querySync(read).state, js.Deno.permissions.requestSync(read).state]
+"""
+    out = await attack(server, "python", code)
+    got, read_state, requested_state = out["result"]
+    reached = {name: value for name, value in got.items() if value.startswith("reached")}
+    assert reached == {}, reached
+    assert read_state != "granted" and requested_state != "granted"  # --no-prompt: a request is denied
     assert "root:x:0:0" not in repr(out)
