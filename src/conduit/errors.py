@@ -17,6 +17,7 @@ Infrastructure failing is an exception; untrusted code failing is a value
     ├── BusyError                 the execution queue is full
     │   └── StoreUnavailableError the cluster's Redis is away and cluster.onStoreError is refuse
     ├── SandboxStartError         a sandbox process could not be started
+    ├── ListenError               an HTTP listener's address cannot be bound (a port in use)
     ├── BlockedAddressError       the SSRF guard refused an outbound destination (security/ssrf.py)
     ├── DiscoveryError            an OAuth server's metadata could not be found or is unusable
     └── AuthorizationError        an OAuth authorization was denied, tampered with or refused
@@ -125,6 +126,11 @@ class ToolCallLimitError(ConduitError):
     never sees it) and the program decides what to do."""
 
     code = TOOL_CALL_LIMIT
+
+
+class ListenError(ConduitError):
+    """An HTTP listener (the MCP endpoint, the ops port) cannot bind its address; the message names the
+    address, the listener and the option that moves it."""
 
 
 class AuthError(ConduitError):

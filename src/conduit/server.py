@@ -13,6 +13,7 @@ from conduit.auth.verifier import build_verifier
 from conduit.config.loader import LoadedConfig
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
+from conduit.errors import ListenError
 from conduit.security.callers import LOCAL, Caller
 from conduit.transport.body import limited
 from conduit.transport.disconnect import CancelOnDisconnect
@@ -107,8 +108,10 @@ async def _serve_ops(gateway: Gateway, required: bool, drain: Drain | None) -> N
             port=config.ops_port,
             log_level="warning",
             announce=announce,
+            listener="the ops endpoints (/live, /ready, /health, /metrics)",
+            moved_by="--ops-port N (opsPort: in the config, OPS_PORT in the environment), or turn them off: --no-ops",
         )
-    except OSError as exc:
+    except ListenError as exc:
         if required:
             raise
-        logger.warning("ops endpoints not served: cannot listen on %s:%d (%s)", config.ops_host, config.ops_port, exc)
+        logger.warning("ops endpoints not served: %s", exc.message)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from conduit.config.loader import LoadedConfig, load_config
+from conduit.config.loader import DEFAULT_FILENAMES, LoadedConfig, load_config
 from conduit.config.schema import Config
 from conduit.observability.logging import configure_logging
 
@@ -22,6 +22,17 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace, **overrides: Any) -> LoadedConfig:
     """The config named by ``--config`` (or found as usual), with ``overrides`` winning."""
     return load_config(getattr(args, "config", None), os.environ, Path.cwd(), overrides)
+
+
+def say_which_config(loaded: LoadedConfig) -> None:
+    """Tell the user, on stderr, when no config file was found: the run then has no upstreams at all."""
+    if loaded.source is None:
+        names = ", ".join(DEFAULT_FILENAMES)
+        print(
+            f"conduit: no config file found ({names} in {loaded.base_dir}; CONFIG_FILE unset): no upstreams, "
+            "so programs see no tools; pass --config PATH",
+            file=sys.stderr,
+        )
 
 
 def setup_logging(config: Config, *, level: str | None = None, extra_secrets: Iterable[str] = ()) -> None:

@@ -7,17 +7,19 @@ import os
 import sys
 
 from conduit import __version__
-from conduit.cli import auth, doctor, run, serve, tools
+from conduit.cli import auth, completion, doctor, run, serve, tools
 from conduit.errors import ConfigError
 
 EPILOG = """\
 examples:
   conduit serve --stdio                         serve MCP for Claude Desktop, VS Code...
-  conduit run examples/catalog.ts               run a program through the sandbox and the upstreams
+  conduit run examples/cheapest_in_stock.ts --config examples/demo.yaml
+                                                run a program through the sandbox and the upstreams
   conduit tools                                 list the upstream tools programs can call
   conduit tools catalog__get_stock              one tool's description and input schema
   conduit auth https://mcp.example.com/mcp      get OAuth credentials for an upstream
   conduit doctor                                check the installation
+  conduit completion bash                       a completion script (bash, zsh, fish)
 
 Every command takes --config PATH (default: CONFIG_FILE, else ./conduit.yaml); `conduit COMMAND --help`
 tells more.
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"conduit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (serve, run, tools, auth, doctor):
+    for command in (serve, run, tools, auth, doctor, completion):
         command.add_parser(commands)
     return parser
 

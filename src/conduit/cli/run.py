@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from conduit.cli.common import add_config_option, load, report, setup_logging
+from conduit.cli.common import add_config_option, load, report, say_which_config, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.config.schema import PYTHON_ENGINES
 from conduit.core.languages import BY_ALIAS, BY_EXTENSION
@@ -23,12 +23,13 @@ from conduit.sandbox.base import RunOutcome
 from conduit.security.tokens import mint_token
 
 EPILOG = """\
-The language follows the file's extension (.ts TypeScript in Deno, .py Python in Pyodide, .js JavaScript
-in a V8 isolate) unless --lang says otherwise. Upstreams come from the config, as for `conduit serve`.
+The language follows the file's extension (.ts TypeScript in Deno, .py Python on Monty, or in Pyodide
+when the program needs what Monty lacks (--engine chooses), .js JavaScript in a V8 isolate) unless --lang
+says otherwise. Upstreams come from the config, as for `conduit serve`.
 
 examples:
-  conduit run examples/catalog.ts --config examples/demo.yaml
-  conduit run examples/stock_report.py --allow 'catalog.*'
+  conduit run examples/cheapest_in_stock.ts --config examples/demo.yaml
+  conduit run examples/stock_report.py --config examples/demo.yaml --allow 'catalog.*'
   echo 'return 6 * 7' | conduit run - --lang js
   conduit run examples/restock_notice.js --url http://127.0.0.1:3000/mcp     (token from IPC_BEARER_TOKEN)
 """
@@ -79,11 +80,15 @@ def run(args: argparse.Namespace) -> int:
         from conduit.cli.remote import run_remote
 
         token = args.token or os.environ.get("IPC_BEARER_TOKEN", "")
+        if not token.strip():
+            print("conduit: no token: set IPC_BEARER_TOKEN or pass --token", file=sys.stderr)
+            return 2
         return run_remote(args.url, token, language, code, allowed, limits, args.engine)
     # A one-shot run needs no sandboxes started ahead of it.
     cold = {"min": 0, "max": 0}
     pools = {"typescript": cold, "python": cold, "isolate": {"min": 0}, "monty": {"min": 0}}
     loaded = load(args, pools=pools, opsEnabled=False)
+    say_which_config(loaded)
     config = loaded.config
     setup_logging(config, level="warning")
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from conduit.catalog import Catalog, ToolEntry, qualify
-from conduit.cli.common import add_config_option, load, setup_logging
+from conduit.cli.common import add_config_option, load, say_which_config, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.core.languages import BY_ALIAS
 from conduit.sdk.naming import identifier
@@ -51,6 +51,7 @@ def add_parser(commands: Any) -> None:
 
 def tools(args: argparse.Namespace) -> int:
     loaded = load(args)
+    say_which_config(loaded)
     setup_logging(loaded.config, level="warning")
     catalog, causes = anyio.run(catalog_of, loaded)
     for upstream, reason in causes.items():

@@ -14,6 +14,8 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
+from conduit.errors import ListenError
+
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S: Final = 5
@@ -38,6 +40,8 @@ async def serve_http(
     log_level: str,
     announce: str = "Conduit listening on {url}/mcp",
     trusted_proxies: Sequence[str] = (),
+    listener: str = "the MCP endpoint",
+    moved_by: str = "--port N (port: in the config, PORT in the environment; 0 picks a free port)",
 ) -> None:
     """Serve ``app`` with uvicorn until stopped; prints ``announce`` (with ``{url}``) on stderr once bound.
 
@@ -45,7 +49,7 @@ async def serve_http(
     own default would believe any loopback client: one could pose as another address).
 
     Raises:
-        OSError: the address cannot be bound.
+        ListenError: the address cannot be bound; the message names ``listener`` and what moves it (``moved_by``).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -55,9 +59,10 @@ async def serve_http(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        why = (exc.strerror or str(exc)).lower()
+        raise ListenError(f"cannot listen on {host}:{port} for {listener}: {why}; move it with {moved_by}") from None
     sock.listen(128)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if family == socket.AF_INET6 else bound_host

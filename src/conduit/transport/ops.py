@@ -1,4 +1,4 @@
-"""The ops endpoints: ``/live``, ``/ready``, ``/health`` and ``/metrics``.
+"""The ops endpoints: ``/live``, ``/ready``, ``/health`` and ``/metrics`` (and ``/``, a page linking them).
 
 ``/live`` is 200 while the process serves (a liveness probe: restart it when not). ``/ready`` is 200
 until SIGTERM starts the drain (a readiness probe: a load balancer sends requests only while it is);
@@ -8,14 +8,29 @@ an upstream that is down does not make a replica unready, since every replica sh
 
 from __future__ import annotations
 
+from typing import Final
+
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from conduit.core.gateway import Gateway
 from conduit.observability.metrics import CONTENT_TYPE
 from conduit.transport.drain import Drain
+
+INDEX: Final = """<!doctype html>
+<title>Conduit ops</title>
+<h1>Conduit ops</h1>
+<ul>
+<li><a href="/health">/health</a>: each runtime, upstream and wall, 200 or 503 with the reasons</li>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/ready">/ready</a>: the readiness probe (503 while draining)</li>
+<li><a href="/live">/live</a>: the liveness probe</li>
+</ul>
+<p>MCP itself is served on the main port, at <code>/mcp</code>.</p>
+"""
+"""What the ops port's ``/`` answers: where everything else is."""
 
 
 def build_ops_app(gateway: Gateway, drain: Drain | None = None) -> Starlette:
@@ -34,5 +49,14 @@ def build_ops_app(gateway: Gateway, drain: Drain | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
-    routes = [Route("/live", live), Route("/ready", ready), Route("/health", health), Route("/metrics", metrics)]
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(INDEX)
+
+    routes = [
+        Route("/", index),
+        Route("/live", live),
+        Route("/ready", ready),
+        Route("/health", health),
+        Route("/metrics", metrics),
+    ]
     return Starlette(routes=routes)
