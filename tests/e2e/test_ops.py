@@ -285,7 +285,9 @@ async def test_each_tool_call_gets_one_audit_record_without_arguments_or_results
     audit = [
         r
         for r in records
-        if r["logger"] == "conduit.audit" and r["execution_id"] in {s["execution_id"] for s in started}
+        if r["logger"] == "conduit.audit"
+        and r["message"] == "tool call"
+        and r["execution_id"] in {s["execution_id"] for s in started}
     ]
     assert [(r["tool"], r["outcome"]) for r in audit] == [
         ("toolbox__echo", "ok"),

@@ -86,7 +86,8 @@ async def test_one_broken_upstream_does_not_hide_the_others(task_group: TaskGrou
         catalog = await reg.catalog()
     assert {entry.upstream for entry in catalog.tools} == {"toolbox"}
     assert set(catalog.failures) == {"missing", "exits", "remote"}
-    assert all(reason == f"upstream {name!r} is unavailable" for name, reason in catalog.failures.items())
+    assert all(reason.startswith(f"upstream {name!r} is unavailable: ") for name, reason in catalog.failures.items())
+    assert catalog.failures["missing"].endswith(f"command not found: {str(tmp_path / 'no-such-server')!r}")
     assert "cannot resolve 'example.invalid'" in (reg.connections["remote"].last_error or "")
     # A failed upstream is not retried on every request: within its backoff the next catalog does not try again.
     attempts = {name: reg.connections[name].failures for name in ("missing", "exits", "remote")}

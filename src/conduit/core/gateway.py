@@ -40,6 +40,7 @@ from conduit.core import engines
 from conduit.core.admission import Admission
 from conduit.core.approvals import Approvals, Asker
 from conduit.core.health import health_report
+from conduit.core.hints import explain_missing_tool, unmatched_patterns
 from conduit.core.languages import BY_NAME, LANGUAGES
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.runs import BOOT, Run, Runs
@@ -78,6 +79,9 @@ class Plan:
     allowlist: Allowlist
     engine: Any
     caller: Caller
+    requested: tuple[str, ...] = ()
+    """The allowlist patterns the request named itself (none: the default), checked against what the run
+    can reach once it runs (:func:`~conduit.core.hints.unmatched_patterns`)."""
 
 
 BridgeMethod = Callable[[BridgeCaller, Mapping[str, Any]], Awaitable[Any]]
@@ -227,14 +231,16 @@ class Gateway:
         if background:
             ceiling = ceiling.model_copy(update={"timeout_ms": self.config.background.max_timeout_ms})
         effective = ceiling.lowered(caller.limits).lowered(limits)
-        allowlist = caller.narrow(self.parse_allowlist(allowed_tools))
+        requested = self.parse_allowlist(allowed_tools)
+        allowlist = caller.narrow(requested)
         if language == "python":
             engine = engines.requested_engine(engine, self.config.python_engine)
         elif engine is not None:
             raise InvalidParamsError("engine applies to Python programs only")
         if language not in self.runtimes:
             raise MethodNotFoundError(f"the {language} runtime is not available yet in this version")
-        return Plan(language, code, effective, allowlist, engine, caller)
+        named = requested.patterns if allowed_tools is not None else ()
+        return Plan(language, code, effective, allowlist, engine, caller, named)
 
     async def run(
         self,
@@ -262,11 +268,18 @@ class Gateway:
         started = time.perf_counter()
         outcome_label = "internal_error"
         metric = language
+        began = False
+        exit_code: int | None = None
         with self.tracing.execution(execution_id, language) as span:
             span["principal"] = caller.id
             try:
                 async with self._share(caller), self.admission.slot():
-                    sdk = self._sdk(language, await self.visible_catalog(allowlist))
+                    visible = await self.visible_catalog(allowlist)
+                    warnings = unmatched_patterns(plan.requested, visible)
+                    if on_output is not None:
+                        for warning in warnings:
+                            on_output("stderr", warning)
+                    sdk = self._sdk(language, visible)
                     chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
                     metric = chosen.runtime if chosen else language
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
@@ -274,20 +287,15 @@ class Gateway:
                         execution_id, allowlist, caller, asker, effective.max_tool_calls
                     ) as session:
                         logger.info("execution started", extra={"runtime": metric})
+                        began = True
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
                 if chosen is not None:
                     outcome = dataclasses.replace(outcome, engine=chosen.engine)
+                outcome = explain_missing_tool(outcome, code, visible)
+                if warnings:
+                    outcome = dataclasses.replace(outcome, stderr="".join(warnings) + outcome.stderr)
                 outcome_label = execution_outcome(outcome.error.code if outcome.error else None)
-                span["exit_code"] = outcome.exit_code
-                logger.info(
-                    "execution ended",
-                    extra={
-                        "runtime": metric,
-                        "outcome": outcome_label,
-                        "exit_code": outcome.exit_code,
-                        "duration_ms": round(outcome.duration_ms, 1),
-                    },
-                )
+                span["exit_code"] = exit_code = outcome.exit_code
                 return outcome
             except ConduitError as exc:
                 outcome_label = execution_outcome(exc.code)
@@ -297,11 +305,35 @@ class Gateway:
                 raise
             finally:
                 span["outcome"] = outcome_label
+                if began:  # every execution that started ends with one record, however it ended
+                    self._ended(caller, execution_id, metric, outcome_label, exit_code, time.perf_counter() - started)
                 if outcome_label != "invalid":
                     self.metrics.executions.labels(metric, outcome_label).inc()
                     self.metrics.principal_executions.labels(caller.id, outcome_label).inc()
                     self.metrics.execution_seconds.labels(metric).observe(time.perf_counter() - started)
                 EXECUTION_ID.reset(token)
+
+    @staticmethod
+    def _ended(
+        caller: Caller, execution_id: str, runtime: str, outcome: str, exit_code: int | None, seconds: float
+    ) -> None:
+        """The end of a started execution: one log record and one audit record, whatever ended it (its
+        outcome, a cancel, a client that went away, a server that stops)."""
+        duration_ms = round(seconds * 1000, 1)
+        logger.info(
+            "execution ended",
+            extra={"runtime": runtime, "outcome": outcome, "exit_code": exit_code, "duration_ms": duration_ms},
+        )
+        AUDIT.info(
+            "execution",
+            extra={
+                "principal": caller.id,
+                "execution_id": execution_id,
+                "runtime": runtime,
+                "outcome": outcome,
+                "duration_ms": duration_ms,
+            },
+        )
 
     def start_run(
         self,
@@ -386,7 +418,7 @@ class Gateway:
         discover a tool it may not call. Calling one anyway (``$raw``) fails on the host with the same
         error as a tool that does not exist.
         """
-        return self._sdks.get(language, self.registry.version, visible.tools, BY_NAME[language].sdk)
+        return self._sdks.get(language, self.registry.version, visible.tools, BY_NAME[language].sdk, visible.failures)
 
     # -- tools ------------------------------------------------------------------------------------------
 

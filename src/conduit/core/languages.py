@@ -28,7 +28,9 @@ from conduit.sandbox.walls import Walls
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_deno_sdk, generate_javascript_sdk, generate_typescript_sdk
 
-SdkGenerator = Callable[[Iterable[ToolEntry]], str]
+SdkGenerator = Callable[[Iterable[ToolEntry], Iterable[str]], str]
+"""``(entries, unavailable upstreams) -> source``: the SDK of the tools an execution may call."""
+StubsGenerator = Callable[[Iterable[ToolEntry]], str]
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Language:
     """What its MCP tool tells an agent."""
     sdk: SdkGenerator
     """The SDK its sandboxes load."""
-    stubs: SdkGenerator
+    stubs: StubsGenerator
     """The SDK as people and agents read it (``conduit tools --sdk``)."""
     build: Callable[[RuntimeParts], Runtime]
     engines: tuple[tuple[str, Callable[[RuntimeParts], Runtime]], ...] = ()

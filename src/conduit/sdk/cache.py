@@ -24,13 +24,16 @@ class SdkCache:
         language: str,
         version: Hashable,
         entries: Sequence[ToolEntry],
-        generate: Callable[[Iterable[ToolEntry]], str],
+        generate: Callable[[Iterable[ToolEntry], Iterable[str]], str],
+        unavailable: Iterable[str] = (),
     ) -> str:
-        """The SDK ``generate`` makes for ``entries`` (catalog ``version``), made once."""
-        key = (language, version, tuple(entry.qualified for entry in entries))
+        """The SDK ``generate`` makes for ``entries`` and the ``unavailable`` upstreams (catalog ``version``), made
+        once."""
+        down = tuple(sorted(unavailable))
+        key = (language, version, tuple(entry.qualified for entry in entries), down)
         source = self._sources.get(key)
         if source is None:
-            source = generate(entries)
+            source = generate(entries, down)
             self._sources[key] = source
             if len(self._sources) > self._size:
                 self._sources.popitem(last=False)

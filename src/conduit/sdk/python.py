@@ -111,10 +111,13 @@ def python_declaration(entry: ToolEntry) -> str:
     return f"{types.source()}{call}{body}"
 
 
-def generate_python_sdk(entries: Iterable[ToolEntry]) -> str:
+def generate_python_sdk(entries: Iterable[ToolEntry], unavailable: Iterable[str] = ()) -> str:
     """Python source defining ``tools`` for ``entries``, and the ``TypedDict``s of typed tools' results
     (between the markers :func:`without_result_types` cuts at; the names are importable from
-    ``conduit_tools`` on Pyodide)."""
+    ``conduit_tools`` on Pyodide).
+
+    ``unavailable`` upstreams get no namespace here (Monty has no ``__getattr__`` to make one of any
+    name): a program that reaches for one is told why it is down (:mod:`conduit.core.hints`)."""
     types = TypedDicts()
     classes: list[str] = []
     attributes: list[str] = []

@@ -225,18 +225,25 @@ def generate_typescript_sdk(entries: Iterable[ToolEntry]) -> str:
     return _TYPESCRIPT.replace("/*UPSTREAMS*/\n", _upstream_blocks(entries, typed=True))
 
 
-def generate_deno_sdk(entries: Iterable[ToolEntry]) -> str:
+def generate_deno_sdk(entries: Iterable[ToolEntry], unavailable: Iterable[str] = ()) -> str:
     """The SDK a TypeScript sandbox imports: the JavaScript SDK as an ES module exporting ``createTools``.
 
     Types only serve the declarations the model reads (:func:`generate_typescript_sdk`); the sandbox
     does not type-check, so it is sent JavaScript and Deno has nothing to transpile (~1 ms per run).
     """
-    return "export " + generate_javascript_sdk(entries)
+    return "export " + generate_javascript_sdk(entries, unavailable)
 
 
-def generate_javascript_sdk(entries: Iterable[ToolEntry]) -> str:
-    """The SDK as a plain JavaScript function expression ``function createTools(call) {...}`` (for V8 isolates)."""
-    return _JAVASCRIPT.replace("/*UPSTREAMS*/\n", _upstream_blocks(entries, typed=False))
+def generate_javascript_sdk(entries: Iterable[ToolEntry], unavailable: Iterable[str] = ()) -> str:
+    """The SDK as a plain JavaScript function expression ``function createTools(call) {...}`` (for V8 isolates).
+
+    Each of the ``unavailable`` upstreams (configured and allowed, but down) keeps its namespace: calling any
+    of its tools asks the host, which throws -32005 with why the upstream is down.
+    """
+    kept = "".join(
+        f"    {identifier(upstream)}: unavailable({json.dumps(upstream)}),\n" for upstream in sorted(unavailable)
+    )
+    return _JAVASCRIPT.replace("/*UPSTREAMS*/\n", _upstream_blocks(entries, typed=False) + kept)
 
 
 _TYPESCRIPT: Final = """\
@@ -273,6 +280,11 @@ _JAVASCRIPT: Final = """\
 function createTools(call) {
   const invoke = (name, args) => call("mcp_call_tool", { name, arguments: args ?? {} });
   const value = (name, args) => call("mcp_call_tool", { name, arguments: args ?? {}, structured: true });
+  const unavailable = (upstream) =>
+    new Proxy(Object.freeze({}), {
+      get: (_, name) =>
+        typeof name === "string" && name !== "then" ? (args) => invoke(`${upstream}__${name}`, args) : undefined,
+    });
   const tools = {
 /*UPSTREAMS*/
     /** Call any allowed tool by its qualified name, e.g. `$raw("github__create_issue", {...})`: the whole result. */

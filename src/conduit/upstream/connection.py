@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp import Client, StdioServerParameters
 from mcp.client._transport import Transport
 from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared.exceptions import MCPError
@@ -36,6 +37,7 @@ from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.credentials import build_auth
 from conduit.upstream.network import READ_TIMEOUT, guarded_client
 from conduit.upstream.plain_http import plain_http_client
+from conduit.upstream.stderr import StderrPipe
 from conduit.upstream.token_state import token_state_for
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ SAFE_ENV_NAMES: Final = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TM
 _CLOSE_TIMEOUT: Final = 10.0
 RETRY_BASE: Final = 1.0
 RETRY_MAX: Final = 30.0
+STDERR_GRACE_S: Final = 0.2
+"""How long a failed start waits for the upstream's last stderr lines to be read, to quote them."""
 """After a failed connect, further attempts wait 1 s, 2 s, 4 s... up to this many seconds."""
 
 
@@ -104,6 +108,8 @@ class UpstreamConnection:
         state = token_state_for(shared, config.id, credentials, principal)
         self._auth = build_auth(credentials, lambda: guarded_client(self._network), on_rotate, state)
         self._http_refusals: list[str] = []
+        self._stderr: StderrPipe | None = None
+        """A stdio upstream's stderr, logged under its id (its last lines explain a failed start)."""
         self._lock = anyio.Lock()
         self._client: Client | None = None
         self._close: anyio.Event | None = None
@@ -198,7 +204,7 @@ class UpstreamConnection:
 
     async def _connect(self) -> None:
         if anyio.current_time() < self._retry_at:
-            raise UpstreamError(f"upstream {self.id!r} is unavailable")
+            raise UpstreamError(self._unavailable())
         self._http_refusals.clear()
         timeout = self.config.connect_timeout_ms / 1000
         try:
@@ -210,6 +216,8 @@ class UpstreamConnection:
             self.last_error = _describe(exc)
             if self._http_refusals:  # the SDK reports HTTP failures without their status
                 self.last_error += f" ({self._http_refusals[-1]})"
+            if self._stderr is not None and (said := await self._stderr_tail()):
+                self.last_error += f"; its stderr: {said}"
         else:
             self.last_error = None
             self.failures = 0
@@ -218,7 +226,22 @@ class UpstreamConnection:
         self.failures += 1
         self._retry_at = anyio.current_time() + min(RETRY_MAX, RETRY_BASE * 2 ** (self.failures - 1))
         logger.warning("upstream %s could not be connected: %s", self.id, self.last_error)
-        raise UpstreamError(f"upstream {self.id!r} is unavailable")
+        raise UpstreamError(self._unavailable())
+
+    async def _stderr_tail(self) -> str:
+        """The last lines a stdio upstream printed to stderr, once all were read (briefly waited for)."""
+        assert self._stderr is not None
+        with anyio.move_on_after(STDERR_GRACE_S):
+            await self._stderr.ended.wait()
+        return self._stderr.tail()
+
+    def _unavailable(self) -> str:
+        """What a caller of a tool of this upstream is told while it cannot be connected: why."""
+        return (
+            f"upstream {self.id!r} is unavailable: {self.last_error}"
+            if self.last_error
+            else (f"upstream {self.id!r} is unavailable")
+        )
 
     async def _hold_connection(self, *, task_status: TaskStatus[None]) -> None:
         close, closed = anyio.Event(), anyio.Event()
@@ -256,12 +279,16 @@ class UpstreamConnection:
             assert config.command is not None
             env = upstream_environment(config.env, self._host_env)
             cwd = self._base_dir / config.cwd if config.cwd else self._base_dir
-            return StdioServerParameters(
+            params = StdioServerParameters(
                 command=resolve_command(config.command, env.get("PATH")),
                 args=list(config.args),
                 env=env,
                 cwd=str(cwd),
             )
+            self._stderr = StderrPipe(self.id)
+            self._stderr.start(self._tg)
+            stack.callback(self._stderr.close)
+            return stdio_client(params, errlog=self._stderr.errlog)
         assert config.url is not None
         if config.type == "sse":
 
@@ -345,4 +372,8 @@ def _describe(exc: BaseException) -> str:
         return "; ".join(_describe(inner) for inner in exc.exceptions)
     if isinstance(exc, MCPError):
         return exc.error.message
+    if isinstance(exc, FileNotFoundError) and exc.filename:  # a stdio upstream's command
+        return f"command not found: {exc.filename!r}"
+    if isinstance(exc, PermissionError) and exc.filename:
+        return f"command not executable: {exc.filename!r}"
     return str(exc) or type(exc).__name__
