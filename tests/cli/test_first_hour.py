@@ -268,3 +268,38 @@ async def test_the_ops_root_links_the_endpoints(tmp_path: Path) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for path in ("/health", "/metrics", "/ready", "/live"):
         assert f'href="{path}"' in page.text
+
+
+# 3. errors point at the program ---------------------------------------------------------------------------------
+
+FAULTY = {
+    "syntax": {"ts": "const a = 1;\nconst x = {;\n", "js": "const a = 1;\nconst x = {;\n", "py": "a = 1\nx = {;\n"},
+    "thrown": {
+        "ts": "const a = 1;\nthrow new Error('boom');\n",
+        "js": "const a = 1;\nthrow new Error('boom');\n",
+        "py": "a = 1\nraise ValueError('boom')\n",
+    },
+    "first line": {"ts": "nope();\n", "js": "nope();\n", "py": "nope()\n"},
+}
+
+
+@pytest.mark.parametrize("lang", ["ts", "js", "py"])
+@pytest.mark.parametrize("fault", list(FAULTY))
+def test_errors_name_the_programs_own_line_and_nothing_of_the_wrapper(fault: str, lang: str) -> None:
+    code = FAULTY[fault][lang]
+    done = cli("run", "-", "--lang", lang, "--config", str(EXAMPLES / "demo.yaml"), stdin=code)
+    assert done.returncode != 0
+    row = 1 if fault == "first line" else 2
+    wanted = {"ts": f"program.ts:{row}:", "js": f"program.js:{row}", "py": f"line {row}"}[lang]
+    assert wanted in done.stderr, done.stderr
+    for wrapper in (
+        "export default (async",
+        "__conduitRunner",
+        "TypeError: SyntaxError",
+        "program.ts:4",
+        "program.js:4",
+    ):
+        assert wrapper not in done.stderr, (wrapper, done.stderr)
+    if lang != "py" and fault != "syntax":
+        source_line = code.split("\n")[row - 1].strip()
+        assert f"(at {wanted}" in last_line(done.stderr) and f": {source_line})" in last_line(done.stderr)

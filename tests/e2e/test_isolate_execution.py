@@ -197,7 +197,8 @@ async def test_syntax_errors_point_at_the_program(conduit: Client) -> None:
 async def test_uncaught_error_has_a_clean_stack(conduit: Client) -> None:
     is_error, out = await run_js(conduit, 'console.log("before");\nthrow new RangeError("nope");')
     assert is_error
-    assert (out["exitCode"], out["error"]) == (1, {"code": -32001, "message": "RangeError: nope"})
+    message = 'RangeError: nope (at program.js:2:7: throw new RangeError("nope");)'
+    assert (out["exitCode"], out["error"]) == (1, {"code": -32001, "message": message})
     assert "program.js:2" in out["stderr"]
     assert ".py" not in out["stderr"] and "<anonymous>" not in out["stderr"]
 

@@ -140,7 +140,11 @@ async def test_uncaught_error_gives_exit_code_1_and_clean_stack(conduit: Client)
     assert is_error
     assert out["exitCode"] == 1
     assert out["stdout"] == "before\n"
-    assert out["error"] == {"code": -32001, "message": "TypeError: kaput"}
+    # where it was thrown, in the program as written, with the line's text
+    assert out["error"] == {
+        "code": -32001,
+        "message": 'TypeError: kaput (at program.ts:2:7: throw new TypeError("kaput");)',
+    }
     assert "program.ts:2" in out["stderr"]
     assert "data:" not in out["stderr"] and "harness" not in out["stderr"] and "/work" not in out["stderr"]
 
@@ -149,7 +153,7 @@ async def test_unhandled_rejection_is_reported(conduit: Client) -> None:
     code = 'Promise.reject(new Error("late")); await new Promise(r => setTimeout(r, 50));'
     is_error, out = await run_ts(conduit, code)
     assert is_error
-    assert out["error"]["message"] == "Error: late"
+    assert out["error"]["message"].startswith("Error: late (at program.ts:1:16: Promise.reject(")
 
 
 async def test_syntax_error_is_a_program_error(conduit: Client) -> None:

@@ -58,6 +58,7 @@ from conduit.observability.context import EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
 from conduit.sandbox.base import Job, RunOutcome, Runtime
+from conduit.sandbox.program import position_fixer, with_program_positions
 from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
 from conduit.security.allowlist import Allowlist, AllowlistError
@@ -283,14 +284,23 @@ class Gateway:
                     chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
                     metric = chosen.runtime if chosen else language
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
+                    fix = position_fixer(metric, code)
+                    shown = on_output
+                    if fix is not None and on_output is not None:
+                        live = on_output
+
+                        def shown(stream: str, text: str) -> None:  # a stack is written in one piece
+                            live(stream, fix(text) if stream == "stderr" else text)
+
                     with self.sessions.session(
                         execution_id, allowlist, caller, asker, effective.max_tool_calls
                     ) as session:
                         logger.info("execution started", extra={"runtime": metric})
                         began = True
-                        outcome = await sandbox.run(Job(code, sdk, session.token, effective, on_output))
+                        outcome = await sandbox.run(Job(code, sdk, session.token, effective, shown))
                 if chosen is not None:
                     outcome = dataclasses.replace(outcome, engine=chosen.engine)
+                outcome = with_program_positions(outcome, code, fix)
                 outcome = explain_missing_tool(outcome, code, visible)
                 if warnings:
                     outcome = dataclasses.replace(outcome, stderr="".join(warnings) + outcome.stderr)

@@ -23,11 +23,15 @@ is never the main module of a Deno sandbox, so anything it imports at run time
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
+
+from conduit.sandbox.base import RunError, RunOutcome
+from conduit.sandbox.isolate_worker import program_script
 
 _OPEN: Final = "export default (async () => {"
 _CLOSE: Final = "\n})();\n"
@@ -335,3 +339,100 @@ def isolate_body(code: str) -> str:
     program = parse_program(code, "program.js")
     directive = '"use strict";' if program.is_module else ""
     return f"{directive}{_throw(program.error)}{program.body}"
+
+
+_FRAME: Final = re.compile(r"^(\s*at (?:.*?\()?)(program\.(?:ts|js)):(\d+):(\d+)(\)?)\s*$")
+_POSITION: Final = re.compile(r"program\.(ts|js):(\d+):(\d+)")
+_CODE_LINE: Final = re.compile(r"^(\d+) \| ")
+_CARET: Final = re.compile(r"^(\s*\| )(.*)$")
+
+
+def point_at_program(text: str, code: str, wrapped: str) -> str:
+    """``text`` (a TypeScript/JavaScript error or stack) with positions in ``code``, the program as written,
+    rather than in ``wrapped``, what the sandbox ran: the wrapper's own frames dropped, columns on the
+    first line moved back past the wrapper's opening, the wrapper cut from code frames, and Deno's
+    ``TypeError: SyntaxError:`` said once.
+
+    >>> code = "const x = {;"
+    >>> wrapped = typescript_module(code)
+    >>> print(point_at_program("TypeError: SyntaxError: Unexpected token `;`\\n  |\\n1 | " + wrapped.split("\\n")[0]
+    ...     + "\\n  |" + " " * 41 + "~\\n    at program.ts:1:41", code, wrapped))
+    SyntaxError: Unexpected token `;`
+      |
+    1 | const x = {;
+      |            ~
+        at program.ts:1:12
+    >>> stack = "Error: boom\\n    at f (program.js:2:9)\\n    at program.js:4:3"
+    >>> print(point_at_program(stack, "f()\\nthrow 1", "x" + code))
+    Error: boom
+        at f (program.js:2:9)
+    """
+    first = code.split("\n", 1)[0]
+    offset = max(0, len(wrapped.split("\n", 1)[0]) - len(first))
+    lines = code.count("\n") + 1
+    out: list[str] = []
+    strip_caret = False
+    for line in text.replace("TypeError: SyntaxError: ", "SyntaxError: ").split("\n"):
+        if frame := _FRAME.match(line):
+            row, column = int(frame[3]), int(frame[4])
+            if row > lines or (row == 1 and column <= offset):
+                continue  # the wrapper's own frame
+            if row == 1:
+                line = f"{frame[1]}{frame[2]}:1:{column - offset}{frame[5]}"
+            out.append(line)
+            continue
+        if strip_caret and (caret := _CARET.match(line)):
+            line = caret[1] + caret[2][offset:]
+        strip_caret = False
+        if (
+            (number := _CODE_LINE.match(line))
+            and number[1] == "1"
+            and offset
+            and line[len(number[0]) :].startswith(wrapped[:offset])
+        ):
+            line = number[0] + line[len(number[0]) + offset :]
+            strip_caret = True
+        out.append(_POSITION.sub(lambda m: _moved(m, offset), line))
+    return "\n".join(out)
+
+
+def _moved(match: re.Match[str], offset: int) -> str:
+    row, column = int(match[2]), int(match[3])
+    return f"program.{match[1]}:{row}:{column - offset if row == 1 and column > offset else column}"
+
+
+def position_fixer(runtime: str, code: str) -> Callable[[str], str] | None:
+    """What turns a TypeScript (``typescript``) or JavaScript (``isolate``) run's errors and stderr into
+    positions in ``code`` as written (:func:`point_at_program`); None for other runtimes."""
+    if runtime == "typescript":
+        wrapped = typescript_module(code)
+    elif runtime == "isolate":
+        wrapped = program_script(isolate_body(code))
+    else:
+        return None
+    return lambda text: point_at_program(text, code, wrapped)
+
+
+def with_program_positions(outcome: RunOutcome, code: str, fix: Callable[[str], str] | None) -> RunOutcome:
+    """``outcome`` with its stderr and error message passed through ``fix`` (:func:`position_fixer`), and
+    the error saying where in ``code`` it was thrown, with that line's text.
+
+    >>> fix = position_fixer("isolate", "const a = 1;\\nnope();")
+    >>> failed = RunOutcome("", "Uncaught ReferenceError: nope is not defined\\n    at program.js:2:1\\n", 1,
+    ...     RunError(-32001, "ReferenceError: nope is not defined"))
+    >>> with_program_positions(failed, "const a = 1;\\nnope();", fix).error.message
+    'ReferenceError: nope is not defined (at program.js:2:1: nope();)'
+    """
+    if fix is None:
+        return outcome
+    error = outcome.error
+    stderr = fix(outcome.stderr)
+    if error is None:
+        return dataclasses.replace(outcome, stderr=stderr)
+    message = fix(error.message)
+    if "program." not in message and (where := _POSITION.search(stderr)):  # say where, and the line there
+        row = int(where[2])
+        lines = code.split("\n")
+        text = lines[row - 1].strip() if 0 < row <= len(lines) else ""
+        message += f" (at {where[0]}{': ' + text if text else ''})"
+    return dataclasses.replace(outcome, stderr=stderr, error=RunError(error.code, message))
