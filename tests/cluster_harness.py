@@ -93,10 +93,20 @@ class Replica:
         return f"http://127.0.0.1:{self.ops_port}"
 
     async def start(self) -> None:
-        self.stack = AsyncExitStack()
-        self.server = await self.stack.enter_async_context(
-            ConduitHttp.start(self.config, token=MASTER_TOKEN, port=self.port)
-        )
+        """Start the replica on its port. A restarted replica's port (chosen free at first) may meanwhile be
+        the local end of some outgoing connection on this machine: it is tried again then, briefly."""
+        for attempt in range(10):
+            self.stack = AsyncExitStack()
+            try:
+                self.server = await self.stack.enter_async_context(
+                    ConduitHttp.start(self.config, token=MASTER_TOKEN, port=self.port)
+                )
+                return
+            except RuntimeError as exc:
+                await self.stack.aclose()
+                if "address already in use" not in str(exc) or attempt == 9:
+                    raise
+                await anyio.sleep(0.5)
 
     async def stop(self) -> None:
         if self.stack is not None:

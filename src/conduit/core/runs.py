@@ -36,6 +36,9 @@ from conduit.security.callers import Caller
 
 logger = logging.getLogger(__name__)
 
+ANNOUNCE_TIMEOUT_S: Final = 2.0
+"""At most this long a new run's id waits for its first mirror record (Redis slow or away)."""
+
 BOOT: Final = secrets.token_hex(4)
 """This process's part of every run id."""
 _ID: Final = re.compile(r"^([0-9a-f]{8})-([0-9a-f]{24})$")
@@ -76,6 +79,8 @@ class Run:
     pending: dict[str, Pending] = field(default_factory=dict)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    announced: anyio.Event = field(default_factory=anyio.Event)
+    """Set once every replica can find the run (its first mirror record is written; at once without a cluster)."""
     on_output: Callable[[str, str], None] | None = None
     """Who else wants the output as it arrives (a foreground request's progress stream)."""
     resume_token: str = ""
@@ -227,7 +232,15 @@ class Runs:
         self._tasks.start_soon(self._run, run, work)
         if self._mirror is not None:
             self._tasks.start_soon(self._mirrored, run, self._mirror)
+        else:
+            run.announced.set()
         return run
+
+    async def announced(self, run: Run) -> None:
+        """Wait until every replica can find ``run`` (at most :data:`ANNOUNCE_TIMEOUT_S`): its id is handed to
+        the client only then, or the client's next request, on another replica, would find no such run."""
+        with anyio.move_on_after(ANNOUNCE_TIMEOUT_S):
+            await run.announced.wait()
 
     async def _run(self, run: Run, work: Work) -> None:
         try:
@@ -258,7 +271,10 @@ class Runs:
             changed = run.changed
             record = _record(run)
             if record != published:
-                await mirror.publish(run.id, record, finished=not run.running)
+                try:
+                    await mirror.publish(run.id, record, finished=not run.running)
+                finally:
+                    run.announced.set()  # written, or failed (Redis away): the client is not kept waiting
                 published = record
             if not run.running:
                 return

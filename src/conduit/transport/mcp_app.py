@@ -272,6 +272,7 @@ async def _detached(
                 plan = _plan(gateway, language, arguments, caller, background=background)
                 run = gateway.start_run(plan, background=background, askable=run_tools.can_ask(ctx))
                 if background:
+                    await gateway.runs.announced(run)  # the next status read may land on any replica
                     return json_result({"executionId": run.id, "status": "running"})
             if isinstance(run, Run):  # another replica's run streams nothing here; its result has all the output
                 run.on_output = progress.feed if progress else None
