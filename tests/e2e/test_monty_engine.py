@@ -445,8 +445,8 @@ async def test_a_worker_found_dead_before_its_program_started_runs_it_on_a_fresh
     """A worker that dies between the pool's check and the program's start (nothing of the program ran):
     the program runs once, on a fresh worker."""
     runtime = _monty(pooled)
-    with anyio.fail_after(30):
-        await wait_until(lambda: runtime.idle >= 1)
+    with anyio.fail_after(30):  # none starting: the next program takes one of the workers killed below
+        await wait_until(lambda: runtime.idle >= 1 and runtime.starting == 0)
     monkeypatch.setattr(MontySandbox, "alive", property(lambda self: True))  # the race: dead after the check
     for entry in list(runtime._ready):  # type: ignore[attr-defined]
         os.kill(entry.sandbox._pid, signal.SIGKILL)

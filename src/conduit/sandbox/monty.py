@@ -179,11 +179,10 @@ class MontyWorkers:
         wrapper = self._work_dir / "monty-worker"
         native = self._walls.native
         if native is not None and argv[0] == native and not any("\n" in item for item in argv):
-            shutil.copyfile(native, wrapper)
             (self._work_dir / "monty-worker.args").write_text("".join(f"{item}\n" for item in argv[1:]))
+            _place_executable(wrapper, lambda staged: _link_or_copy(native, staged))
         else:
-            wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n')
-        wrapper.chmod(0o755)
+            _place_executable(wrapper, lambda staged: staged.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n'))
         return str(wrapper)
 
     def cgroup_of(self, pid: int, memory_bytes: int) -> Cgroup | None:
@@ -241,7 +240,7 @@ class MontyWorkers:
             if pid is None:
                 raise SandboxStartError("the Monty worker has no process")
             cgroup = self.cgroup_of(pid, (memory_limit_mb + BASELINE_MB) << 20)
-        except (pm.MontyError, OSError, TimeoutError) as exc:
+        except (pm.MontyError, OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: a spawn that failed
             await stack.aclose()
             raise SandboxStartError(f"cannot start a Monty worker: {exc}") from exc
         except BaseException:
@@ -460,6 +459,27 @@ class MontySandbox:
         with anyio.CancelScope(shield=True):
             await turn_ended.wait()
         await self._end()
+
+
+def _place_executable(path: Path, write: Callable[[Path], object]) -> None:
+    """Make the executable ``path`` by writing a staged file and renaming it into place.
+
+    Other threads fork sandboxes all the while; a child forked while a file is open for writing holds
+    that descriptor until it execs, and executing the file then fails with ETXTBSY ("Text file busy").
+    A hard link opens nothing for writing; a copy is written under another name first.
+    """
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    staged.unlink(missing_ok=True)
+    write(staged)
+    staged.chmod(0o755)
+    os.replace(staged, path)
+
+
+def _link_or_copy(source: str, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
 
 
 def _encode(value: Any, max_bytes: int) -> dict[str, Any]:
