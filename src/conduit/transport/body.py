@@ -40,16 +40,21 @@ async def messages(scope: Scope, receive: Receive) -> tuple[list[dict[str, Any]]
             return None, receive
         kept = scope[_KEY] = (body, _parse(body))
     body, parsed = kept
-    replayed = False
+    return parsed, replaying(body, receive)
 
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
+
+def replaying(body: bytes, then: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` whole, then whatever ``then`` gives."""
+    given = False
+
+    async def receive() -> Message:
+        nonlocal given
+        if not given:
+            given = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return await then()
 
-    return parsed, replay
+    return receive
 
 
 def request_ids(parsed: list[dict[str, Any]]) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conduit.transport.body import messages, request_ids
+from conduit.transport.body import messages, replaying, request_ids
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,10 @@ class CancelOnDisconnect:
         body = json.dumps(notice).encode()
         headers = [(k, v) for k, v in scope.get("headers", ()) if k not in (b"content-length", b"content-type")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        sent = False
-
-        async def receive() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+        async def gone() -> Message:
             return {"type": "http.disconnect"}
+
+        receive = replaying(body, gone)
 
         async def discard(message: Message) -> None:
             return None
