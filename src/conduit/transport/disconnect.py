@@ -71,6 +71,7 @@ class CancelOnDisconnect:
         body = json.dumps(notice).encode()
         headers = [(k, v) for k, v in scope.get("headers", ()) if k not in (b"content-length", b"content-type")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
         async def gone() -> Message:
             return {"type": "http.disconnect"}
 
