@@ -232,16 +232,19 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
         assert target.server is not None
         wait = "await new Promise((r) => setTimeout(r, 2000)); return 'done';"
         finished: list[str] = []
+        last_answer = 0.0
         balanced: list[bool] = []
 
         async def in_flight() -> None:
             # The official client, never primed with the tool list: after the result it lists tools (to check
             # the result against the tool's output schema) while the replica drains, and must be served.
+            nonlocal last_answer
             assert target.server is not None
             async with target.server.client() as client:
                 result = await client.call_tool(EXECUTE_TS, {"code": wait})
                 done = not result.is_error and (result.structured_content or {}).get("result") == "done"
                 finished.append("ok" if done else f"failed: {result}")
+                last_answer = time.monotonic()
 
         async def through_the_balancer(stop: anyio.Event) -> None:
             async with cluster.client() as client:
@@ -277,16 +280,21 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
             assert listed.status_code == 200 and EXECUTE_TS in listed.text, listed.text  # starts no work: served
             with anyio.fail_after(10):
                 await target.server.process.wait()
-            exited_after = time.monotonic() - signalled
+            exited = time.monotonic()
+            exited_after = exited - signalled
             returncode = target.server.process.returncode
             stop.set()
     print(
         f"\nSIGTERM: {len(finished)} of 12 done, {len(balanced)} through the balancer, exit after {exited_after:.2f} s"
+        f" ({exited - last_answer:.2f} s after the last answer)"
     )
     assert finished == ["ok"] * 12  # each answered with its program's result, 'done'
     assert balanced and all(balanced), f"{balanced.count(False)} of {len(balanced)} failed through the balancer"
     assert returncode == 0
-    assert exited_after <= 1.0 + 3.5, exited_after  # drainDelayMs 1000, + 3 s, + the linger
+    # It stops once its work is done, not at the drain timeout (20 s): the linger (0.5 s) for the follow-ups,
+    # then the shutdown (sandboxes, upstreams, Redis: about 1 s), slower on a busy machine.
+    assert exited - last_answer <= 3.0, exited - last_answer
+    assert exited_after <= 6.0, exited_after
 
 
 async def test_2000_executions_with_one_replica_sigkilled_part_way_lose_only_its_runs_in_flight(tmp_path: Path) -> None:
