@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import anyio
 
@@ -14,6 +15,7 @@ from conduit.config.loader import LoadedConfig
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.errors import ListenError
+from conduit.observability.context import CLIENT_GONE, STOPPED, Ending
 from conduit.security.callers import LOCAL, Caller
 from conduit.transport.body import limited
 from conduit.transport.disconnect import CancelOnDisconnect
@@ -36,17 +38,29 @@ async def run_server(
     are given a grace period, then sandboxes, upstreams and the gateway's other resources are released.
     """
     drain = Drain(loaded.config.http) if loaded.config.transport == "http" else None
+    ending = _Ending()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope, drain)
-        await _serve(loaded, master_token, host_env, local, drain)
+        tg.start_soon(_stop_on_signal, tg.cancel_scope, drain, ending)
+        await _serve(loaded, master_token, host_env, local, drain, ending)
         tg.cancel_scope.cancel()
 
 
-async def _stop_on_signal(scope: anyio.CancelScope, drain: Drain | None) -> None:
+@dataclass
+class _Ending:
+    """Why serving ends, once it does: what work cancelled on the way out ended by (its end records say)."""
+
+    why: Ending | None = None
+
+    def because(self, why: Ending) -> None:
+        self.why = self.why or why
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, drain: Drain | None, ending: _Ending) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for received in signals:
             logger.info("stopping on %s", signal.Signals(received).name)
             if drain is None or received != signal.SIGTERM:
+                ending.because(STOPPED)
                 scope.cancel()
                 return
             break
@@ -62,22 +76,28 @@ async def _stop_on_signal(scope: anyio.CancelScope, drain: Drain | None) -> None
             assert drain is not None
             await drain.run()
             draining.cancel_scope.cancel()
+        ending.because(STOPPED)
         scope.cancel()
 
 
 async def _serve(
-    loaded: LoadedConfig, master_token: str, host_env: Mapping[str, str], local: Caller, drain: Drain | None
+    loaded: LoadedConfig,
+    master_token: str,
+    host_env: Mapping[str, str],
+    local: Caller,
+    drain: Drain | None,
+    ending: _Ending,
 ) -> None:
     config = loaded.config
     verifier = build_verifier(config, master_token)
     async with open_gateway(config, master_token=master_token, base_dir=loaded.base_dir, host_env=host_env) as gw:
-        server = build_server(gw, local)
+        server = build_server(gw, local, lambda: ending.why)
         async with anyio.create_task_group() as tg:
             if config.ops_enabled:
                 tg.start_soon(_serve_ops, gw, config.transport == "http", drain)
             if config.transport == "stdio":
                 logger.info("serving MCP over stdio")
-                async with stdio_streams() as (read_stream, write_stream):
+                async with stdio_streams(on_end=lambda: ending.because(CLIENT_GONE)) as (read_stream, write_stream):
                     await server.run(read_stream, write_stream, server.create_initialization_options())
             else:
                 mcp_app = server.streamable_http_app(

@@ -19,7 +19,17 @@ import anyio
 import httpx2
 import pytest
 
-from support import CONDUIT, EXECUTE_TS, ConduitHttp, run_code, wait_until, write_config
+from support import (
+    CANCEL,
+    CONDUIT,
+    EXECUTE_TS,
+    INITIALIZE,
+    ConduitHttp,
+    run_code,
+    start_background,
+    wait_until,
+    write_config,
+)
 
 pytestmark = [pytest.mark.deno, pytest.mark.e2e]
 
@@ -186,24 +196,104 @@ def test_the_help_examples_name_files_that_exist() -> None:
 # 8. every started execution ends with one record -------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_a_cancelled_run_logs_its_end_and_an_audit_record(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"upstreams": []})
-    async with ConduitHttp.start(config) as server:
-        async with server.client() as client, anyio.create_task_group() as tg:
-            tg.start_soon(run_code, client, EXECUTE_TS, "while (true) {}")
+SPIN = {"name": EXECUTE_TS, "arguments": {"code": "while (true) {}"}}
+HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def ends(log: str) -> tuple[list[str], list[str], list[str]]:
+    """The execution ids started, and the outcomes of the end records and audit records, in ``log``."""
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    started = [r["execution_id"] for r in records if r["message"] == "execution started"]
+    ended = [r["outcome"] for r in records if r["message"] == "execution ended"]
+    audited = [r["outcome"] for r in records if r["message"] == "execution" and r["logger"] == "conduit.audit"]
+    return started, ended, audited
+
+
+async def raw_session(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
+    """Headers of a fresh MCP session over raw HTTP (initialized)."""
+    opened = await http.post(url, json=INITIALIZE, headers=HEADERS)
+    headers = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+    return headers
+
+
+async def spin_then(server: ConduitHttp, end: str) -> None:
+    """Start a spinning program on a raw session, then end it the way ``end`` says."""
+    token = {"Authorization": f"Bearer {server.token}"}
+    async with httpx2.AsyncClient(headers=token, timeout=60) as http:
+        headers = await raw_session(http, server.url)
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": SPIN}
+        async with anyio.create_task_group() as tg:
+
+            async def calling() -> None:
+                async with httpx2.AsyncClient(headers=token, timeout=60) as own:  # its own connection, to drop
+                    await own.post(server.url, json=call, headers=headers)
+
+            tg.start_soon(calling)
             with anyio.fail_after(30):
                 await wait_until(lambda: "execution started" in server.log.read_text())
-            tg.cancel_scope.cancel()  # the client goes away mid-run
+            if end == "client gone":
+                tg.cancel_scope.cancel()  # the connection of the call is dropped mid-run
+            else:
+                notice = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}
+                await http.post(server.url, json=notice, headers=headers)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("approvals", [False, True], ids=["direct", "as a run"])  # a rule: every run is attended
+@pytest.mark.parametrize(("end", "outcome"), [("client gone", "client_gone"), ("cancel", "cancelled")])
+async def test_a_run_ended_over_http_logs_one_end_and_one_audit_record(
+    tmp_path: Path, end: str, outcome: str, approvals: bool
+) -> None:
+    rules = [{"tools": ["payments.refund"]}] if approvals else []
+    config = write_config(tmp_path, {"upstreams": [], "approvals": rules})
+    async with ConduitHttp.start(config) as server:
+        await spin_then(server, end)
         with anyio.fail_after(30):
             await wait_until(lambda: "execution ended" in server.log.read_text())
-        records = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
-    started = [r for r in records if r["message"] == "execution started"]
-    ended = [r for r in records if r["message"] == "execution ended"]
-    audited = [r for r in records if r["message"] == "execution" and r["logger"] == "conduit.audit"]
-    assert len(started) == len(ended) == len(audited) == 1
-    assert ended[0]["outcome"] == audited[0]["outcome"] == "cancelled"
-    assert audited[0]["execution_id"] == started[0]["execution_id"]
+        await anyio.sleep(0.3)  # a second end record would come now
+        started, ended, audited = ends(server.log.read_text())
+    assert len(started) == 1 and ended == audited == [outcome]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("end", "outcome"), [("stdin closed", "client_gone"), ("SIGTERM", "stopped")])
+async def test_a_run_ended_over_stdio_logs_one_end_and_one_audit_record(tmp_path: Path, end: str, outcome: str) -> None:
+    config = write_config(tmp_path, {"upstreams": []})
+    log = tmp_path / "stderr.log"
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": SPIN}
+    with log.open("wb") as sink:
+        process = await anyio.open_process(
+            [CONDUIT, "serve", "--stdio", "--config", str(config)], env=TOKEN_ENV, stderr=sink
+        )
+    async with process:
+        assert process.stdin is not None
+        for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call):
+            await process.stdin.send((json.dumps(message) + "\n").encode())
+        with anyio.fail_after(30):
+            await wait_until(lambda: "execution started" in log.read_text())
+        if end == "stdin closed":
+            await process.stdin.aclose()
+        else:
+            process.terminate()
+        with anyio.fail_after(30):
+            await process.wait()
+    started, ended, audited = ends(log.read_text())
+    assert len(started) == 1 and ended == audited == [outcome]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_background_run_logs_one_end_and_one_audit_record(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"upstreams": []})
+    async with ConduitHttp.start(config) as server, server.client() as client:
+        execution_id = await start_background(client, "while (true) {}")
+        with anyio.fail_after(30):
+            await wait_until(lambda: "execution started" in server.log.read_text())
+        await client.call_tool(CANCEL, {"executionId": execution_id})
+        with anyio.fail_after(30):
+            await wait_until(lambda: "execution ended" in server.log.read_text())
+        started, ended, audited = ends(server.log.read_text())
+    assert len(started) == 1 and ended == audited == ["cancelled"]
 
 
 # 9. a tool the run does not have -------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from conduit.errors import (
     ToolDeniedError,
     UnknownToolError,
 )
-from conduit.observability.context import EXECUTION_ID
+from conduit.observability.context import ENDED_BY, EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
 from conduit.sandbox.base import Job, RunOutcome, Runtime
@@ -311,7 +311,7 @@ class Gateway:
                 outcome_label = execution_outcome(exc.code)
                 raise
             except BaseException:
-                outcome_label = "cancelled"
+                outcome_label = ENDED_BY.get()()  # cancelled: by the client, its going away, the server stopping
                 raise
             finally:
                 span["outcome"] = outcome_label

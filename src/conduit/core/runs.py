@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup
 from conduit.cluster.run_mirror import POLL_S, RunMirror
 from conduit.core.approvals import Answer, ApprovalRequest
 from conduit.errors import BusyError, ConduitError, InvalidParamsError
+from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, STOPPED, Ending
 from conduit.sandbox.base import RunOutcome
 from conduit.security.callers import Caller
 
@@ -85,6 +86,8 @@ class Run:
     """Who else wants the output as it arrives (a foreground request's progress stream)."""
     resume_token: str = ""
     """The ``requestState`` a multi-round-trip client echoes to continue this run: its id and a secret."""
+    ended_by: Ending = STOPPED
+    """Why it was cancelled, if it is (set with the cancel; a run cancelled by nobody's say: the server stops)."""
     _asked: int = 0
 
     def __post_init__(self) -> None:
@@ -243,6 +246,7 @@ class Runs:
             await run.announced.wait()
 
     async def _run(self, run: Run, work: Work) -> None:
+        ENDED_BY.set(lambda: run.ended_by)  # this task's own: not the request's that started it
         try:
             with run.scope:
                 try:
@@ -286,7 +290,8 @@ class Runs:
 
     def _carry_out(self, run: Run, command: dict[str, Any]) -> None:
         if command.get("cancel"):
-            self._cancel_local(run)
+            why = command["cancel"]
+            self._cancel_local(run, why if why in (CANCELLED, CLIENT_GONE) else CANCELLED)
         elif "answer" in command:
             run.answer(str(command["key"]), command["answer"])
         elif "sent" in command:
@@ -362,14 +367,15 @@ class Runs:
         if isinstance(run, RemoteRun) and self._mirror is not None:
             await self._mirror.post(run.id, {"sent": pending.key})
 
-    async def cancel(self, run: AnyRun) -> None:
+    async def cancel(self, run: AnyRun, why: Ending = CANCELLED) -> None:
         if isinstance(run, Run):
-            self._cancel_local(run)
+            self._cancel_local(run, why)
         elif self._mirror is not None:
-            await self._mirror.post(run.id, {"cancel": True})
+            await self._mirror.post(run.id, {"cancel": why})
 
-    def _cancel_local(self, run: Run) -> None:
+    def _cancel_local(self, run: Run, why: Ending) -> None:
         if run.state == "running":
+            run.ended_by = why
             run.scope.cancel()
 
     def _sweep(self) -> None:
@@ -380,7 +386,7 @@ class Runs:
 
     def cancel_all(self) -> None:
         for run in self._runs.values():
-            self._cancel_local(run)
+            self._cancel_local(run, STOPPED)
 
 
 def _record(run: Run) -> dict[str, Any]:

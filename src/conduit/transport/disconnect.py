@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +22,13 @@ from conduit.transport.body import messages, replaying, request_ids
 logger = logging.getLogger(__name__)
 
 _SESSION_HEADER = b"mcp-session-id"
+_GONE: Final = "conduit.client_gone"
+"""Set in a request's scope when its client went away: its handler was cancelled for that reason."""
+
+
+def went_away(scope: Scope) -> bool:
+    """Whether the client of the request ``scope`` disconnected before its answer was complete."""
+    return bool(scope.get(_GONE))
 
 
 class CancelOnDisconnect:
@@ -58,6 +65,7 @@ class CancelOnDisconnect:
             await self._app(scope, watched, watch)
         finally:
             if disconnected and not completed:
+                scope[_GONE] = True  # before the cancel: the handler, cancelled, reads why
                 for request_id in ids:
                     await self._cancel(scope, request_id)
 

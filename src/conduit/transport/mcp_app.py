@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -31,9 +31,10 @@ from conduit.core.gateway import Gateway, Plan
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
 from conduit.core.runs import Run
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
-from conduit.observability.context import PRINCIPAL, REQUEST_ID
+from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, PRINCIPAL, REQUEST_ID, Ending
 from conduit.security.callers import LOCAL, Caller
 from conduit.transport import disclosure_tools, run_tools
+from conduit.transport.disconnect import went_away
 from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
 
 logger = logging.getLogger(__name__)
@@ -168,8 +169,20 @@ class ProgressStream:
                     logger.debug("progress notification not delivered")
 
 
-def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
-    """The MCP server for ``gateway``; ``local`` is who a request without HTTP (stdio) acts as."""
+def build_server(
+    gateway: Gateway, local: Caller = LOCAL, serving_ends: Callable[[], Ending | None] = lambda: None
+) -> Server[Any]:
+    """The MCP server for ``gateway``; ``local`` is who a request without HTTP (stdio) acts as, and
+    ``serving_ends`` says why the front end stops serving, once it does (the server stops, the stdio
+    client closed its end)."""
+
+    def ending(ctx: ServerRequestContext[Any]) -> Ending:
+        """Why the request's handler was cancelled (asked only once it was): its HTTP client went away, the
+        serving ends, or else the client asked (``notifications/cancelled``)."""
+        scope = getattr(ctx.request, "scope", None)
+        if scope is not None and went_away(scope):
+            return CLIENT_GONE
+        return serving_ends() or CANCELLED
 
     def caller_for(ctx: ServerRequestContext[Any]) -> Caller:
         """Who the request acts as: the HTTP door let it in as someone; stdio is ``local``."""
@@ -194,6 +207,7 @@ def build_server(gateway: Gateway, local: Caller = LOCAL) -> Server[Any]:
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         REQUEST_ID.set(str(ctx.request_id) if ctx.request_id is not None else uuid.uuid4().hex)
+        ENDED_BY.set(lambda: ending(ctx))
         caller = caller_for(ctx)
         arguments = params.arguments or {}
         if params.name not in disclosure_tools.TOOLS and params.name not in run_tools.TOOLS:

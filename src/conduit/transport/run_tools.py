@@ -26,6 +26,7 @@ from conduit.core.approvals import Answer, ApprovalRequest
 from conduit.core.gateway import Gateway
 from conduit.core.runs import AnyRun, LostRunError, Pending
 from conduit.errors import INVALID_PARAMS, ConduitError
+from conduit.observability.context import ENDED_BY
 from conduit.security.callers import Caller
 from conduit.transport.wire import failed_tool_call, json_result
 
@@ -116,7 +117,7 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, 
     finally:
         if owned and not handed_over and run.running:
             with anyio.CancelScope(shield=True):
-                await gateway.runs.cancel(run)
+                await gateway.runs.cancel(run, ENDED_BY.get()())  # why this request was cancelled
 
 
 def answer(run: AnyRun) -> types.CallToolResult:

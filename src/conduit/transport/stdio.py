@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -102,8 +102,9 @@ class _DirectWrites:
 
 
 @asynccontextmanager
-async def stdio_streams() -> AsyncIterator[Streams]:
-    """stdin/stdout as MCP message streams; malformed lines are answered, not passed on."""
+async def stdio_streams(on_end: Callable[[], None] = lambda: None) -> AsyncIterator[Streams]:
+    """stdin/stdout as MCP message streams; malformed lines are answered, not passed on. ``on_end`` is
+    called when stdin ends (the client closed its end), before the session winds down."""
     loop = asyncio.get_running_loop()
     wire_in, wire_out = os.dup(0), os.dup(1)
     saved_in, saved_out = os.dup(0), os.dup(1)
@@ -133,7 +134,7 @@ async def stdio_streams() -> AsyncIterator[Streams]:
             writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
         else:
             writer = _DirectWrites(wire_out)
-        async with _message_streams(reader, writer) as streams:
+        async with _message_streams(reader, writer, on_end) as streams:
             yield streams
     finally:
         if writer is not None:
@@ -151,7 +152,9 @@ async def stdio_streams() -> AsyncIterator[Streams]:
 
 @asynccontextmanager
 async def _message_streams(
-    reader: asyncio.StreamReader | _ThreadLines, writer: asyncio.StreamWriter | _DirectWrites
+    reader: asyncio.StreamReader | _ThreadLines,
+    writer: asyncio.StreamWriter | _DirectWrites,
+    on_end: Callable[[], None],
 ) -> AsyncIterator[Streams]:
     """JSON-RPC messages read as lines from ``reader`` and written as lines to ``writer``."""
     incoming, received = anyio.create_memory_object_stream[SessionMessage | Exception](0)
@@ -172,6 +175,7 @@ async def _message_streams(
                     await outgoing.send(parse_error(exc))
                     return
                 if not line:
+                    on_end()
                     return
                 if not line.strip():
                     continue
