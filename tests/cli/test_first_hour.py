@@ -126,8 +126,30 @@ def test_an_upstream_that_exits_at_start_is_quoted(tmp_path: Path) -> None:
     done = cli("run", "-", "--lang", "js", cwd=tmp_path, stdin=caught)
     assert (
         json.loads(done.stdout)
-        == "upstream 'quitter' is unavailable: Connection closed; its stderr: fatal: no API key set"
+        == "upstream 'quitter' is unavailable: exited with status 4; its stderr: fatal: no API key set"
     )
+
+
+KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+
+
+@pytest.mark.anyio
+async def test_why_an_upstream_is_down_is_in_the_packages_health_and_tools(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, {"upstreams": [{"id": "killed", "command": sys.executable, "args": ["-c", KILLED]}]}
+    )
+    why = "upstream 'killed' is unavailable: was killed by SIGKILL"  # not the shell's "Killed" as its stderr
+    listed = cli("tools", cwd=tmp_path)
+    assert listed.returncode == 1 and listed.stdout.strip() == "killed  (unavailable)"
+    assert "conduit: upstream 'killed' could not be listed: was killed by SIGKILL" in listed.stderr.splitlines()
+    async with ConduitHttp.start(config) as server, server.client() as client:
+        packages = await client.call_tool("conduit__mcp_list_tool_packages", {})
+        assert packages.structured_content is not None
+        [package] = [p for p in packages.structured_content["packages"] if p["packageId"] == "killed"]
+        assert (package["status"], package["reason"]) == ("unavailable", why)
+        async with httpx2.AsyncClient() as http:
+            health = (await http.get(f"{server.ops_url}/health")).json()
+        assert health["upstreams"]["killed"] == {"status": "failing", "reason": "was killed by SIGKILL"}
 
 
 # 4. no token --------------------------------------------------------------------------------------------------

@@ -62,7 +62,9 @@ async def test_upstream_that_dies_mid_call_gives_a_clean_error_and_is_restarted(
     is_error, out = await run_ts(conduit, code)
     assert not is_error, out
     assert out["result"]["error"]["code"] == -32005
-    assert "closed the connection" in out["result"]["error"]["message"]
+    assert out["result"]["error"]["message"] == (
+        "upstream 'toolbox' exited with status 3 during 'crash'; its stderr: toolbox: crashing on purpose"
+    )
     assert out["result"]["restarted"] is True
     assert out["result"]["echo"] == "back"
 
@@ -70,7 +72,9 @@ async def test_upstream_that_dies_mid_call_gives_a_clean_error_and_is_restarted(
 async def test_direct_proxied_call_to_dying_upstream_is_an_error_result(conduit: Client) -> None:
     result = await conduit.call_tool("toolbox__crash", {})
     assert result.is_error
-    assert "closed the connection" in result.content[0].text  # type: ignore[union-attr]
+    assert result.content[0].text == (  # type: ignore[union-attr]
+        "upstream 'toolbox' exited with status 3 during 'crash'; its stderr: toolbox: crashing on purpose"
+    )
     again = await conduit.call_tool("toolbox__echo", {"text": "ok"})
     assert again.content[0].text == "ok"  # type: ignore[union-attr]
 

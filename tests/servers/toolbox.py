@@ -84,6 +84,7 @@ async def call_tool(ctx: object, params: types.CallToolRequestParams) -> types.C
             raise MCPError(code=-32099, message="the toolbox refuses")
         case "crash":
             sys.stdout.flush()
+            print("toolbox: crashing on purpose", file=sys.stderr, flush=True)
             os._exit(3)
         case "env":
             return types.CallToolResult(

@@ -9,6 +9,7 @@ one attempt), and a call that finds the upstream dead makes the next caller star
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -48,9 +49,9 @@ SAFE_ENV_NAMES: Final = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TM
 _CLOSE_TIMEOUT: Final = 10.0
 RETRY_BASE: Final = 1.0
 RETRY_MAX: Final = 30.0
-STDERR_GRACE_S: Final = 0.2
-"""How long a failed start waits for the upstream's last stderr lines to be read, to quote them."""
 """After a failed connect, further attempts wait 1 s, 2 s, 4 s... up to this many seconds."""
+STDERR_GRACE_S: Final = 0.2
+"""How long a failed start waits for the upstream's last stderr lines (and exit status) to be read, to quote them."""
 
 
 def upstream_environment(configured: Mapping[str, str], host_env: Mapping[str, str]) -> dict[str, str]:
@@ -62,6 +63,21 @@ def upstream_environment(configured: Mapping[str, str], host_env: Mapping[str, s
     env = {name: host_env[name] for name in SAFE_ENV_NAMES if name in host_env and not host_env[name].startswith("()")}
     env.update(configured)
     return env
+
+
+def _executable(command: str, cwd: Path) -> str:
+    """``command`` if it names a file that can be run (relative to ``cwd`` when relative).
+
+    Raises:
+        FileNotFoundError: not found (on the search path, or at that path).
+        PermissionError: found, but not executable.
+    """
+    where = command if os.path.isabs(command) else str(cwd / command)
+    if os.sep not in command or not os.path.isfile(where):
+        raise FileNotFoundError(errno.ENOENT, "command not found", command)
+    if not os.access(where, os.X_OK):
+        raise PermissionError(errno.EACCES, "command not executable", command)
+    return command
 
 
 def resolve_command(command: str, search_path: str | None) -> str:
@@ -177,8 +193,9 @@ class UpstreamConnection:
             ) from None
         except MCPError as exc:
             if exc.error.code == types.CONNECTION_CLOSED:
-                await self._mark_dead(f"connection closed during {name!r}")
-                raise UpstreamError(f"upstream {self.id!r} closed the connection during {name!r}") from None
+                ended = await self._how_it_ended(f" during {name!r}") or f"closed the connection during {name!r}"
+                await self._mark_dead(ended)
+                raise UpstreamError(f"upstream {self.id!r} {ended}") from None
             raise UpstreamError(f"upstream {self.id!r}: {exc.error.message}", code=exc.error.code) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
             await self._mark_dead(f"transport failed during {name!r}: {exc}")
@@ -216,8 +233,8 @@ class UpstreamConnection:
             self.last_error = _describe(exc)
             if self._http_refusals:  # the SDK reports HTTP failures without their status
                 self.last_error += f" ({self._http_refusals[-1]})"
-            if self._stderr is not None and (said := await self._stderr_tail()):
-                self.last_error += f"; its stderr: {said}"
+            # "Connection closed" is what a stdio upstream's exit did: say that, and what it said
+            self.last_error = await self._how_it_ended() or self.last_error
         else:
             self.last_error = None
             self.failures = 0
@@ -228,12 +245,14 @@ class UpstreamConnection:
         logger.warning("upstream %s could not be connected: %s", self.id, self.last_error)
         raise UpstreamError(self._unavailable())
 
-    async def _stderr_tail(self) -> str:
-        """The last lines a stdio upstream printed to stderr, once all were read (briefly waited for)."""
-        assert self._stderr is not None
+    async def _how_it_ended(self, during: str = "") -> str | None:
+        """How a stdio upstream that closed its end ended (:meth:`StderrPipe.ending`), once its stderr is read
+        to its exit status (briefly waited for); None for other upstreams, or when nothing is known."""
+        if self._stderr is None:
+            return None
         with anyio.move_on_after(STDERR_GRACE_S):
             await self._stderr.ended.wait()
-        return self._stderr.tail()
+        return self._stderr.ending(during)
 
     def _unavailable(self) -> str:
         """What a caller of a tool of this upstream is told while it cannot be connected: why."""
@@ -275,17 +294,15 @@ class UpstreamConnection:
     async def _transport(self, stack: AsyncExitStack) -> Transport | StdioServerParameters:
         """What the client connects through; HTTP clients it needs are closed with ``stack``."""
         config = self.config
+        self._stderr = None  # an earlier attempt's says nothing of this one
         if config.type == "stdio":
             assert config.command is not None
             env = upstream_environment(config.env, self._host_env)
             cwd = self._base_dir / config.cwd if config.cwd else self._base_dir
-            params = StdioServerParameters(
-                command=resolve_command(config.command, env.get("PATH")),
-                args=list(config.args),
-                env=env,
-                cwd=str(cwd),
-            )
+            command = _executable(resolve_command(config.command, env.get("PATH")), cwd)
             self._stderr = StderrPipe(self.id)
+            shell, args = self._stderr.reporting(command, list(config.args), env)
+            params = StdioServerParameters(command=shell, args=args, env=env, cwd=str(cwd))
             self._stderr.start(self._tg)
             stack.callback(self._stderr.close)
             return stdio_client(params, errlog=self._stderr.errlog)

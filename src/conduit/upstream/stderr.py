@@ -1,9 +1,13 @@
-"""A stdio upstream's stderr: each line logged under the upstream's id, and the last few kept to say why it died.
+"""A stdio upstream's stderr: each line logged under the upstream's id, and the last few kept to say why it died,
+with its exit status.
 
 Left to the SDK, an upstream's stderr reaches Conduit's own, unlabelled, and a server that exits at start
 ("no API key set") leaves its caller with "Connection closed". Here the upstream writes into a pipe; a task
 reads it, logs each line as ``[<id>] <line>`` at ``info`` (``conduit tools`` and ``serve`` show them with
 the id), and keeps the last :data:`KEPT` lines for the connection's error message.
+
+The SDK owns the upstream's process and does not say how it ended, so the command runs under a ``/bin/sh``
+that waits for it and writes its status on this pipe, behind a marker no other line has (:meth:`reporting`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import collections
 import contextlib
 import logging
 import os
+import secrets
+import signal
+from collections.abc import Mapping
 from typing import Final, TextIO
 
 import anyio
@@ -23,6 +30,11 @@ KEPT: Final = 5
 """Lines of an upstream's stderr kept for the message when it fails."""
 MAX_LINE: Final = 2000
 """Longer lines are cut (an upstream printing a blob must not flood the log)."""
+SHELL: Final = "/bin/sh"
+_REPORT: Final = 'mark=$1; shift; "$@"; status=$?; printf "\\n%s %s\\n" "$mark" "$status" >&2; exit $status'
+"""Run the command (``$@`` after the marker), then write the marker and its status to stderr."""
+_NO_PWD: Final = "unset PWD; "
+"""The shell exports ``PWD`` of its own accord; the upstream gets only the variables it is given."""
 
 
 class StderrPipe:
@@ -35,7 +47,24 @@ class StderrPipe:
         self._read = read
         self.errlog: TextIO = os.fdopen(write, "w")
         self.ended = anyio.Event()
-        """Set once the pipe is at its end: the upstream, and Conduit's copy of the write end, are gone."""
+        """Set once the upstream's status is known (the last thing written), or the pipe is at its end."""
+        self.status: int | None = None
+        """The upstream's exit status, once it has exited (a shell's: 128 + N when killed by signal N)."""
+        self._mark = f"conduit-exit-{secrets.token_hex(8)}"
+
+    def reporting(self, command: str, args: list[str], env: Mapping[str, str]) -> tuple[str, list[str]]:
+        """The command line that runs ``command`` with ``args`` (and ``env``, the variables it is given) and
+        then reports its exit status here."""
+        script = _REPORT if "PWD" in env else _NO_PWD + _REPORT
+        return SHELL, ["-c", script, "conduit-upstream", self._mark, command, *args]
+
+    def exited(self) -> str | None:
+        """How the upstream ended, for a message ("exited with status 3", "was killed by SIGKILL"), or None."""
+        if self.status is None:
+            return None
+        if self.status > 128 and (name := _signal_name(self.status - 128)):
+            return f"was killed by {name}"
+        return f"exited with status {self.status}"
 
     def start(self, tg: TaskGroup) -> None:
         tg.start_soon(self._pump)
@@ -48,6 +77,15 @@ class StderrPipe:
     def tail(self) -> str:
         """The last lines, joined for a one-line message (empty when it printed nothing)."""
         return " | ".join(self.last)
+
+    def ending(self, during: str = "") -> str | None:
+        """How the upstream ended, ``during`` what, and its last lines ("exited with status 3 during 'x'; its
+        stderr: ..."); None when its status is unknown and it said nothing."""
+        exited, said = self.exited(), self.tail()
+        if exited is None and not said:
+            return None
+        what = f"{exited or 'closed the connection'}{during}"
+        return f"{what}; its stderr: {said}" if said else what
 
     async def _pump(self) -> None:
         """Read until the upstream (and Conduit's copy of the write end) are gone; cancellable at any time."""
@@ -73,6 +111,27 @@ class StderrPipe:
 
     def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip()[:MAX_LINE]
+        marker, _, status = line.partition(" ")
+        if marker == self._mark and status.isdigit():
+            self.status = int(status)
+            said = _shell_says(self.status)
+            if said and self.last and self.last[-1].startswith(said):  # the shell's "Killed", not the upstream's
+                self.last.pop()
+            logger.info("upstream %s %s", self.upstream, self.exited(), extra={"upstream": self.upstream})
+            self.ended.set()
+            return
         if line:
             self.last.append(line)
             logger.info("[%s] %s", self.upstream, line, extra={"upstream": self.upstream})
+
+
+def _shell_says(status: int) -> str | None:
+    """What a shell prints when its command dies of the signal ``status`` - 128 says ("Killed"), or None."""
+    return signal.strsignal(status - 128) if status > 128 and _signal_name(status - 128) else None
+
+
+def _signal_name(number: int) -> str | None:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return None
