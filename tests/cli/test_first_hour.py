@@ -392,17 +392,29 @@ FAULTY = {
         "py": "a = 1\nraise ValueError('boom')\n",
     },
     "first line": {"ts": "nope();\n", "js": "nope();\n", "py": "nope()\n"},
+    "tool error": {  # thrown by the SDK when the call's answer comes: the program's line, not the SDK's
+        "ts": "const a = 1;\nawait tools.$raw('catalog__nope', {});\n",
+        "js": "const a = 1;\nawait tools.$raw('catalog__nope', {});\n",
+        "py": "a = 1\nawait tools.raw('catalog__nope', {})\n",
+    },
+}
+RUNTIMES = {
+    "ts": ["--lang", "ts"],
+    "js": ["--lang", "js"],
+    "monty": ["--lang", "py", "--engine", "monty"],
+    "pyodide": ["--lang", "py", "--engine", "pyodide"],
 }
 
 
-@pytest.mark.parametrize("lang", ["ts", "js", "py"])
+@pytest.mark.parametrize("runtime", list(RUNTIMES))
 @pytest.mark.parametrize("fault", list(FAULTY))
-def test_errors_name_the_programs_own_line_and_nothing_of_the_wrapper(fault: str, lang: str) -> None:
+def test_errors_name_the_programs_own_line_and_nothing_of_the_wrapper(fault: str, runtime: str) -> None:
+    lang = runtime if runtime in ("ts", "js") else "py"
     code = FAULTY[fault][lang]
-    done = cli("run", "-", "--lang", lang, "--config", str(EXAMPLES / "demo.yaml"), stdin=code)
+    done = cli("run", "-", *RUNTIMES[runtime], "--config", str(EXAMPLES / "demo.yaml"), stdin=code)
     assert done.returncode != 0
     row = 1 if fault == "first line" else 2
-    wanted = {"ts": f"program.ts:{row}:", "js": f"program.js:{row}", "py": f"line {row}"}[lang]
+    wanted = {"ts": f"program.ts:{row}:", "js": f"program.js:{row}", "py": f'File "program.py", line {row}'}[lang]
     assert wanted in done.stderr, done.stderr
     for wrapper in (
         "export default (async",
@@ -410,8 +422,16 @@ def test_errors_name_the_programs_own_line_and_nothing_of_the_wrapper(fault: str
         "TypeError: SyntaxError",
         "program.ts:4",
         "program.js:4",
+        "tools.ts",  # the SDK's frames
+        "tools.js",
+        "prelude",
+        "<exec>",
+        "_pyodide",
     ):
         assert wrapper not in done.stderr, (wrapper, done.stderr)
+    source_line = code.split("\n")[row - 1].strip()
     if lang != "py" and fault != "syntax":
-        source_line = code.split("\n")[row - 1].strip()
         assert f"(at {wanted}" in last_line(done.stderr) and f": {source_line})" in last_line(done.stderr)
+    elif lang == "py":  # a traceback that quotes the line, under its place
+        lines = done.stderr.splitlines()
+        assert lines[lines.index(next(line for line in lines if wanted in line)) + 1].strip() == source_line

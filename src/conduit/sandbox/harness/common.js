@@ -136,6 +136,9 @@ export class BridgeClient {
       error.name = "ToolError";
       error.code = message.error.code;
       if (message.error.data !== undefined) error.data = message.error.data;
+      // Made here, the error's stack is this read loop's; the program's line is in the stack of the call.
+      const site = waiter.site.stack ?? "";
+      error.stack = `ToolError: ${error.message}${site.slice(site.indexOf("\n"))}`;
       waiter.reject(error);
     } else {
       waiter.resolve(message.result);
@@ -145,7 +148,8 @@ export class BridgeClient {
   request(method, params) {
     const id = this.#nextId++;
     const line = stringify({ jsonrpc: "2.0", id, method, params, auth: { bearerToken: this.#token } }) + "\n";
-    const promise = new Promise((resolve, reject) => this.#pending.set(id, { resolve, reject }));
+    const site = new Error(); // where the program called: a failure's stack points there
+    const promise = new Promise((resolve, reject) => this.#pending.set(id, { resolve, reject, site }));
     const bytes = encodeText(line);
     this.#writeChain = this.#writeChain.then(async () => {
       const conn = await this.#connection();

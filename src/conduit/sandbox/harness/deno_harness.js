@@ -20,12 +20,15 @@ function scrub(text, programUrl, sdkUrl) {
     .replace(DATA_URL, (url) => (sdkUrl.startsWith(url.split("......")[0]) ? "tools.ts" : "program.ts"));
 }
 
+// A frame of Conduit's own code (the harness, the SDK, Deno's internals): the program's are the ones kept.
+const SDK_FRAME = /^\s+at (?:.* \()?tools\.ts:\d+:\d+\)?$/;
+
 function cleanStack(error, programUrl, sdkUrl) {
   const text = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
   const harnessDir = new URL(".", import.meta.url).href;
   return scrub(text, programUrl, sdkUrl)
     .split("\n")
-    .filter((line) => !line.includes(harnessDir) && !line.includes("ext:"))
+    .filter((line) => !line.includes(harnessDir) && !line.includes("ext:") && !SDK_FRAME.test(line))
     .join("\n");
 }
 
