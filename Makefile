@@ -36,6 +36,15 @@ $(VENV)/.reference-upstreams: $(VENV)/.synced tests/servers/reference/package.js
 	cd $(VENV)/reference-upstreams && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
+# MCP clients' own command-line tools (the MCP Inspector, Claude Code), pinned: tests run the set-up commands
+# docs/CLIENTS.md gives with them (tests/cli/test_client_snippets.py). Install scripts run: Claude Code's puts
+# its native binary in place.
+$(VENV)/.client-clis: $(VENV)/.synced tests/clients/cli/package.json tests/clients/cli/package-lock.json
+	mkdir -p $(VENV)/client-clis
+	cp tests/clients/cli/package.json tests/clients/cli/package-lock.json $(VENV)/client-clis/
+	cd $(VENV)/client-clis && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The native sandbox launcher (~1 ms per sandbox start instead of ~12 ms for its Python twin). Optional:
 # without a C compiler Conduit uses the Python launcher, with the same walls.
 $(VENV)/bin/conduit-confine: src/conduit/sandbox/walls/native/conduit_confine.c $(VENV)/.synced
@@ -59,7 +68,7 @@ setup: $(VENV)/.synced $(VENV)/bin/conduit-confine cluster-deps ## virtualenv, P
 run: setup ## start Conduit over Streamable HTTP with the demo upstreams
 	$(VENV)/bin/conduit serve --config $(CONFIG)
 
-test: setup $(VENV)/.ts-client $(VENV)/.reference-upstreams ## lint, type-check and run the whole test suite
+test: setup $(VENV)/.ts-client $(VENV)/.reference-upstreams $(VENV)/.client-clis ## lint, type-check and run the whole test suite
 	$(VENV)/bin/ruff check src tests examples bench
 	$(VENV)/bin/ruff format --check src tests examples bench
 	$(VENV)/bin/mypy

@@ -292,9 +292,10 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
     assert balanced and all(balanced), f"{balanced.count(False)} of {len(balanced)} failed through the balancer"
     assert returncode == 0
     # It stops once its work is done, not at the drain timeout (20 s): the linger (0.5 s) for the follow-ups,
-    # then the shutdown (sandboxes, upstreams, Redis: about 1 s), slower on a busy machine.
-    assert exited - last_answer <= 3.0, exited - last_answer
-    assert exited_after <= 6.0, exited_after
+    # then the shutdown (sandboxes, upstreams, Redis): 1.5-2 s after the last answer on a quiet machine, up
+    # to 3.4 s seen on a saturated one.
+    assert exited - last_answer <= 8.0, exited - last_answer
+    assert exited_after <= 12.0, exited_after
 
 
 async def test_2000_executions_with_one_replica_sigkilled_part_way_lose_only_its_runs_in_flight(tmp_path: Path) -> None:
