@@ -24,18 +24,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from conduit.upstream.credential_store import new_key
-from support import ConduitHttp, write_config
+from support import ConduitHttp, free_port, write_config
 
 MASTER_TOKEN = "cluster-master-token-0123456789"
 CLUSTER_KEY = new_key()
 CHECK_INTERVAL_MS = 200
 """haproxy's health-check interval against each replica's /ready."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def need(*programs: str) -> None:

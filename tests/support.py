@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -166,6 +167,13 @@ async def stop_process(process: anyio.abc.Process, grace: float) -> None:
     await process.aclose()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def wait_until(predicate: Callable[[], bool], interval: float = 0.05) -> None:
     """Poll ``predicate`` until it holds, for at most 15 s (conditions with no event to wait on: process exit)."""
     with anyio.fail_after(15):
@@ -286,3 +294,13 @@ async def loopback_server(script: str, *args: str) -> AsyncIterator[str]:
         yield line.decode().split()[-1]
     finally:
         await stop_process(process, grace=5)
+
+
+async def authorization_url(process: anyio.abc.Process) -> str:
+    """The URL ``conduit auth`` asks the user to open (read from its stderr)."""
+    assert process.stderr is not None
+    seen = b""
+    with anyio.fail_after(30):
+        while b"/authorize?" not in seen or not seen.rstrip(b" ").endswith(b"\n"):
+            seen += await process.stderr.receive()
+    return next(line.strip() for line in seen.decode().splitlines() if "/authorize?" in line)

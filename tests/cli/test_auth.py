@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -12,49 +9,18 @@ import anyio
 import anyio.abc
 import httpx2
 import pytest
-import uvicorn
 import yaml
 
 from conduit.config.schema import Credentials
 from conduit.upstream.credential_store import CredentialStore, new_key
-from servers.oauth_server import AuthServerState, build_app
-from support import CONDUIT, conduit, wait_until, write_config
+from servers.oauth_server import AuthServer
+from support import CONDUIT, authorization_url, conduit, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
-@dataclass
-class AuthServer:
-    url: str
-    state: AuthServerState
-
-
-@pytest.fixture
-async def auth_server(anyio_backend: str) -> AsyncIterator[AuthServer]:
-    state = AuthServerState()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    server = uvicorn.Server(uvicorn.Config(build_app(state), log_level="warning", lifespan="off", log_config=None))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await wait_until(lambda: server.started, interval=0.01)
-        yield AuthServer(f"http://127.0.0.1:{sock.getsockname()[1]}", state)
-        server.should_exit = True
-
-
 async def start_auth(*args: str) -> anyio.abc.Process:
     return await anyio.open_process([CONDUIT, "auth", *args, "--no-browser", "--timeout", "60"])
-
-
-async def authorization_url(process: anyio.abc.Process) -> str:
-    """The URL `conduit auth` asks the user to open (read from its stderr)."""
-    assert process.stderr is not None
-    seen = b""
-    with anyio.fail_after(30):
-        while b"/authorize?" not in seen or not seen.rstrip(b" ").endswith(b"\n"):
-            seen += await process.stderr.receive()
-    return next(line.strip() for line in seen.decode().splitlines() if "/authorize?" in line)
 
 
 async def finish(process: anyio.abc.Process) -> tuple[int, str, str]:

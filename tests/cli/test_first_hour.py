@@ -204,15 +204,7 @@ def test_no_config_file_is_said_and_an_unmatched_pattern_warned(tmp_path: Path) 
 # 6. help and docs that run as written ----------------------------------------------------------------------
 
 
-def test_the_help_examples_name_files_that_exist() -> None:
-    root = Path(__file__).parents[2]
-    for command in ([], ["run"]):
-        text = cli(*command, "--help").stdout
-        for word in text.split():
-            if word.startswith("examples/") and not word.endswith("/"):
-                assert (root / word).exists(), f"`conduit {' '.join(command)} --help` names {word}"
-    done = cli("run", "examples/cheapest_in_stock.ts", "--config", "examples/demo.yaml", cwd=root)
-    assert done.returncode == 0, done.stderr
+# The help texts' examples and the README's tour, each run as written: tests/cli/test_docs_commands.py.
 
 
 # 8. every started execution ends with one record -------------------------------------------------------------

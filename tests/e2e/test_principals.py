@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from support import (
     STATUS,
     ConduitHttp,
     conduit,
+    free_port,
     http_upstream,
     loopback_server,
     run_ts,
@@ -86,12 +86,6 @@ class Setup:
             algorithm=algorithm,
             headers={"kid": kid},
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def jwk(key: Any, kid: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +39,16 @@ class AuthServerState:
     token_requests: list[dict[str, str]] = field(default_factory=list)
     refresh_token: str = field(default_factory=lambda: "rt-" + secrets.token_urlsafe(16))
     advertise_s256: bool = True
+    loopback_clients: set[str] = field(default_factory=set)
+    """Pre-registered native clients: any loopback redirect, any port (RFC 8252, section 7.3)."""
+
+
+@dataclass
+class AuthServer:
+    """A running authorization server: its origin and what it saw."""
+
+    url: str
+    state: AuthServerState
 
 
 def build_app(state: AuthServerState) -> Starlette:
@@ -89,7 +99,8 @@ def build_app(state: AuthServerState) -> Starlette:
     async def authorize(request: Request) -> Response:
         query = request.query_params
         client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
-        if redirect_uri not in state.clients.get(client_id, []):
+        loopback = client_id in state.loopback_clients and urlsplit(redirect_uri).hostname == "127.0.0.1"
+        if redirect_uri not in state.clients.get(client_id, []) and not loopback:
             return JSONResponse({"error": "invalid_request", "error_description": "unknown redirect"}, 400)
         if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
             return _redirect(redirect_uri, {"error": "invalid_request", "state": query.get("state", "")})

@@ -33,18 +33,25 @@ INDEX: Final = """<!doctype html>
 """What the ops port's ``/`` answers: where everything else is."""
 
 
+class _JSONLine(JSONResponse):
+    """JSON ending in a newline: ``curl`` of an ops endpoint leaves the terminal's prompt on a line of its own."""
+
+    def render(self, content: object) -> bytes:
+        return super().render(content) + b"\n"
+
+
 def build_ops_app(gateway: Gateway, drain: Drain | None = None) -> Starlette:
-    async def live(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "live"})
+    async def live(request: Request) -> _JSONLine:
+        return _JSONLine({"status": "live"})
 
-    async def ready(request: Request) -> JSONResponse:
+    async def ready(request: Request) -> _JSONLine:
         if drain is not None and drain.draining:
-            return JSONResponse({"status": "draining", "inFlight": drain.in_flight}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return _JSONLine({"status": "draining", "inFlight": drain.in_flight}, status_code=503)
+        return _JSONLine({"status": "ready"})
 
-    async def health(request: Request) -> JSONResponse:
+    async def health(request: Request) -> _JSONLine:
         healthy, report = gateway.health()
-        return JSONResponse(report, status_code=200 if healthy else 503)
+        return _JSONLine(report, status_code=200 if healthy else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
