@@ -23,7 +23,7 @@ import pytest
 
 from conduit.upstream.credential_store import new_key
 from servers.oauth_server import AuthServer
-from support import CONDUIT, authorization_url, free_port, write_config
+from support import CONDUIT, ConduitHttp, authorization_url, free_port, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -197,3 +197,22 @@ async def test_each_help_example_runs_as_written(
     _, printed = await bash(example, env)
     if example.startswith("echo 'return 6 * 7'"):
         assert printed.strip() == "42"
+
+
+# -- docs/ARCHITECTURE.md: adding an upstream at run time ---------------------------------------------------------
+
+
+async def test_registering_an_upstream_through_the_bridge_works_as_documented(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    blocks = {(k, n): b for k, n, b in MARKED.findall((ROOT / "docs" / "ARCHITECTURE.md").read_text())}
+    async with ConduitHttp.start(write_config(tmp_path, {"upstreams": []}), token=TOKEN) as server:
+        logged = re.search(r"sandbox bridge on (127\.0\.0\.1:\d+)", server.log.read_text())
+        assert logged is not None
+        snippet = blocks["snippet", "register-upstream"].replace("127.0.0.1:41234", logged[1], 1)
+        _, printed = await bash(snippet, env, cwd=tmp_path)
+        assert printed.strip() == blocks["output", "register-upstream"]
+        async with server.client() as client:
+            listed = await client.call_tool("conduit__mcp_list_tool_packages", {})
+        assert listed.structured_content is not None
+        assert "weather" in [package["packageId"] for package in listed.structured_content["packages"]]

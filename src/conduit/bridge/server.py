@@ -61,7 +61,11 @@ class BridgeServer:
         sockname = self._listener.listeners[0].extra(SocketAttribute.local_address)
         assert isinstance(sockname, tuple)
         self.address = BridgeAddress(str(sockname[0]), int(sockname[1]))
-        logger.debug("bridge listening on %s:%d", self.address.host, self.address.port)
+        logger.info(
+            "sandbox bridge on %s:%d (the master token may call mcp_register_upstream and mcp_execute_* there)",
+            self.address.host,
+            self.address.port,
+        )
         return self.address
 
     def serve(self, tg: TaskGroup, handler: BridgeHandler) -> None:
