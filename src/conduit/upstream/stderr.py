@@ -117,7 +117,8 @@ class StderrPipe:
             said = _shell_says(self.status)
             if said and self.last and self.last[-1].startswith(said):  # the shell's "Killed", not the upstream's
                 self.last.pop()
-            logger.info("upstream %s %s", self.upstream, self.exited(), extra={"upstream": self.upstream})
+            level = logging.INFO if self.status else logging.DEBUG  # 0: it was stopped, or stopped cleanly
+            logger.log(level, "upstream %s %s", self.upstream, self.exited(), extra={"upstream": self.upstream})
             self.ended.set()
             return
         if line:
