@@ -216,3 +216,14 @@ async def test_registering_an_upstream_through_the_bridge_works_as_documented(
             listed = await client.call_tool("conduit__mcp_list_tool_packages", {})
         assert listed.structured_content is not None
         assert "weather" in [package["packageId"] for package in listed.structured_content["packages"]]
+
+
+async def test_the_config_error_shown_in_config_md_is_what_conduit_says(env: dict[str, str], tmp_path: Path) -> None:
+    blocks = {(k, n): b for k, n, b in MARKED.findall((ROOT / "docs" / "CONFIG.md").read_text())}
+    (tmp_path / "conduit.yaml").write_text(blocks["snippet", "config-error"] + "\n")
+    for command in ("serve", "tools"):
+        with anyio.fail_after(60):
+            done = await anyio.run_process([CONDUIT, command], env=env, cwd=tmp_path, check=False)
+        assert done.returncode == 2
+        said = done.stderr.decode().strip().replace(str(tmp_path), "/home/you/project")  # the file, by its full path
+        assert said == blocks["output", "config-error"], said
