@@ -230,6 +230,7 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
     async with running_cluster(tmp_path, {"maxConcurrent": 16}) as cluster:
         target = cluster.replicas[0]
         assert target.server is not None
+        target_log = target.server.log
         wait = "await new Promise((r) => setTimeout(r, 2000)); return 'done';"
         finished: list[str] = []
         last_answer = 0.0
@@ -278,7 +279,7 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["code"] == -32000
             assert listed.status_code == 200 and EXECUTE_TS in listed.text, listed.text  # starts no work: served
-            with anyio.fail_after(10):
+            with anyio.fail_after(30):  # past the drain timeout: the log says which ended it
                 await target.server.process.wait()
             exited = time.monotonic()
             exited_after = exited - signalled
@@ -291,11 +292,10 @@ async def test_sigterm_drains_a_replica_with_12_runs_in_flight_and_the_balancer_
     assert finished == ["ok"] * 12  # each answered with its program's result, 'done'
     assert balanced and all(balanced), f"{balanced.count(False)} of {len(balanced)} failed through the balancer"
     assert returncode == 0
-    # It stops once its work is done, not at the drain timeout (20 s): the linger (0.5 s) for the follow-ups,
-    # then the shutdown (sandboxes, upstreams, Redis): 1.5-2 s after the last answer on a quiet machine, up
-    # to 3.4 s seen on a saturated one.
-    assert exited - last_answer <= 8.0, exited - last_answer
-    assert exited_after <= 12.0, exited_after
+    # It stopped because its work was done, not at the drain timeout (20 s); the time it took (1.5-2 s after
+    # the last answer on a quiet machine, 3.4 s seen on a saturated one) is printed above, not asserted.
+    log = target_log.read_text()
+    assert "drained in" in log and "drain timeout" not in log, log[-2000:]
 
 
 async def test_2000_executions_with_one_replica_sigkilled_part_way_lose_only_its_runs_in_flight(tmp_path: Path) -> None:
