@@ -24,6 +24,7 @@ from support import (
     CONDUIT,
     EXECUTE_TS,
     INITIALIZE,
+    TOOLBOX,
     ConduitHttp,
     run_code,
     start_background,
@@ -128,6 +129,17 @@ def test_an_upstream_that_exits_at_start_is_quoted(tmp_path: Path) -> None:
         json.loads(done.stdout)
         == "upstream 'quitter' is unavailable: exited with status 4; its stderr: fatal: no API key set"
     )
+
+
+def test_conduit_tools_shows_an_upstreams_stderr_under_its_id(tmp_path: Path) -> None:
+    chatty = (
+        "import runpy, sys; print('chatty: starting up', file=sys.stderr, flush=True); "
+        f"runpy.run_path({TOOLBOX!r}, run_name='__main__')"
+    )
+    write_config(tmp_path, {"upstreams": [{"id": "chatty", "command": sys.executable, "args": ["-c", chatty]}]})
+    listed = cli("tools", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "[chatty] chatty: starting up" in listed.stderr
 
 
 KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"

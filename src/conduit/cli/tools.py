@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -20,6 +21,7 @@ from conduit.config.loader import LoadedConfig
 from conduit.core.languages import BY_ALIAS
 from conduit.sdk.naming import identifier
 from conduit.sdk.typescript import result_type, schema_type
+from conduit.upstream import stderr as upstream_stderr
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import UpstreamRegistry
 
@@ -53,6 +55,7 @@ def tools(args: argparse.Namespace) -> int:
     loaded = load(args)
     say_which_config(loaded)
     setup_logging(loaded.config, level="warning")
+    upstream_stderr.logger.setLevel(logging.INFO)  # what the upstreams print, each line under its id
     catalog, causes = anyio.run(catalog_of, loaded)
     for upstream, reason in causes.items():
         print(f"conduit: upstream {upstream!r} could not be listed: {reason}", file=sys.stderr)
