@@ -417,7 +417,7 @@ def _monty(gateway: Gateway) -> MontyRuntime:
 @pytest.mark.parametrize("wait", list(WAITS))
 async def test_a_timed_out_run_answers_at_its_limit_whatever_it_waits_on(pooled: Gateway, wait: str) -> None:
     """The answer does not wait for the killed worker's current step (it once waited 5 s more for
-    every wait but a spin); the precise figure is in ``bench/limits.py``, this bound only tells a
+    every wait but a spin); the precise figure is in ``bench/limit_ends.py``, this bound only tells a
     run that waits for the reap from one that does not, on a busy machine too."""
     outcome = await pooled.execute("python", WAITS[wait], engine="monty", limits={"timeoutMs": 2000})
     assert outcome.error is not None and outcome.error.code == -32008, outcome

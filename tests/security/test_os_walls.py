@@ -79,12 +79,12 @@ async def test_memory_bombs_end_with_the_memory_error(walled: Gateway, language:
     need("cgroup-memory")
     outcome = await walled.execute(language, code)
     assert outcome.error is not None and outcome.error.code == MEMORY_LIMIT, outcome
-    await still_serves(walled, language)  # how fast each bomb ends, under load: bench/memory_bombs.py
+    await still_serves(walled, language)  # how fast each bomb ends, under load: bench/limit_ends.py
 
 
 async def test_a_small_object_heap_bomb_ends_with_the_memory_error(walled: Gateway) -> None:
     # Millions of small objects make V8 run last-resort collections before it gives up; how long that takes
-    # (under load too) is measured in bench/memory_bombs.py, not bounded here.
+    # (under load too) is measured in bench/limit_ends.py, not bounded here.
     code = "const held = []; while (true) held.push({text: 'x'.repeat(64) + Math.random(), n: [1, 2, 3]});"
     outcome = await walled.execute("typescript", code)
     assert outcome.error is not None and outcome.error.code == MEMORY_LIMIT, outcome

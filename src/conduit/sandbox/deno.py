@@ -46,7 +46,7 @@ GC_STORM_FLAGS: Final = "--ineffective-gc-size-threshold=0.8"
 """V8 gives up on a heap that garbage collection no longer frees (four full collections in a row that
 leave it past this share of ``--max-heap-size`` while the program gets under 40 % of the time) instead of
 collecting on: by default it waits until the heap is 95 % full, and a heap of millions of small objects
-then took seconds of back-to-back collections to end. Measured by ``bench/limits.py``."""
+then took seconds of back-to-back collections to end. Measured by ``bench/limit_ends.py``."""
 WASM_PAGE: Final = 64 * 1024
 SEED_TIMEOUT: Final = 30.0
 MAX_SEEDS: Final = 4

@@ -1,6 +1,6 @@
 """How fast a run that breaks a limit is answered, as a client sees it, on a quiet machine and with both cores busy.
 
-Usage: ``.venv/bin/python bench/limits.py [--runs N] [--transport http|stdio]``.
+Usage: ``.venv/bin/python bench/limit_ends.py [--runs N] [--transport http|stdio]``.
 
 Through a ``conduit serve`` process and the official MCP client: memory bombs of every kind (large arrays,
 typed arrays, strings, millions of small objects; the default 256 MiB cap) until the answer (-32009), and
