@@ -315,12 +315,13 @@ class Gateway:
                 raise
             finally:
                 span["outcome"] = outcome_label
+                elapsed = time.perf_counter() - started
                 if began:  # every execution that started ends with one record, however it ended
-                    self._ended(caller, execution_id, metric, outcome_label, exit_code, time.perf_counter() - started)
+                    self._ended(caller, execution_id, metric, outcome_label, exit_code, elapsed)
                 if outcome_label != "invalid":
                     self.metrics.executions.labels(metric, outcome_label).inc()
                     self.metrics.principal_executions.labels(caller.id, outcome_label).inc()
-                    self.metrics.execution_seconds.labels(metric).observe(time.perf_counter() - started)
+                    self.metrics.execution_seconds.labels(metric).observe(elapsed)
                 EXECUTION_ID.reset(token)
 
     @staticmethod

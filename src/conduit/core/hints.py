@@ -44,11 +44,11 @@ closest: tools.catalog.get_stock (TypeError: tools.catalog.get_stok is not a fun
     error = outcome.error
     if error is None or error.code != PROGRAM_ERROR:
         return outcome
-    names = sorted(sdk_names(visible.tools).values())
     found = _reached_for(error.message, program)
     if found is None:
         return outcome
     package, tool = found
+    names = sorted(sdk_names(visible.tools).values())
     packages = sorted({name.split(".", 1)[0] for name in names})
     if package is not None and tool is not None and package in packages:
         close = difflib.get_close_matches(f"{package}.{tool}", names, n=3, cutoff=0.6)

@@ -256,11 +256,8 @@ class UpstreamConnection:
 
     def _unavailable(self) -> str:
         """What a caller of a tool of this upstream is told while it cannot be connected: why."""
-        return (
-            f"upstream {self.id!r} is unavailable: {self.last_error}"
-            if self.last_error
-            else (f"upstream {self.id!r} is unavailable")
-        )
+        why = f": {self.last_error}" if self.last_error else ""
+        return f"upstream {self.id!r} is unavailable{why}"
 
     async def _hold_connection(self, *, task_status: TaskStatus[None]) -> None:
         close, closed = anyio.Event(), anyio.Event()
@@ -291,7 +288,7 @@ class UpstreamConnection:
                 self._client = None
             closed.set()
 
-    async def _transport(self, stack: AsyncExitStack) -> Transport | StdioServerParameters:
+    async def _transport(self, stack: AsyncExitStack) -> Transport:
         """What the client connects through; HTTP clients it needs are closed with ``stack``."""
         config = self.config
         self._stderr = None  # an earlier attempt's says nothing of this one

@@ -62,9 +62,8 @@ class StderrPipe:
         """How the upstream ended, for a message ("exited with status 3", "was killed by SIGKILL"), or None."""
         if self.status is None:
             return None
-        if self.status > 128 and (name := _signal_name(self.status - 128)):
-            return f"was killed by {name}"
-        return f"exited with status {self.status}"
+        killer = _killed_by(self.status)
+        return f"was killed by {killer.name}" if killer else f"exited with status {self.status}"
 
     def start(self, tg: TaskGroup) -> None:
         tg.start_soon(self._pump)
@@ -74,14 +73,10 @@ class StderrPipe:
         with contextlib.suppress(OSError):
             self.errlog.close()
 
-    def tail(self) -> str:
-        """The last lines, joined for a one-line message (empty when it printed nothing)."""
-        return " | ".join(self.last)
-
     def ending(self, during: str = "") -> str | None:
         """How the upstream ended, ``during`` what, and its last lines ("exited with status 3 during 'x'; its
         stderr: ..."); None when its status is unknown and it said nothing."""
-        exited, said = self.exited(), self.tail()
+        exited, said = self.exited(), " | ".join(self.last)
         if exited is None and not said:
             return None
         what = f"{exited or 'closed the connection'}{during}"
@@ -114,8 +109,9 @@ class StderrPipe:
         marker, _, status = line.partition(" ")
         if marker == self._mark and status.isdigit():
             self.status = int(status)
-            said = _shell_says(self.status)
-            if said and self.last and self.last[-1].startswith(said):  # the shell's "Killed", not the upstream's
+            killer = _killed_by(self.status)
+            shell_said = signal.strsignal(killer) if killer else None  # what a shell prints then: "Killed"
+            if shell_said and self.last and self.last[-1].startswith(shell_said):  # the shell's, not the upstream's
                 self.last.pop()
             level = logging.INFO if self.status else logging.DEBUG  # 0: it was stopped, or stopped cleanly
             logger.log(level, "upstream %s %s", self.upstream, self.exited(), extra={"upstream": self.upstream})
@@ -126,13 +122,11 @@ class StderrPipe:
             logger.info("[%s] %s", self.upstream, line, extra={"upstream": self.upstream})
 
 
-def _shell_says(status: int) -> str | None:
-    """What a shell prints when its command dies of the signal ``status`` - 128 says ("Killed"), or None."""
-    return signal.strsignal(status - 128) if status > 128 and _signal_name(status - 128) else None
-
-
-def _signal_name(number: int) -> str | None:
+def _killed_by(status: int) -> signal.Signals | None:
+    """The signal a shell's exit ``status`` says its command died of (128 + N), or None."""
+    if status <= 128:
+        return None
     try:
-        return signal.Signals(number).name
+        return signal.Signals(status - 128)
     except ValueError:
         return None
