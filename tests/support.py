@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -304,3 +305,12 @@ async def authorization_url(process: anyio.abc.Process) -> str:
         while b"/authorize?" not in seen or not seen.rstrip(b" ").endswith(b"\n"):
             seen += await process.stderr.receive()
     return next(line.strip() for line in seen.decode().splitlines() if "/authorize?" in line)
+
+
+_MARKED = re.compile(r"<!-- (snippet|output): ([\w-]+) -->\n```\w*\n(.*?)\n```", re.S)
+
+
+def marked_blocks(path: Path) -> dict[tuple[str, str], str]:
+    """The fenced blocks of the doc ``path`` that a ``<!-- snippet: NAME -->`` or ``<!-- output: NAME -->`` line
+    names, by (kind, name): what tests run as written, and what they compare the output with."""
+    return {(kind, name): body for kind, name, body in _MARKED.findall(path.read_text())}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -26,7 +25,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from support import ConduitHttp, write_config
+from support import ConduitHttp, marked_blocks, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -35,15 +34,7 @@ DOC = ROOT / "docs" / "CLIENTS.md"
 CLIS = ROOT / ".venv" / "client-clis"
 TOKEN = "snippet-token-0123456789abcdef"
 DOC_URL = "http://127.0.0.1:3000/mcp"
-MARKED = re.compile(r"<!-- (snippet|output): ([\w-]+) -->\n```\w*\n(.*?)\n```", re.S)
-
-
-def marked(path: Path) -> dict[tuple[str, str], str]:
-    """The fenced blocks of ``path`` that a ``<!-- snippet: NAME -->`` or ``<!-- output: NAME -->`` line names."""
-    return {(kind, name): body for kind, name, body in MARKED.findall(path.read_text())}
-
-
-BLOCKS = marked(DOC)
+BLOCKS = marked_blocks(DOC)
 
 
 def placed(text: str, url: str) -> str:

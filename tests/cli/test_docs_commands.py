@@ -23,19 +23,14 @@ import pytest
 
 from conduit.upstream.credential_store import new_key
 from servers.oauth_server import AuthServer
-from support import CONDUIT, ConduitHttp, authorization_url, free_port, write_config
+from support import CONDUIT, ConduitHttp, authorization_url, free_port, marked_blocks, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 TOKEN = "docs-token-0123456789abcdef"
-MARKED = re.compile(r"<!-- (snippet|output): ([\w-]+) -->\n```\w*\n(.*?)\n```", re.S)
 COMMANDS = ("", "serve", "run", "tools", "auth", "doctor", "completion")
-
-
-def readme() -> dict[tuple[str, str], str]:
-    return {(kind, name): body for kind, name, body in MARKED.findall(README.read_text())}
 
 
 async def bash(script: str, env: Mapping[str, str], cwd: Path = ROOT, stdin: bytes | None = None) -> tuple[int, str]:
@@ -65,7 +60,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 async def test_the_tour_runs_as_written_and_prints_what_it_shows(env: dict[str, str]) -> None:
-    blocks = readme()
+    blocks = marked_blocks(README)
     tour = "\n".join(line for line in blocks["snippet", "tour"].splitlines() if not line.startswith("make "))
     await bash(tour, env)  # every line, as written (`make setup` is what this suite's own set-up ran)
     shown = blocks["output", "tour"].splitlines()
@@ -75,7 +70,7 @@ async def test_the_tour_runs_as_written_and_prints_what_it_shows(env: dict[str, 
 
 
 async def test_the_tour_server_serves_what_the_operator_sees(env: dict[str, str]) -> None:
-    blocks = readme()
+    blocks = marked_blocks(README)
     port, ops_port = free_port(), free_port()
     server_lines = blocks["snippet", "tour-server"].splitlines()
     assert server_lines[1].split()[:2] == ["make", "run"]  # `make run` serves examples/demo.yaml over HTTP
@@ -205,7 +200,7 @@ async def test_each_help_example_runs_as_written(
 async def test_registering_an_upstream_through_the_bridge_works_as_documented(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    blocks = {(k, n): b for k, n, b in MARKED.findall((ROOT / "docs" / "ARCHITECTURE.md").read_text())}
+    blocks = marked_blocks(ROOT / "docs" / "ARCHITECTURE.md")
     async with ConduitHttp.start(write_config(tmp_path, {"upstreams": []}), token=TOKEN) as server:
         logged = re.search(r"sandbox bridge on (127\.0\.0\.1:\d+)", server.log.read_text())
         assert logged is not None
@@ -219,7 +214,7 @@ async def test_registering_an_upstream_through_the_bridge_works_as_documented(
 
 
 async def test_the_config_error_shown_in_config_md_is_what_conduit_says(env: dict[str, str], tmp_path: Path) -> None:
-    blocks = {(k, n): b for k, n, b in MARKED.findall((ROOT / "docs" / "CONFIG.md").read_text())}
+    blocks = marked_blocks(ROOT / "docs" / "CONFIG.md")
     (tmp_path / "conduit.yaml").write_text(blocks["snippet", "config-error"] + "\n")
     for command in ("serve", "tools"):
         with anyio.fail_after(60):
