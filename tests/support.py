@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -168,11 +169,37 @@ async def stop_process(process: anyio.abc.Process, grace: float) -> None:
     await process.aclose()
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself (``bind`` to port 0, ``connect``)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, for a server that is told its port (and may be restarted on it).
+
+    Chosen below the kernel's ephemeral range: a port from that range, once released, can be taken at
+    any moment by some other process's ``bind(0)`` or outgoing connection, and the server (or a replica
+    restarted on its old port) then finds it in use. Never the same port twice in one test session."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(10_000, low) if low > 11_000 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen = int(sock.getsockname()[1])
+        _HANDED_OUT.add(chosen)
+        return chosen
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 async def wait_until(predicate: Callable[[], bool], interval: float = 0.05) -> None:
