@@ -18,8 +18,8 @@ from typing import Final
 
 import anyio
 
-from conduit.sandbox.deno import RUN_FLAGS, find_deno
-from conduit.sandbox.pyodide import default_pyodide_dir
+from conduit.sandbox.deno.runtime import RUN_FLAGS, find_deno
+from conduit.sandbox.pyodide.runtime import default_pyodide_dir
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 TOOLBOX: Final = ROOT / "tests" / "servers" / "toolbox.py"

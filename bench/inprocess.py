@@ -17,7 +17,7 @@ from served import ENGINES, PYTHON_FAMILY
 from conduit.config.schema import Config
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
-from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.host.pool import PooledRuntime
 
 PROGRAMS: Final = {
     "trivial": {"typescript": "return 1 + 1;", "isolate": "return 1 + 1;", "python": "1 + 1"},

@@ -14,8 +14,8 @@ import pytest
 from conduit.config.schema import Config
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
-from conduit.sandbox.isolate import IsolateRuntime
-from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.host.pool import PooledRuntime
+from conduit.sandbox.isolate.runtime import IsolateRuntime
 from support import MASTER, TOOLBOX, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno]

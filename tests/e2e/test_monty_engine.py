@@ -21,8 +21,8 @@ from mcp.shared.exceptions import MCPError
 from conduit.config.schema import Config
 from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
-from conduit.sandbox.monty import MontyRuntime, MontySandbox
-from conduit.sandbox.process import has_exited
+from conduit.sandbox.host.process import has_exited
+from conduit.sandbox.monty.runtime import MontyRuntime, MontySandbox
 from support import EXECUTE_PYTHON, EXECUTE_TS, MASTER, TOOLBOX, process_alive, run_code, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -328,7 +328,7 @@ async def test_the_checker_decides_without_running_the_program(gateway: Gateway)
 async def test_replaced_checker_sessions_leave_no_worker_behind(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("conduit.sandbox.monty_check.CHECKS_PER_SESSION", 3)
+    monkeypatch.setattr("conduit.sandbox.monty.check.CHECKS_PER_SESSION", 3)
     runtime, sdk = await _monty_and_sdk(gateway)
 
     async def check(index: int) -> None:
@@ -359,8 +359,8 @@ def _checker_workers(runtime: MontyRuntime) -> set[int]:
 async def test_a_used_up_checker_session_is_replaced_by_a_warmed_spare(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("conduit.sandbox.monty_check.CHECKS_PER_SESSION", 6)
-    monkeypatch.setattr("conduit.sandbox.monty_check.WARM_AHEAD", 3)
+    monkeypatch.setattr("conduit.sandbox.monty.check.CHECKS_PER_SESSION", 6)
+    monkeypatch.setattr("conduit.sandbox.monty.check.WARM_AHEAD", 3)
     runtime, sdk = await _monty_and_sdk(gateway)
     sdk += "\n# an SDK of its own: a checker session of its own\n"
     assert (await runtime.check("0", sdk)).fits

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conduit.sandbox.process import kill_group, spawn
+from conduit.sandbox.host.process import kill_group, spawn
 from conduit.sandbox.walls.cgroups import Cgroup, detect, remove_parents, watch_cap
 
 pytestmark = pytest.mark.anyio

@@ -11,8 +11,8 @@ from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import TIMEOUT, SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job
-from conduit.sandbox.deno import DenoRuntime, DenoSandbox
-from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.deno.runtime import DenoRuntime, DenoSandbox
+from conduit.sandbox.host.pool import PooledRuntime
 from conduit.sdk.typescript import generate_deno_sdk
 from support import process_alive, wait_until
 

@@ -12,11 +12,11 @@ import pytest
 from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import INTERNAL_ERROR, TIMEOUT
-from conduit.sandbox import isolate as isolate_module
-from conduit.sandbox import pool as pool_module
 from conduit.sandbox.base import Job
-from conduit.sandbox.isolate import IsolateRuntime, IsolateSandbox
-from conduit.sandbox.pool import PoolSizing
+from conduit.sandbox.host import pool as pool_module
+from conduit.sandbox.host.pool import PoolSizing
+from conduit.sandbox.isolate import runtime as isolate_module
+from conduit.sandbox.isolate.runtime import IsolateRuntime, IsolateSandbox
 from conduit.sdk.typescript import generate_javascript_sdk
 from support import process_alive, wait_until
 
@@ -94,7 +94,7 @@ async def test_a_warm_worker_is_kept_ready(gateway: Gateway) -> None:
 
 
 def test_worker_module_has_no_conduit_server_imports() -> None:
-    source = (Path(__file__).parents[2] / "src/conduit/sandbox/isolate_worker.py").read_text()
+    source = (Path(__file__).parents[2] / "src/conduit/sandbox/isolate/worker.py").read_text()
     assert "from conduit" not in source and "import conduit" not in source
 
 

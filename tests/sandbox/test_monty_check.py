@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from conduit.sandbox.monty_check import host_gate, wrapped
+from conduit.sandbox.monty.check import host_gate, wrapped
 
 
 @pytest.mark.parametrize(

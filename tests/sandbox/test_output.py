@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
-from conduit.sandbox.output import RESULT_PREFIX, OutputCollector
+from conduit.sandbox.host.output import OutputCollector
+from conduit.sandbox.protocol import RESULT_PREFIX
 
 NONCE = "abc123"
 MARKER = RESULT_PREFIX + NONCE.encode() + b":"

@@ -15,12 +15,12 @@ import pytest
 
 from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
-from conduit.sandbox import pool as pool_module
 from conduit.sandbox.base import Job
-from conduit.sandbox.deno import DenoRuntime
-from conduit.sandbox.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
-from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
+from conduit.sandbox.deno.runtime import DenoRuntime
+from conduit.sandbox.host import pool as pool_module
+from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
+from conduit.sandbox.pyodide.runtime import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_deno_sdk
 from support import wait_until

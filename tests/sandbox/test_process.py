@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.process import _start, destroy, kill_group, spawn, use_pidfd_child_watcher
+from conduit.sandbox.host.process import _start, destroy, kill_group, spawn, use_pidfd_child_watcher
 
 pytestmark = [pytest.mark.anyio]
 

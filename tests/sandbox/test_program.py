@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conduit.sandbox.program import isolate_body, parse_program, tokens, typescript_module
+from conduit.sandbox.host.program import isolate_body, parse_program, tokens, typescript_module
 
 
 def same_shape(original: str, rewritten: str) -> None:

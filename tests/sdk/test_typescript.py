@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conduit.catalog import ToolEntry
-from conduit.sandbox.deno import find_deno
+from conduit.sandbox.deno.runtime import find_deno
 from conduit.sdk.naming import identifier, unique_identifiers
 from conduit.sdk.typescript import generate_typescript_sdk, schema_type, typescript_declaration
 

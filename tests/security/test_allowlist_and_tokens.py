@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conduit.bridge.sessions import SessionRegistry
+from conduit.core.sessions import SessionRegistry
 from conduit.errors import FORBIDDEN, UNAUTHORIZED, AuthError
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.security.tokens import mint_token, tokens_equal

@@ -20,7 +20,7 @@ import pytest
 from canary_server import BASE_CONFIG, ENV_CANARY, TOKEN_CANARY, TOOL, AttackServer, attack_server
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conduit.sandbox.pyodide import default_pyodide_dir
+from conduit.sandbox.pyodide.runtime import default_pyodide_dir
 from support import INITIALIZE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]

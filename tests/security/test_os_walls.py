@@ -21,8 +21,8 @@ from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.deno import DenoRuntime, DenoSandbox, find_deno
-from conduit.sandbox.pool import PooledRuntime
+from conduit.sandbox.deno.runtime import DenoRuntime, DenoSandbox, find_deno
+from conduit.sandbox.host.pool import PooledRuntime
 from conduit.sandbox.walls.cgroups import CgroupSupport, detect, launched_leaf, remove_parents
 from conduit.sandbox.walls.confine import encode_spec
 from conduit.sandbox.walls.launch import CONFINE, NATIVE_CONFINE, SYSTEM_READ_ONLY, WALL_NAMES, Walls, native_launcher

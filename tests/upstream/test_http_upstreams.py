@@ -14,11 +14,12 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
+from conduit.auth.principals import principal
 from conduit.config.schema import Config, Credentials, Policy, UpstreamConfig
 from conduit.core.assembly import open_gateway
 from conduit.errors import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, UpstreamError
 from conduit.security.callers import MASTER as MASTER_CALLER
-from conduit.security.callers import Caller, principal
+from conduit.security.callers import Caller
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.credential_store import CredentialStore, new_key
 from conduit.upstream.per_principal import PrincipalConnections

@@ -21,9 +21,10 @@ from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
 
 from conduit.auth.jwt_tokens import JwtValidator, TokenRejected
+from conduit.auth.principals import principal
 from conduit.config.schema import AuthConfig, Config, OAuthConfig, OAuthPolicy
 from conduit.errors import ConfigError
-from conduit.security.callers import MASTER, Caller, oauth_id, principal
+from conduit.security.callers import MASTER, Caller, oauth_id
 from conduit.upstream.network import guarded_client, policy_for
 
 logger = logging.getLogger(__name__)

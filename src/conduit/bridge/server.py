@@ -19,7 +19,7 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
-from conduit.bridge.sessions import BridgeCaller, SessionRegistry
+from conduit.core.sessions import BridgeCaller, SessionRegistry
 from conduit.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ConduitError, InvalidParamsError
 from conduit.sandbox.base import BridgeAddress
 from conduit.security.redact import sandbox_safe

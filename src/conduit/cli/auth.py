@@ -23,9 +23,10 @@ from pydantic import SecretStr
 
 from conduit.cli.common import add_config_option, load
 from conduit.cluster.store import SharedStore
-from conduit.config.schema import RESERVED_CALLER_IDS, Credentials
+from conduit.config.schema import Credentials
 from conduit.errors import ConduitError, ConfigError, StoreUnavailableError
 from conduit.oauth.authorize import Grant, LoginOptions, login
+from conduit.security.callers import RESERVED_CALLER_IDS
 from conduit.upstream.credential_store import new_key, store_for
 
 EPILOG = """\

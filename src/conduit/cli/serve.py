@@ -9,10 +9,10 @@ from typing import Any
 
 import anyio
 
+from conduit.auth.principals import local_caller
 from conduit.auth.verifier import build_verifier
 from conduit.cli.common import add_config_option, load, setup_logging
 from conduit.errors import ConfigError, ListenError, SandboxStartError
-from conduit.security.callers import local_caller
 from conduit.security.tokens import mint_token
 
 EPILOG = """\

@@ -67,7 +67,7 @@ class RunMirror:
         async def unknown() -> bool:
             return True
 
-        return await self._store.run(read, unknown)
+        return await self._store.with_fallback(read, unknown)
 
     async def publish(self, run_id: str, record: Mapping[str, Any], finished: bool) -> None:
         """Write a run's record (kept ``keepMs`` once finished, while it may still run otherwise)."""
@@ -89,7 +89,7 @@ class RunMirror:
         async def nothing() -> bytes | None:
             return None
 
-        sealed = await self._store.run(get, nothing)
+        sealed = await self._store.with_fallback(get, nothing)
         if sealed is None:
             return None
         try:
@@ -111,7 +111,7 @@ class RunMirror:
             await self._store.client.rpush(self._inbox(run_id), sealed)
             await self._store.client.expire(self._inbox(run_id), max(1, round(self._longest_s)))
 
-        await self._store.run(push, None)
+        await self._store.with_fallback(push, None)
 
     async def take(self, run_id: str) -> list[dict[str, Any]]:
         """The commands left for a run this replica owns, oldest first (none while Redis is away)."""
@@ -127,7 +127,7 @@ class RunMirror:
             return []
 
         try:
-            taken = await self._store.run(pop, none)
+            taken = await self._store.with_fallback(pop, none)
         except StoreUnavailableError:  # refuse mode and Redis away: the commands wait in Redis
             return []
         commands = []
@@ -148,4 +148,4 @@ class RunMirror:
             return None
 
         with contextlib.suppress(StoreUnavailableError):  # refuse mode: the owner goes on all the same
-            await self._store.run(written, skipped)
+            await self._store.with_fallback(written, skipped)

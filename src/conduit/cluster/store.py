@@ -1,6 +1,6 @@
 """One replica's link to the cluster's Redis, and what it does while Redis is away.
 
-Every use of Redis goes through :meth:`SharedStore.run`: the operation, or, when Redis cannot be
+Every use of Redis goes through :meth:`SharedStore.with_fallback`: the operation, or, when Redis cannot be
 reached, ``cluster.onStoreError``'s answer: ``local`` runs the replica's own fallback, ``refuse``
 raises :class:`~conduit.errors.StoreUnavailableError` (-32000: nothing has run, retry later). After a
 failure Redis is left alone for :data:`RETRY_S` (requests do not each wait for a dead server), then
@@ -62,7 +62,9 @@ class SharedStore:
         """False while Redis is left alone after a failure."""
         return time.monotonic() >= self._retry_at
 
-    async def run(self, operation: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]] | None) -> T:
+    async def with_fallback(
+        self, operation: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]] | None
+    ) -> T:
         """``operation`` on Redis; while Redis is away, ``fallback`` (``local``) or a refusal.
 
         Raises:
@@ -75,11 +77,11 @@ class SharedStore:
             raise self._refusal()
         return await fallback()
 
-    def run_sync(self, operation: Callable[[], T], fallback: Callable[[], T] | None) -> T:
-        """:meth:`run` for the few synchronous readers (the credential store); same rules.
+    def with_fallback_sync(self, operation: Callable[[], T], fallback: Callable[[], T] | None) -> T:
+        """:meth:`with_fallback` for the few synchronous readers (the credential store); same rules.
 
         Raises:
-            StoreUnavailableError: as :meth:`run`.
+            StoreUnavailableError: as :meth:`with_fallback`.
         """
         if self.available:
             with self._watched():

@@ -16,13 +16,10 @@ from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, fi
 from pydantic.alias_generators import to_camel
 
 from conduit.errors import InvalidParamsError
+from conduit.security.allowlist import Allowlist, AllowlistError
+from conduit.security.callers import OAUTH_CALLER_PREFIX, RESERVED_CALLER_IDS
 
 _ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-RESERVED_CALLER_IDS: Final = frozenset({"master", "local"})
-"""The ids of the master token's caller and the stdio caller: no principal may have them, in any case."""
-OAUTH_CALLER_PREFIX: Final = "oauth:"
-"""An OAuth caller's id is this and its principal claim (``oauth:u-123``): no API-key principal can name
-itself into it, since a principal's id has no colon."""
 
 
 class _Model(BaseModel):
@@ -247,8 +244,6 @@ class Policy(_Model):
     @field_validator("allowed_tools")
     @classmethod
     def _patterns_parse(cls, patterns: list[str]) -> list[str]:
-        from conduit.security.allowlist import Allowlist, AllowlistError
-
         try:
             Allowlist.parse(patterns)
         except AllowlistError as exc:
@@ -293,8 +288,6 @@ class ApprovalRule(_Model):
         if (self.tools is None) == (self.annotations is None):
             raise ValueError("an approval rule matches on exactly one of 'tools' and 'annotations'")
         if self.tools is not None:
-            from conduit.security.allowlist import Allowlist, AllowlistError
-
             try:
                 Allowlist.parse(self.tools)
             except AllowlistError as exc:

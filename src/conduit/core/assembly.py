@@ -21,15 +21,15 @@ from typing import Any
 import anyio
 
 from conduit.bridge.server import BridgeServer
-from conduit.bridge.sessions import SessionRegistry
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.core.languages import LANGUAGES, RuntimeParts
+from conduit.core.sessions import SessionRegistry
 from conduit.observability.tracing import Tracing, traces_endpoint
 from conduit.sandbox.base import BridgeAddress, Runtime
-from conduit.sandbox.deno import DenoRuntime, find_deno
-from conduit.sandbox.process import use_pidfd_child_watcher
+from conduit.sandbox.deno.runtime import DenoRuntime, find_deno
+from conduit.sandbox.host.process import use_pidfd_child_watcher
 from conduit.sandbox.walls import Walls
 from conduit.upstream.credential_store import store_for
 from conduit.upstream.network import policy_for

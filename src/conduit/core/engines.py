@@ -2,7 +2,7 @@
 
 ``engine`` comes from the request, else from ``pythonEngine`` in config. ``monty`` and ``pyodide``
 are taken as asked. ``auto`` asks the Monty runtime whether the program is within what Monty runs
-as CPython would (:mod:`conduit.sandbox.monty_check`); a program that is not, or any program while
+as CPython would (:mod:`conduit.sandbox.monty.check`); a program that is not, or any program while
 Monty is unavailable, runs on Pyodide. The program is never run twice, whatever the answer.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Final
 from conduit.config.schema import PYTHON_ENGINES
 from conduit.errors import InvalidParamsError, SandboxStartError
 from conduit.sandbox.base import Runtime
-from conduit.sandbox.monty import MontyRuntime
+from conduit.sandbox.monty.runtime import MontyRuntime
 
 logger = logging.getLogger(__name__)
 

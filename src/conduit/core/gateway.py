@@ -23,14 +23,6 @@ import mcp_types as types
 from anyio.abc import TaskGroup
 
 from conduit.bridge.server import BridgeServer
-from conduit.bridge.sessions import (
-    CALL_TOOL,
-    DISCOVER_TOOLS,
-    REGISTER_UPSTREAM,
-    BridgeCaller,
-    Session,
-    SessionRegistry,
-)
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.cluster.run_mirror import RunMirror
 from conduit.cluster.store import SharedStore
@@ -44,6 +36,7 @@ from conduit.core.hints import explain_missing_tool, unmatched_patterns
 from conduit.core.languages import BY_NAME, LANGUAGES
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.runs import BOOT, Run, Runs
+from conduit.core.sessions import BridgeCaller, Session, SessionRegistry
 from conduit.core.typed import typed_value
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import (
@@ -58,7 +51,8 @@ from conduit.observability.context import ENDED_BY, EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
 from conduit.sandbox.base import Job, RunOutcome, Runtime
-from conduit.sandbox.program import position_fixer, with_program_positions
+from conduit.sandbox.host.program import position_fixer, with_program_positions
+from conduit.sandbox.protocol import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM
 from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
 from conduit.security.allowlist import Allowlist, AllowlistError

@@ -19,7 +19,7 @@ from typing import Final
 
 from conduit.catalog import Catalog
 from conduit.errors import PROGRAM_ERROR
-from conduit.sandbox.base import RunError, RunOutcome
+from conduit.sandbox.base import ProgramFailure, RunOutcome
 from conduit.sdk.naming import identifier, sdk_names
 
 SEARCH_TOOL: Final = "conduit__mcp_search_tools"
@@ -36,7 +36,8 @@ def explain_missing_tool(outcome: RunOutcome, program: str, visible: Catalog) ->
 
     >>> from conduit.catalog import ToolEntry
     >>> entry = ToolEntry("catalog", "get_stock", "", {})
-    >>> failed = RunOutcome("", "", 1, RunError(PROGRAM_ERROR, "TypeError: tools.catalog.get_stok is not a function"))
+    >>> why = ProgramFailure(PROGRAM_ERROR, "TypeError: tools.catalog.get_stok is not a function")
+    >>> failed = RunOutcome("", "", 1, why)
     >>> print(explain_missing_tool(failed, "", Catalog((entry,))).error.message)
     no tool 'get_stok' in package 'catalog' for this run (unknown or not allowed); see conduit__mcp_search_tools; \
 closest: tools.catalog.get_stock (TypeError: tools.catalog.get_stok is not a function)
@@ -62,7 +63,7 @@ closest: tools.catalog.get_stock (TypeError: tools.catalog.get_stok is not a fun
         hint += f"; closest: {', '.join(close)}" if close else f"; packages here: {', '.join(packages) or 'none'}"
     else:
         return outcome
-    return dataclasses.replace(outcome, error=RunError(error.code, f"{hint} ({error.message})"))
+    return dataclasses.replace(outcome, error=ProgramFailure(error.code, f"{hint} ({error.message})"))
 
 
 def _reached_for(message: str, program: str) -> tuple[str | None, str | None] | None:

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from conduit.bridge.sessions import EXECUTE_PREFIX
 from conduit.catalog import CONDUIT_PREFIX, ToolEntry
 from conduit.config.schema import Config, PoolConfig
 from conduit.sandbox.base import BridgeAddress, Runtime
-from conduit.sandbox.deno import DenoRuntime
-from conduit.sandbox.isolate import IsolateRuntime
-from conduit.sandbox.monty import BridgeCall, MontyRuntime, MontyWorkers, find_monty
-from conduit.sandbox.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.pyodide import PyodideRuntime, default_pyodide_dir
-from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
+from conduit.sandbox.deno.runtime import DenoRuntime
+from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
+from conduit.sandbox.isolate.runtime import IsolateRuntime
+from conduit.sandbox.monty.runtime import BridgeCall, MontyRuntime, MontyWorkers, find_monty
+from conduit.sandbox.protocol import EXECUTE_PREFIX
+from conduit.sandbox.pyodide.runtime import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 from conduit.sandbox.walls import Walls
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_deno_sdk, generate_javascript_sdk, generate_typescript_sdk

@@ -94,7 +94,7 @@ class RateLimiter:
         if self._shared is None:
             return await self._local.hit(item, key)
         shared, redis = self._shared
-        return await shared.run(lambda: redis.hit(item, key), lambda: self._local.hit(item, key))
+        return await shared.with_fallback(lambda: redis.hit(item, key), lambda: self._local.hit(item, key))
 
     async def _retry_after(self, item: RateLimitItem, key: str) -> float:
         limiter = self._local

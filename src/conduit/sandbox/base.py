@@ -43,7 +43,9 @@ class Job:
 
 
 @dataclass(frozen=True)
-class RunError:
+class ProgramFailure:
+    """Why a program ended in failure (a value in its outcome, not an exception): a code and a message."""
+
     code: int
     message: str
 
@@ -55,7 +57,7 @@ class RunOutcome:
     stdout: str
     stderr: str
     exit_code: int
-    error: RunError | None = None
+    error: ProgramFailure | None = None
     result: Any = None
     has_result: bool = False
     duration_ms: float = 0.0

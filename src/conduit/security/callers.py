@@ -4,8 +4,9 @@ Every request to the gateway carries a :class:`Caller`. The master token is the 
 the server's limits, and alone may administer (register upstreams at run time). A stdio client is
 the single trusted local caller with the same reach, unless ``conduit serve --stdio --principal ID``
 names a principal. Principals (an API key, or an OAuth access token mapped to a policy) run under
-their :class:`~conduit.config.schema.Policy`: a request's allowlist is intersected with theirs,
-their limits are ceilings, and they have rate limits and concurrency of their own.
+their :class:`~conduit.config.schema.Policy` (:mod:`conduit.auth.principals` makes their callers): a
+request's allowlist is intersected with theirs, their limits are ceilings, and they have rate limits and
+concurrency of their own.
 
 A caller's :attr:`Caller.id` is the one key of everything that is its own: runs, credentials in the
 store and in Redis, rate-limit counters, concurrency shares, approvals, audit records, metrics and logs.
@@ -22,11 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from conduit.config.schema import OAUTH_CALLER_PREFIX, Config, Policy
-from conduit.errors import ConfigError
 from conduit.security.allowlist import Allowlist
 
 CallerKind = Literal["master", "local", "principal"]
+RESERVED_CALLER_IDS: Final = frozenset({"master", "local"})
+"""The ids of the master token's caller and the stdio caller: no principal may have them, in any case."""
+OAUTH_CALLER_PREFIX: Final = "oauth:"
+"""An OAuth caller's id is this and its principal claim (``oauth:u-123``): no API-key principal can name
+itself into it, since a principal's id has no colon."""
 EVERYTHING: Final = Allowlist.parse(["*"])
 MAX_CLAIM_CHARS: Final = 256
 """The longest principal claim an OAuth caller's id is made of."""
@@ -73,23 +77,6 @@ MASTER: Final = Caller("master", "master")
 LOCAL: Final = Caller("local", "local")
 
 
-def principal(principal_id: str, policy: Policy, policy_name: str | None = None) -> Caller:
-    """The caller a principal's policy makes."""
-    allowlist = Allowlist.parse(policy.allowed_tools)
-    if policy.upstreams is not None:
-        allowlist = allowlist.narrowed(Allowlist.parse([f"{upstream}.*" for upstream in policy.upstreams]))
-    return Caller(
-        principal_id,
-        "principal",
-        allowlist=allowlist,
-        limits=dict(policy.limits),
-        rate_limit=policy.rate_limit,
-        tool_call_rate_limit=policy.tool_call_rate_limit,
-        max_concurrent=policy.max_concurrent,
-        policy_name=policy_name,
-    )
-
-
 def oauth_id(claim: object) -> str | None:
     """The id of the OAuth caller whose principal claim is ``claim``; None when the claim cannot name one
     (not a string, empty, longer than :data:`MAX_CLAIM_CHARS`, or holding control characters).
@@ -104,18 +91,3 @@ def oauth_id(claim: object) -> str | None:
     if not isinstance(claim, str) or not claim or len(claim) > MAX_CLAIM_CHARS or not claim.isprintable():
         return None
     return OAUTH_CALLER_PREFIX + claim
-
-
-def local_caller(config: Config, principal_id: str | None) -> Caller:
-    """Who the stdio client acts as: the trusted local caller, or the principal named on the command line.
-
-    Raises:
-        ConfigError: no principal has that id.
-    """
-    if principal_id is None:
-        return LOCAL
-    for entry in config.auth.principals:
-        if entry.id == principal_id:
-            return principal(entry.id, entry)
-    known = ", ".join(entry.id for entry in config.auth.principals) or "none are configured"
-    raise ConfigError(f"no principal {principal_id!r} in auth.principals ({known})")

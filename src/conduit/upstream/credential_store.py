@@ -128,13 +128,15 @@ class RedisVault:
     def stamp(self) -> Hashable | None:
         if time.monotonic() - self._checked_at < RECHECK_S:
             return self._version
-        version = self._shared.run_sync(lambda: self._shared.sync_client.hget(self._key, "version"), self._kept)
+        version = self._shared.with_fallback_sync(
+            lambda: self._shared.sync_client.hget(self._key, "version"), self._kept
+        )
         self._checked_at = time.monotonic()
         self._version = version
         return version
 
     def read(self) -> bytes:
-        sealed = self._shared.run_sync(lambda: self._shared.sync_client.hget(self._key, "document"), None)
+        sealed = self._shared.with_fallback_sync(lambda: self._shared.sync_client.hget(self._key, "document"), None)
         if not isinstance(sealed, bytes):
             raise OSError("the document vanished while it was read")
         return sealed
@@ -146,7 +148,7 @@ class RedisVault:
             pipeline.hincrby(self._key, "version", 1)
             return pipeline.execute()[1]
 
-        self._version = str(self._shared.run_sync(store, None)).encode()
+        self._version = str(self._shared.with_fallback_sync(store, None)).encode()
         self._checked_at = time.monotonic()
         return self._version
 

@@ -105,7 +105,7 @@ class SharedTokenState:
         async def without_redis() -> None:
             return None
 
-        acquired = await self._shared.run(lock.acquire, without_redis)
+        acquired = await self._shared.with_fallback(lock.acquire, without_redis)
         if acquired is None:  # Redis is away, and onStoreError is local
             async with self._local.lock():
                 yield
@@ -123,7 +123,7 @@ class SharedTokenState:
             sealed = await self._shared.client.get(self._key)
             return self._open(sealed) if sealed is not None else None
 
-        return await self._shared.run(remote, self._local.read)
+        return await self._shared.with_fallback(remote, self._local.read)
 
     async def write(self, tokens: Tokens) -> None:
         await self._local.write(tokens)
@@ -133,7 +133,7 @@ class SharedTokenState:
             await self._shared.client.set(self._key, sealed, ex=int(KEEP_S))
 
         try:
-            await self._shared.run(remote, self._kept_locally)
+            await self._shared.with_fallback(remote, self._kept_locally)
         except StoreUnavailableError:  # even with `refuse`: the refresh has happened, its tokens must not be lost
             await self._kept_locally()
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from conduit.sandbox.base import RunError, RunOutcome
-from conduit.sandbox.isolate_worker import program_script
+from conduit.sandbox.base import ProgramFailure, RunOutcome
+from conduit.sandbox.isolate.worker import program_script
 
 _OPEN: Final = "export default (async () => {"
 _CLOSE: Final = "\n})();\n"
@@ -419,7 +419,7 @@ def with_program_positions(outcome: RunOutcome, code: str, fix: Callable[[str], 
 
     >>> fix = position_fixer("isolate", "const a = 1;\\nnope();")
     >>> failed = RunOutcome("", "Uncaught ReferenceError: nope is not defined\\n    at program.js:2:1\\n", 1,
-    ...     RunError(-32001, "ReferenceError: nope is not defined"))
+    ...     ProgramFailure(-32001, "ReferenceError: nope is not defined"))
     >>> with_program_positions(failed, "const a = 1;\\nnope();", fix).error.message
     'ReferenceError: nope is not defined (at program.js:2:1: nope();)'
     """
@@ -435,4 +435,4 @@ def with_program_positions(outcome: RunOutcome, code: str, fix: Callable[[str], 
         lines = code.split("\n")
         text = lines[row - 1].strip() if 0 < row <= len(lines) else ""
         message += f" (at {where[0]}{': ' + text if text else ''})"
-    return dataclasses.replace(outcome, stderr=stderr, error=RunError(error.code, message))
+    return dataclasses.replace(outcome, stderr=stderr, error=ProgramFailure(error.code, message))

@@ -14,11 +14,15 @@ import sys
 import traceback
 import types
 
-import _conduit_bridge  # registered by the harness: call(method, params_json) -> Promise[str]
+import _conduit_bridge  # registered by the harness: call(method, params_json) -> Promise[str], the protocol
 from pyodide.code import eval_code_async
 from pyodide.ffi import JsException
 
 PROGRAM = "program.py"
+CALL_TOOL = _conduit_bridge.CALL_TOOL
+DISCOVER_TOOLS = _conduit_bridge.DISCOVER_TOOLS
+_records = types.ModuleType("_conduit_records")  # conduit/sandbox/protocol/records.py, as the host has it
+exec(compile(_conduit_bridge.RECORDS, "<conduit-records>", "exec"), _records.__dict__)
 _OUT_OF_MEMORY = re.compile(
     r"RangeError: .*(allocation failed|could not allocate memory|unable to grow instance memory|out of memory)",
     re.IGNORECASE,
@@ -45,7 +49,11 @@ async def call(method, params):
     answer = json.loads(await _conduit_bridge.call(method, json.dumps(params)))
     if "error" in answer:
         error = answer["error"]
-        raise ToolError(error.get("code", -32603), error.get("message", "tool call failed"), error.get("data"))
+        raise ToolError(
+            error.get("code", _conduit_bridge.INTERNAL_ERROR),
+            error.get("message", "tool call failed"),
+            error.get("data"),
+        )
     return answer["result"]
 
 
@@ -59,12 +67,12 @@ async def invoke(name, args, kwargs, structured=False):
     params = {"name": name, "arguments": merged}
     if structured:
         params["structured"] = True
-    return await call("mcp_call_tool", params)
+    return await call(CALL_TOOL, params)
 
 
 async def discover_mcp_tools(query=None):
     """The tools this execution may call: name, upstream, tool, description, inputSchema."""
-    return await call("mcp_discover_tools", {} if query is None else {"query": query})
+    return await call(DISCOVER_TOOLS, {} if query is None else {"query": query})
 
 
 def _program_traceback(exc):
@@ -73,18 +81,6 @@ def _program_traceback(exc):
     lines += traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines)
-
-
-def _encode(value, max_bytes):
-    if value is None:
-        return {"status": "ok"}
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return {"status": "ok", "unserializable": f"the value of the last expression is not JSON-serialisable: {exc}"}
-    if len(text.encode()) > max_bytes:
-        return {"status": "ok", "unserializable": f"the value is larger than the {max_bytes}-byte output limit"}
-    return {"status": "ok", "value": json.loads(text)}
 
 
 async def run(code, sdk_source, max_result_bytes):
@@ -102,22 +98,21 @@ async def run(code, sdk_source, max_result_bytes):
     linecache.cache[PROGRAM] = (len(code), None, code.splitlines(True), PROGRAM)
     try:
         value = await eval_code_async(code, namespace, filename=PROGRAM)
-        record = _encode(value, max_result_bytes)
+        record = _records.value_record(value, max_result_bytes)
     except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        record = {"status": "ok"} if status == 0 else {"status": "exit", "code": status}
+        record = _records.exit_record(exc.code)
     except MemoryError as exc:
         sys.stderr.write(_program_traceback(exc))
-        record = {"status": "limit", "limit": "memory"}
+        record = _records.limit_record("memory")
     except JsException as exc:  # a JavaScript allocation the limit refused (a WebAssembly memory at its ceiling)
         sys.stderr.write(_program_traceback(exc))
         if _OUT_OF_MEMORY.search(str(exc)):
-            record = {"status": "limit", "limit": "memory"}
+            record = _records.limit_record("memory")
         else:
-            record = {"status": "error", "error": {"name": type(exc).__name__, "message": str(exc)}}
+            record = _records.error_record(type(exc).__name__, str(exc))
     except BaseException as exc:  # the program's own failure, whatever it raised
         sys.stderr.write(_program_traceback(exc))
-        record = {"status": "error", "error": {"name": type(exc).__name__, "message": str(exc)}}
+        record = _records.error_record(type(exc).__name__, str(exc))
     sys.stdout.flush()
     sys.stderr.flush()
     return json.dumps(record)

@@ -1,6 +1,6 @@
 """JavaScript sandboxes: a fresh V8 isolate per program, hosted in supervised worker processes.
 
-The server never touches an isolate itself (see :mod:`conduit.sandbox.isolate_worker`). It
+The server never touches an isolate itself (see :mod:`conduit.sandbox.isolate.worker`). It
 keeps workers started and idle (``min`` always, up to ``max`` after a burst, within a memory
 ceiling); a program gets one worker, which creates a fresh isolate for it, and the worker
 returns to the idle set only if the run ended cleanly. A worker that trips a limit, misses
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,11 +23,12 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, RuntimeStatus, job_line
-from conduit.sandbox.outcome import classify
-from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.pool import CHECK_EVERY_S, Demand, PoolSizing
-from conduit.sandbox.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, spawn
-from conduit.sandbox.program import isolate_body
+from conduit.sandbox.host.outcome import classify
+from conduit.sandbox.host.output import OutputCollector
+from conduit.sandbox.host.pool import CHECK_EVERY_S, Demand, PoolSizing
+from conduit.sandbox.host.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, spawn
+from conduit.sandbox.host.program import isolate_body
+from conduit.sandbox.protocol import new_nonce
 from conduit.sandbox.walls import Walls, python_profile
 from conduit.sandbox.walls.cgroups import Cgroup
 
@@ -69,7 +69,7 @@ class Worker:
 class IsolateRuntime:
     """Starts and supervises isolate workers; hands out one per program: a :class:`Runtime`.
 
-    Its own pool rather than a :class:`~conduit.sandbox.pool.PooledRuntime`: a worker is not used once
+    Its own pool rather than a :class:`~conduit.sandbox.host.pool.PooledRuntime`: a worker is not used once
     and discarded like a Deno sandbox, it goes back to the idle set after every clean run (each program
     still gets a fresh isolate), so its pool is the set of idle workers.
     """
@@ -103,15 +103,15 @@ class IsolateRuntime:
 
     @property
     def target(self) -> int:
-        """Idle workers wanted (see :class:`~conduit.sandbox.pool.Demand`)."""
+        """Idle workers wanted (see :class:`~conduit.sandbox.host.pool.Demand`)."""
         return self.demand.target
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
         """Importing the worker: exits 0 when its Python and mini-racer load as the sandbox uid."""
-        return [sys.executable, "-I", "-c", "import conduit.sandbox.isolate_worker"], dict(WORKER_ENV)
+        return [sys.executable, "-I", "-c", "import conduit.sandbox.isolate.worker"], dict(WORKER_ENV)
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-I", "-m", "conduit.sandbox.isolate_worker"]
+        argv = [sys.executable, "-I", "-m", "conduit.sandbox.isolate.worker"]
         walls = self._walls
         if walls is not None and walls.uid is not None and walls.late_uid("isolate"):
             argv += ["--uid", str(walls.uid)]  # its Python cannot start as that uid: it drops after loading
@@ -285,7 +285,7 @@ class IsolateSandbox:
             raise SandboxStartError("a sandbox runs exactly one program")
         self._used = True
         limits = job.limits
-        collector = OutputCollector.for_limits(limits, secrets.token_hex(16), job.on_output)
+        collector = OutputCollector.for_limits(limits, new_nonce(), job.on_output)
         payload = {
             "token": job.token,
             "bridge": {"host": self._bridge.host, "port": self._bridge.port},

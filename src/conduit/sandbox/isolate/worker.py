@@ -1,4 +1,4 @@
-"""The V8-isolate worker process: ``python -I -m conduit.sandbox.isolate_worker``.
+"""The V8-isolate worker process: ``python -I -m conduit.sandbox.isolate.worker``.
 
 Isolates never live in the server's own process: a program that spins inside an async
 continuation blocks every Python thread that touches its isolate. So the server supervises
@@ -25,15 +25,25 @@ import os
 import re
 import signal
 import sys
+import types
 from pathlib import Path
 from typing import Any, Final
 
 from py_mini_racer import JSEvalException, JSFunction, JSOOMException, JSParseException, mini_racer
 
 PR_SET_PDEATHSIG: Final = 1
-HARNESS: Final = Path(__file__).parent / "harness"
-PRELUDE: Final = (HARNESS / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
-RESULT_ENCODER: Final = (HARNESS / "result.js").read_text(encoding="utf-8").replace("export function ", "function ", 1)
+PROTOCOL_FILES: Final = Path(__file__).parents[1] / "protocol"
+"""The host–sandbox protocol (``conduit.sandbox.protocol``), read from its files: the worker imports nothing
+of Conduit's, so that it loads no server module."""
+_PROTOCOL: Final[dict[str, Any]] = json.loads((PROTOCOL_FILES / "protocol.json").read_text(encoding="utf-8"))
+INVALID_PARAMS: Final[int] = _PROTOCOL["codes"]["invalidParams"]
+INTERNAL_ERROR: Final[int] = _PROTOCOL["codes"]["internalError"]
+records = types.ModuleType("_conduit_records")
+exec(compile((PROTOCOL_FILES / "records.py").read_text(encoding="utf-8"), "records.py", "exec"), records.__dict__)
+PRELUDE: Final = (Path(__file__).parent / "isolate_prelude.js").read_text(encoding="utf-8").strip().rstrip(";")
+RESULT_ENCODER: Final = (
+    (PROTOCOL_FILES / "result.js").read_text(encoding="utf-8").replace("export function ", "function ")
+)
 """The one result encoder of every JavaScript runtime, as a function expression for the prelude."""
 _out = sys.stdout.buffer
 
@@ -78,7 +88,7 @@ class Bridge:
             pass
         for future in self._pending.values():
             if not future.done():
-                future.set_result({"error": {"code": -32603, "message": "bridge connection closed"}})
+                future.set_result({"error": {"code": INTERNAL_ERROR, "message": "bridge connection closed"}})
         self._pending.clear()
 
     async def call(self, method: Any, params_json: Any, output: Any = "") -> str:
@@ -91,11 +101,11 @@ class Bridge:
         try:
             params = json.loads(str(params_json))
         except ValueError:
-            return json.dumps({"error": {"code": -32602, "message": "arguments are not JSON-serialisable"}})
+            return json.dumps({"error": {"code": INVALID_PARAMS, "message": "arguments are not JSON-serialisable"}})
         try:
             return await self._request(str(method), params)
         except Exception:  # never let a Python exception (and its traceback) cross into the isolate
-            return json.dumps({"error": {"code": -32603, "message": "the bridge is unavailable"}})
+            return json.dumps({"error": {"code": INTERNAL_ERROR, "message": "the bridge is unavailable"}})
 
     async def _request(self, method: str, params: Any) -> str:
         request_id = self._next
@@ -115,7 +125,7 @@ class Bridge:
         answer = await future
         if "error" in answer:
             error = answer["error"]
-            sent = {"code": error.get("code", -32603), "message": str(error.get("message"))}
+            sent = {"code": error.get("code", INTERNAL_ERROR), "message": str(error.get("message"))}
             if "data" in error:
                 sent["data"] = error["data"]
             return json.dumps({"error": sent})
@@ -243,7 +253,7 @@ class FreshContext:
 
     async def _call(self, *args: Any) -> str:
         if self.bridge is None:
-            return json.dumps({"error": {"code": -32603, "message": "the bridge is unavailable"}})
+            return json.dumps({"error": {"code": INTERNAL_ERROR, "message": "the bridge is unavailable"}})
         return await self.bridge.call(*args)
 
     async def close(self) -> None:
@@ -273,22 +283,22 @@ async def run_job(job: dict[str, Any], fresh: FreshContext) -> bool:
         except JSParseException as exc:
             message = syntax_error_message(str(exc))
             send({"type": "output", "stream": "stderr", "data": f"Uncaught SyntaxError: {message}\n"})
-            record = {"status": "error", "error": {"name": "SyntaxError", "message": message}}
+            record = records.error_record("SyntaxError", message)
         except JSOOMException:
-            record, reusable = {"status": "limit", "limit": "memory"}, False
+            record, reusable = records.limit_record("memory"), False
             await drain_after_stop(drain)
         except TimeoutError:
-            record, reusable = {"status": "limit", "limit": "timeout"}, False
+            record, reusable = records.limit_record("timeout"), False
             await drain_after_stop(drain)
         except JSEvalException as exc:
             if racer.was_hard_memory_limit_reached():
-                record, reusable = {"status": "limit", "limit": "memory"}, False
+                record, reusable = records.limit_record("memory"), False
                 await drain_after_stop(drain)
             else:
                 message = sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else "Error")
-                record = {"status": "error", "error": {"name": "Error", "message": message}}
+                record = records.error_record("Error", message)
         if racer.was_hard_memory_limit_reached() and record.get("status") != "limit":
-            record, reusable = {"status": "limit", "limit": "memory"}, False
+            record, reusable = records.limit_record("memory"), False
         if isinstance(record.get("error"), dict):
             record["error"]["message"] = sanitize(str(record["error"].get("message", "")))
         send({"type": "done", "record": record})

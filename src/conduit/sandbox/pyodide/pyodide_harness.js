@@ -10,7 +10,8 @@
 // Args: <pyodide dir> <wasm memory limit MiB> <bridge host> <bridge port> [<memory snapshot file>].
 // With a snapshot (made by pyodide_snapshot.js) the interpreter is restored instead of started.
 
-import { BridgeClient, finish, readJob, stderr, stdout, utf8 } from "./common.js";
+import { BridgeClient, errorRecord, finish, PROTOCOL, readJob, stderr, stdout, utf8 } from "../protocol/common.js";
+import records from "../protocol/records.py" with { type: "text" };
 import { loadPyodideFrom } from "./pyodide_common.js";
 import prelude from "./python_prelude.py" with { type: "text" };
 
@@ -98,11 +99,15 @@ pyodide.setStderr({ write: stderr });
 const conn = await Deno.connect({ hostname: bridgeHost, port: Number(bridgePort), transport: "tcp" });
 const bridge = new BridgeClient(conn);
 pyodide.registerJsModule("_conduit_bridge", {
+  CALL_TOOL: PROTOCOL.methods.callTool,
+  DISCOVER_TOOLS: PROTOCOL.methods.discoverTools,
+  INTERNAL_ERROR: PROTOCOL.codes.internalError,
+  RECORDS: records,
   call: async (method, paramsJson) => {
     try {
       return JSON.stringify({ result: await bridge.request(method, JSON.parse(paramsJson)) });
     } catch (error) {
-      const sent = { code: error?.code ?? -32603, message: String(error?.message ?? error), data: error?.data };
+      const sent = { code: error?.code ?? PROTOCOL.codes.internalError, message: String(error?.message ?? error), data: error?.data };
       return JSON.stringify({ error: sent });
     }
   },
@@ -142,6 +147,6 @@ try {
 } catch (_) {
   // The program broke the runtime's own bookkeeping (patched builtins or the standard library).
   const message = "the Python runtime failed after the program changed it (patched builtins or stdlib?)";
-  record = { status: "error", error: { name: "RuntimeError", message } };
+  record = errorRecord({ name: "RuntimeError", message });
 }
 finish(job.nonce, record, record.status === "ok" ? 0 : record.status === "exit" ? record.code : 1);

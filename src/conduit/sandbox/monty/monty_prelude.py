@@ -1,4 +1,5 @@
-# Conduit's runtime inside every Monty sandbox, fed before the SDK and the program (never imported on the host).
+# Conduit's runtime inside every Monty sandbox, fed before the SDK and the program (never imported on the host),
+# after the protocol's method names (`_CALL_TOOL`, `_DISCOVER_TOOLS`: conduit.sandbox.protocol.PRELUDE_CONSTANTS).
 #
 # Monty has no user-defined exception classes, so a failed call raises the host's answer as an
 # `Exception` whose message is the bridge's; `_conduit_call` is the host function (an external
@@ -30,9 +31,9 @@ async def invoke(name, args, kwargs, structured=False):
     params = {"name": name, "arguments": merged}
     if structured:
         params["structured"] = True
-    return await call("mcp_call_tool", params)
+    return await call(_CALL_TOOL, params)  # noqa: F821 (the protocol's names, fed first)
 
 
 async def discover_mcp_tools(query=None):
     """The tools this execution may call: name, upstream, tool, description, inputSchema."""
-    return await call("mcp_discover_tools", {} if query is None else {"query": query})
+    return await call(_DISCOVER_TOOLS, {} if query is None else {"query": query})  # noqa: F821

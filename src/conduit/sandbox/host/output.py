@@ -16,13 +16,11 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from conduit.config.schema import Limits
 from conduit.errors import LOG_LIMIT, OUTPUT_LIMIT
-
-RESULT_PREFIX: Final = b"\x1eCONDUIT-RESULT:"
-END_PREFIX: Final = b"\x1eCONDUIT-END:"
+from conduit.sandbox.protocol import END_PREFIX, RESULT_PREFIX
 
 logger = logging.getLogger(__name__)
 

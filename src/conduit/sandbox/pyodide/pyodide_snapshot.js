@@ -7,7 +7,7 @@
 //
 // Args: <pyodide dir>.
 
-import { stdout } from "./common.js";
+import { stdout } from "../protocol/common.js";
 import { loadPyodideFrom, SNAPSHOT_IMPORTS } from "./pyodide_common.js";
 
 const [pyodideDir] = Deno.args;

@@ -26,13 +26,12 @@ from typing import Final
 import anyio
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.deno import RUN_FLAGS, DenoRuntime
+from conduit.sandbox.deno.runtime import RUN_FLAGS, DenoRuntime
 
 logger = logging.getLogger(__name__)
 
-HARNESS_DIR: Final = Path(__file__).parent / "harness"
-MAKER: Final = HARNESS_DIR / "pyodide_snapshot.js"
-SCRIPTS: Final = (MAKER, HARNESS_DIR / "pyodide_common.js")
+MAKER: Final = Path(__file__).parent / "pyodide_snapshot.js"
+SCRIPTS: Final = (MAKER, MAKER.parent / "pyodide_common.js")
 KEYED_FILES: Final = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")
 MAKE_TIMEOUT: Final = 120.0
 MIN_SIZE: Final = 1 << 20

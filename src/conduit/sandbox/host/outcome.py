@@ -1,11 +1,7 @@
 """Turning what a sandbox left behind (output, result record, exit status) into a :class:`RunOutcome`.
 
-Every runtime reports the same record shape from inside the sandbox::
-
-    {"status": "ok", "value"?: <json>, "unserializable"?: str}
-    {"status": "error", "error": {"name": str, "message": str}}
-    {"status": "limit", "limit": "memory" | "timeout"}       (a limit the sandbox itself saw)
-    {"status": "exit", "code": int}                          (Python: SystemExit with a non-zero code)
+Every runtime reports the same outcome record from inside the sandbox
+(:mod:`conduit.sandbox.protocol.records`).
 
 The host's own observations win over the record: a tripped output limit or the host deadline
 decides the error code whatever the sandbox said.
@@ -17,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from conduit.errors import INTERNAL_ERROR, MEMORY_LIMIT, PROGRAM_ERROR, TIMEOUT
-from conduit.sandbox.base import RunError, RunOutcome
-from conduit.sandbox.output import OutputCollector
+from conduit.sandbox.base import ProgramFailure, RunOutcome
+from conduit.sandbox.host.output import OutputCollector
 
 KILLED_EXIT: Final = 137
 OOM_MARKERS: Final = ("out of memory", "Reached heap limit", "Allocation failed")
@@ -51,7 +47,7 @@ def classify(
     code = exit_code if exit_code is not None and exit_code >= 0 else KILLED_EXIT
 
     def failed(error_code: int, message: str) -> RunOutcome:
-        return RunOutcome(stdout, stderr, code or 1, RunError(error_code, message), duration_ms=duration_ms)
+        return RunOutcome(stdout, stderr, code or 1, ProgramFailure(error_code, message), duration_ms=duration_ms)
 
     if collector.violation is not None:
         return failed(*collector.violation)

@@ -2,7 +2,7 @@
 
 The process starts with no permissions but a network grant for exactly the bridge's
 ``host:port``, an empty environment (``DENO_DIR`` and ``HOME`` pointing at a directory of its
-own, see :mod:`conduit.sandbox.homes`), no remote, npm or config loading, and ceilings on
+own, see :mod:`conduit.sandbox.host.homes`), no remote, npm or config loading, and ceilings on
 the V8 heap and on every WebAssembly memory. Its main module is Conduit's fixed harness,
 which waits for one job on stdin; so a sandbox can be started ahead of a request and used
 exactly once. The host enforces the time, byte and line limits and kills the process
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -27,11 +26,21 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job, RunOutcome, job_line
-from conduit.sandbox.homes import SandboxHomes, harvest
-from conduit.sandbox.outcome import classify
-from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, set_niceness, spawn
-from conduit.sandbox.program import typescript_module
+from conduit.sandbox.host.homes import SandboxHomes, harvest
+from conduit.sandbox.host.outcome import classify
+from conduit.sandbox.host.output import OutputCollector
+from conduit.sandbox.host.process import (
+    SandboxProcess,
+    destroy,
+    kill_group,
+    private_memory_bytes,
+    pump,
+    set_niceness,
+    spawn,
+)
+from conduit.sandbox.host.program import typescript_module
+from conduit.sandbox.protocol import FOLDER as PROTOCOL_FILES
+from conduit.sandbox.protocol import new_nonce
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, watch_cap
 
@@ -39,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 READY: Final = b"CONDUIT-READY\n"
 READY_TIMEOUT: Final = 30.0
-HARNESS: Final = Path(__file__).parent / "harness" / "deno_harness.js"
+HARNESS: Final = Path(__file__).parent / "deno_harness.js"
 RUN_FLAGS: Final = ("run", "--no-prompt", "--no-remote", "--no-npm", "--no-config", "--no-lock")
 """``deno run`` with nothing loaded from outside: no prompts, remote modules, npm, config or lock file."""
 GC_STORM_FLAGS: Final = "--ineffective-gc-size-threshold=0.8"
@@ -154,8 +163,9 @@ class DenoRuntime:
         return {"DENO_DIR": str(home), "HOME": str(home), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
 
     def profile(self, *read_only: str, baseline_mb: int = 128) -> Profile:
-        """What a Deno sandbox may touch on disk: Deno, the harnesses, ``read_only`` (and its home, read-write)."""
-        return Profile((self.deno_path, str(HARNESS.parent), *read_only), (), baseline_mb)
+        """What a Deno sandbox may touch on disk: Deno, its harness and the protocol's JavaScript side,
+        ``read_only`` (and its home, read-write)."""
+        return Profile((self.deno_path, str(HARNESS.parent), str(PROTOCOL_FILES), *read_only), (), baseline_mb)
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
         """``deno eval 0``: exits 0 when Deno works as the sandbox uid (see ``Walls.probe_uid``)."""
@@ -295,7 +305,7 @@ class DenoSandbox:
         if self._used:
             raise SandboxStartError("a sandbox runs exactly one program")
         self._used = True
-        nonce = secrets.token_hex(16)
+        nonce = new_nonce()
         limits = job.limits
         collector = OutputCollector.for_limits(limits, nonce, job.on_output)
         payload = {

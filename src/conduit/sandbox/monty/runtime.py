@@ -14,16 +14,14 @@ Monty enforces the time and memory limits itself (``TimeoutError``, ``MemoryErro
 enforces them too (the deadline, the cgroup cap) and counts the output, killing the worker at
 the first byte or line past its budget.
 
-Which programs Monty may run is decided before anything runs: see :mod:`conduit.sandbox.monty_check`.
+Which programs Monty may run is decided before anything runs: see :mod:`conduit.sandbox.monty.check`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -41,11 +39,13 @@ from anyio.abc import TaskGroup
 
 from conduit.errors import SandboxStartError
 from conduit.sandbox.base import Job, RunOutcome
-from conduit.sandbox.monty_check import MontyChecker, Verdict
-from conduit.sandbox.outcome import classify
-from conduit.sandbox.output import OutputCollector
-from conduit.sandbox.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.process import REAP_TIMEOUT, has_exited, private_memory_bytes, set_niceness, wait_exited
+from conduit.sandbox.host.outcome import classify
+from conduit.sandbox.host.output import OutputCollector
+from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
+from conduit.sandbox.host.process import REAP_TIMEOUT, has_exited, private_memory_bytes, set_niceness, wait_exited
+from conduit.sandbox.monty.check import MontyChecker, Verdict
+from conduit.sandbox.protocol import PRELUDE_CONSTANTS, new_nonce
+from conduit.sandbox.protocol.records import error_record, exit_record, limit_record, value_record
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
 from conduit.sandbox.walls.launch import MAX_PIDS
@@ -53,7 +53,7 @@ from conduit.sdk.python import without_result_types
 
 logger = logging.getLogger(__name__)
 
-PRELUDE: Final = (Path(__file__).parent / "harness" / "monty_prelude.py").read_text()
+PRELUDE: Final = PRELUDE_CONSTANTS + (Path(__file__).parent / "monty_prelude.py").read_text()
 PROGRAM_FEED: Final = "<python-input-1>"
 """Monty's name for a session's second feed, the program (the first is the prelude and SDK)."""
 PROGRAM: Final = "program.py"
@@ -90,11 +90,11 @@ def _problem(binary: str) -> str | None:
 
 
 class MontyWorkers:
-    """Starts Monty workers, each checked out for one program: a :class:`~conduit.sandbox.pool.PoolableRuntime`.
+    """Starts Monty workers, each checked out for one program: a :class:`~conduit.sandbox.host.pool.PoolableRuntime`.
 
     ``pydantic-monty``'s pool starts a worker when a session is checked out and none is idle, and
     never starts one ahead; a :class:`MontySandbox` is such a checked-out session, so a
-    :class:`~conduit.sandbox.pool.PooledRuntime` of them keeps workers ready ahead of demand.
+    :class:`~conduit.sandbox.host.pool.PooledRuntime` of them keeps workers ready ahead of demand.
     """
 
     name = "monty"
@@ -361,7 +361,7 @@ class MontySandbox:
         path of the answer or while the run holds its concurrency slot.
         """
         limits = job.limits
-        collector = OutputCollector.for_limits(limits, secrets.token_hex(8), job.on_output)
+        collector = OutputCollector.for_limits(limits, new_nonce(), job.on_output)
         timeout_s = limits.timeout_ms / 1000
         capped = timed_out = False
         record: dict[str, Any] | None = None
@@ -403,12 +403,12 @@ class MontySandbox:
                         )
                         program_started = True
                         value = await session.feed_run(job.program, external_lookup=lookup, print_callback=printed)
-                        record = _encode(value, limits.max_output_bytes)
+                        record = value_record(value, limits.max_output_bytes)
                     except pm.MontyRuntimeError as exc:
                         record = _failure_record(exc, printed, time.perf_counter() - started >= timeout_s)
                     except pm.MontySyntaxError as exc:
                         printed("stderr", _syntax_error(exc))
-                        record = {"status": "error", "error": {"name": "SyntaxError", "message": str(exc)}}
+                        record = error_record("SyntaxError", str(exc))
                     except pm.MontyCrashedError as exc:
                         crash = f"the Monty worker died: {exc}"
                     except pm.MontyError as exc:
@@ -482,19 +482,6 @@ def _link_or_copy(source: str, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _encode(value: Any, max_bytes: int) -> dict[str, Any]:
-    """The result record for the last expression's value (as Pyodide's prelude makes it)."""
-    if value is None:
-        return {"status": "ok"}
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return {"status": "ok", "unserializable": f"the value of the last expression is not JSON-serialisable: {exc}"}
-    if len(text.encode()) > max_bytes:
-        return {"status": "ok", "unserializable": f"the value is larger than the {max_bytes}-byte output limit"}
-    return {"status": "ok", "value": json.loads(text)}
-
-
 def _failure_record(exc: pm.MontyRuntimeError, printed: Callable[[str, str], None], overdue: bool) -> dict[str, Any]:
     """The record for a program that raised, with a traceback of its own frames on stderr.
 
@@ -503,14 +490,13 @@ def _failure_record(exc: pm.MontyRuntimeError, printed: Callable[[str, str], Non
     """
     error = exc.exception()
     if isinstance(error, SystemExit):
-        status = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
-        return {"status": "ok"} if status == 0 else {"status": "exit", "code": status}
+        return exit_record(error.code)
     printed("stderr", _traceback(exc, error))
     if isinstance(error, MemoryError):
-        return {"status": "limit", "limit": "memory"}
+        return limit_record("memory")
     if isinstance(error, TimeoutError) and overdue:
-        return {"status": "limit", "limit": "timeout"}
-    return {"status": "error", "error": {"name": type(error).__name__, "message": str(error)}}
+        return limit_record("timeout")
+    return error_record(type(error).__name__, str(error))
 
 
 def _traceback(exc: pm.MontyRuntimeError, error: BaseException) -> str:

@@ -12,23 +12,13 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
 
+from conduit.core.approvals import Asker
 from conduit.errors import FORBIDDEN, AuthError, ToolCallLimitError
+from conduit.sandbox.protocol import SESSION_METHODS
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import MASTER, Caller
 from conduit.security.tokens import mint_token, tokens_equal
-
-if TYPE_CHECKING:
-    from conduit.core.approvals import Asker
-
-DISCOVER_TOOLS: Final = "mcp_discover_tools"
-CALL_TOOL: Final = "mcp_call_tool"
-REGISTER_UPSTREAM: Final = "mcp_register_upstream"
-EXECUTE_PREFIX: Final = "mcp_execute_"
-"""``mcp_execute_<language>`` runs a program (master token only)."""
-SESSION_METHODS: Final = frozenset({DISCOVER_TOOLS, CALL_TOOL})
-"""The only bridge methods a session token may call."""
 
 
 @dataclass

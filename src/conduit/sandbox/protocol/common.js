@@ -1,14 +1,18 @@
-// Pieces shared by Conduit's Deno-hosted harnesses (TypeScript and Pyodide): reading the one job,
-// the bridge client, and the result record written behind the job's marker.
+// The JavaScript side of the host–sandbox protocol (conduit/sandbox/protocol), shared by Conduit's
+// Deno-hosted harnesses (TypeScript and Pyodide): reading the one job, the bridge client, the outcome
+// records, and the record written behind the job's marker. The names and markers are protocol.json's,
+// which the host reads too.
 //
 // What the harness needs to report an outcome (the stdio writers, exit, JSON, the text encoder) is
 // taken here, when the harness loads and before any program runs: a program that replaces
 // `Deno.stdout.writeSync`, `Deno.exit` or `JSON.stringify` changes only what it calls itself.
 
+import protocol from "./protocol.json" with { type: "json" };
 import { resultEncoder } from "./result.js";
 
-export const RESULT_PREFIX = "\x1eCONDUIT-RESULT:";
-export const END_PREFIX = "\x1eCONDUIT-END:";
+export const PROTOCOL = protocol;
+const { resultPrefix: RESULT_PREFIX, endPrefix: END_PREFIX } = protocol;
+const INTERNAL_ERROR = protocol.codes.internalError;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const apply = Reflect.apply;
@@ -122,7 +126,7 @@ export class BridgeClient {
       // connection gone: fall through and fail what is pending
     }
     for (const { reject } of this.#pending.values()) {
-      reject(Object.assign(new Error("bridge connection closed"), { code: -32603 }));
+      reject(Object.assign(new Error("bridge connection closed"), { code: INTERNAL_ERROR }));
     }
     this.#pending.clear();
   }
@@ -158,11 +162,17 @@ export class BridgeClient {
     }).catch((err) => {
       const waiter = this.#pending.get(id);
       this.#pending.delete(id);
-      waiter?.reject(Object.assign(new Error(`bridge write failed: ${err?.message ?? err}`), { code: -32603 }));
+      waiter?.reject(Object.assign(new Error(`bridge write failed: ${err?.message ?? err}`), { code: INTERNAL_ERROR }));
     });
     return promise;
   }
 }
+
+/** The outcome record of a program that failed with `error`: `{name, message, code?}` (see records.py). */
+export const errorRecord = (error) => ({ status: "error", error });
+
+/** The outcome record of a limit the sandbox itself saw: `memory` or `timeout`. */
+export const limitRecord = (limit) => ({ status: "limit", limit });
 
 /** The result record of a program's return value (see result.js), with this harness's JSON and encoder. */
 export const encodeResult = resultEncoder(stringify, parse, (text) => encodeText(text).length);

@@ -18,12 +18,12 @@ from typing import Final
 
 from conduit.errors import InvalidParamsError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.deno import DenoRuntime, DenoSandbox, wait_until_ready
-from conduit.sandbox.pyodide_snapshot import PyodideSnapshot
+from conduit.sandbox.deno.runtime import DenoRuntime, DenoSandbox, wait_until_ready
+from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 
 logger = logging.getLogger(__name__)
 
-HARNESS: Final = Path(__file__).parent / "harness" / "pyodide_harness.js"
+HARNESS: Final = Path(__file__).parent / "pyodide_harness.js"
 LOAD_TIMEOUT: Final = 60.0
 MIN_MEMORY_MB: Final = 64
 """Pyodide's WASM module starts at 30 MiB; below this a program has no room to run."""
@@ -90,7 +90,7 @@ class PyodideRuntime:
         if problem:
             raise SandboxStartError(problem)
         snapshot = await self.snapshot.path() if self.snapshot else None
-        profile = self._deno.profile(*self.readable(snapshot), baseline_mb=PYODIDE_BASELINE_MB)
+        profile = self._deno.profile(str(HARNESS.parent), *self.readable(snapshot), baseline_mb=PYODIDE_BASELINE_MB)
         argv = self.argv(memory_limit_mb, snapshot)
         started = await self._deno.spawn(argv, profile, memory_limit_mb, "python", niceness)
         head = await wait_until_ready(started, LOAD_TIMEOUT, "Python sandbox")

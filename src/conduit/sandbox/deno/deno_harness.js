@@ -7,7 +7,18 @@
 // import is permission-checked), and reports the program's return value on stdout behind
 // a per-job marker that user code cannot know. Then it exits: one sandbox, one program.
 
-import { BridgeClient, dataUrl, encodeResult, finish, readJob, stderr, stdout, utf8 } from "./common.js";
+import {
+  BridgeClient,
+  dataUrl,
+  encodeResult,
+  errorRecord,
+  finish,
+  limitRecord,
+  readJob,
+  stderr,
+  stdout,
+  utf8,
+} from "../protocol/common.js";
 
 // Deno abbreviates long data: URLs in messages ("data:...;base64,AbCd......XyZ"), so both the
 // full URLs and their abbreviations are replaced by the names the client knows.
@@ -72,8 +83,8 @@ function fail(error) {
   const stack = cleanStack(error, programUrl, sdkUrl);
   stderr(utf8(`Uncaught ${stack}\n`));
   const record = outOfMemory(error)
-    ? { status: "limit", limit: "memory" }
-    : { status: "error", error: describeError(error, programUrl, sdkUrl) };
+    ? limitRecord("memory")
+    : errorRecord(describeError(error, programUrl, sdkUrl));
   finish(job.nonce, record, 1);
 }
 
