@@ -94,7 +94,7 @@ async def test_a_warm_worker_is_kept_ready(gateway: Gateway) -> None:
 
 
 def test_worker_module_has_no_conduit_server_imports() -> None:
-    source = (Path(__file__).parents[2] / "src/conduit/sandbox/isolate/worker.py").read_text()
+    source = (Path(__file__).parents[2] / "src/conduit/sandbox/isolate/isolate_worker.py").read_text()
     assert "from conduit" not in source and "import conduit" not in source
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import mcp_types as types
 
 from conduit.catalog import ToolEntry
-from conduit.sdk.python import TYPES_START, generate_python_sdk, python_declaration, without_result_types
+from conduit.sdk.python import TYPES_START, generate_monty_sdk, generate_python_sdk, python_declaration
 from conduit.sdk.typeddicts import TypedDicts
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "servers"))
@@ -89,14 +89,14 @@ def test_names_stay_unique_across_the_sdk() -> None:
 def test_monty_gets_the_sdk_without_the_typed_dicts_it_cannot_define() -> None:
     source = generate_python_sdk(TYPED)
     assert TYPES_START in source and "class WxForecast(TypedDict)" in source
-    stripped = without_result_types(source)
+    stripped = generate_monty_sdk(TYPED)
     assert (
         "(TypedDict)" not in stripped
         and "import NotRequired, TypedDict" not in stripped
         and "async def forecast" in stripped
         and "-> WxForecast:" in stripped
     )
-    assert without_result_types(generate_python_sdk([PLAIN])) == generate_python_sdk([PLAIN])
+    assert generate_monty_sdk([PLAIN]) == generate_python_sdk([PLAIN])
 
 
 def test_the_declaration_shows_the_typed_dicts_then_the_method() -> None:

@@ -19,7 +19,7 @@ from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
-from conduit.core.sessions import BridgeCaller, SessionRegistry
+from conduit.core.sessions import Session, SessionRegistry
 from conduit.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ConduitError, InvalidParamsError
 from conduit.sandbox.base import BridgeAddress
 from conduit.security.redact import sandbox_safe
@@ -30,7 +30,7 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
 
 class BridgeHandler(Protocol):
-    async def handle_bridge(self, caller: BridgeCaller, method: str, params: Mapping[str, Any]) -> Any:
+    async def handle_bridge(self, session: Session, method: str, params: Mapping[str, Any]) -> Any:
         """Serve one authenticated request; raise :class:`ConduitError` for a JSON-RPC error."""
         ...
 
@@ -116,17 +116,16 @@ class BridgeServer:
                 logger.debug("bridge client went away before its answer")
 
     async def answer(self, token: object, method: str, params: object) -> dict[str, Any]:
-        """One request's answer as the wire sends it, ``{"result": ...}`` or ``{"error": {code, message}}``.
-
-        Also the in-process entry for sandboxes whose calls reach the host without a socket (Monty):
-        they are authenticated against the session registry exactly as requests on the wire are.
+        """One request's answer as the wire sends it, ``{"result": ...}`` or ``{"error": {code, message}}``:
+        the bridge's one entry (:data:`~conduit.sandbox.base.BridgeCall`), behind the socket and in-process
+        alike (Monty), authenticated against the session registry the same either way.
         """
         try:
-            caller = self._sessions.authenticate(token, method)
+            session = self._sessions.authenticate(token, method)
             if not isinstance(params, dict):
                 raise InvalidParamsError("params must be an object")
             assert self._handler is not None
-            result = await self._handler.handle_bridge(caller, method, params)
+            result = await self._handler.handle_bridge(session, method, params)
         except ConduitError as exc:
             error: dict[str, Any] = {"code": exc.code, "message": sandbox_safe(exc.message)}
             if exc.data is not None:

@@ -17,9 +17,11 @@ import anyio
 from conduit.cli.common import add_config_option, load, report, say_which_config, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.config.schema import PYTHON_ENGINES
-from conduit.core.languages import BY_ALIAS, BY_EXTENSION
+from conduit.core.languages import BY_ALIAS, BY_EXTENSION, BY_NAME
+from conduit.core.requests import ExecutionRequest
 from conduit.errors import ConduitError, SandboxStartError
 from conduit.sandbox.base import RunOutcome
+from conduit.security.callers import MASTER
 from conduit.security.tokens import mint_token
 
 EPILOG = """\
@@ -121,6 +123,12 @@ async def _execute(
 ) -> RunOutcome | ConduitError:
     from conduit.core.assembly import open_gateway
 
+    arguments = {"code": code, "allowedTools": allowed, "limits": limits, "engine": engine}
+    try:
+        request = ExecutionRequest.from_arguments(BY_NAME[language], arguments, known_only=False)
+    except ConduitError as exc:
+        return exc
+
     streams: dict[str, TextIO] = {"stdout": sys.stdout, "stderr": sys.stderr}
 
     def show(stream: str, text: str) -> None:
@@ -131,8 +139,6 @@ async def _execute(
         loaded.config, master_token=mint_token(), base_dir=loaded.base_dir, host_env=dict(os.environ)
     ) as gateway:
         try:
-            return await gateway.execute(
-                language, code, allowed_tools=allowed, limits=limits, engine=engine, on_output=show
-            )
+            return await gateway.run(gateway.plan(request, MASTER), on_output=show)
         except ConduitError as exc:
             return exc

@@ -1,10 +1,10 @@
 """The composition root: everything behind a gateway, built in order and torn down in reverse.
 
 :func:`open_gateway` detects the OS walls, makes Conduit's private work directory, binds the
-bridge, builds each language's runtime from :mod:`conduit.core.languages`, learns once which
-runtimes can run as the unprivileged uid, starts the pools, and only then creates the
-:class:`~conduit.core.gateway.Gateway` and lets the bridge serve it. Nothing here runs a request;
-nothing in the gateway builds a runtime.
+bridge, builds each language's runtime (and its engines') from :mod:`conduit.core.languages`, learns
+once which runtimes can run as the unprivileged uid, starts the pools, builds what the gateway keeps
+(runs, approvals, rate limits, metrics), and only then creates the :class:`~conduit.core.gateway.Gateway`
+and lets the bridge serve it. Nothing here runs a request; the gateway builds nothing.
 """
 
 from __future__ import annotations
@@ -19,18 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from conduit.bridge.server import BridgeServer
+from conduit.cluster.run_mirror import RunMirror
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import Config
+from conduit.core.approvals import Approvals
 from conduit.core.gateway import Gateway
 from conduit.core.languages import LANGUAGES, RuntimeParts
+from conduit.core.ratelimit import RateLimiter
+from conduit.core.runs import BOOT, Runs
 from conduit.core.sessions import SessionRegistry
+from conduit.observability.metrics import Metrics
 from conduit.observability.tracing import Tracing, traces_endpoint
 from conduit.sandbox.base import BridgeAddress, Runtime
 from conduit.sandbox.deno.runtime import DenoRuntime, find_deno
 from conduit.sandbox.host.process import use_pidfd_child_watcher
 from conduit.sandbox.walls import Walls
+from conduit.security.redact import Redactor
 from conduit.upstream.credential_store import store_for
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import UpstreamRegistry
@@ -88,16 +95,19 @@ async def open_gateway(
                 tracing = Tracing(traces_endpoint(config.tracing.otlp_endpoint, host_env), config.tracing.service_name)
                 gateway = Gateway(
                     config,
-                    master_token=master_token,
                     registry=registry,
                     bridge=bridge,
                     sessions=sessions,
                     runtimes=runtimes,
+                    runs=_runs(config, shared, tg),
+                    approvals=_approvals(config),
+                    rate_limiter=RateLimiter(config.rate_limit, shared, config.tool_call_rate_limit),
+                    metrics=Metrics(),
                     tracing=tracing,
                     walls=walls,
                     shared=shared,
-                    tasks=tg,
                 )
+                gateway.metrics.watch(gateway.live_state())
                 bridge.serve(tg, gateway)
                 yield gateway
             finally:
@@ -153,10 +163,29 @@ async def probed_walls(config: Config) -> Walls:
 
 
 def _build(parts: RuntimeParts) -> dict[str, Runtime]:
-    """Every runtime, by name: each language's, and the further engines its programs may run on."""
+    """Every runtime, by name: each language's, and those of the further engines its programs may run on."""
     built = {language.name: language.build(parts) for language in LANGUAGES}
-    built.update({name: build(parts) for language in LANGUAGES for name, build in language.engines})
+    built.update(
+        {engine.runtime: engine.build(parts) for language in LANGUAGES for engine in language.engines if engine.build}
+    )
     return built
+
+
+def _runs(config: Config, shared: SharedStore | None, tasks: TaskGroup) -> Runs:
+    """Executions that outlive their request, run in ``tasks`` (mirrored to the cluster's Redis when there is one)."""
+    keep_s = config.background.keep_ms / 1000
+    longest_s = max(config.resource_limits.timeout_ms, config.background.max_timeout_ms) / 1000
+    mirror = RunMirror(shared, BOOT, keep_s, longest_s) if shared is not None else None
+    return Runs(tasks, keep_s, config.background.max_per_principal, mirror)
+
+
+def _approvals(config: Config) -> Approvals:
+    """The approval rules, and what a person asked is shown: no secret, no credential shape; the PII they
+    need to judge."""
+    redactor = Redactor(
+        config.secret_values(), config.secret_redaction_patterns, credentials=config.redact_credentials, pii=False
+    )
+    return Approvals(config.approvals, redactor)
 
 
 async def _probe_uids(walls: Walls, deno: DenoRuntime, runtimes: Mapping[str, Runtime]) -> None:

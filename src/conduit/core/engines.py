@@ -1,9 +1,12 @@
-"""Which engine runs a Python program: Monty or Pyodide, decided once, before the program runs.
+"""Which engine runs a program of a language that has several (Python: Pyodide or Monty), decided once,
+before the program runs.
 
-``engine`` comes from the request, else from ``pythonEngine`` in config. ``monty`` and ``pyodide``
-are taken as asked. ``auto`` asks the Monty runtime whether the program is within what Monty runs
-as CPython would (:mod:`conduit.sandbox.monty.check`); a program that is not, or any program while
-Monty is unavailable, runs on Pyodide. The program is never run twice, whatever the answer.
+The engines are data in the language table (:attr:`~conduit.core.languages.Language.engines`): the first
+is the language's own runtime, which runs every program; the others run only what fits them. ``engine``
+comes from the request, else from ``pythonEngine`` in config, and a named engine is taken as asked.
+``auto`` asks each further engine's runtime, in order, whether the program is within what it runs as the
+language's own would (Monty: :mod:`conduit.sandbox.monty.check`); a program that fits none, or any
+program while they are unavailable, runs on the first. The program is never run twice, whatever the answer.
 """
 
 from __future__ import annotations
@@ -11,59 +14,58 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Protocol, runtime_checkable
 
-from conduit.config.schema import PYTHON_ENGINES
-from conduit.errors import InvalidParamsError, SandboxStartError
+from conduit.core.languages import Engine, Language
+from conduit.errors import SandboxStartError
 from conduit.sandbox.base import Runtime
-from conduit.sandbox.monty.runtime import MontyRuntime
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_OF: Final = {"monty": "monty", "pyodide": "python"}
-"""Engine name -> the runtime that is it."""
+
+class Verdict(Protocol):
+    fits: bool
+    reason: str
+
+
+@runtime_checkable
+class CheckingRuntime(Protocol):
+    """A runtime that tells, without running a program, whether it runs it as the language's own would."""
+
+    def problem(self) -> str | None: ...
+
+    async def check(self, program: str, sdk: str) -> Verdict: ...
 
 
 @dataclass(frozen=True)
 class Choice:
-    engine: str
-    """``monty`` or ``pyodide``: what the outcome reports."""
-    runtime: str
-    """The runtime's name (``monty`` or ``python``)."""
+    engine: Engine
     reason: str = ""
-    """Why ``auto`` did not choose Monty."""
+    """Why ``auto`` did not choose a further engine."""
 
 
-def requested_engine(value: Any, default: str) -> str:
-    """The engine a request asks for (its own, else the configured one).
-
-    Raises:
-        InvalidParamsError: not one of ``auto``, ``monty``, ``pyodide``.
-    """
-    if value is None:
-        return default
-    if value not in PYTHON_ENGINES:
-        raise InvalidParamsError(f"engine must be one of {', '.join(PYTHON_ENGINES)}")
-    return str(value)
-
-
-async def choose(engine: str, runtimes: Mapping[str, Runtime], program: str, sdk: str) -> Choice:
-    """The engine for ``program`` (whose SDK is ``sdk``).
+async def choose(language: Language, requested: str, runtimes: Mapping[str, Runtime], program: str, sdk: str) -> Choice:
+    """The engine of ``language`` for ``program`` (whose SDK, the language's own, is ``sdk``): ``requested``
+    is ``auto`` or an engine's name.
 
     Raises:
-        SandboxStartError: ``engine: monty`` was asked for and Monty is unavailable.
+        SandboxStartError: an engine was asked for by name and its runtime is not running.
     """
-    monty = runtimes.get("monty")
-    if engine == "pyodide":
-        return Choice("pyodide", RUNTIME_OF["pyodide"])
-    if engine == "monty":
-        if monty is None:
-            raise SandboxStartError("the Monty engine is not available")
-        return Choice("monty", RUNTIME_OF["monty"])
-    if not isinstance(monty, MontyRuntime) or monty.problem():
-        return Choice("pyodide", RUNTIME_OF["pyodide"], "Monty is unavailable")
-    verdict = await monty.check(program, sdk)
-    if verdict.fits:
-        return Choice("monty", RUNTIME_OF["monty"])
-    logger.debug("program runs on Pyodide: %s", verdict.reason)
-    return Choice("pyodide", RUNTIME_OF["pyodide"], verdict.reason)
+    if requested != "auto":
+        engine = language.engine(requested)
+        if engine.runtime not in runtimes:
+            raise SandboxStartError(f"the {engine.title} engine is not available")
+        return Choice(engine)
+    own, *further = language.engines
+    reason = ""
+    for engine in further:
+        runtime: object = runtimes.get(engine.runtime)
+        if not isinstance(runtime, CheckingRuntime) or runtime.problem():
+            reason = f"{engine.title} is unavailable"
+            continue
+        verdict = await runtime.check(program, sdk)
+        if verdict.fits:
+            return Choice(engine)
+        logger.debug("program runs on %s: %s", own.title, verdict.reason)
+        reason = verdict.reason
+    return Choice(own, reason)

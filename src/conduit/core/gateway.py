@@ -1,9 +1,12 @@
-"""The gateway: what happens to a request, from validation to the sandbox or the upstream and back.
+"""The gateway: what happens to a checked request, from policy to the sandbox or the upstream and back.
 
-Front ends (the MCP server over stdio or HTTP, the bridge's methods, ``conduit run``) call
-:meth:`Gateway.execute`, :meth:`Gateway.call_tool` and :meth:`Gateway.discover`. The gateway is
-built by :mod:`conduit.core.assembly`; it uses runtimes, upstreams and the bridge's sessions but
-builds none of them, and nothing here knows about MCP transports or Starlette.
+Front ends check what they receive into typed requests (:mod:`conduit.core.requests`) and hand them
+here: an execution is planned (:meth:`Gateway.plan`: the server's and the caller's policy around the
+request) and run (:meth:`Gateway.run`), in the request or as a run that outlives it
+(:meth:`Gateway.start_run`); a tool call, a program's or a proxied one, passes :meth:`Gateway.audited_call`
+once. The gateway is built by :mod:`conduit.core.assembly`, which hands it everything it uses (runtimes,
+upstreams, sessions, runs, approvals, rate limits, metrics); it builds none of them, and nothing here
+knows about MCP transports or Starlette.
 """
 
 from __future__ import annotations
@@ -13,30 +16,28 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import mcp_types as types
-from anyio.abc import TaskGroup
 
-from conduit.bridge.server import BridgeServer
-from conduit.catalog import Catalog, ToolEntry, ToolId
-from conduit.cluster.run_mirror import RunMirror
+from conduit.catalog import Catalog, ToolEntry
 from conduit.cluster.store import SharedStore
 from conduit.config.loader import parse_upstream
-from conduit.config.schema import Config, Limits
+from conduit.config.schema import Config, Limits, PythonEngine
 from conduit.core import engines
 from conduit.core.admission import Admission
 from conduit.core.approvals import Approvals, Asker
 from conduit.core.health import health_report
 from conduit.core.hints import explain_missing_tool, unmatched_patterns
-from conduit.core.languages import BY_NAME, LANGUAGES
+from conduit.core.languages import BY_NAME, LANGUAGES, Engine, Language
 from conduit.core.ratelimit import RateLimiter
-from conduit.core.runs import BOOT, Run, Runs
-from conduit.core.sessions import BridgeCaller, Session, SessionRegistry
+from conduit.core.requests import ExecutionRequest, ToolCall, parse_allowlist
+from conduit.core.runs import Run, Runs
+from conduit.core.sessions import Session, SessionRegistry
 from conduit.core.typed import typed_value
 from conduit.core.validation import check_arguments, usable_schema
 from conduit.errors import (
@@ -45,19 +46,17 @@ from conduit.errors import (
     InvalidParamsError,
     MethodNotFoundError,
     ToolDeniedError,
-    UnknownToolError,
 )
 from conduit.observability.context import ENDED_BY, EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
-from conduit.sandbox.base import Job, RunOutcome, Runtime
+from conduit.sandbox.base import BridgeEndpoint, Job, RunOutcome, Runtime
 from conduit.sandbox.host.program import position_fixer, with_program_positions
 from conduit.sandbox.protocol import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM
 from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
-from conduit.security.allowlist import Allowlist, AllowlistError
+from conduit.security.allowlist import Allowlist
 from conduit.security.callers import MASTER, Caller
-from conduit.security.redact import Redactor
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -66,20 +65,22 @@ AUDIT = logging.getLogger("conduit.audit")
 
 @dataclass(frozen=True)
 class Plan:
-    """An execution request, checked: what will run, under which limits, allowlist and engine, for whom."""
+    """An execution request within the server's and its caller's policy: what will run, under which limits,
+    allowlist and engine, for whom."""
 
-    language: str
+    language: Language
     code: str
     limits: Limits
     allowlist: Allowlist
-    engine: Any
+    engine: PythonEngine | None
+    """For a language with engines: ``auto`` or the engine asked for."""
     caller: Caller
     requested: tuple[str, ...] = ()
     """The allowlist patterns the request named itself (none: the default), checked against what the run
     can reach once it runs (:func:`~conduit.core.hints.unmatched_patterns`)."""
 
 
-BridgeMethod = Callable[[BridgeCaller, Mapping[str, Any]], Awaitable[Any]]
+BridgeMethod = Callable[[Session, Mapping[str, Any]], Awaitable[Any]]
 
 
 class Gateway:
@@ -89,101 +90,86 @@ class Gateway:
         self,
         config: Config,
         *,
-        master_token: str,
         registry: UpstreamRegistry,
-        bridge: BridgeServer,
+        bridge: BridgeEndpoint,
         sessions: SessionRegistry,
         runtimes: Mapping[str, Runtime],
+        runs: Runs,
+        approvals: Approvals,
+        rate_limiter: RateLimiter,
+        metrics: Metrics,
         tracing: Tracing | None = None,
         walls: Walls | None = None,
         shared: SharedStore | None = None,
-        tasks: TaskGroup | None = None,
     ) -> None:
         self.config = config
         self.tracing = tracing or Tracing(None, "conduit")
         self.walls = walls
-        self.master_token = master_token
         self.registry = registry
         self.bridge = bridge
         self.sessions = sessions
         self.runtimes = dict(runtimes)
+        self.runs = runs
+        """Executions (and proxied calls) that outlive their request."""
+        self.approvals = approvals
+        self.rate_limiter = rate_limiter
+        self.metrics = metrics
+        self.shared = shared
         self.limits = config.resource_limits
         self.admission = Admission(config.max_concurrent, config.max_queue)
-        self.shared = shared
-        self.rate_limiter = RateLimiter(config.rate_limit, shared, config.tool_call_rate_limit)
         self._shares: dict[str, Admission] = {}
         """Principals' own concurrency (``maxConcurrent``), within the server's."""
         self._sdks = SdkCache()
-        keep_s = config.background.keep_ms / 1000
-        longest_s = max(config.resource_limits.timeout_ms, config.background.max_timeout_ms) / 1000
-        mirror = RunMirror(shared, BOOT, keep_s, longest_s) if shared is not None else None
-        self.runs = Runs(tasks, keep_s, config.background.max_per_principal, mirror)
-        """Executions that outlive their request (``tasks``: the task group they run in)."""
-        self.approvals = Approvals(
-            config.approvals,  # what a person is shown: no secret, no credential shape; PII they need to judge
-            Redactor(
-                config.secret_values(),
-                config.secret_redaction_patterns,
-                credentials=config.redact_credentials,
-                pii=False,
-            ),
-        )
+        self._default_allowlist = Allowlist.parse(config.default_allowed_tools)
         self._bridge_methods: dict[str, BridgeMethod] = {
             DISCOVER_TOOLS: self._bridge_discover,
             CALL_TOOL: self._bridge_call,
             REGISTER_UPSTREAM: self._bridge_register,
-            **{language.bridge_method: partial(self._bridge_execute, language.name) for language in LANGUAGES},
+            **{language.bridge_method: partial(self._bridge_execute, language) for language in LANGUAGES},
         }
-        self.metrics = Metrics()
-        self.metrics.watch(
-            LiveState(
-                queue_depth=lambda: self.admission.waiting,
-                running=lambda: self.admission.running,
-                pooled=lambda: {name: runtime.status().pooled for name, runtime in self.runtimes.items()},
-                pooled_memory=lambda: {
-                    name: runtime.status().pooled_memory_bytes for name, runtime in self.runtimes.items()
-                },
-                upstreams=lambda: {cid: conn.connected for cid, conn in self.registry.connections.items()},
-            )
+
+    def live_state(self) -> LiveState:
+        """Readers of what is running and ready now, for the metrics (read at scrape time)."""
+        runtimes = self.runtimes
+        return LiveState(
+            queue_depth=lambda: self.admission.waiting,
+            running=lambda: self.admission.running,
+            pooled=lambda: {name: runtime.status().pooled for name, runtime in runtimes.items()},
+            pooled_memory=lambda: {name: runtime.status().pooled_memory_bytes for name, runtime in runtimes.items()},
+            upstreams=lambda: {cid: conn.connected for cid, conn in self.registry.connections.items()},
         )
 
     # -- executions -------------------------------------------------------------------------------------
 
-    def parse_allowlist(self, allowed_tools: Any) -> Allowlist:
-        """The allowlist for an execution request (the configured default when none is given).
+    def parse_allowlist(self, allowed_tools: Sequence[str] | None) -> Allowlist:
+        """The allowlist of a request's patterns (the configured default for None).
 
         Raises:
-            InvalidParamsError: ``allowed_tools`` is not a list of valid patterns.
+            InvalidParamsError: a pattern is not valid.
         """
-        if allowed_tools is None:
-            allowed_tools = self.config.default_allowed_tools
-        if not isinstance(allowed_tools, list):
-            raise InvalidParamsError("allowedTools must be an array of strings")
-        try:
-            return Allowlist.parse(allowed_tools)
-        except AllowlistError as exc:
-            raise InvalidParamsError(f"allowedTools: {exc}") from None
+        return self._default_allowlist if allowed_tools is None else parse_allowlist(allowed_tools)
 
     async def execute(
         self,
         language: str,
-        code: Any,
+        code: str,
         *,
-        allowed_tools: Any = None,
-        limits: Any = None,
-        engine: Any = None,
+        allowed_tools: Sequence[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+        engine: PythonEngine | None = None,
         on_output: Callable[[str, str], None] | None = None,
         caller: Caller = MASTER,
         asker: Asker | None = None,
     ) -> RunOutcome:
-        """Run one program in a fresh sandbox, as ``caller`` (its policy around the request's).
+        """Run one program in a fresh sandbox, as ``caller``, in this process's own call (``conduit run``):
+        the request is checked (:class:`~conduit.core.requests.ExecutionRequest`), planned and run.
 
         Args:
             language: a language's name (``typescript``, ``python``, ``isolate``).
             code: the program.
             allowed_tools: allowlist patterns (default: ``defaultAllowedTools``).
             limits: requested limits (can only lower the configured ones).
-            engine: Python only: ``auto``, ``monty`` or ``pyodide`` (default: ``pythonEngine``).
+            engine: for a language with engines: ``auto`` or one's name (default: ``pythonEngine``).
             on_output: called with ``(stream, text)`` as output arrives, for live streaming.
             caller: who asks; the allowlist is intersected with its own, its limits are ceilings.
             asker: asks the client's person to approve the calls an ``approvals`` rule covers (None: the
@@ -194,48 +180,44 @@ class Gateway:
             MethodNotFoundError: no such runtime.
             BusyError: every slot is taken and the queue is full.
         """
-        plan = self.plan(language, code, allowed_tools=allowed_tools, limits=limits, engine=engine, caller=caller)
-        return await self.run(plan, on_output=on_output, asker=asker)
+        arguments = {"code": code, "allowedTools": allowed_tools, "limits": limits, "engine": engine}
+        request = ExecutionRequest.from_arguments(self.language(language), arguments, known_only=False)
+        return await self.run(self.plan(request, caller), on_output=on_output, asker=asker)
 
-    def plan(
-        self,
-        language: str,
-        code: Any,
-        *,
-        allowed_tools: Any = None,
-        limits: Any = None,
-        engine: Any = None,
-        caller: Caller = MASTER,
-        background: bool = False,
-    ) -> Plan:
-        """An execution request checked, before anything runs (see :meth:`execute`); a ``background`` run's
-        time limit defaults to, and is capped at, ``background.maxTimeoutMs``.
+    def language(self, name: str) -> Language:
+        """The language called ``name``.
 
         Raises:
-            InvalidParamsError: invalid code, allowlist or limits.
-            MethodNotFoundError: no such runtime.
+            MethodNotFoundError: no such language.
         """
-        if not isinstance(code, str):
-            raise InvalidParamsError("code must be a string")
-        size = len(code.encode("utf-8", "surrogatepass"))
+        language = BY_NAME.get(name)
+        if language is None:
+            raise MethodNotFoundError(f"the {name} runtime is not available yet in this version")
+        return language
+
+    def plan(self, request: ExecutionRequest, caller: Caller) -> Plan:
+        """A checked request within the server's policy and ``caller``'s, before anything runs: the code
+        within ``maxCodeBytes``, the limits lowered to the ceilings (a ``background`` run's time limit defaults
+        to, and is capped at, ``background.maxTimeoutMs``), the allowlist narrowed to the caller's.
+
+        Raises:
+            InvalidParamsError: the code is too long.
+            MethodNotFoundError: the language's runtime is not running.
+        """
+        size = len(request.code.encode("utf-8", "surrogatepass"))
         if size > self.config.max_code_bytes:
             raise InvalidParamsError(f"code is {size} bytes; the limit is {self.config.max_code_bytes} bytes")
-        if limits is not None and not isinstance(limits, dict):
-            raise InvalidParamsError("limits must be an object")
         ceiling = self.limits
-        if background:
+        if request.background:
             ceiling = ceiling.model_copy(update={"timeout_ms": self.config.background.max_timeout_ms})
-        effective = ceiling.lowered(caller.limits).lowered(limits)
-        requested = self.parse_allowlist(allowed_tools)
-        allowlist = caller.narrow(requested)
-        if language == "python":
-            engine = engines.requested_engine(engine, self.config.python_engine)
-        elif engine is not None:
-            raise InvalidParamsError("engine applies to Python programs only")
-        if language not in self.runtimes:
-            raise MethodNotFoundError(f"the {language} runtime is not available yet in this version")
-        named = requested.patterns if allowed_tools is not None else ()
-        return Plan(language, code, effective, allowlist, engine, caller, named)
+        effective = ceiling.lowered(caller.limits).lowered(request.limits)
+        requested = request.allowed_tools if request.allowed_tools is not None else self._default_allowlist
+        language = self.language(request.language)
+        if language.name not in self.runtimes:
+            raise MethodNotFoundError(f"the {language.name} runtime is not available yet in this version")
+        engine = (request.engine or self.config.python_engine) if language.engines else None
+        named = request.named_patterns if request.allowed_tools is not None else ()
+        return Plan(language, request.code, effective, caller.narrow(requested), engine, caller, named)
 
     async def run(
         self,
@@ -245,27 +227,27 @@ class Gateway:
         asker: Asker | None = None,
         execution_id: str | None = None,
     ) -> RunOutcome:
-        """Run a checked request (:meth:`plan`) in a fresh sandbox; see :meth:`execute`.
+        """Run a plan in a fresh sandbox, in the request (or in a run's task: :meth:`start_run`); see
+        :meth:`execute`.
 
         Raises:
             BusyError: every slot is taken and the queue is full.
         """
-        language, code, effective, allowlist, engine, caller = (
+        language, code, effective, allowlist, caller = (
             plan.language,
             plan.code,
             plan.limits,
             plan.allowlist,
-            plan.engine,
             plan.caller,
         )
         execution_id = execution_id or uuid.uuid4().hex
         token = EXECUTION_ID.set(execution_id)
         started = time.perf_counter()
         outcome_label = "internal_error"
-        metric = language
+        metric = language.name
         began = False
         exit_code: int | None = None
-        with self.tracing.execution(execution_id, language) as span:
+        with self.tracing.execution(execution_id, language.name) as span:
             span["principal"] = caller.id
             try:
                 async with self._share(caller), self.admission.slot():
@@ -274,11 +256,16 @@ class Gateway:
                     if on_output is not None:
                         for warning in warnings:
                             on_output("stderr", warning)
-                    sdk = self._sdk(language, visible)
-                    chosen = await engines.choose(engine, self.runtimes, code, sdk) if language == "python" else None
-                    metric = chosen.runtime if chosen else language
+                    sdk = self._sdk(language.name, visible)
+                    chosen: Engine | None = None
+                    if plan.engine is not None:
+                        chosen = (await engines.choose(language, plan.engine, self.runtimes, code, sdk)).engine
+                        metric = chosen.runtime
+                        sdk = self._sdks.get(
+                            chosen.runtime, self.registry.version, visible.tools, chosen.sdk, visible.failures
+                        )
                     sandbox = await self.runtimes[metric].prepare(effective.memory_limit_mb)
-                    fix = position_fixer(metric, code)
+                    fix = position_fixer(language.wrap if chosen is None else chosen.wrap, code)
                     shown = on_output
                     if fix is not None and on_output is not None:
                         live = on_output
@@ -293,7 +280,7 @@ class Gateway:
                         began = True
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, shown))
                 if chosen is not None:
-                    outcome = dataclasses.replace(outcome, engine=chosen.engine)
+                    outcome = dataclasses.replace(outcome, engine=chosen.name)
                 outcome = with_program_positions(outcome, code, fix)
                 outcome = explain_missing_tool(outcome, code, visible)
                 if warnings:
@@ -348,9 +335,9 @@ class Gateway:
         askable: bool,
         on_output: Callable[[str, str], None] | None = None,
     ) -> Run:
-        """Start a checked request (:meth:`plan`) as a run that outlives its request: a background run, or a
-        foreground one whose approvals are asked between rounds. ``askable``: the client can be asked to
-        approve calls (else a call a rule covers is declined at once).
+        """Start a plan as a run that outlives its request: a background run, or a foreground one whose
+        approvals are asked between rounds; it runs as :meth:`run` does. ``askable``: the client can be asked
+        to approve calls (else a call a rule covers is declined at once).
 
         Raises:
             BusyError: a background run, and the principal has its most running, or the server is full.
@@ -365,18 +352,17 @@ class Gateway:
             asker = run.ask if askable and self.approvals else None
             return await self.run(plan, on_output=run.feed, asker=asker, execution_id=run.id)
 
-        run = self.runs.start(plan.caller, work, language=plan.language, background=background)
+        run = self.runs.start(plan.caller, work, language=plan.language.name, background=background)
         run.on_output = on_output
         return run
 
-    def start_call(self, caller: Caller, name: str, arguments: Any, *, askable: bool) -> Run:
+    def start_call(self, caller: Caller, name: str, arguments: object, *, askable: bool) -> Run:
         """A proxied call an approval rule covers, as a run this request attends: it waits for the person's
         answer (asked in this request, or over the multi-round-trip form) and then calls, or is declined.
         ``askable``: the client can be asked (else the call is declined at once)."""
 
         async def work(run: Run) -> types.CallToolResult:
-            asker = run.ask if askable else None
-            return await self.audited_call(caller, caller.reach, name, arguments, asker=asker)
+            return await self.audited_call(Session.of(caller, run.ask if askable else None), name, arguments)
 
         return self.runs.start(caller, work, tool=name, background=False)
 
@@ -401,16 +387,15 @@ class Gateway:
             self.metrics.rate_limited.inc()
             raise BusyError(refusal.message)
 
-    async def _admit_tool_call(self, caller: Caller, name: Any) -> None:
+    async def _admit_tool_call(self, caller: Caller, call: ToolCall) -> None:
         """Count a program's call against ``caller``'s ``toolCallRateLimit`` for the upstream it names.
 
         Raises:
             BusyError: over the limit (with when to retry), or Redis is away with ``onStoreError: refuse``.
         """
-        upstream = ToolId.parse(name).upstream if isinstance(name, str) and name else None
-        if upstream is None or upstream not in self.registry.connections:
+        if call.upstream not in self.registry.connections:
             return  # refused as unknown by the call itself
-        refusal = await self.rate_limiter.admit_tool_call(caller, upstream)
+        refusal = await self.rate_limiter.admit_tool_call(caller, call.upstream)
         if refusal is not None:
             self.metrics.rate_limited.inc()
             raise BusyError(refusal.message)
@@ -436,19 +421,44 @@ class Gateway:
             if not needle or needle in entry.qualified.lower() or needle in entry.description.lower()
         ]
 
-    async def call_tool(
-        self,
-        name: Any,
-        arguments: Any,
-        allowlist: Allowlist,
-        caller: Caller = MASTER,
-        *,
-        asker: Asker | None = None,
-        execution_id: str | None = None,
-    ) -> types.CallToolResult:
-        """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) if ``allowlist`` covers it,
-        with ``caller``'s own credential where the upstream takes one. A call an approval rule covers first
-        waits for a person's approval (``asker``), whichever path it came by: a program's, a proxied one.
+    async def _checked(self, call: ToolCall, allowlist: Allowlist) -> ToolEntry:
+        """The tool ``call`` names, checked: the allowlist first, then the tool, then the arguments' schema.
+
+        Raises:
+            ToolDeniedError: the allowlist does not cover the tool (checked before it is looked up).
+            UnknownToolError: no such tool.
+            InvalidParamsError: the arguments do not fit the tool's input schema.
+        """
+        qualified = call.qualified
+        if not allowlist.permits(call.upstream, call.tool.tool):
+            raise ToolDeniedError(f"tool {qualified!r} is not in this execution's allowlist")
+        entry = await self.registry.resolve(call.tool)
+        if self.config.validation_mode == "strict" and not usable_schema(entry.input_schema):
+            raise InvalidParamsError(f"tool {qualified!r} has no input schema, and validationMode is strict")
+        problems = check_arguments(entry.input_schema, call.arguments)
+        if problems:
+            details = "; ".join(str(problem) for problem in problems)
+            raise InvalidParamsError(f"invalid arguments for {qualified!r}: {details}")
+        return entry
+
+    async def needs_approval(self, name: object, arguments: object, caller: Caller) -> bool:
+        """Whether a proxied call by ``caller`` is one an approval rule covers (False for a call that will
+        be refused anyway: its refusal is the answer)."""
+        if not self.approvals:
+            return False
+        try:
+            entry = await self._checked(ToolCall.parse(name, arguments), caller.reach)
+        except ConduitError:
+            return False
+        return self.approvals.rule_for(entry, caller) is not None
+
+    async def audited_call(self, session: Session, name: object, arguments: object) -> types.CallToolResult:
+        """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) for ``session``: a program's
+        (within its run's ``maxToolCalls`` and its caller's ``toolCallRateLimit``), the master token's on the
+        bridge, or a proxied call over MCP. The name is parsed once; the call is checked (allowlist, tool,
+        arguments), waits for a person's approval where a rule covers it (``session.asker``), goes out with
+        the caller's own credential where the upstream takes one, and is counted, timed and written to the
+        audit log with who made it (never its arguments or result).
 
         Raises:
             ApprovalDeclinedError: an approval rule covers the call and no person approved it.
@@ -457,81 +467,31 @@ class Gateway:
             UpstreamError: the upstream failed.
             InvalidParamsError: invalid name or arguments.
         """
-        entry, arguments = await self._checked(name, arguments, allowlist)
-        if self.approvals:
-            await self.approvals.require(entry, arguments, caller, asker, execution_id)
-        return await self.registry.call(entry, arguments, caller)
-
-    async def _checked(self, name: Any, arguments: Any, allowlist: Allowlist) -> tuple[ToolEntry, dict[str, Any]]:
-        """The tool a call names and its arguments, checked: the allowlist first, then the tool, then its schema.
-
-        Raises:
-            ToolDeniedError, UnknownToolError, InvalidParamsError: see :meth:`call_tool`.
-        """
-        if not isinstance(name, str) or not name:
-            raise InvalidParamsError("name must be a non-empty string")
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            raise InvalidParamsError("arguments must be an object")
-        tool_id = ToolId.parse(name)
-        if tool_id.upstream is None:
-            raise UnknownToolError(f"unknown tool {name!r}: use '<upstream>__<tool>' or '<upstream>.<tool>'")
-        qualified = tool_id.qualified
-        if not allowlist.permits(tool_id.upstream, tool_id.tool):
-            raise ToolDeniedError(f"tool {qualified!r} is not in this execution's allowlist")
-        entry = await self.registry.resolve(qualified)
-        if self.config.validation_mode == "strict" and not usable_schema(entry.input_schema):
-            raise InvalidParamsError(f"tool {qualified!r} has no input schema, and validationMode is strict")
-        problems = check_arguments(entry.input_schema, arguments)
-        if problems:
-            details = "; ".join(str(problem) for problem in problems)
-            raise InvalidParamsError(f"invalid arguments for {qualified!r}: {details}")
-        return entry, arguments
-
-    async def needs_approval(self, name: Any, arguments: Any, caller: Caller) -> bool:
-        """Whether a proxied call by ``caller`` is one an approval rule covers (False for a call that will
-        be refused anyway: its refusal is the answer)."""
-        if not self.approvals:
-            return False
-        try:
-            entry, _ = await self._checked(name, arguments, caller.reach)
-        except ConduitError:
-            return False
-        return self.approvals.rule_for(entry, caller) is not None
-
-    async def audited_call(
-        self,
-        caller: Caller,
-        allowlist: Allowlist,
-        name: Any,
-        arguments: Any,
-        *,
-        program: Session | None = None,
-        asker: Asker | None = None,
-        execution_id: str | None = None,
-    ) -> types.CallToolResult:
-        """A tool call (a ``program``'s, over the bridge: within its run's ``maxToolCalls`` and its caller's
-        ``toolCallRateLimit``; or proxied over MCP, asking with ``asker`` for a run ``execution_id``),
-        counted, timed and written to the audit log with who made it (never its arguments or result)."""
-        if program is not None:
-            asker, execution_id = program.asker, program.execution_id
+        caller, execution_id = session.caller, session.execution_id
         started = time.perf_counter()
-        upstream = (ToolId.parse(name).upstream or name) if isinstance(name, str) else "?"
-        if upstream not in self.registry.connections:
-            upstream = "unknown"
+        tool = name if isinstance(name, str) else "?"
+        call: ToolCall | ConduitError
+        try:
+            call = ToolCall.parse(name, arguments)
+        except ConduitError as exc:
+            call = exc  # counted and audited below like any refused call
+        known = isinstance(call, ToolCall) and call.upstream in self.registry.connections
+        upstream = call.upstream if isinstance(call, ToolCall) and known else "unknown"
         code: int | None = None
         is_error = False
-        tool = name if isinstance(name, str) else "?"
         with self.tracing.tool_call(execution_id, tool, upstream) as span:
             span["principal"] = caller.id
             try:
-                if program is not None:
-                    program.spend_tool_call()
-                    await self._admit_tool_call(caller, name)
-                result = await self.call_tool(
-                    name, arguments, allowlist, caller, asker=asker, execution_id=execution_id
-                )
+                if session.is_program:
+                    session.spend_tool_call()
+                if isinstance(call, ConduitError):
+                    raise call
+                if session.is_program:
+                    await self._admit_tool_call(caller, call)
+                entry = await self._checked(call, session.allowlist)
+                if self.approvals:
+                    await self.approvals.require(entry, call.arguments, caller, session.asker, execution_id)
+                result = await self.registry.call(entry, call.arguments, caller)
                 is_error = bool(result.is_error)
                 return result
             except ConduitError as exc:
@@ -570,7 +530,7 @@ class Gateway:
             report["cluster"] = self.shared.report()
         return healthy, report
 
-    def register_upstream(self, raw: Any) -> str:
+    def register_upstream(self, raw: object) -> str:
         """Add an upstream at run time (master token only); refused in cluster mode, where it would reach
         one replica of many.
 
@@ -591,8 +551,9 @@ class Gateway:
 
     # -- bridge -----------------------------------------------------------------------------------------
 
-    async def handle_bridge(self, who: BridgeCaller, method: str, params: Mapping[str, Any]) -> Any:
-        """Serve one authenticated bridge request (see :mod:`conduit.bridge.server`).
+    async def handle_bridge(self, session: Session, method: str, params: Mapping[str, Any]) -> Any:
+        """Serve one authenticated bridge request (see :mod:`conduit.bridge.server`): ``session`` is who
+        sent it, a program or the master token.
 
         Raises:
             MethodNotFoundError: no such method.
@@ -600,29 +561,23 @@ class Gateway:
         handler = self._bridge_methods.get(method)
         if handler is None:
             raise MethodNotFoundError(f"unknown method {method!r}")
-        return await handler(who, params)
+        return await handler(session, params)
 
-    async def _bridge_discover(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_discover(self, session: Session, params: Mapping[str, Any]) -> Any:
         query = params.get("query")
         if query is not None and not isinstance(query, str):
             raise InvalidParamsError("query must be a string")
-        return [entry.describe() for entry in await self.discover(who.allowlist, query)]
+        return [entry.describe() for entry in await self.discover(session.allowlist, query)]
 
-    async def _bridge_call(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_call(self, session: Session, params: Mapping[str, Any]) -> Any:
         name = params.get("name")
-        result = await self.audited_call(who.caller, who.allowlist, name, params.get("arguments"), program=who.session)
+        result = await self.audited_call(session, name, params.get("arguments"))
         answer = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return typed_value(str(name), answer) if params.get("structured") is True else answer
 
-    async def _bridge_register(self, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
+    async def _bridge_register(self, session: Session, params: Mapping[str, Any]) -> Any:
         return {"id": self.register_upstream(params.get("upstream", params))}
 
-    async def _bridge_execute(self, language: str, who: BridgeCaller, params: Mapping[str, Any]) -> Any:
-        outcome = await self.execute(
-            language,
-            params.get("code"),
-            allowed_tools=params.get("allowedTools"),
-            limits=params.get("limits"),
-            engine=params.get("engine"),
-        )
-        return outcome.as_result()
+    async def _bridge_execute(self, language: Language, session: Session, params: Mapping[str, Any]) -> Any:
+        request = ExecutionRequest.from_arguments(language, params, known_only=False)
+        return (await self.run(self.plan(request, session.caller))).as_result()

@@ -2,8 +2,9 @@
 
 An entry says what the language is called (``--lang`` names, file extensions), its MCP tool and
 bridge method, what the tool tells an agent, the SDK its sandboxes load (and the one shown to
-people), and how to build its runtime (a :class:`~conduit.sandbox.base.Runtime`).
-Adding a runtime is one entry here and one module under ``sandbox/``.
+people), how to build its runtime (a :class:`~conduit.sandbox.base.Runtime`), and the engines a
+program of it may run on, chosen per program (:mod:`conduit.core.engines`).
+Adding a runtime is one folder under ``sandbox/`` and one entry here (or one engine of an entry).
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from typing import Final
 
 from conduit.catalog import CONDUIT_PREFIX, ToolEntry
 from conduit.config.schema import Config, PoolConfig
-from conduit.sandbox.base import BridgeAddress, Runtime
+from conduit.sandbox.base import BridgeAddress, BridgeCall, Runtime
 from conduit.sandbox.deno.runtime import DenoRuntime
 from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.isolate.runtime import IsolateRuntime
-from conduit.sandbox.monty.runtime import BridgeCall, MontyRuntime, MontyWorkers, find_monty
+from conduit.sandbox.host.program import typescript_module
+from conduit.sandbox.isolate.runtime import IsolateRuntime, isolate_script
+from conduit.sandbox.monty.runtime import MontyRuntime, MontyWorkers, find_monty
 from conduit.sandbox.protocol import EXECUTE_PREFIX
 from conduit.sandbox.pyodide.runtime import PyodideRuntime, default_pyodide_dir
 from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 from conduit.sandbox.walls import Walls
-from conduit.sdk.python import generate_python_sdk
+from conduit.sdk.python import generate_monty_sdk, generate_python_sdk
 from conduit.sdk.typescript import generate_deno_sdk, generate_javascript_sdk, generate_typescript_sdk
 
 SdkGenerator = Callable[[Iterable[ToolEntry], Iterable[str]], str]
 """``(entries, unavailable upstreams) -> source``: the SDK of the tools an execution may call."""
 StubsGenerator = Callable[[Iterable[ToolEntry]], str]
+ProgramWrapper = Callable[[str], str]
+"""A program's source -> the source its sandbox runs (where the positions in its errors point)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,24 @@ class RuntimeParts:
 
 
 @dataclass(frozen=True)
+class Engine:
+    """One of the runtimes a language's programs may run on, chosen per program."""
+
+    name: str
+    """What a request's ``engine`` names and the outcome reports (``pyodide``, ``monty``)."""
+    title: str
+    """Its name for people (``Monty``)."""
+    runtime: str
+    """The runtime that is it: the language's own, or one :attr:`build` makes."""
+    sdk: SdkGenerator
+    """The SDK its sandboxes load."""
+    build: Callable[[RuntimeParts], Runtime] | None = None
+    """Builds its runtime (None: it is the language's own)."""
+    wrap: ProgramWrapper | None = None
+    """How its sandboxes wrap a program (None: they run it as written)."""
+
+
+@dataclass(frozen=True)
 class Language:
     name: str
     """The runtime's name: in ``/health``, metrics, the pools' config and ``Gateway.execute``."""
@@ -74,8 +96,15 @@ class Language:
     stubs: StubsGenerator
     """The SDK as people and agents read it (``conduit tools --sdk``)."""
     build: Callable[[RuntimeParts], Runtime]
-    engines: tuple[tuple[str, Callable[[RuntimeParts], Runtime]], ...] = ()
-    """Further runtimes its programs may run on, chosen per program (Python: ``monty``)."""
+    wrap: ProgramWrapper | None = None
+    """How its sandboxes wrap a program, so that error positions can be mapped back (None: run as written)."""
+    engines: tuple[Engine, ...] = ()
+    """The engines its programs may run on, the language's own runtime's first (it runs every program);
+    none: its runtime runs them all."""
+
+    def engine(self, name: str) -> Engine:
+        """The engine called ``name`` (one of :attr:`engines`)."""
+        return next(engine for engine in self.engines if engine.name == name)
 
     @property
     def tool(self) -> str:
@@ -156,6 +185,7 @@ LANGUAGES: Final = (
         sdk=generate_deno_sdk,
         stubs=generate_typescript_sdk,
         build=_typescript,
+        wrap=typescript_module,
     ),
     Language(
         name="python",
@@ -165,7 +195,10 @@ LANGUAGES: Final = (
         sdk=generate_python_sdk,
         stubs=generate_python_sdk,
         build=_python,
-        engines=(("monty", _monty),),
+        engines=(
+            Engine("pyodide", "Pyodide", runtime="python", sdk=generate_python_sdk),
+            Engine("monty", "Monty", runtime="monty", sdk=generate_monty_sdk, build=_monty),
+        ),
     ),
     Language(
         name="isolate",
@@ -175,6 +208,7 @@ LANGUAGES: Final = (
         sdk=generate_javascript_sdk,
         stubs=generate_javascript_sdk,
         build=_isolate,
+        wrap=isolate_script,
     ),
 )
 """In the order the execution tools are listed."""

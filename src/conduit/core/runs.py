@@ -32,7 +32,7 @@ from conduit.cluster.run_mirror import POLL_S, RunMirror
 from conduit.core.approvals import Answer, ApprovalRequest
 from conduit.errors import BusyError, ConduitError, InvalidParamsError
 from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, STOPPED, Ending
-from conduit.sandbox.base import RunOutcome
+from conduit.sandbox.base import ProgramFailure, RunOutcome, execution_result
 from conduit.security.callers import Caller
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class Run:
             return self.outcome.as_result(), self.outcome.error is not None
         error = self.failure or ConduitError("the execution was cancelled before it finished")
         exit_code = 1 if self.failure is not None else None  # it could not run, as a foreground one answers
-        payload = {"stdout": "".join(self.stdout), "stderr": "".join(self.stderr), "exitCode": exit_code}
-        return {**payload, "error": {"code": error.code, "message": error.message}}, True
+        failure = ProgramFailure(error.code, error.message)
+        return execution_result("".join(self.stdout), "".join(self.stderr), exit_code, failure), True
 
     def status(self) -> tuple[dict[str, Any], bool]:
         """``conduit__mcp_execution_status``'s answer: the output so far, or (finished) the outcome."""

@@ -11,30 +11,47 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conduit.core.approvals import Asker
 from conduit.errors import FORBIDDEN, AuthError, ToolCallLimitError
 from conduit.sandbox.protocol import SESSION_METHODS
 from conduit.security.allowlist import Allowlist
-from conduit.security.callers import MASTER, Caller
+from conduit.security.callers import EVERYTHING, MASTER, Caller
 from conduit.security.tokens import mint_token, tokens_equal
 
 
 @dataclass
 class Session:
-    """One execution's access to the bridge, while it runs."""
+    """Who a bridge request acts as, with everything its calls need: one execution's program while it runs
+    (its token, allowlist, caller, asker and budget of tool calls), or the master token (no execution)."""
 
-    token: str
-    execution_id: str
-    allowlist: Allowlist
     caller: Caller
-    """The caller whose execution it is (its credentials, its audit records)."""
+    """The caller whose execution it is (its credentials, its audit records); the master's for the master token."""
+    allowlist: Allowlist
+    execution_id: str | None = None
+    """The execution (None: the master token, acting for no execution)."""
     asker: Asker | None = None
     """Who asks the execution's client's person to approve a call (None: nobody can be asked)."""
     max_tool_calls: int | None = None
     """Tool calls the program may make (None: no budget)."""
+    token: str = field(default="", repr=False)
     tool_calls: int = 0
+
+    @classmethod
+    def of(cls, caller: Caller, asker: Asker | None = None) -> Session:
+        """A caller's own calls (proxied over MCP), not a program's: its whole reach, no budget."""
+        return cls(caller, caller.reach, asker=asker)
+
+    @property
+    def is_master(self) -> bool:
+        """The master token's (no program's, no other caller's)."""
+        return self.execution_id is None and self.caller is MASTER
+
+    @property
+    def is_program(self) -> bool:
+        """A program's, with its session token: its calls spend its budget and its caller's rate."""
+        return bool(self.token)
 
     def spend_tool_call(self) -> None:
         """Count one tool call of the program's.
@@ -42,32 +59,13 @@ class Session:
         Raises:
             ToolCallLimitError: the budget is spent (this call is not counted: it does not happen).
         """
-        if self.max_tool_calls is not None and self.tool_calls >= self.max_tool_calls:
+        if self.max_tool_calls is None:
+            return
+        if self.tool_calls >= self.max_tool_calls:
             raise ToolCallLimitError(
                 f"this run has made its {self.max_tool_calls} tool calls (maxToolCalls); this one was not made"
             )
         self.tool_calls += 1
-
-
-@dataclass(frozen=True)
-class BridgeCaller:
-    """Who a bridge request acts as: the master token, or an execution's session."""
-
-    is_master: bool
-    allowlist: Allowlist
-    session: Session | None = None
-
-    @property
-    def caller(self) -> Caller:
-        return self.session.caller if self.session is not None else MASTER
-
-    @property
-    def execution_id(self) -> str | None:
-        return self.session.execution_id if self.session is not None else None
-
-    @property
-    def asker(self) -> Asker | None:
-        return self.session.asker if self.session is not None else None
 
 
 def _digest(token: str) -> bytes:
@@ -82,7 +80,7 @@ class SessionRegistry:
             raise ValueError("the master token must not be empty")
         self._master = master_token
         self._sessions: dict[bytes, Session] = {}
-        self._everything = Allowlist.parse(["*"])
+        self._master_session = Session(MASTER, EVERYTHING)
 
     @contextmanager
     def session(
@@ -94,7 +92,7 @@ class SessionRegistry:
         max_tool_calls: int | None = None,
     ) -> Iterator[Session]:
         """A session token valid exactly while the ``with`` block runs."""
-        session = Session(mint_token(), execution_id, allowlist, caller, asker, max_tool_calls)
+        session = Session(caller, allowlist, execution_id, asker, max_tool_calls, token=mint_token())
         key = _digest(session.token)
         self._sessions[key] = session
         try:
@@ -106,7 +104,7 @@ class SessionRegistry:
     def active(self) -> int:
         return len(self._sessions)
 
-    def authenticate(self, token: object, method: str) -> BridgeCaller:
+    def authenticate(self, token: object, method: str) -> Session:
         """Who ``token`` is, if it may call ``method`` (principals' API keys are not bridge tokens).
 
         Raises:
@@ -115,10 +113,10 @@ class SessionRegistry:
         if not isinstance(token, str) or not token:
             raise AuthError("missing bearer token (auth.bearerToken)")
         if tokens_equal(token, self._master):
-            return BridgeCaller(is_master=True, allowlist=self._everything)
+            return self._master_session
         session = self._sessions.get(_digest(token))
         if session is None:
             raise AuthError("invalid or expired token")
         if method not in SESSION_METHODS:
             raise AuthError(f"a session token may not call {method!r}", code=FORBIDDEN)
-        return BridgeCaller(is_master=False, allowlist=session.allowlist, session=session)
+        return session

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,20 @@ from conduit.config.schema import Limits
 class BridgeAddress:
     host: str
     port: int
+
+
+class BridgeEndpoint(Protocol):
+    """Where sandboxes that reach the host over a socket connect (the bridge's listener)."""
+
+    @property
+    def address(self) -> BridgeAddress | None: ...
+
+
+BridgeCall = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+"""The host bridge's one entry, ``(token, method, params) -> {"result": ...} | {"error": {code, message}}``.
+Sandboxes reach it in two ways, each authenticated the same: over a loopback socket, one JSON-RPC request
+per line (:class:`~conduit.bridge.server.BridgeServer` frames each and calls this), or in-process, for
+runtimes whose programs run in a worker Conduit drives itself (Monty)."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +79,37 @@ class RunOutcome:
     """Python: the engine that ran the program (``monty`` or ``pyodide``)."""
 
     def as_result(self) -> dict[str, Any]:
-        """The execution result every front end returns (SPEC §1.1): ``{stdout, stderr, exitCode, engine?, result?,
-        error?}``."""
-        payload: dict[str, Any] = {"stdout": self.stdout, "stderr": self.stderr, "exitCode": self.exit_code}
-        if self.engine is not None:
-            payload["engine"] = self.engine
-        if self.has_result:
-            payload["result"] = self.result
-        if self.error is not None:
-            payload["error"] = {"code": self.error.code, "message": self.error.message}
-        return payload
+        """The execution result every front end returns (:func:`execution_result`)."""
+        return execution_result(
+            self.stdout,
+            self.stderr,
+            self.exit_code,
+            self.error,
+            engine=self.engine,
+            result=(self.result,) if self.has_result else (),
+        )
+
+
+def execution_result(
+    stdout: str,
+    stderr: str,
+    exit_code: int | None,
+    error: ProgramFailure | None = None,
+    *,
+    engine: str | None = None,
+    result: tuple[Any, ...] = (),
+) -> dict[str, Any]:
+    """The one shape of an execution's result (SPEC §1.1), whatever ended it and whichever front end answers:
+    ``{stdout, stderr, exitCode, engine?, result?, error?}``; ``result`` is ``(value,)`` for a program that
+    returned one (its value may be null), empty otherwise."""
+    payload: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "exitCode": exit_code}
+    if engine is not None:
+        payload["engine"] = engine
+    if result:
+        payload["result"] = result[0]
+    if error is not None:
+        payload["error"] = {"code": error.code, "message": error.message}
+    return payload
 
 
 class Sandbox(Protocol):

@@ -13,7 +13,6 @@ source runs inside the sandbox next to ``invoke`` and ``_MISSING`` from the sand
 
 from __future__ import annotations
 
-import functools
 import json
 import keyword
 import textwrap
@@ -111,10 +110,12 @@ def python_declaration(entry: ToolEntry) -> str:
     return f"{types.source()}{call}{body}"
 
 
-def generate_python_sdk(entries: Iterable[ToolEntry], unavailable: Iterable[str] = ()) -> str:
+def generate_python_sdk(
+    entries: Iterable[ToolEntry], unavailable: Iterable[str] = (), *, result_types: bool = True
+) -> str:
     """Python source defining ``tools`` for ``entries``, and the ``TypedDict``s of typed tools' results
-    (between the markers :func:`without_result_types` cuts at; the names are importable from
-    ``conduit_tools`` on Pyodide).
+    (importable from ``conduit_tools`` on Pyodide; ``result_types=False`` leaves them out, for interpreters
+    that have no ``TypedDict``: annotations are never evaluated there, so the names need not exist).
 
     ``unavailable`` upstreams get no namespace here (Monty has no ``__getattr__`` to make one of any
     name): a program that reaches for one is told why it is down (:mod:`conduit.core.hints`)."""
@@ -127,23 +128,19 @@ def generate_python_sdk(entries: Iterable[ToolEntry], unavailable: Iterable[str]
         classes.append(f'class {class_name}:\n    """Tools of upstream {package.upstream!r}."""\n\n{methods}')
         attributes.append(f"    {package.attribute} = {class_name}()\n")
     typed = types.source()
-    result_types = f"{TYPES_START}from typing import NotRequired, TypedDict\n\n\n{typed}{TYPES_END}" if typed else ""
-    return _TEMPLATE.format(types=result_types, classes="\n\n".join(classes), attributes="".join(attributes))
+    declared = f"{TYPES_START}from typing import NotRequired, TypedDict\n\n\n{typed}{TYPES_END}" if typed else ""
+    return _TEMPLATE.format(
+        types=declared if result_types else "", classes="\n\n".join(classes), attributes="".join(attributes)
+    )
+
+
+def generate_monty_sdk(entries: Iterable[ToolEntry], unavailable: Iterable[str] = ()) -> str:
+    """The Python SDK for Monty, which has no ``TypedDict``: :func:`generate_python_sdk` without result types."""
+    return generate_python_sdk(entries, unavailable, result_types=False)
 
 
 TYPES_START: Final = "# >>> result types (CPython only)\n"
 TYPES_END: Final = "# <<< result types\n"
-
-
-@functools.lru_cache(maxsize=64)
-def without_result_types(source: str) -> str:
-    """``source`` (a generated Python SDK) without its ``TypedDict``s, for interpreters that have no
-    ``TypedDict`` (Monty): its annotations are never evaluated there, so the names need not exist."""
-    start = source.find(TYPES_START)
-    if start < 0:
-        return source
-    end = source.index(TYPES_END, start) + len(TYPES_END)
-    return source[:start] + source[end:]
 
 
 _TEMPLATE: Final = '''\

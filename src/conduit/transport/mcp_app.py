@@ -26,10 +26,11 @@ from mcp.shared.exceptions import MCPError
 from conduit import __version__
 from conduit.auth.http import caller_of
 from conduit.catalog import CONDUIT_PREFIX
-from conduit.config.schema import PYTHON_ENGINES, Limits
-from conduit.core.gateway import Gateway, Plan
-from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES
+from conduit.core.gateway import Gateway
+from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES, Language
+from conduit.core.requests import ExecutionRequest, input_schema
 from conduit.core.runs import Run
+from conduit.core.sessions import Session
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, PRINCIPAL, REQUEST_ID, Ending
 from conduit.security.callers import LOCAL, Caller
@@ -39,47 +40,15 @@ from conduit.transport.wire import answer_failure, failed_execution, failed_tool
 
 logger = logging.getLogger(__name__)
 
-EXECUTE_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "properties": {
-        "code": {"type": "string"},
-        "allowedTools": {"type": "array", "items": {"type": "string"}},
-        "limits": Limits.request_schema(),
-        "background": {"type": "boolean"},
-    },
-    "required": ["code"],
-}
-"""As listed: unknown arguments are refused by :func:`_check_arguments`, with their names."""
-
-ENGINE_PROPERTY: Final[dict[str, Any]] = {
-    "type": "string",
-    "enum": list(PYTHON_ENGINES),
-}
-PYTHON_EXECUTE_SCHEMA: Final[dict[str, Any]] = {
-    **EXECUTE_SCHEMA,
-    "properties": {**EXECUTE_SCHEMA["properties"], "engine": ENGINE_PROPERTY},
-}
 NO_WORK_TOOLS: Final = frozenset({*disclosure_tools.TOOLS, *run_tools.TOOLS})
 """Conduit's tools that start no work: disclosure, and following or stopping a run."""
 
 
-def _execute_schema(language: str) -> dict[str, Any]:
-    return PYTHON_EXECUTE_SCHEMA if language == "python" else EXECUTE_SCHEMA
-
-
 def _conduit_tools() -> list[types.Tool]:
     return [
-        types.Tool(name=language.tool, description=language.description, input_schema=_execute_schema(language.name))
+        types.Tool(name=language.tool, description=language.description, input_schema=input_schema(language))
         for language in LANGUAGES
     ]
-
-
-def _check_arguments(language: str, arguments: Mapping[str, Any]) -> None:
-    unknown = sorted(set(arguments) - set(_execute_schema(language)["properties"]))
-    if unknown:
-        raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
-    if "code" not in arguments:
-        raise MCPError(INVALID_PARAMS, "missing required argument 'code'")
 
 
 def starts_work(message: Mapping[str, Any]) -> bool:
@@ -214,16 +183,7 @@ def build_server(
             await _admit(gateway, ctx, caller)  # following or stopping a run is not new work
         language = BY_TOOL.get(params.name)
         if language is not None:
-            _check_arguments(language.name, arguments)
-            if gateway.approvals or arguments.get("background") is not None:
-                return await _detached(ctx, gateway, caller, language.name, params)
-            try:
-                async with ProgressStream.open(ctx) as progress:
-                    plan = _plan(gateway, language.name, arguments, caller)
-                    outcome = await gateway.run(plan, on_output=progress.feed if progress else None)
-            except ConduitError as exc:
-                return answer_failure(exc, failed_execution)
-            return json_result(outcome.as_result(), outcome.error is not None)
+            return await _execution(ctx, gateway, caller, language, params)
         if params.name in run_tools.TOOLS:
             try:
                 return await run_tools.call(ctx, gateway, caller, params.name, params)
@@ -241,7 +201,7 @@ def build_server(
         try:
             if params.request_state is not None or await gateway.needs_approval(params.name, arguments, caller):
                 return await _approved_call(ctx, gateway, caller, params)
-            return await gateway.audited_call(caller, caller.reach, params.name, arguments)
+            return await gateway.audited_call(Session.of(caller), params.name, arguments)
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 
@@ -254,42 +214,35 @@ def build_server(
     )
 
 
-def _plan(
-    gateway: Gateway, language: str, arguments: Mapping[str, Any], caller: Caller, *, background: bool = False
-) -> Plan:
-    """An execution tool's arguments, checked into what will run (:meth:`Gateway.plan`)."""
-    return gateway.plan(
-        language,
-        arguments.get("code"),
-        allowed_tools=arguments.get("allowedTools"),
-        limits=arguments.get("limits"),
-        engine=arguments.get("engine"),
-        caller=caller,
-        background=background,
-    )
-
-
-async def _detached(
-    ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, language: str, params: types.CallToolRequestParams
+async def _execution(
+    ctx: ServerRequestContext[Any],
+    gateway: Gateway,
+    caller: Caller,
+    language: Language,
+    params: types.CallToolRequestParams,
 ) -> types.CallToolResult | types.InputRequiredResult:
-    """An execution as a run of the gateway's (:mod:`conduit.core.runs`): a background one, answered at once with
-    its id; or a foreground one this request attends, asking the client's person about its approvals (its
-    later rounds continue it)."""
-    arguments = params.arguments or {}
-    background = arguments.get("background", False)
-    if not isinstance(background, bool):
-        raise MCPError(INVALID_PARAMS, "background must be a boolean")
+    """An execution tool's call: its arguments checked once (:class:`~conduit.core.requests.ExecutionRequest`;
+    wrong ones are a protocol error), then planned and run. In this request when it needs nothing more; as a
+    run of the gateway's (:mod:`conduit.core.runs`) when it is a background one (answered at once with its id)
+    or may wait for approvals, which this request attends, asking the client's person (its later rounds
+    continue it)."""
     try:
+        request = ExecutionRequest.from_arguments(language, params.arguments or {})
+        detached = request.background or bool(gateway.approvals)
         async with ProgressStream.open(ctx) as progress:
+            feed = progress.feed if progress else None
+            if not detached:
+                outcome = await gateway.run(gateway.plan(request, caller), on_output=feed)
+                return json_result(outcome.as_result(), outcome.error is not None)
             run = await run_tools.resumed(gateway, caller, params)
             if run is None:
-                plan = _plan(gateway, language, arguments, caller, background=background)
-                run = gateway.start_run(plan, background=background, askable=run_tools.can_ask(ctx))
-                if background:
+                plan = gateway.plan(request, caller)
+                run = gateway.start_run(plan, background=request.background, askable=run_tools.can_ask(ctx))
+                if request.background:
                     await gateway.runs.announced(run)  # the next status read may land on any replica
                     return json_result({"executionId": run.id, "status": "running"})
             if isinstance(run, Run):  # another replica's run streams nothing here; its result has all the output
-                run.on_output = progress.feed if progress else None
+                run.on_output = feed
             try:
                 return await run_tools.attend(ctx, gateway, run, owned=True)
             finally:

@@ -17,6 +17,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError
+from conduit.sandbox.base import ProgramFailure, execution_result
 
 
 def protocol_error(exc: ConduitError) -> MCPError | None:
@@ -39,8 +40,7 @@ def json_result(payload: Mapping[str, Any], is_error: bool = False) -> types.Cal
 
 def failed_execution(exc: ConduitError) -> types.CallToolResult:
     """An execution that could not run (busy, no sandbox), shaped like any execution result."""
-    error = {"code": exc.code, "message": exc.message}
-    return json_result({"stdout": "", "stderr": "", "exitCode": 1, "error": error}, is_error=True)
+    return json_result(execution_result("", "", 1, ProgramFailure(exc.code, exc.message)), is_error=True)
 
 
 ERROR_CODE_META: Final = "conduit/errorCode"

@@ -118,14 +118,15 @@ class UpstreamRegistry:
         ]
         return Catalog(tools=tuple(entries), failures=failures)
 
-    async def resolve(self, qualified: str) -> ToolEntry:
-        """The tool behind a qualified name.
+    async def resolve(self, tool_id: ToolId | str) -> ToolEntry:
+        """The tool behind a tool id (parsed already, or a qualified name).
 
         Raises:
             UnknownToolError: no such upstream, or the upstream has no such tool.
             UpstreamError: the upstream cannot be reached to find out.
         """
-        parts = ToolId.parse(qualified)
+        parts = ToolId.parse(tool_id) if isinstance(tool_id, str) else tool_id
+        qualified = tool_id if isinstance(tool_id, str) else parts.qualified
         upstream_id, tool = parts.upstream, parts.tool
         if not upstream_id or not tool:
             raise UnknownToolError(f"unknown tool {qualified!r}: tool names look like '<upstream>__<tool>'")

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from conduit.sandbox.base import ProgramFailure, RunOutcome
-from conduit.sandbox.isolate.worker import program_script
 
 _OPEN: Final = "export default (async () => {"
 _CLOSE: Final = "\n})();\n"
@@ -401,15 +400,13 @@ def _moved(match: re.Match[str], offset: int) -> str:
     return f"program.{match[1]}:{row}:{column - offset if row == 1 and column > offset else column}"
 
 
-def position_fixer(runtime: str, code: str) -> Callable[[str], str] | None:
-    """What turns a TypeScript (``typescript``) or JavaScript (``isolate``) run's errors and stderr into
-    positions in ``code`` as written (:func:`point_at_program`); None for other runtimes."""
-    if runtime == "typescript":
-        wrapped = typescript_module(code)
-    elif runtime == "isolate":
-        wrapped = program_script(isolate_body(code))
-    else:
+def position_fixer(wrap: Callable[[str], str] | None, code: str) -> Callable[[str], str] | None:
+    """What turns a run's errors and stderr into positions in ``code`` as written (:func:`point_at_program`),
+    for a runtime that runs it as ``wrap`` makes it (TypeScript's module, the isolate's script); None for a
+    runtime that runs it as written."""
+    if wrap is None:
         return None
+    wrapped = wrap(code)
     return lambda text: point_at_program(text, code, wrapped)
 
 
@@ -417,7 +414,8 @@ def with_program_positions(outcome: RunOutcome, code: str, fix: Callable[[str], 
     """``outcome`` with its stderr and error message passed through ``fix`` (:func:`position_fixer`), and
     the error saying where in ``code`` it was thrown, with that line's text.
 
-    >>> fix = position_fixer("isolate", "const a = 1;\\nnope();")
+    >>> from conduit.sandbox.isolate.runtime import isolate_script
+    >>> fix = position_fixer(isolate_script, "const a = 1;\\nnope();")
     >>> failed = RunOutcome("", "Uncaught ReferenceError: nope is not defined\\n    at program.js:2:1\\n", 1,
     ...     ProgramFailure(-32001, "ReferenceError: nope is not defined"))
     >>> with_program_positions(failed, "const a = 1;\\nnope();", fix).error.message

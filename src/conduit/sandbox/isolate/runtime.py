@@ -1,6 +1,6 @@
 """JavaScript sandboxes: a fresh V8 isolate per program, hosted in supervised worker processes.
 
-The server never touches an isolate itself (see :mod:`conduit.sandbox.isolate.worker`). It
+The server never touches an isolate itself (see :mod:`conduit.sandbox.isolate.isolate_worker`). It
 keeps workers started and idle (``min`` always, up to ``max`` after a burst, within a memory
 ceiling); a program gets one worker, which creates a fresh isolate for it, and the worker
 returns to the idle set only if the run ended cleanly. A worker that trips a limit, misses
@@ -28,6 +28,7 @@ from conduit.sandbox.host.output import OutputCollector
 from conduit.sandbox.host.pool import CHECK_EVERY_S, Demand, PoolSizing
 from conduit.sandbox.host.process import SandboxProcess, destroy, kill_group, private_memory_bytes, pump, spawn
 from conduit.sandbox.host.program import isolate_body
+from conduit.sandbox.isolate.isolate_worker import program_script
 from conduit.sandbox.protocol import new_nonce
 from conduit.sandbox.walls import Walls, python_profile
 from conduit.sandbox.walls.cgroups import Cgroup
@@ -42,6 +43,11 @@ WORKER_BASELINE_MB: Final = 128
 """A worker's memory besides its isolates' heaps (Python, mini-racer, V8's own), for its cgroup cap."""
 MAX_MESSAGE: Final = 64 * 1024 * 1024
 DEFAULT_SIZING: Final = PoolSizing(min=1, max=8, max_idle_memory_mb=512, max_starting=2)
+
+
+def isolate_script(code: str) -> str:
+    """``code`` as the worker runs it (its body, in the runner's script): where its error positions point."""
+    return program_script(isolate_body(code))
 
 
 @dataclass
@@ -108,10 +114,10 @@ class IsolateRuntime:
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
         """Importing the worker: exits 0 when its Python and mini-racer load as the sandbox uid."""
-        return [sys.executable, "-I", "-c", "import conduit.sandbox.isolate.worker"], dict(WORKER_ENV)
+        return [sys.executable, "-I", "-c", "import conduit.sandbox.isolate.isolate_worker"], dict(WORKER_ENV)
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-I", "-m", "conduit.sandbox.isolate.worker"]
+        argv = [sys.executable, "-I", "-m", "conduit.sandbox.isolate.isolate_worker"]
         walls = self._walls
         if walls is not None and walls.uid is not None and walls.late_uid("isolate"):
             argv += ["--uid", str(walls.uid)]  # its Python cannot start as that uid: it drops after loading

@@ -27,7 +27,7 @@ import shutil
 import signal
 import sysconfig
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Final
@@ -38,7 +38,7 @@ import pydantic_monty as pm
 from anyio.abc import TaskGroup
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.base import Job, RunOutcome
+from conduit.sandbox.base import BridgeCall, Job, RunOutcome
 from conduit.sandbox.host.outcome import classify
 from conduit.sandbox.host.output import OutputCollector
 from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
@@ -49,7 +49,6 @@ from conduit.sandbox.protocol.records import error_record, exit_record, limit_re
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
 from conduit.sandbox.walls.launch import MAX_PIDS
-from conduit.sdk.python import without_result_types
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,6 @@ SWEEP_EVERY_S: Final = 1.0
 DEADLINE_GRACE: Final = 0.25
 """How long past Monty's own time limit the pool waits for Monty's TimeoutError before killing the worker."""
 
-BridgeCall = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 """``(token, method, params)`` -> the bridge's answer, ``{"result": ...}`` or ``{"error": {...}}``."""
 
 
@@ -398,9 +396,7 @@ class MontySandbox:
             try:
                 with turn:
                     try:
-                        await session.feed_run(
-                            PRELUDE + without_result_types(job.sdk), external_lookup=lookup, print_callback=printed
-                        )
+                        await session.feed_run(PRELUDE + job.sdk, external_lookup=lookup, print_callback=printed)
                         program_started = True
                         value = await session.feed_run(job.program, external_lookup=lookup, print_callback=printed)
                         record = value_record(value, limits.max_output_bytes)

@@ -1,4 +1,4 @@
-"""The V8-isolate worker process: ``python -I -m conduit.sandbox.isolate.worker``.
+"""The V8-isolate worker process: ``python -I -m conduit.sandbox.isolate.isolate_worker``.
 
 Isolates never live in the server's own process: a program that spins inside an async
 continuation blocks every Python thread that touches its isolate. So the server supervises
