@@ -14,8 +14,8 @@ import anyio
 from floors import ROOT, TOOLBOX, tree_rss_mb
 from served import ENGINES, PYTHON_FAMILY
 
+from conduit.assembly import open_gateway
 from conduit.config.schema import Config
-from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.sandbox.host.pool import PooledRuntime
 

@@ -16,8 +16,8 @@ import uvicorn
 from mcp import Client
 
 from cluster_harness import redis_server
+from conduit.assembly import open_gateway
 from conduit.config.schema import Config
-from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from servers.oauth_server import AuthServer, AuthServerState, build_app
 from support import CONDUIT, MASTER, TOOLBOX, connected, wait_until, write_config

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import anyio
 
+from conduit.assembly import open_gateway
 from conduit.auth.http import Door
 from conduit.auth.verifier import build_verifier
 from conduit.config.loader import LoadedConfig
-from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.errors import ListenError
 from conduit.observability.context import CLIENT_GONE, STOPPED, Ending

@@ -13,9 +13,9 @@ import httpx2
 import pytest
 
 from cluster_harness import CLUSTER_KEY, Redis
+from conduit.assembly import open_gateway
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import ClusterConfig, Config, Credentials
-from conduit.core.assembly import open_gateway
 from conduit.errors import ConfigError, MethodNotFoundError, StoreUnavailableError, UpstreamError
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.credential_store import CredentialStore, RedisVault, new_key

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from conduit.assembly import open_gateway
 from conduit.config.schema import Config
-from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.sandbox.host.pool import PooledRuntime
 from conduit.sandbox.isolate.runtime import IsolateRuntime

@@ -10,8 +10,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from conduit.assembly import open_gateway
 from conduit.config.schema import Config
-from conduit.core.assembly import open_gateway
 from support import (
     EXECUTE_ISOLATE,
     EXECUTE_PYTHON,

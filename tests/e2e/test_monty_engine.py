@@ -18,8 +18,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from conduit.assembly import open_gateway
 from conduit.config.schema import Config
-from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.sandbox.host.process import has_exited
 from conduit.sandbox.monty.runtime import MontyRuntime, MontySandbox

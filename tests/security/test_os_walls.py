@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conduit.assembly import open_gateway
 from conduit.config.schema import Config
-from conduit.core.assembly import open_gateway
 from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress

@@ -14,9 +14,9 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
+from conduit.assembly import open_gateway
 from conduit.auth.principals import principal
 from conduit.config.schema import Config, Credentials, Policy, UpstreamConfig
-from conduit.core.assembly import open_gateway
 from conduit.errors import UPSTREAM_ERROR, UPSTREAM_TIMEOUT, UpstreamError
 from conduit.security.callers import MASTER as MASTER_CALLER
 from conduit.security.callers import Caller

@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> None:
 def doctor(args: argparse.Namespace) -> int:
     from importlib.metadata import version as version_of
 
-    from conduit.core.assembly import probed_walls
+    from conduit.assembly import probed_walls
     from conduit.sandbox.deno.runtime import HARNESS, find_deno
     from conduit.sandbox.monty.runtime import find_monty
     from conduit.sandbox.pyodide.runtime import check_pyodide_dir, default_pyodide_dir

@@ -121,7 +121,7 @@ async def _execute(
     limits: dict[str, int] | None,
     engine: str | None,
 ) -> RunOutcome | ConduitError:
-    from conduit.core.assembly import open_gateway
+    from conduit.assembly import open_gateway
 
     arguments = {"code": code, "allowedTools": allowed, "limits": limits, "engine": engine}
     try:

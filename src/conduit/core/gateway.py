@@ -4,7 +4,7 @@ Front ends check what they receive into typed requests (:mod:`conduit.core.reque
 here: an execution is planned (:meth:`Gateway.plan`: the server's and the caller's policy around the
 request) and run (:meth:`Gateway.run`), in the request or as a run that outlives it
 (:meth:`Gateway.start_run`); a tool call, a program's or a proxied one, passes :meth:`Gateway.audited_call`
-once. The gateway is built by :mod:`conduit.core.assembly`, which hands it everything it uses (runtimes,
+once. The gateway is built by :mod:`conduit.assembly`, which hands it everything it uses (runtimes,
 upstreams, sessions, runs, approvals, rate limits, metrics); it builds none of them, and nothing here
 knows about MCP transports or Starlette.
 """
@@ -84,7 +84,7 @@ BridgeMethod = Callable[[Session, Mapping[str, Any]], Awaitable[Any]]
 
 
 class Gateway:
-    """Everything behind Conduit's front ends. Made by :func:`conduit.core.assembly.open_gateway`."""
+    """Everything behind Conduit's front ends. Made by :func:`conduit.assembly.open_gateway`."""
 
     def __init__(
         self,

@@ -186,7 +186,7 @@ def build_server(
             return await _execution(ctx, gateway, caller, language, params)
         if params.name in run_tools.TOOLS:
             try:
-                return await run_tools.call(ctx, gateway, caller, params.name, params)
+                return await run_tools.call(ctx, gateway.runs, caller, params.name, params)
             except ConduitError as exc:
                 return answer_failure(exc, failed_tool_call)
         if params.name in disclosure_tools.TOOLS:
@@ -234,7 +234,7 @@ async def _execution(
             if not detached:
                 outcome = await gateway.run(gateway.plan(request, caller), on_output=feed)
                 return json_result(outcome.as_result(), outcome.error is not None)
-            run = await run_tools.resumed(gateway, caller, params)
+            run = await run_tools.resumed(gateway.runs, caller, params)
             if run is None:
                 plan = gateway.plan(request, caller)
                 run = gateway.start_run(plan, background=request.background, askable=run_tools.can_ask(ctx))
@@ -244,7 +244,7 @@ async def _execution(
             if isinstance(run, Run):  # another replica's run streams nothing here; its result has all the output
                 run.on_output = feed
             try:
-                return await run_tools.attend(ctx, gateway, run, owned=True)
+                return await run_tools.attend(ctx, gateway.runs, run, owned=True)
             finally:
                 if isinstance(run, Run):
                     run.on_output = None
@@ -258,10 +258,10 @@ async def _approved_call(
     """A proxied call an approval rule covers, as a run this request attends (:meth:`Gateway.start_call`): the
     person is asked in this request (handshake era) or over input_required rounds (2026-07-28), and the
     upstream sees the call only once they approve."""
-    run = await run_tools.resumed(gateway, caller, params, tool=params.name)
+    run = await run_tools.resumed(gateway.runs, caller, params, tool=params.name)
     if run is None:
         run = gateway.start_call(caller, params.name, params.arguments or {}, askable=run_tools.can_ask(ctx))
-    return await run_tools.attend(ctx, gateway, run, owned=True)
+    return await run_tools.attend(ctx, gateway.runs, run, owned=True)
 
 
 async def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:

@@ -23,8 +23,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from conduit.catalog import CONDUIT_PREFIX
 from conduit.core.approvals import Answer, ApprovalRequest
-from conduit.core.gateway import Gateway
-from conduit.core.runs import AnyRun, LostRunError, Pending
+from conduit.core.runs import AnyRun, LostRunError, Pending, Runs
 from conduit.errors import INVALID_PARAMS, ConduitError
 from conduit.observability.context import ENDED_BY
 from conduit.security.callers import Caller
@@ -79,21 +78,21 @@ def answer_of(response: object) -> Answer:
 
 
 async def resumed(
-    gateway: Gateway, caller: Caller, params: types.CallToolRequestParams, tool: str | None = None
+    runs: Runs, caller: Caller, params: types.CallToolRequestParams, tool: str | None = None
 ) -> AnyRun | None:
     """The run a later round continues (its ``requestState``), with the round's answers given to it: an
     execution's, or (``tool``) the proxied call of that tool."""
     if params.request_state is None:
         return None
-    run = await gateway.runs.by_token(caller, params.request_state)
+    run = await runs.by_token(caller, params.request_state)
     if run is None or run.tool != tool:
         raise MCPError(INVALID_PARAMS, "unknown or expired requestState: start the call again")
     for key, response in (params.input_responses or {}).items():
-        await gateway.runs.answer(run, key, answer_of(response))
+        await runs.answer(run, key, answer_of(response))
     return run
 
 
-async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, *, owned: bool) -> Answered:
+async def attend(ctx: ServerRequestContext[Any], runs: Runs, run: AnyRun, *, owned: bool) -> Answered:
     """Wait for ``run``'s outcome (its foreground answer), asking the client about every approval it waits for.
 
     ``owned``: the run is this request's foreground run, cancelled if the request goes away (but not when
@@ -110,14 +109,14 @@ async def attend(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, 
                 if unsent and _modern(ctx):
                     handed_over = True
                     asking.cancel_scope.cancel()
-                    return await input_required(gateway, run, unsent)
-                await _ask_in_request(asking, ctx, gateway, run, unsent)
-                run = await gateway.runs.refreshed(run)
+                    return await input_required(runs, run, unsent)
+                await _ask_in_request(asking, ctx, runs, run, unsent)
+                run = await runs.refreshed(run)
         raise AssertionError("the loop above only ends by returning")  # pragma: no cover
     finally:
         if owned and not handed_over and run.running:
             with anyio.CancelScope(shield=True):
-                await gateway.runs.cancel(run, ENDED_BY.get()())  # why this request was cancelled
+                await runs.cancel(run, ENDED_BY.get()())  # why this request was cancelled
 
 
 def answer(run: AnyRun) -> types.CallToolResult:
@@ -131,59 +130,59 @@ def answer(run: AnyRun) -> types.CallToolResult:
     return failed_tool_call(ConduitError(str(error["message"]), code=int(error["code"])))
 
 
-async def input_required(gateway: Gateway, run: AnyRun, unsent: list[Pending]) -> types.InputRequiredResult:
+async def input_required(runs: Runs, run: AnyRun, unsent: list[Pending]) -> types.InputRequiredResult:
     """The multi-round-trip answer: the forms to fill in, and the state that brings the answers back."""
     for pending in unsent:
-        await gateway.runs.mark_sent(run, pending)
+        await runs.mark_sent(run, pending)
     requests: dict[str, Any] = {p.key: types.ElicitRequest(params=elicitation(p.request)) for p in unsent}
     return types.InputRequiredResult(input_requests=requests, request_state=run.resume_token)
 
 
 async def _ask_in_request(
-    asking: TaskGroup, ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, unsent: list[Pending]
+    asking: TaskGroup, ctx: ServerRequestContext[Any], runs: Runs, run: AnyRun, unsent: list[Pending]
 ) -> None:
     """Ask the client about each of ``unsent`` with an ``elicitation/create`` on this request (handshake era),
     each in a task of ``asking``; the answers go to the run as they come."""
     for pending in unsent:
-        await gateway.runs.mark_sent(run, pending)
-        asking.start_soon(_elicit, ctx, gateway, run, pending)
+        await runs.mark_sent(run, pending)
+        asking.start_soon(_elicit, ctx, runs, run, pending)
 
 
-async def _elicit(ctx: ServerRequestContext[Any], gateway: Gateway, run: AnyRun, pending: Pending) -> None:
+async def _elicit(ctx: ServerRequestContext[Any], runs: Runs, run: AnyRun, pending: Pending) -> None:
     form = elicitation(pending.request)
     try:
         response = await ctx.session.elicit_form(form.message, form.requested_schema, related_request_id=ctx.request_id)
     except Exception as exc:  # no back-channel, the client refused or went away: declined
         logger.warning("could not ask for approval of %s: %s", pending.request.tool, exc)
-        await gateway.runs.answer(run, pending.key, "decline")
+        await runs.answer(run, pending.key, "decline")
         return
-    await gateway.runs.answer(run, pending.key, answer_of(response))
+    await runs.answer(run, pending.key, answer_of(response))
 
 
-async def call(ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, name: str, params: Any) -> Answered:
+async def call(ctx: ServerRequestContext[Any], runs: Runs, caller: Caller, name: str, params: Any) -> Answered:
     """The status or cancel tool's answer."""
     arguments: Mapping[str, Any] = params.arguments or {}
     unknown = sorted(set(arguments) - {"executionId"})
     if unknown:
         raise MCPError(INVALID_PARAMS, f"unknown argument(s): {', '.join(unknown)}")
-    run = await resumed(gateway, caller, params)
+    run = await resumed(runs, caller, params)
     if run is None:
         try:
-            run = await gateway.runs.find(caller, arguments.get("executionId"))
+            run = await runs.find(caller, arguments.get("executionId"))
         except LostRunError as exc:
             return json_result({"executionId": exc.execution_id, "status": "lost", "message": exc.message}, True)
     if name == CANCEL:
-        await gateway.runs.cancel(run)
+        await runs.cancel(run)
         with anyio.move_on_after(5):
             while run.running:
-                run = await gateway.runs.refreshed(run)
+                run = await runs.refreshed(run)
         payload, failed = run.status()
         return json_result(payload, failed)
     unsent = run.unsent()
     if unsent and can_ask(ctx) and _modern(ctx):
-        return await input_required(gateway, run, unsent)
+        return await input_required(runs, run, unsent)
     if unsent and can_ask(ctx):
         async with anyio.create_task_group() as asking:
-            await _ask_in_request(asking, ctx, gateway, run, unsent)
+            await _ask_in_request(asking, ctx, runs, run, unsent)
     payload, failed = run.status()
     return json_result(payload, failed)

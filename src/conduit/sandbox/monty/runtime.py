@@ -44,7 +44,7 @@ from conduit.sandbox.host.output import OutputCollector
 from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.host.process import REAP_TIMEOUT, has_exited, private_memory_bytes, set_niceness, wait_exited
 from conduit.sandbox.monty.check import MontyChecker, Verdict
-from conduit.sandbox.protocol import PRELUDE_CONSTANTS, new_nonce
+from conduit.sandbox.protocol import CAPABILITIES_SOURCE, PRELUDE_CONSTANTS, new_nonce
 from conduit.sandbox.protocol.records import error_record, exit_record, limit_record, value_record
 from conduit.sandbox.walls import Profile, Walls
 from conduit.sandbox.walls.cgroups import Cgroup, launched_leaf, sweep, watch_cap
@@ -52,7 +52,7 @@ from conduit.sandbox.walls.launch import MAX_PIDS
 
 logger = logging.getLogger(__name__)
 
-PRELUDE: Final = PRELUDE_CONSTANTS + (Path(__file__).parent / "monty_prelude.py").read_text()
+PRELUDE: Final = PRELUDE_CONSTANTS + (Path(__file__).parent / "monty_prelude.py").read_text() + CAPABILITIES_SOURCE
 PROGRAM_FEED: Final = "<python-input-1>"
 """Monty's name for a session's second feed, the program (the first is the prelude and SDK)."""
 PROGRAM: Final = "program.py"

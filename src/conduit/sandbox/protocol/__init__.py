@@ -9,9 +9,10 @@
   :mod:`conduit.errors`' on the host, repeated in ``protocol.json`` for JavaScript.
 
 The values live in ``protocol.json`` beside this file: the JavaScript side (``common.js``, imported by
-every Deno harness) reads the same file, the Pyodide harness hands the method names and the records'
-source to its Python prelude, Monty's prelude is given the method names by the host
-(:data:`PRELUDE_CONSTANTS`), and the SDK generators spell the method names from here.
+every Deno harness) reads the same file; the Pyodide harness hands the method names, the records' source
+and the calls every Python runtime shares (``capabilities.py``) to its Python prelude; Monty's prelude is
+fed the method names and those calls by the host (:data:`PRELUDE_CONSTANTS`, :data:`CAPABILITIES_SOURCE`);
+the SDK generators spell the method names from here.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ JAVASCRIPT_CODES: Final[dict[str, int]] = _SHARED["codes"]
 RECORDS_SOURCE: Final = (FOLDER / "records.py").read_text(encoding="utf-8")
 """The records module's source, as the Pyodide harness loads it inside the sandbox."""
 
-PRELUDE_CONSTANTS: Final = f"_CALL_TOOL = {CALL_TOOL!r}\n_DISCOVER_TOOLS = {DISCOVER_TOOLS!r}\n"
+PRELUDE_CONSTANTS: Final = f"CALL_TOOL = {CALL_TOOL!r}\nDISCOVER_TOOLS = {DISCOVER_TOOLS!r}\n"
 """The method names as Python, for a prelude the host feeds as source (Monty's)."""
+CAPABILITIES_SOURCE: Final = (FOLDER / "capabilities.py").read_text(encoding="utf-8")
+"""What programs of every Python runtime call the host with (``invoke``, ``discover_mcp_tools``), as source each
+prelude runs after defining its own ``call``."""
 
 
 def new_nonce() -> str:

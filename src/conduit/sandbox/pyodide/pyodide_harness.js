@@ -11,6 +11,7 @@
 // With a snapshot (made by pyodide_snapshot.js) the interpreter is restored instead of started.
 
 import { BridgeClient, errorRecord, finish, PROTOCOL, readJob, stderr, stdout, utf8 } from "../protocol/common.js";
+import capabilities from "../protocol/capabilities.py" with { type: "text" };
 import records from "../protocol/records.py" with { type: "text" };
 import { loadPyodideFrom } from "./pyodide_common.js";
 import prelude from "./python_prelude.py" with { type: "text" };
@@ -103,6 +104,7 @@ pyodide.registerJsModule("_conduit_bridge", {
   DISCOVER_TOOLS: PROTOCOL.methods.discoverTools,
   INTERNAL_ERROR: PROTOCOL.codes.internalError,
   RECORDS: records,
+  CAPABILITIES: capabilities,
   call: async (method, paramsJson) => {
     try {
       return JSON.stringify({ result: await bridge.request(method, JSON.parse(paramsJson)) });

@@ -57,22 +57,10 @@ async def call(method, params):
     return answer["result"]
 
 
-async def invoke(name, args, kwargs, structured=False):
-    """Call tool ``name`` with a dict of arguments and/or keyword arguments (keywords win); ``structured``:
-    get its ``structuredContent`` (a tool with an output schema), raising if it answers ``isError``."""
-    if args is not None and not isinstance(args, dict):
-        raise TypeError(f"{name}: pass arguments as keywords or as one dict, not {type(args).__name__}")
-    merged = dict(args or {})
-    merged.update({key: value for key, value in kwargs.items() if value is not _MISSING})
-    params = {"name": name, "arguments": merged}
-    if structured:
-        params["structured"] = True
-    return await call(CALL_TOOL, params)
-
-
-async def discover_mcp_tools(query=None):
-    """The tools this execution may call: name, upstream, tool, description, inputSchema."""
-    return await call(DISCOVER_TOOLS, {} if query is None else {"query": query})
+_capabilities = {"call": call, "_MISSING": _MISSING, "CALL_TOOL": CALL_TOOL, "DISCOVER_TOOLS": DISCOVER_TOOLS}
+exec(compile(_conduit_bridge.CAPABILITIES, "<conduit-capabilities>", "exec"), _capabilities)
+invoke = _capabilities["invoke"]
+discover_mcp_tools = _capabilities["discover_mcp_tools"]
 
 
 def _program_traceback(exc):
