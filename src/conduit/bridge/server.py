@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
+from pydantic import JsonValue
 
 from conduit.core.sessions import Session, SessionRegistry
 from conduit.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ConduitError, InvalidParamsError
@@ -30,7 +31,7 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
 
 class BridgeHandler(Protocol):
-    async def handle_bridge(self, session: Session, method: str, params: Mapping[str, Any]) -> Any:
+    async def handle_bridge(self, session: Session, method: str, params: Mapping[str, JsonValue]) -> JsonValue:
         """Serve one authenticated request; raise :class:`ConduitError` for a JSON-RPC error."""
         ...
 

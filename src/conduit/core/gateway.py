@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import mcp_types as types
+from pydantic import JsonValue
 
 from conduit.catalog import Catalog, ToolEntry
 from conduit.cluster.store import SharedStore
@@ -80,7 +80,8 @@ class Plan:
     can reach once it runs (:func:`~conduit.core.hints.unmatched_patterns`)."""
 
 
-BridgeMethod = Callable[[Session, Mapping[str, Any]], Awaitable[Any]]
+BridgeMethod = Callable[[Session, Mapping[str, JsonValue]], Awaitable[JsonValue]]
+"""A bridge method: the calling session and the request's JSON params -> the JSON answer."""
 
 
 class Gateway:
@@ -523,7 +524,7 @@ class Gateway:
             failures={upstream: why for upstream, why in catalog.failures.items() if allowlist.reaches(upstream)},
         )
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> tuple[bool, dict[str, JsonValue]]:
         """Whether every runtime can run programs and no upstream is failing, with the details."""
         healthy, report = health_report(self.runtimes, self.registry.connections, self.walls)
         if self.shared is not None:
@@ -551,7 +552,7 @@ class Gateway:
 
     # -- bridge -----------------------------------------------------------------------------------------
 
-    async def handle_bridge(self, session: Session, method: str, params: Mapping[str, Any]) -> Any:
+    async def handle_bridge(self, session: Session, method: str, params: Mapping[str, JsonValue]) -> JsonValue:
         """Serve one authenticated bridge request (see :mod:`conduit.bridge.server`): ``session`` is who
         sent it, a program or the master token.
 
@@ -563,21 +564,21 @@ class Gateway:
             raise MethodNotFoundError(f"unknown method {method!r}")
         return await handler(session, params)
 
-    async def _bridge_discover(self, session: Session, params: Mapping[str, Any]) -> Any:
+    async def _bridge_discover(self, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         query = params.get("query")
         if query is not None and not isinstance(query, str):
             raise InvalidParamsError("query must be a string")
         return [entry.describe() for entry in await self.discover(session.allowlist, query)]
 
-    async def _bridge_call(self, session: Session, params: Mapping[str, Any]) -> Any:
+    async def _bridge_call(self, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         name = params.get("name")
         result = await self.audited_call(session, name, params.get("arguments"))
         answer = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return typed_value(str(name), answer) if params.get("structured") is True else answer
 
-    async def _bridge_register(self, session: Session, params: Mapping[str, Any]) -> Any:
+    async def _bridge_register(self, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         return {"id": self.register_upstream(params.get("upstream", params))}
 
-    async def _bridge_execute(self, language: Language, session: Session, params: Mapping[str, Any]) -> Any:
+    async def _bridge_execute(self, language: Language, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         request = ExecutionRequest.from_arguments(language, params, known_only=False)
         return (await self.run(self.plan(request, session.caller))).as_result()
