@@ -34,7 +34,7 @@ from conduit.core.sessions import SessionRegistry
 from conduit.observability.metrics import Metrics
 from conduit.observability.tracing import Tracing, traces_endpoint
 from conduit.sandbox.base import BridgeAddress, Runtime
-from conduit.sandbox.deno.runtime import DenoRuntime, find_deno
+from conduit.sandbox.deno.runtime import DenoLauncher, find_deno
 from conduit.sandbox.host.process import use_pidfd_child_watcher
 from conduit.sandbox.walls import Walls
 from conduit.security.redact import Redactor
@@ -58,7 +58,7 @@ async def open_gateway(
     shared = SharedStore(config.cluster) if config.cluster.redis_url is not None else None
     work_dir = Path(tempfile.mkdtemp(prefix="conduit-"))
     walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
-    deno: DenoRuntime | None = None
+    deno: DenoLauncher | None = None
     try:
         os.chmod(work_dir, 0o711)  # sandboxes running as another uid pass through to their own directory
         async with anyio.create_task_group() as tg:
@@ -79,7 +79,7 @@ async def open_gateway(
             tracing: Tracing | None = None
             gateway: Gateway | None = None
             try:
-                deno = DenoRuntime(
+                deno = DenoLauncher(
                     deno_path=find_deno(config.deno_path), bridge=address, work_dir=work_dir, walls=walls, reaper=tg
                 )
                 parts = RuntimeParts(
@@ -139,7 +139,7 @@ async def probed_walls(config: Config) -> Walls:
     """
     walls = Walls.detect(config.resource_limits.timeout_ms, enabled=config.isolation.enabled)
     work_dir = Path(tempfile.mkdtemp(prefix="conduit-doctor-"))
-    deno: DenoRuntime | None = None
+    deno: DenoLauncher | None = None
     try:
         os.chmod(work_dir, 0o711)
 
@@ -147,7 +147,7 @@ async def probed_walls(config: Config) -> Walls:
             raise AssertionError("nothing runs while the walls are probed")
 
         nowhere = BridgeAddress("127.0.0.1", 0)
-        deno = DenoRuntime(deno_path=find_deno(config.deno_path), bridge=nowhere, work_dir=work_dir, walls=walls)
+        deno = DenoLauncher(deno_path=find_deno(config.deno_path), bridge=nowhere, work_dir=work_dir, walls=walls)
         parts = RuntimeParts(
             config=config, deno=deno, bridge=nowhere, work_dir=work_dir, walls=walls, bridge_call=no_bridge
         )
@@ -188,7 +188,7 @@ def _approvals(config: Config) -> Approvals:
     return Approvals(config.approvals, redactor)
 
 
-async def _probe_uids(walls: Walls, deno: DenoRuntime, runtimes: Mapping[str, Runtime]) -> None:
+async def _probe_uids(walls: Walls, deno: DenoLauncher, runtimes: Mapping[str, Runtime]) -> None:
     """Learn which runtimes can start as the unprivileged uid (a no-op unless Conduit runs as root)."""
     for name, runtime in runtimes.items():
         home = deno.homes.make()

@@ -11,7 +11,7 @@ from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.errors import TIMEOUT, SandboxStartError
 from conduit.sandbox.base import BridgeAddress, Job
-from conduit.sandbox.deno.runtime import DenoRuntime, DenoSandbox
+from conduit.sandbox.deno.runtime import DenoLauncher, DenoSandbox
 from conduit.sandbox.host.pool import PooledRuntime
 from conduit.sdk.typescript import generate_deno_sdk
 from support import process_alive, wait_until
@@ -29,8 +29,8 @@ def proc_file(pid: int, name: str) -> list[bytes]:
 
 async def prepare(gateway: Gateway) -> DenoSandbox:
     pool = gateway.runtimes["typescript"]
-    assert isinstance(pool, PooledRuntime) and isinstance(pool.runtime, DenoRuntime)
-    return await pool.runtime.prepare(LIMITS.memory_limit_mb)
+    assert isinstance(pool, PooledRuntime) and isinstance(pool.launcher, DenoLauncher)
+    return await pool.launcher.prepare(LIMITS.memory_limit_mb)
 
 
 async def test_sandbox_started_ahead_waits_for_its_job_then_runs_it(gateway: Gateway) -> None:
@@ -93,7 +93,7 @@ async def test_sandbox_environment_is_empty_but_for_deno_settings(gateway: Gatew
 
 
 async def test_missing_deno_binary_is_a_start_error(tmp_path: Path) -> None:
-    runtime = DenoRuntime(deno_path=str(tmp_path / "no-deno"), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
+    runtime = DenoLauncher(deno_path=str(tmp_path / "no-deno"), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
     with pytest.raises(SandboxStartError, match="cannot start"):
         await runtime.prepare(64)
 

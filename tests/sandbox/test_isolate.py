@@ -103,7 +103,9 @@ def small_runtime(gateway: Gateway) -> IsolateRuntime:
     address = gateway.bridge.address
     assert address is not None
     sizing = PoolSizing(min=1, max=3, max_idle_memory_mb=4096, max_starting=2)
-    return IsolateRuntime(bridge=address, work_dir=Path(gateway.runtimes["typescript"].runtime.work_dir), sizing=sizing)
+    return IsolateRuntime(
+        bridge=address, work_dir=Path(gateway.runtimes["typescript"].launcher.work_dir), sizing=sizing
+    )
 
 
 async def test_a_burst_grows_the_idle_workers_waits_for_busy_ones_and_shrinks_back(

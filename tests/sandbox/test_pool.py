@@ -16,10 +16,10 @@ import pytest
 from conduit.config.schema import Limits
 from conduit.core.gateway import Gateway
 from conduit.sandbox.base import Job
-from conduit.sandbox.deno.runtime import DenoRuntime
+from conduit.sandbox.deno.runtime import DenoLauncher
 from conduit.sandbox.host import pool as pool_module
 from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
-from conduit.sandbox.pyodide.runtime import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.pyodide.runtime import PyodideLauncher, default_pyodide_dir
 from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 from conduit.sdk.python import generate_python_sdk
 from conduit.sdk.typescript import generate_deno_sdk
@@ -30,10 +30,10 @@ pytestmark = [pytest.mark.anyio, pytest.mark.deno]
 LIMITS = Limits(timeout_ms=10_000, memory_limit_mb=128, max_output_bytes=100_000, max_log_entries=1000)
 
 
-def deno_of(gateway: Gateway) -> DenoRuntime:
+def deno_of(gateway: Gateway) -> DenoLauncher:
     pool = gateway.runtimes["typescript"]
-    assert isinstance(pool, PooledRuntime) and isinstance(pool.runtime, DenoRuntime)
-    return pool.runtime
+    assert isinstance(pool, PooledRuntime) and isinstance(pool.launcher, DenoLauncher)
+    return pool.launcher
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ async def fast_sizing(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def running_pool(
-    runtime: DenoRuntime, *, min: int, max: int, max_starting: int, max_idle_memory_mb: int = 4096
+    runtime: DenoLauncher, *, min: int, max: int, max_starting: int, max_idle_memory_mb: int = 4096
 ) -> AsyncIterator[PooledRuntime]:
     """A pool of ``runtime``'s sandboxes (at 128 MiB) filling in the background; closed afterwards."""
     sizing = PoolSizing(min=min, max=max, max_idle_memory_mb=max_idle_memory_mb, max_starting=max_starting)
@@ -138,7 +138,7 @@ async def test_a_lower_memory_limit_gets_a_sandbox_of_its_own(gateway: Gateway) 
 async def test_a_pool_that_cannot_start_sandboxes_reports_why_and_does_not_spin(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    broken = DenoRuntime(deno_path=str(tmp_path / "no-deno"), bridge=deno_of(gateway).bridge, work_dir=tmp_path)
+    broken = DenoLauncher(deno_path=str(tmp_path / "no-deno"), bridge=deno_of(gateway).bridge, work_dir=tmp_path)
     async with running_pool(broken, min=2, max=2, max_starting=2) as pool:
         await anyio.sleep(0.5)
         assert pool.failures <= 4  # one attempt per slot, then a pause before retrying
@@ -168,7 +168,7 @@ def pyodide_copy(place: Path) -> Path:
 
 
 async def run_python(gateway: Gateway, pyodide_dir: Path, snapshot: PyodideSnapshot) -> str:
-    runtime = PyodideRuntime(deno=deno_of(gateway), pyodide_dir=pyodide_dir, snapshot=snapshot)
+    runtime = PyodideLauncher(deno=deno_of(gateway), pyodide_dir=pyodide_dir, snapshot=snapshot)
     sandbox = await runtime.prepare(128)
     outcome = await sandbox.run(Job("import sys\nsys.version.split()[0]", generate_python_sdk([]), "t", LIMITS))
     assert outcome.error is None, outcome

@@ -21,7 +21,7 @@ from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.errors import MEMORY_LIMIT
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.deno.runtime import DenoRuntime, DenoSandbox, find_deno
+from conduit.sandbox.deno.runtime import DenoLauncher, DenoSandbox, find_deno
 from conduit.sandbox.host.pool import PooledRuntime
 from conduit.sandbox.walls.cgroups import CgroupSupport, detect, launched_leaf, remove_parents
 from conduit.sandbox.walls.confine import encode_spec
@@ -109,7 +109,7 @@ async def test_sandbox_processes_run_in_their_cgroup_with_no_new_privileges(wall
     need("cgroup-memory", "no-new-privs")
     pool = walled.runtimes["typescript"]
     assert isinstance(pool, PooledRuntime)
-    sandbox = await pool.runtime.prepare(128)
+    sandbox = await pool.launcher.prepare(128)
     assert isinstance(sandbox, DenoSandbox)
     try:
         await wait_until(lambda: read(f"/proc/{sandbox.pid}/comm").strip() == "deno")  # the launcher has exec'd
@@ -269,7 +269,7 @@ def test_walls_use_the_native_launcher_when_it_is_built() -> None:
 
 def test_landlock_hides_the_host_even_from_a_deno_granted_read_everywhere(tmp_path: Path) -> None:
     need("landlock")
-    runtime = DenoRuntime(deno_path=find_deno(None), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
+    runtime = DenoLauncher(deno_path=find_deno(None), bridge=BridgeAddress("127.0.0.1", 9), work_dir=tmp_path)
     home = runtime.homes.make()
     try:
         profile = runtime.profile()
@@ -348,7 +348,7 @@ async def test_every_runtime_runs_unprivileged_when_conduit_is_root(walled: Gate
         pytest.skip("Conduit is not running as root here: there is no uid to drop")
     for name in ("typescript", "isolate"):
         runtime = walled.runtimes[name]
-        sandbox = await (runtime.runtime if isinstance(runtime, PooledRuntime) else runtime).prepare(128)
+        sandbox = await (runtime.launcher if isinstance(runtime, PooledRuntime) else runtime).prepare(128)
         try:
             comm = "deno" if name == "typescript" else "python"
             await wait_until(lambda: read(f"/proc/{sandbox.pid}/comm").strip().startswith(comm))  # noqa: B023

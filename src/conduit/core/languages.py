@@ -18,13 +18,13 @@ from typing import Final
 from conduit.catalog import CONDUIT_PREFIX, ToolEntry
 from conduit.config.schema import Config, PoolConfig
 from conduit.sandbox.base import BridgeAddress, BridgeCall, Runtime
-from conduit.sandbox.deno.runtime import DenoRuntime
+from conduit.sandbox.deno.runtime import DenoLauncher
 from conduit.sandbox.host.pool import PooledRuntime, PoolSizing
 from conduit.sandbox.host.program import typescript_module
 from conduit.sandbox.isolate.runtime import IsolateRuntime, isolate_script
 from conduit.sandbox.monty.runtime import MontyRuntime, MontyWorkers, find_monty
 from conduit.sandbox.protocol import EXECUTE_PREFIX
-from conduit.sandbox.pyodide.runtime import PyodideRuntime, default_pyodide_dir
+from conduit.sandbox.pyodide.runtime import PyodideLauncher, default_pyodide_dir
 from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 from conduit.sandbox.walls import Walls
 from conduit.sdk.python import generate_monty_sdk, generate_python_sdk
@@ -42,7 +42,7 @@ class RuntimeParts:
     """What the composition root has made by the time runtimes are built, and what they share."""
 
     config: Config
-    deno: DenoRuntime
+    deno: DenoLauncher
     """The Deno that TypeScript sandboxes are, and Python sandboxes run in."""
     bridge: BridgeAddress
     work_dir: Path
@@ -125,7 +125,7 @@ def _typescript(parts: RuntimeParts) -> Runtime:
 def _python(parts: RuntimeParts) -> Runtime:
     config = parts.config
     snapshot = PyodideSnapshot.for_runtime(parts.deno, parts.pyodide_dir, parts.work_dir)
-    python = PyodideRuntime(deno=parts.deno, pyodide_dir=parts.pyodide_dir, snapshot=snapshot)
+    python = PyodideLauncher(deno=parts.deno, pyodide_dir=parts.pyodide_dir, snapshot=snapshot)
     sizing = parts.sizing(config.pools.python, parts.cpus)
     return PooledRuntime(python, sizing=sizing, memory_limit_mb=config.resource_limits.memory_limit_mb)
 

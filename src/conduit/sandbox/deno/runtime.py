@@ -107,7 +107,7 @@ class DenoProcess:
         return killed
 
 
-class DenoRuntime:
+class DenoLauncher:
     """Starts TypeScript sandboxes that may reach only the bridge."""
 
     name = "typescript"

@@ -1,6 +1,6 @@
 """Pools of sandboxes started ahead of demand, each used for exactly one program.
 
-A :class:`PooledRuntime` wraps a runtime that makes single-use sandboxes (Deno, Pyodide). It
+A :class:`PooledRuntime` wraps a :class:`Launcher`, which makes single-use sandboxes (Deno, Pyodide). It
 keeps sandboxes prepared at the default memory limit and hands each out once; sandboxes are
 never returned, so fresh is guaranteed and warm is best effort.
 
@@ -59,13 +59,15 @@ class PoolableSandbox(Sandbox, Protocol):
         ...
 
 
-class PoolableRuntime(Protocol):
+class Launcher(Protocol):
+    """Starts single-use sandboxes one at a time (Deno, Pyodide, Monty's workers): what a pool keeps ready."""
+
     name: str
 
     async def prepare(self, memory_limit_mb: int, *, niceness: int = 0) -> PoolableSandbox: ...
 
     def problem(self) -> str | None:
-        """Why this runtime cannot start sandboxes (missing files...), or None."""
+        """Why this launcher cannot start sandboxes (missing files...), or None."""
         ...
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]: ...
@@ -127,11 +129,11 @@ class Demand:
 
 
 class PooledRuntime:
-    """``runtime`` with sandboxes kept prepared at ``memory_limit_mb``, sized by ``sizing``: a :class:`Runtime`."""
+    """``launcher``'s sandboxes kept prepared at ``memory_limit_mb``, sized by ``sizing``: a :class:`Runtime`."""
 
-    def __init__(self, runtime: PoolableRuntime, *, sizing: PoolSizing, memory_limit_mb: int) -> None:
-        self.runtime = runtime
-        self.name = runtime.name
+    def __init__(self, launcher: Launcher, *, sizing: PoolSizing, memory_limit_mb: int) -> None:
+        self.launcher = launcher
+        self.name = launcher.name
         self.sizing = sizing
         self.memory_limit_mb = memory_limit_mb
         self.demand = Demand(sizing)
@@ -187,7 +189,7 @@ class PooledRuntime:
             if sandbox is not None:
                 return sandbox
         self.cold_starts += 1
-        return await self.runtime.prepare(memory_limit_mb)
+        return await self.launcher.prepare(memory_limit_mb)
 
     async def _take(self) -> PoolableSandbox | None:
         """A ready sandbox, waiting for one that is starting if need be; None when none is coming."""
@@ -225,7 +227,7 @@ class PooledRuntime:
 
     async def _prepare_one(self) -> None:
         try:
-            sandbox = await self.runtime.prepare(self.memory_limit_mb, niceness=self.sizing.background_niceness)
+            sandbox = await self.launcher.prepare(self.memory_limit_mb, niceness=self.sizing.background_niceness)
         except ConduitError as exc:
             self.failures += 1
             self.last_error = exc.message
@@ -255,9 +257,9 @@ class PooledRuntime:
             self._refill()
 
     def uid_probe(self, home: Path) -> tuple[list[str], dict[str, str]]:
-        return self.runtime.uid_probe(home)
+        return self.launcher.uid_probe(home)
 
     def status(self) -> RuntimeStatus:
         """Why sandboxes cannot be started (a runtime's own check, then the last pre-start failure), and the pool."""
-        problem = self.runtime.problem() or (self.last_error if not self._ready else None)
+        problem = self.launcher.problem() or (self.last_error if not self._ready else None)
         return RuntimeStatus(problem, len(self._ready), self.idle_memory_bytes)

@@ -88,7 +88,7 @@ def _problem(binary: str) -> str | None:
 
 
 class MontyWorkers:
-    """Starts Monty workers, each checked out for one program: a :class:`~conduit.sandbox.host.pool.PoolableRuntime`.
+    """Starts Monty workers, each checked out for one program: a :class:`~conduit.sandbox.host.pool.Launcher`.
 
     ``pydantic-monty``'s pool starts a worker when a session is checked out and none is idle, and
     never starts one ahead; a :class:`MontySandbox` is such a checked-out session, so a

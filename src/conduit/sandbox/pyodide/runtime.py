@@ -18,7 +18,7 @@ from typing import Final
 
 from conduit.errors import InvalidParamsError, SandboxStartError
 from conduit.sandbox.base import BridgeAddress
-from conduit.sandbox.deno.runtime import DenoRuntime, DenoSandbox, wait_until_ready
+from conduit.sandbox.deno.runtime import DenoLauncher, DenoSandbox, wait_until_ready
 from conduit.sandbox.pyodide.snapshot import PyodideSnapshot
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,12 @@ def check_pyodide_dir(path: Path) -> str | None:
     return None
 
 
-class PyodideRuntime:
+class PyodideLauncher:
     """Starts Python sandboxes: Deno + Pyodide, sealed before any program arrives."""
 
     name = "python"
 
-    def __init__(self, *, deno: DenoRuntime, pyodide_dir: Path, snapshot: PyodideSnapshot | None = None) -> None:
+    def __init__(self, *, deno: DenoLauncher, pyodide_dir: Path, snapshot: PyodideSnapshot | None = None) -> None:
         self._deno = deno
         self._dir = pyodide_dir
         self._bridge: BridgeAddress = deno.bridge

@@ -26,7 +26,7 @@ from typing import Final
 import anyio
 
 from conduit.errors import SandboxStartError
-from conduit.sandbox.deno.runtime import RUN_FLAGS, DenoRuntime
+from conduit.sandbox.deno.runtime import RUN_FLAGS, DenoLauncher
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class PyodideSnapshot:
         """Why no snapshot could be made (sandboxes then load Pyodide in full), or None."""
 
     @classmethod
-    def for_runtime(cls, deno: DenoRuntime, pyodide_dir: Path, work_dir: Path) -> PyodideSnapshot:
+    def for_runtime(cls, deno: DenoLauncher, pyodide_dir: Path, work_dir: Path) -> PyodideSnapshot:
         """The snapshot made with ``deno``'s binary and environment."""
         return cls(
             deno_path=deno.deno_path, deno_env=deno.env(deno.own_home), pyodide_dir=pyodide_dir, work_dir=work_dir
