@@ -35,7 +35,7 @@ from conduit.core.health import health_report
 from conduit.core.hints import explain_missing_tool, unmatched_patterns
 from conduit.core.languages import BY_NAME, LANGUAGES, Engine, Language
 from conduit.core.ratelimit import RateLimiter
-from conduit.core.requests import ExecutionRequest, ToolCall, parse_allowlist
+from conduit.core.requests import ExecutionRequest, RefusedCall, ToolCall, parse_allowlist, read_call
 from conduit.core.runs import Run, Runs
 from conduit.core.sessions import Session, SessionRegistry
 from conduit.core.typed import typed_value
@@ -357,15 +357,16 @@ class Gateway:
         run.on_output = on_output
         return run
 
-    def start_call(self, caller: Caller, name: str, arguments: object, *, askable: bool) -> Run:
-        """A proxied call an approval rule covers, as a run this request attends: it waits for the person's
-        answer (asked in this request, or over the multi-round-trip form) and then calls, or is declined.
-        ``askable``: the client can be asked (else the call is declined at once)."""
+    def start_call(self, caller: Caller, call: ToolCall, entry: ToolEntry, *, askable: bool) -> Run:
+        """A proxied call an approval rule covers (its tool ``entry``, checked by :meth:`needs_approval`), as
+        a run this request attends: it waits for the person's answer (asked in this request, or over the
+        multi-round-trip form) and then calls, or is declined. ``askable``: the client can be asked (else the
+        call is declined at once)."""
 
         async def work(run: Run) -> types.CallToolResult:
-            return await self.audited_call(Session.of(caller, run.ask if askable else None), name, arguments)
+            return await self.audited_call(Session.of(caller, run.ask if askable else None), call, checked=entry)
 
-        return self.runs.start(caller, work, tool=name, background=False)
+        return self.runs.start(caller, work, tool=call.name, background=False)
 
     def _share(self, caller: Caller) -> AbstractAsyncContextManager[None]:
         """A slot of ``caller``'s own concurrency share (none for callers without one)."""
@@ -442,24 +443,26 @@ class Gateway:
             raise InvalidParamsError(f"invalid arguments for {qualified!r}: {details}")
         return entry
 
-    async def needs_approval(self, name: object, arguments: object, caller: Caller) -> bool:
-        """Whether a proxied call by ``caller`` is one an approval rule covers (False for a call that will
-        be refused anyway: its refusal is the answer)."""
-        if not self.approvals:
-            return False
+    async def needs_approval(self, call: ToolCall | RefusedCall, caller: Caller) -> ToolEntry | None:
+        """The tool of a proxied call by ``caller``, checked, when an approval rule covers the call; None
+        otherwise (and for a call that will be refused anyway: its refusal is the answer)."""
+        if not self.approvals or isinstance(call, RefusedCall):
+            return None
         try:
-            entry = await self._checked(ToolCall.parse(name, arguments), caller.reach)
+            entry = await self._checked(call, caller.reach)
         except ConduitError:
-            return False
-        return self.approvals.rule_for(entry, caller) is not None
+            return None
+        return entry if self.approvals.rule_for(entry, caller) is not None else None
 
-    async def audited_call(self, session: Session, name: object, arguments: object) -> types.CallToolResult:
-        """Call an upstream tool by qualified name (``ns__tool`` or ``ns.tool``) for ``session``: a program's
-        (within its run's ``maxToolCalls`` and its caller's ``toolCallRateLimit``), the master token's on the
-        bridge, or a proxied call over MCP. The name is parsed once; the call is checked (allowlist, tool,
-        arguments), waits for a person's approval where a rule covers it (``session.asker``), goes out with
-        the caller's own credential where the upstream takes one, and is counted, timed and written to the
-        audit log with who made it (never its arguments or result).
+    async def audited_call(
+        self, session: Session, call: ToolCall | RefusedCall, *, checked: ToolEntry | None = None
+    ) -> types.CallToolResult:
+        """Call an upstream tool for ``session``: a program's (within its run's ``maxToolCalls`` and its caller's
+        ``toolCallRateLimit``), the master token's on the bridge, or a proxied call over MCP. The call (read
+        once where it came in, :func:`~conduit.core.requests.read_call`) is checked (allowlist, tool,
+        arguments; ``checked``: its tool, checked already), waits for a person's approval where a rule covers
+        it (``session.asker``), goes out with the caller's own credential where the upstream takes one, and is
+        counted, timed and written to the audit log with who made it (never its arguments or result).
 
         Raises:
             ApprovalDeclinedError: an approval rule covers the call and no person approved it.
@@ -470,12 +473,7 @@ class Gateway:
         """
         caller, execution_id = session.caller, session.execution_id
         started = time.perf_counter()
-        tool = name if isinstance(name, str) else "?"
-        call: ToolCall | ConduitError
-        try:
-            call = ToolCall.parse(name, arguments)
-        except ConduitError as exc:
-            call = exc  # counted and audited below like any refused call
+        tool = call.name
         known = isinstance(call, ToolCall) and call.upstream in self.registry.connections
         upstream = call.upstream if isinstance(call, ToolCall) and known else "unknown"
         code: int | None = None
@@ -485,11 +483,11 @@ class Gateway:
             try:
                 if session.is_program:
                     session.spend_tool_call()
-                if isinstance(call, ConduitError):
-                    raise call
+                if isinstance(call, RefusedCall):
+                    raise call.error
                 if session.is_program:
                     await self._admit_tool_call(caller, call)
-                entry = await self._checked(call, session.allowlist)
+                entry = checked or await self._checked(call, session.allowlist)
                 if self.approvals:
                     await self.approvals.require(entry, call.arguments, caller, session.asker, execution_id)
                 result = await self.registry.call(entry, call.arguments, caller)
@@ -572,7 +570,7 @@ class Gateway:
 
     async def _bridge_call(self, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         name = params.get("name")
-        result = await self.audited_call(session, name, params.get("arguments"))
+        result = await self.audited_call(session, read_call(name, params.get("arguments")))
         answer = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return typed_value(str(name), answer) if params.get("structured") is True else answer
 

@@ -1,8 +1,9 @@
 """What callers ask of Conduit, checked once where it comes in: an execution request and a tool call.
 
 An :class:`ExecutionRequest` is made from an execution tool's MCP arguments, a bridge method's params or
-``conduit run``'s options alike (:meth:`ExecutionRequest.from_arguments`); a :class:`ToolCall` from a
-call's name and arguments, whichever path it came by. Their shape is checked here, with messages that
+``conduit run``'s options alike (:meth:`ExecutionRequest.from_arguments`); a :class:`ToolCall` (or a
+:class:`RefusedCall`) from a call's name and arguments, whichever path it came by (:func:`read_call`). Their
+shape is checked here, with messages that
 name the argument; the core takes these typed values only. What depends on the server (the code size
 limit, the ceilings, the caller's policy, which runtimes run) is the gateway's to check
 (:meth:`~conduit.core.gateway.Gateway.plan`).
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from conduit.catalog import ToolId
 from conduit.config.schema import PYTHON_ENGINES, Limits, PythonEngine
 from conduit.core.languages import BY_NAME, Language
-from conduit.errors import InvalidParamsError, UnknownToolError
+from conduit.errors import ConduitError, InvalidParamsError, UnknownToolError
 from conduit.security.allowlist import Allowlist, AllowlistError
 
 ARGUMENTS: Final = ("code", "allowedTools", "limits", "background")
@@ -156,6 +157,8 @@ def parse_allowlist(patterns: Sequence[object]) -> Allowlist:
 class ToolCall:
     """A call of one upstream tool: its name parsed once, its arguments an object."""
 
+    name: str
+    """The name as the caller wrote it (``ns__tool`` or ``ns.tool``), for the audit log."""
     tool: ToolId
     arguments: dict[str, Any]
 
@@ -185,4 +188,23 @@ class ToolCall:
         tool = ToolId.parse(name)
         if tool.upstream is None:
             raise UnknownToolError(f"unknown tool {name!r}: use '<upstream>__<tool>' or '<upstream>.<tool>'")
-        return cls(tool, arguments)
+        return cls(name, tool, arguments)
+
+
+@dataclass(frozen=True)
+class RefusedCall:
+    """A call whose name or arguments could not be read: refused, but counted and audited like any call."""
+
+    name: str
+    """The name as given (``?`` when it was not a string)."""
+    error: ConduitError
+
+
+def read_call(name: object, arguments: object) -> ToolCall | RefusedCall:
+    """A tool call from a request's name and arguments, read once where the request comes in (a program's
+    bridge request, a proxied MCP call); what cannot be read is a :class:`RefusedCall`, refused on its way
+    through the core."""
+    try:
+        return ToolCall.parse(name, arguments)
+    except ConduitError as exc:
+        return RefusedCall(name if isinstance(name, str) else "?", exc)

@@ -25,10 +25,10 @@ from mcp.shared.exceptions import MCPError
 
 from conduit import __version__
 from conduit.auth.http import caller_of
-from conduit.catalog import CONDUIT_PREFIX
+from conduit.catalog import CONDUIT_PREFIX, ToolEntry
 from conduit.core.gateway import Gateway
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES, Language
-from conduit.core.requests import ExecutionRequest, input_schema
+from conduit.core.requests import ExecutionRequest, ToolCall, input_schema, read_call
 from conduit.core.runs import Run
 from conduit.core.sessions import Session
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
@@ -199,9 +199,13 @@ def build_server(
         if gateway.config.code_mode_only:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r} (this server runs in code-mode-only)")
         try:
-            if params.request_state is not None or await gateway.needs_approval(params.name, arguments, caller):
+            call = read_call(params.name, arguments)
+            if params.request_state is not None:
                 return await _approved_call(ctx, gateway, caller, params)
-            return await gateway.audited_call(Session.of(caller), params.name, arguments)
+            entry = await gateway.needs_approval(call, caller)
+            if entry is not None and isinstance(call, ToolCall):
+                return await _approved_call(ctx, gateway, caller, params, (call, entry))
+            return await gateway.audited_call(Session.of(caller), call)
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 
@@ -253,14 +257,20 @@ async def _execution(
 
 
 async def _approved_call(
-    ctx: ServerRequestContext[Any], gateway: Gateway, caller: Caller, params: types.CallToolRequestParams
+    ctx: ServerRequestContext[Any],
+    gateway: Gateway,
+    caller: Caller,
+    params: types.CallToolRequestParams,
+    new: tuple[ToolCall, ToolEntry] | None = None,
 ) -> types.CallToolResult | types.InputRequiredResult:
     """A proxied call an approval rule covers, as a run this request attends (:meth:`Gateway.start_call`): the
     person is asked in this request (handshake era) or over input_required rounds (2026-07-28), and the
     upstream sees the call only once they approve."""
     run = await run_tools.resumed(gateway.runs, caller, params, tool=params.name)
     if run is None:
-        run = gateway.start_call(caller, params.name, params.arguments or {}, askable=run_tools.can_ask(ctx))
+        assert new is not None, "only a first round has no run, and it comes with its checked call"
+        call, entry = new
+        run = gateway.start_call(caller, call, entry, askable=run_tools.can_ask(ctx))
     return await run_tools.attend(ctx, gateway.runs, run, owned=True)
 
 
