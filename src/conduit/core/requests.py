@@ -3,10 +3,9 @@
 An :class:`ExecutionRequest` is made from an execution tool's MCP arguments, a bridge method's params or
 ``conduit run``'s options alike (:meth:`ExecutionRequest.from_arguments`); a :class:`ToolCall` (or a
 :class:`RefusedCall`) from a call's name and arguments, whichever path it came by (:func:`read_call`). Their
-shape is checked here, with messages that
-name the argument; the core takes these typed values only. What depends on the server (the code size
-limit, the ceilings, the caller's policy, which runtimes run) is the gateway's to check
-(:meth:`~conduit.core.gateway.Gateway.plan`).
+shape is checked here, with messages that name the argument; the core takes these typed values only. What
+depends on the server (the code size limit, the ceilings, the caller's policy, which runtimes run) is the
+gateway's to check (:meth:`~conduit.core.gateway.Gateway.plan`).
 """
 
 from __future__ import annotations
