@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from conduit.core.languages import Engine, Language
@@ -37,14 +36,7 @@ class CheckingRuntime(Protocol):
     async def check(self, program: str, sdk: str) -> Verdict: ...
 
 
-@dataclass(frozen=True)
-class Choice:
-    engine: Engine
-    reason: str = ""
-    """Why ``auto`` did not choose a further engine."""
-
-
-async def choose(language: Language, requested: str, runtimes: Mapping[str, Runtime], program: str, sdk: str) -> Choice:
+async def choose(language: Language, requested: str, runtimes: Mapping[str, Runtime], program: str, sdk: str) -> Engine:
     """The engine of ``language`` for ``program`` (whose SDK, the language's own, is ``sdk``): ``requested``
     is ``auto`` or an engine's name.
 
@@ -55,17 +47,14 @@ async def choose(language: Language, requested: str, runtimes: Mapping[str, Runt
         engine = language.engine(requested)
         if engine.runtime not in runtimes:
             raise SandboxStartError(f"the {engine.title} engine is not available")
-        return Choice(engine)
+        return engine
     own, *further = language.engines
-    reason = ""
     for engine in further:
         runtime: object = runtimes.get(engine.runtime)
         if not isinstance(runtime, CheckingRuntime) or runtime.problem():
-            reason = f"{engine.title} is unavailable"
-            continue
+            continue  # unavailable: the language's own runs it
         verdict = await runtime.check(program, sdk)
         if verdict.fits:
-            return Choice(engine)
+            return engine
         logger.debug("program runs on %s: %s", own.title, verdict.reason)
-        reason = verdict.reason
-    return Choice(own, reason)
+    return own

@@ -213,11 +213,11 @@ class Gateway:
             ceiling = ceiling.model_copy(update={"timeout_ms": self.config.background.max_timeout_ms})
         effective = ceiling.lowered(caller.limits).lowered(request.limits)
         requested = request.allowed_tools if request.allowed_tools is not None else self._default_allowlist
-        language = self.language(request.language)
+        language = request.language
         if language.name not in self.runtimes:
             raise MethodNotFoundError(f"the {language.name} runtime is not available yet in this version")
         engine = (request.engine or self.config.python_engine) if language.engines else None
-        named = request.named_patterns if request.allowed_tools is not None else ()
+        named = request.allowed_tools.patterns if request.allowed_tools is not None else ()
         return Plan(language, request.code, effective, caller.narrow(requested), engine, caller, named)
 
     async def run(
@@ -260,7 +260,7 @@ class Gateway:
                     sdk = self._sdk(language.name, visible)
                     chosen: Engine | None = None
                     if plan.engine is not None:
-                        chosen = (await engines.choose(language, plan.engine, self.runtimes, code, sdk)).engine
+                        chosen = await engines.choose(language, plan.engine, self.runtimes, code, sdk)
                         metric = chosen.runtime
                         sdk = self._sdks.get(
                             chosen.runtime, self.registry.version, visible.tools, chosen.sdk, visible.failures
@@ -474,8 +474,9 @@ class Gateway:
         caller, execution_id = session.caller, session.execution_id
         started = time.perf_counter()
         tool = call.name
-        known = isinstance(call, ToolCall) and call.upstream in self.registry.connections
-        upstream = call.upstream if isinstance(call, ToolCall) and known else "unknown"
+        upstream = "unknown"  # the metrics' label for a call that names no configured upstream
+        if isinstance(call, ToolCall) and call.upstream in self.registry.connections:
+            upstream = call.upstream
         code: int | None = None
         is_error = False
         with self.tracing.tool_call(execution_id, tool, upstream) as span:

@@ -18,18 +18,11 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from conduit.catalog import ToolId
 from conduit.config.schema import PYTHON_ENGINES, Limits, PythonEngine
-from conduit.core.languages import BY_NAME, Language
+from conduit.core.languages import Language
 from conduit.errors import ConduitError, InvalidParamsError, UnknownToolError
 from conduit.security.allowlist import Allowlist, AllowlistError
 
-ARGUMENTS: Final = ("code", "allowedTools", "limits", "background")
-"""What every execution tool takes; a language with engines takes ``engine`` too."""
 ENGINE: Final = "engine"
-
-
-def arguments_of(language: Language) -> tuple[str, ...]:
-    """The arguments ``language``'s execution tool takes."""
-    return (*ARGUMENTS, ENGINE) if language.engines else ARGUMENTS
 
 
 def input_schema(language: Language) -> dict[str, Any]:
@@ -51,13 +44,10 @@ class ExecutionRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
 
-    language: str
-    """A name in the language table (:data:`~conduit.core.languages.BY_NAME`)."""
+    language: Language
     code: str
     allowed_tools: Allowlist | None = None
-    """The allowlist the request names (None: the configured default)."""
-    named_patterns: tuple[str, ...] = ()
-    """The patterns as the request wrote them (checked against what the run can reach, for hints)."""
+    """The allowlist the request names, its patterns as written (None: the configured default)."""
     limits: Mapping[str, int] = {}
     """Limits to lower, by wire name (``timeoutMs``...): each known and a positive integer."""
     engine: PythonEngine | None = None
@@ -77,7 +67,7 @@ class ExecutionRequest(BaseModel):
             InvalidParamsError: an unknown argument, no ``code``, or an argument of the wrong type or value.
         """
         if known_only:
-            unknown = sorted(set(arguments) - set(arguments_of(language)))
+            unknown = sorted(set(arguments) - set(input_schema(language)["properties"]))
             if unknown:
                 raise InvalidParamsError(f"unknown argument(s): {', '.join(unknown)}")
             if "code" not in arguments:
@@ -85,14 +75,12 @@ class ExecutionRequest(BaseModel):
         background = arguments.get("background", False)
         if not isinstance(background, bool):
             raise InvalidParamsError("background must be a boolean")
-        patterns = arguments.get("allowedTools")
         limits = arguments.get("limits")
         return cls.model_validate(  # each argument checked by its validator below, with its own message
             {
-                "language": language.name,
+                "language": language,
                 "code": arguments.get("code"),
-                "allowed_tools": patterns,
-                "named_patterns": tuple(patterns) if isinstance(patterns, list) else (),
+                "allowed_tools": arguments.get("allowedTools"),
                 "limits": {} if limits is None else limits,
                 "engine": arguments.get(ENGINE),
                 "background": background,
@@ -132,8 +120,7 @@ class ExecutionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _engine_applies(self) -> ExecutionRequest:
-        language = BY_NAME.get(self.language)
-        if language is not None and self.engine is not None and not language.engines:
+        if self.engine is not None and not self.language.engines:
             raise InvalidParamsError("engine applies to Python programs only")
         return self
 
