@@ -51,11 +51,13 @@ $(VENV)/bin/conduit-confine: src/conduit/sandbox/walls/native/conduit_confine.c 
 	@if command -v $(CC) >/dev/null 2>&1 && $(CC) -O2 -Wall -Wextra -o $@ $<; then echo "built $@"; \
 	else echo "note: no working C compiler ($(CC)): sandboxes start through the Python launcher"; fi
 
-# The cluster tests' Redis server and load balancer, from Debian's packages: installed when this runs as
-# root with apt (CI does); elsewhere the tests that need them say so and skip.
+# The cluster tests' Redis server, load balancer and PostgreSQL (the state store's tests), from Debian's
+# packages: installed when this runs as root with apt (CI does); elsewhere the tests that need them say so and
+# skip. Debian keeps PostgreSQL's programs off PATH, in /usr/lib/postgresql/<version>/bin.
 CLUSTER_PROGRAMS := redis-server haproxy
 cluster-deps:
 	@missing=""; for p in $(CLUSTER_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing="$$missing postgresql"; fi; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing$$missing (Debian packages) for the cluster tests"; \

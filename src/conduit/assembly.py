@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,18 +31,28 @@ from conduit.core.languages import LANGUAGES, RuntimeParts
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.runs import BOOT, Runs
 from conduit.core.sessions import SessionRegistry
+from conduit.errors import StateUnavailableError
 from conduit.observability.metrics import Metrics
 from conduit.observability.tracing import Tracing, traces_endpoint
+from conduit.packages import Package
+from conduit.packages.skills import SkillsPackage, load_curated
+from conduit.packages.workspace import WorkspacePackage
 from conduit.sandbox.base import BridgeAddress, Runtime
 from conduit.sandbox.deno.runtime import DenoLauncher, find_deno
 from conduit.sandbox.host.process import use_pidfd_child_watcher
 from conduit.sandbox.walls import Walls
 from conduit.security.redact import Redactor
+from conduit.state.database import StateDatabase
+from conduit.state.skills import SkillStore
+from conduit.state.workspace import WorkspaceStore
 from conduit.upstream.credential_store import store_for
 from conduit.upstream.network import policy_for
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)
+
+UPKEEP_S = 60.0
+"""How often workspace files past their ttl are removed and the usage gauge is read anew."""
 
 
 @asynccontextmanager
@@ -73,6 +83,11 @@ async def open_gateway(
             )
             for upstream in config.upstreams:
                 registry.add(upstream)
+            state = StateDatabase.for_config(config, base_dir) if config.keeps_state else None
+            packages = await _packages(config, base_dir, state)
+            if state is not None:
+                await state.open_if_present()
+                tg.start_soon(_upkeep, packages)
             bridge = BridgeServer(sessions)
             address = await bridge.bind()
             runtimes: dict[str, Runtime] = {}
@@ -106,6 +121,7 @@ async def open_gateway(
                     tracing=tracing,
                     walls=walls,
                     shared=shared,
+                    packages=packages,
                 )
                 gateway.metrics.watch(gateway.live_state())
                 bridge.serve(tg, gateway)
@@ -122,6 +138,8 @@ async def open_gateway(
                         await anyio.to_thread.run_sync(tracing.shutdown)
                     if shared is not None:
                         await shared.aclose()
+                    if state is not None:
+                        await state.aclose()
                 tg.cancel_scope.cancel()
     finally:
         if deno is not None:
@@ -169,6 +187,41 @@ def _build(parts: RuntimeParts) -> dict[str, Runtime]:
         {engine.runtime: engine.build(parts) for language in LANGUAGES for engine in language.engines if engine.build}
     )
     return built
+
+
+async def _packages(config: Config, base_dir: Path, state: StateDatabase | None) -> list[Package]:
+    """Conduit's own packages the config enables, over the state database (curated skills read and checked).
+
+    Raises:
+        ConfigError: ``skills.dir`` is missing or holds an invalid skill.
+    """
+    packages: list[Package] = []
+    if state is None:
+        return packages
+    if config.workspace.enabled:
+        packages.append(WorkspacePackage(WorkspaceStore(state, config.workspace), config.workspace))
+    if config.skills.enabled:
+        curated = load_curated(base_dir / config.skills.dir) if config.skills.dir else {}
+        skills = SkillsPackage(SkillStore(state), curated, find_deno(config.deno_path))
+        await skills.check_curated()
+        packages.append(skills)
+    return packages
+
+
+async def _upkeep(packages: Sequence[Package], every_s: float = UPKEEP_S) -> None:
+    """Every ``every_s``: workspace files past ``ttlDays`` removed, and every principal's totals read for the
+    ``conduit_workspace_bytes`` gauge (other replicas write too). A database away is logged, then tried again."""
+    stores = [package.store for package in packages if isinstance(package, WorkspacePackage)]
+    while stores:
+        for store in stores:
+            try:
+                removed = await store.expire()
+                if removed:
+                    logger.info("removed %d workspace files past workspace.ttlDays", removed)
+                await store.usage()
+            except StateUnavailableError as exc:
+                logger.warning("workspace upkeep: %s", exc.message)
+        await anyio.sleep(every_s)
 
 
 def _runs(config: Config, shared: SharedStore | None, tasks: TaskGroup) -> Runs:

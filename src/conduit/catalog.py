@@ -68,6 +68,9 @@ class ToolEntry:
     input_schema: Mapping[str, Any]
     listed: types.Tool | None = field(default=None, compare=False)
     """The upstream's own definition (output schema, annotations, title, icons), when it came from a listing."""
+    revision: str = ""
+    """Changes whenever the definition of a tool Conduit serves itself changes (a skill's owner and version):
+    generated SDKs are kept per revision."""
 
     @classmethod
     def of(cls, upstream: str, tool: types.Tool) -> ToolEntry:
@@ -111,7 +114,10 @@ class ToolEntry:
         of it (title, description, input and output schema, annotations, icons) unchanged."""
         if self.listed is None:
             return types.Tool(name=self.qualified, description=self.description, input_schema=dict(self.input_schema))
-        return self.listed.model_copy(update={"name": self.qualified, "meta": None, "execution": None})
+        update: dict[str, Any] = {"name": self.qualified, "meta": None, "execution": None}
+        if self.output_schema is not None and self.output_schema.get("type") != "object":
+            update["output_schema"] = None  # MCP's output schemas describe objects; programs still get the value
+        return self.listed.model_copy(update=update)
 
     def describe(self) -> dict[str, Any]:
         """This tool as discovery presents it to programs (``discoverMCPTools()``, ``conduit tools --json``), with

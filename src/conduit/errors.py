@@ -12,10 +12,12 @@ Infrastructure failing is an exception; untrusted code failing is a value
     ├── ToolDeniedError           the caller's allowlist does not cover the tool                       *
     ├── ApprovalDeclinedError     a person declined a call (or could not be asked, or did not answer)
     ├── ToolCallLimitError        a program made its run's last allowed tool call (maxToolCalls)
+    ├── WorkspaceLimitError       a workspace write past the principal's quota, file count or file size
     ├── AuthError                 a bridge request carried a missing, wrong or expired token           *
     ├── MethodNotFoundError       no such bridge method, or a runtime this build lacks                 *
     ├── BusyError                 the execution queue is full
-    │   └── StoreUnavailableError the cluster's Redis is away and cluster.onStoreError is refuse
+    │   ├── StoreUnavailableError the cluster's Redis is away and cluster.onStoreError is refuse
+    │   └── StateUnavailableError the state database (workspaces, skills) cannot be reached
     ├── SandboxStartError         a sandbox process could not be started
     ├── ListenError               an HTTP listener's address cannot be bound (a port in use)
     ├── BlockedAddressError       the SSRF guard refused an outbound destination (security/ssrf.py)
@@ -54,6 +56,8 @@ OUTPUT_LIMIT: Final = -32013
 LOG_LIMIT: Final = -32014
 APPROVAL_DECLINED: Final = -32015
 """A call an approval rule covers was declined, not answered in time, or could not be asked about."""
+WORKSPACE_LIMIT: Final = -32016
+"""A workspace write past a limit (``workspace.quotaBytes``, ``maxFiles``, ``maxFileBytes``): nothing was written."""
 TOOL_CALL_LIMIT: Final = -32017
 """A program's tool call past its run's ``maxToolCalls``: that call fails, the program goes on."""
 
@@ -128,6 +132,12 @@ class ToolCallLimitError(ConduitError):
     code = TOOL_CALL_LIMIT
 
 
+class WorkspaceLimitError(ConduitError):
+    """A workspace write would pass one of the principal's limits; the message says which. Nothing was written."""
+
+    code = WORKSPACE_LIMIT
+
+
 class ListenError(ConduitError):
     """An HTTP listener (the MCP endpoint, the ops port) cannot bind its address; the message names the
     address, the listener and the option that moves it."""
@@ -156,6 +166,11 @@ class BusyError(ConduitError):
 class StoreUnavailableError(BusyError):
     """The cluster's shared state (Redis) cannot be reached and ``cluster.onStoreError`` is ``refuse``:
     nothing has run, so a retry is safe."""
+
+
+class StateUnavailableError(BusyError):
+    """The state database (``state.url``: workspaces and skills) cannot be reached; the message names it.
+    Runs that use neither are unaffected."""
 
 
 class SandboxStartError(ConduitError):

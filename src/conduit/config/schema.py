@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -20,6 +21,8 @@ from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.security.callers import OAUTH_CALLER_PREFIX, RESERVED_CALLER_IDS
 
 _ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+CONDUIT_PACKAGES: Final = ("workspace", "skills")
+"""The packages Conduit serves itself, beside the upstreams (no upstream may take their ids)."""
 
 
 class _Model(BaseModel):
@@ -528,6 +531,52 @@ class ClusterConfig(_Model):
         return self
 
 
+STATE_SCHEMES: Final = ("sqlite:///", "postgresql://", "postgres://")
+
+
+class StateConfig(_Model):
+    """Where what outlives a run is kept (workspaces, saved skills): a real database, embedded by default."""
+
+    url: SecretStr | None = None
+    """``sqlite:///PATH`` (relative to the config file's directory) or ``postgresql://user:pass@host:port/db``
+    (for several replicas). Unset: ``sqlite:///conduit-state.db`` beside the config file, created on first use.
+    Schema migrations run at start; a store written by an older version is migrated, never dropped."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(STATE_SCHEMES):
+            raise ValueError(f"must start with {' or '.join(STATE_SCHEMES)}")
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url is None or self.url.get_secret_value().startswith("sqlite://")
+
+
+class WorkspaceConfig(_Model):
+    """Each principal's workspace: files its programs write and read across runs (``tools.workspace.*``)."""
+
+    enabled: bool = True
+    quota_bytes: Annotated[int, Field(gt=0, le=1 << 40)] = 64 * 1024 * 1024
+    """Bytes a principal's files may hold together; a write past it fails (-32016) and writes nothing."""
+    max_files: Annotated[int, Field(gt=0, le=10_000_000)] = 10_000
+    """Files a principal may keep."""
+    max_file_bytes: Annotated[int, Field(gt=0, le=1 << 30)] = 8 * 1024 * 1024
+    """Largest file, in bytes (of its content, not its base64 form)."""
+    ttl_days: Annotated[int, Field(gt=0, le=36_500)] | None = None
+    """Files not written for this many days are removed (unset: kept until deleted)."""
+
+
+class SkillsConfig(_Model):
+    """Programs saved by name and called like tools (``tools.skills.<name>``, ``skills__<name>``)."""
+
+    enabled: bool = True
+    dir: str | None = None
+    """A read-only directory of curated skills shipped to every caller: one file per skill (``.ts``, ``.js``,
+    ``.py``) with a front-matter header (relative to the config file's directory)."""
+
+
 class TracingConfig(_Model):
     """OpenTelemetry traces: a span per execution, a child span per tool call. Off without an endpoint."""
 
@@ -601,6 +650,9 @@ class Config(_Model):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
+    skills: SkillsConfig = Field(default_factory=SkillsConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     approvals: list[ApprovalRule] = Field(default_factory=list)
     """Programs' tool calls that wait for a person's approval (MCP elicitation); see docs/CODE_MODE.md."""
@@ -633,7 +685,24 @@ class Config(_Model):
     @classmethod
     def _unique_ids(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
         _check_unique("upstream", [upstream.id for upstream in upstreams])
+        for upstream in upstreams:
+            if upstream.id in CONDUIT_PACKAGES:
+                raise ValueError(f"upstream id {upstream.id!r} is Conduit's own package: choose another id")
         return upstreams
+
+    @model_validator(mode="after")
+    def _shared_state_for_replicas(self) -> Config:
+        if self.cluster.redis_url is not None and self.keeps_state and self.state.is_sqlite:
+            raise ValueError(
+                "cluster mode keeps workspaces and skills in a database every replica reaches: set state.url to a "
+                "postgresql:// URL (or turn workspace.enabled and skills.enabled off)"
+            )
+        return self
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether anything outlives a run (a workspace or saved skills), kept in ``state``."""
+        return self.workspace.enabled or self.skills.enabled
 
     @model_validator(mode="after")
     def _code_fits_in_a_body(self) -> Config:
@@ -671,6 +740,8 @@ class Config(_Model):
         if self.auth.credential_store is not None:
             values.append(self.auth.credential_store.key.get_secret_value())
         values.extend(secret.get_secret_value() for secret in (self.cluster.redis_url, self.cluster.key) if secret)
+        if self.state.url is not None and (password := urlsplit(self.state.url.get_secret_value()).password):
+            values.append(password)
         return values
 
     @property

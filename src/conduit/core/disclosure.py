@@ -19,7 +19,6 @@ from conduit.errors import InvalidParamsError
 from conduit.sdk.naming import layout, sdk_names
 from conduit.sdk.python import python_declaration
 from conduit.sdk.typescript import brief_type, typescript_declaration
-from conduit.upstream.registry import Upstream
 
 SEARCH_LIMIT: Final = 6
 STUBS_PAGE: Final = 10
@@ -44,13 +43,14 @@ def summary(text: str) -> str:
     return first[: first.rfind(" ", 0, SUMMARY_CHARS - 1)].rstrip(",;:") + " …"
 
 
-def list_packages(catalog: Catalog, connections: Mapping[str, Upstream]) -> list[dict[str, Any]]:
-    """Every configured upstream: its transport, how many tools it offers, and whether it answered."""
+def list_packages(catalog: Catalog, transports: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Every package reached (an upstream by its transport, Conduit's own as ``conduit``): how many tools it
+    offers, and whether it answered."""
     packages = []
-    for upstream_id, connection in connections.items():
+    for upstream_id, transport in transports.items():
         package: dict[str, Any] = {
             "packageId": upstream_id,
-            "transport": connection.config.type,
+            "transport": transport,
             "toolCount": sum(1 for entry in catalog.tools if entry.upstream == upstream_id),
             "status": "unavailable" if upstream_id in catalog.failures else "ok",
         }

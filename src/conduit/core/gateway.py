@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -45,11 +45,19 @@ from conduit.errors import (
     ConduitError,
     InvalidParamsError,
     MethodNotFoundError,
+    StateUnavailableError,
     ToolDeniedError,
+    ToolReportedError,
+    UnknownToolError,
 )
 from conduit.observability.context import ENDED_BY, EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
+from conduit.packages import Package, value_result
+from conduit.packages.skill_definition import with_args
+from conduit.packages.skills import SkillsPackage
+from conduit.packages.workspace import ID as WORKSPACE
+from conduit.packages.workspace import WorkspacePackage
 from conduit.sandbox.base import BridgeEndpoint, Job, RunOutcome, Runtime
 from conduit.sandbox.host.program import position_fixer, with_program_positions
 from conduit.sandbox.protocol import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM
@@ -57,10 +65,14 @@ from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import MASTER, Caller
+from conduit.state.skills import Skill
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)
 AUDIT = logging.getLogger("conduit.audit")
+
+MAX_SKILL_DEPTH = 3
+"""Skills may call skills: a program's skill's skill's skill, and no deeper."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,8 @@ class Plan:
     requested: tuple[str, ...] = ()
     """The allowlist patterns the request named itself (none: the default), checked against what the run
     can reach once it runs (:func:`~conduit.core.hints.unmatched_patterns`)."""
+    skills: tuple[str, ...] = ()
+    """A skill's run: the skills it runs inside, outermost first, its own name last (empty: an execution)."""
 
 
 BridgeMethod = Callable[[Session, Mapping[str, JsonValue]], Awaitable[JsonValue]]
@@ -102,6 +116,7 @@ class Gateway:
         tracing: Tracing | None = None,
         walls: Walls | None = None,
         shared: SharedStore | None = None,
+        packages: Sequence[Package] = (),
     ) -> None:
         self.config = config
         self.tracing = tracing or Tracing(None, "conduit")
@@ -116,6 +131,11 @@ class Gateway:
         self.rate_limiter = rate_limiter
         self.metrics = metrics
         self.shared = shared
+        self.packages: dict[str, Package] = {package.id: package for package in packages}
+        """Conduit's own packages (workspace, skills), served beside the upstreams."""
+        for package in packages:
+            if isinstance(package, SkillsPackage):
+                package.bind(self)
         self.limits = config.resource_limits
         self.admission = Admission(config.max_concurrent, config.max_queue)
         self._shares: dict[str, Admission] = {}
@@ -138,7 +158,14 @@ class Gateway:
             pooled=lambda: {name: runtime.status().pooled for name, runtime in runtimes.items()},
             pooled_memory=lambda: {name: runtime.status().pooled_memory_bytes for name, runtime in runtimes.items()},
             upstreams=lambda: {cid: conn.connected for cid, conn in self.registry.connections.items()},
+            workspace_bytes=self._workspace_bytes,
         )
+
+    def _workspace_bytes(self) -> dict[str, int]:
+        workspace = self.packages.get(WORKSPACE)
+        if not isinstance(workspace, WorkspacePackage):
+            return {}
+        return {principal: usage.bytes for principal, usage in workspace.store.totals.items()}
 
     # -- executions -------------------------------------------------------------------------------------
 
@@ -242,7 +269,7 @@ class Gateway:
             plan.caller,
         )
         execution_id = execution_id or uuid.uuid4().hex
-        token = EXECUTION_ID.set(execution_id)
+        token = EXECUTION_ID.set(execution_id) if not plan.skills else None
         started = time.perf_counter()
         outcome_label = "internal_error"
         metric = language.name
@@ -251,8 +278,8 @@ class Gateway:
         with self.tracing.execution(execution_id, language.name) as span:
             span["principal"] = caller.id
             try:
-                async with self._share(caller), self.admission.slot():
-                    visible = await self.visible_catalog(allowlist)
+                async with self._slot(plan):
+                    visible = await self.visible_catalog(allowlist, caller)
                     warnings = unmatched_patterns(plan.requested, visible)
                     if on_output is not None:
                         for warning in warnings:
@@ -274,12 +301,29 @@ class Gateway:
                         def shown(stream: str, text: str) -> None:  # a stack is written in one piece
                             live(stream, fix(text) if stream == "stderr" else text)
 
+                    added: list[str] = []
+
+                    def emit(text: str) -> None:  # a skill's output, into this run's stderr
+                        added.append(text)
+                        if shown is not None:
+                            shown("stderr", text)
+
+                    deadline = time.monotonic() + effective.timeout_ms / 1000
                     with self.sessions.session(
-                        execution_id, allowlist, caller, asker, effective.max_tool_calls
+                        execution_id,
+                        allowlist,
+                        caller,
+                        asker,
+                        effective.max_tool_calls,
+                        skills=plan.skills,
+                        deadline=deadline,
+                        emit=emit,
                     ) as session:
                         logger.info("execution started", extra={"runtime": metric})
                         began = True
                         outcome = await sandbox.run(Job(code, sdk, session.token, effective, shown))
+                    if added:
+                        outcome = dataclasses.replace(outcome, stderr=outcome.stderr + "".join(added))
                 if chosen is not None:
                     outcome = dataclasses.replace(outcome, engine=chosen.name)
                 outcome = with_program_positions(outcome, code, fix)
@@ -304,7 +348,8 @@ class Gateway:
                     self.metrics.executions.labels(metric, outcome_label).inc()
                     self.metrics.principal_executions.labels(caller.id, outcome_label).inc()
                     self.metrics.execution_seconds.labels(metric).observe(elapsed)
-                EXECUTION_ID.reset(token)
+                if token is not None:
+                    EXECUTION_ID.reset(token)
 
     @staticmethod
     def _ended(
@@ -368,6 +413,16 @@ class Gateway:
 
         return self.runs.start(caller, work, tool=call.name, background=False)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, plan: Plan) -> AsyncIterator[None]:
+        """The slots a plan runs in: its caller's share and the server's; none for a skill's run, which runs
+        inside its caller's run, in that run's slots (waiting for its own could wait for itself)."""
+        if plan.skills:
+            yield
+            return
+        async with self._share(plan.caller), self.admission.slot():
+            yield
+
     def _share(self, caller: Caller) -> AbstractAsyncContextManager[None]:
         """A slot of ``caller``'s own concurrency share (none for callers without one)."""
         if caller.max_concurrent is None:
@@ -395,7 +450,7 @@ class Gateway:
         Raises:
             BusyError: over the limit (with when to retry), or Redis is away with ``onStoreError: refuse``.
         """
-        if call.upstream not in self.registry.connections:
+        if call.upstream not in self.registry.connections and call.upstream not in self.packages:
             return  # refused as unknown by the call itself
         refusal = await self.rate_limiter.admit_tool_call(caller, call.upstream)
         if refusal is not None:
@@ -414,16 +469,16 @@ class Gateway:
 
     # -- tools ------------------------------------------------------------------------------------------
 
-    async def discover(self, allowlist: Allowlist, query: str | None = None) -> list[ToolEntry]:
-        """The tools ``allowlist`` covers, optionally filtered by a case-insensitive substring."""
+    async def discover(self, allowlist: Allowlist, caller: Caller, query: str | None = None) -> list[ToolEntry]:
+        """The tools ``allowlist`` covers for ``caller``, optionally filtered by a case-insensitive substring."""
         needle = (query or "").lower()
         return [
             entry
-            for entry in (await self.visible_catalog(allowlist)).tools
+            for entry in (await self.visible_catalog(allowlist, caller)).tools
             if not needle or needle in entry.qualified.lower() or needle in entry.description.lower()
         ]
 
-    async def _checked(self, call: ToolCall, allowlist: Allowlist) -> ToolEntry:
+    async def _checked(self, call: ToolCall, allowlist: Allowlist, caller: Caller) -> ToolEntry:
         """The tool ``call`` names, checked: the allowlist first, then the tool, then the arguments' schema.
 
         Raises:
@@ -434,7 +489,7 @@ class Gateway:
         qualified = call.qualified
         if not allowlist.permits(call.upstream, call.tool.tool):
             raise ToolDeniedError(f"tool {qualified!r} is not in this execution's allowlist")
-        entry = await self.registry.resolve(call.tool)
+        entry = await self._resolve(call, caller)
         if self.config.validation_mode == "strict" and not usable_schema(entry.input_schema):
             raise InvalidParamsError(f"tool {qualified!r} has no input schema, and validationMode is strict")
         problems = check_arguments(entry.input_schema, call.arguments)
@@ -449,7 +504,7 @@ class Gateway:
         if not self.approvals or isinstance(call, RefusedCall):
             return None
         try:
-            entry = await self._checked(call, caller.reach)
+            entry = await self._checked(call, caller.reach, caller)
         except ConduitError:
             return None
         return entry if self.approvals.rule_for(entry, caller) is not None else None
@@ -475,7 +530,9 @@ class Gateway:
         started = time.perf_counter()
         tool = call.name
         upstream = "unknown"  # the metrics' label for a call that names no configured upstream
-        if isinstance(call, ToolCall) and call.upstream in self.registry.connections:
+        if isinstance(call, ToolCall) and (
+            call.upstream in self.registry.connections or call.upstream in self.packages
+        ):
             upstream = call.upstream
         code: int | None = None
         is_error = False
@@ -488,10 +545,14 @@ class Gateway:
                     raise call.error
                 if session.is_program:
                     await self._admit_tool_call(caller, call)
-                entry = checked or await self._checked(call, session.allowlist)
+                entry = checked or await self._checked(call, session.allowlist, caller)
                 if self.approvals:
                     await self.approvals.require(entry, call.arguments, caller, session.asker, execution_id)
-                result = await self.registry.call(entry, call.arguments, caller)
+                package = self.packages.get(entry.upstream)
+                if package is not None:
+                    result = await package.call(session, entry, call.arguments)
+                else:
+                    result = await self.registry.call(entry, call.arguments, caller)
                 is_error = bool(result.is_error)
                 return result
             except ConduitError as exc:
@@ -515,13 +576,96 @@ class Gateway:
                     },
                 )
 
-    async def visible_catalog(self, allowlist: Allowlist) -> Catalog:
-        """What ``allowlist`` may see: its tools, and the failures of the upstreams it reaches."""
+    async def run_skill(
+        self, session: Session, skill: Skill, arguments: Mapping[str, JsonValue]
+    ) -> types.CallToolResult:
+        """Run a skill for ``session`` (a program's call, or a caller's over MCP), exactly as an execution: a fresh
+        sandbox of its language, the caller's allowlist narrowed to the skill's ``allowedTools``, the caller's
+        limits within the time the calling run has left, approvals and audit records as the caller's. The
+        skill's output goes to the calling run's stderr, each line prefixed with its name; its result value is
+        the call's, checked against its output schema.
+
+        Raises:
+            InvalidParamsError: skills nested deeper than :data:`MAX_SKILL_DEPTH`, or a skill calling itself.
+            ToolReportedError: the skill failed, timed out or returned a value its output schema refuses
+                (-32005; the skill's execution result is the error's data).
+        """
+        definition = skill.definition
+        chain = (*session.skills, definition.name)
+        if definition.name in session.skills:
+            raise InvalidParamsError(f"skill cycle: {' -> '.join(chain)} (a skill cannot call itself)")
+        if len(chain) > MAX_SKILL_DEPTH:
+            raise InvalidParamsError(
+                f"skills call skills to a depth of {MAX_SKILL_DEPTH}: {' -> '.join(chain)} goes deeper"
+            )
+        caller = session.caller
+        limits = self.limits.lowered(caller.limits)
+        if session.deadline is not None:
+            left_ms = int((session.deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise ToolReportedError(
+                    f"skill {definition.name!r} was not run: the calling run has no time left", None
+                )
+            limits = limits.lowered({"timeoutMs": left_ms})
+        allowlist = session.allowlist
+        if definition.allowed_tools is not None:
+            allowlist = allowlist.narrowed(Allowlist.parse(definition.allowed_tools))
+        language = BY_NAME[definition.language]
+        engine: PythonEngine | None = self.config.python_engine if language.engines else None
+        plan = Plan(language, with_args(definition, arguments), limits, allowlist, engine, caller, skills=chain)
+        prefix = f"[{definition.name}] "
+        outcome = await self.run(plan, asker=session.asker)
+        lines = [f"{prefix}{line}\n" for text in (outcome.stdout, outcome.stderr) for line in text.splitlines()]
+        if lines and session.emit is not None:
+            session.emit("".join(lines))
+        if outcome.error is not None:
+            raise ToolReportedError(
+                f"skill {definition.name!r} failed ({outcome.error.code}): {outcome.error.message}", outcome.as_result()
+            )
+        value = outcome.result if outcome.has_result else None
+        if definition.output_schema is not None:
+            problems = check_arguments(definition.output_schema, value, "result")
+            if problems:
+                details = "; ".join(str(problem) for problem in problems)
+                raise ToolReportedError(
+                    f"skill {definition.name!r} returned a value its outputSchema refuses: {details}",
+                    outcome.as_result(),
+                )
+        return value_result(value)
+
+    async def visible_catalog(self, allowlist: Allowlist, caller: Caller) -> Catalog:
+        """What ``allowlist`` may see for ``caller``: the tools of the upstreams and of Conduit's own packages
+        (a caller's skills are its own), and the failures of those it reaches."""
         catalog = await self.registry.catalog()
+        tools = list(catalog.tools)
+        failures = dict(catalog.failures)
+        for package in self.packages.values():
+            if not allowlist.reaches(package.id):
+                continue
+            try:
+                tools.extend(await package.entries(caller))
+            except StateUnavailableError as exc:
+                failures[package.id] = exc.message
         return Catalog(
-            tools=tuple(entry for entry in catalog.tools if allowlist.permits(entry.upstream, entry.name)),
-            failures={upstream: why for upstream, why in catalog.failures.items() if allowlist.reaches(upstream)},
+            tools=tuple(entry for entry in tools if allowlist.permits(entry.upstream, entry.name)),
+            failures={upstream: why for upstream, why in failures.items() if allowlist.reaches(upstream)},
         )
+
+    async def _resolve(self, call: ToolCall, caller: Caller) -> ToolEntry:
+        """The tool a call names: an upstream's, or one of a package's that ``caller`` finds there.
+
+        Raises:
+            UnknownToolError: no such tool.
+            UpstreamError: the upstream cannot be reached to find out.
+            StateUnavailableError: the package's database cannot be reached to find out.
+        """
+        package = self.packages.get(call.upstream or "")
+        if package is None:
+            return await self.registry.resolve(call.tool)
+        for entry in await package.entries(caller):
+            if entry.name == call.tool.tool:
+                return entry
+        raise UnknownToolError(f"unknown tool {call.qualified!r}: {package.id} has no {call.tool.tool!r}")
 
     def health(self) -> tuple[bool, dict[str, JsonValue]]:
         """Whether every runtime can run programs and no upstream is failing, with the details."""
@@ -567,7 +711,7 @@ class Gateway:
         query = params.get("query")
         if query is not None and not isinstance(query, str):
             raise InvalidParamsError("query must be a string")
-        return [entry.describe() for entry in await self.discover(session.allowlist, query)]
+        return [entry.describe() for entry in await self.discover(session.allowlist, session.caller, query)]
 
     async def _bridge_call(self, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         name = params.get("name")

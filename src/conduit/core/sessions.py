@@ -9,7 +9,7 @@ in constant time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -37,6 +37,12 @@ class Session:
     """Tool calls the program may make (None: no budget)."""
     token: str = field(default="", repr=False)
     tool_calls: int = 0
+    skills: tuple[str, ...] = ()
+    """The skills this program runs inside, outermost first (its own name last; empty: not a skill's run)."""
+    deadline: float | None = None
+    """When the program's run is killed (``time.monotonic()``); a skill it calls gets the time left."""
+    emit: Callable[[str], None] | None = field(default=None, repr=False)
+    """Adds text to the program's run's stderr (a skill's output lines, prefixed with its name)."""
 
     @classmethod
     def of(cls, caller: Caller, asker: Asker | None = None) -> Session:
@@ -90,9 +96,23 @@ class SessionRegistry:
         caller: Caller = MASTER,
         asker: Asker | None = None,
         max_tool_calls: int | None = None,
+        *,
+        skills: tuple[str, ...] = (),
+        deadline: float | None = None,
+        emit: Callable[[str], None] | None = None,
     ) -> Iterator[Session]:
         """A session token valid exactly while the ``with`` block runs."""
-        session = Session(caller, allowlist, execution_id, asker, max_tool_calls, token=mint_token())
+        session = Session(
+            caller,
+            allowlist,
+            execution_id,
+            asker,
+            max_tool_calls,
+            token=mint_token(),
+            skills=skills,
+            deadline=deadline,
+            emit=emit,
+        )
         key = _digest(session.token)
         self._sessions[key] = session
         try:

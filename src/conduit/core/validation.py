@@ -38,9 +38,7 @@ def usable_schema(schema: Mapping[str, Any] | None) -> bool:
     return _validator(schema) is not None
 
 
-def check_arguments(
-    schema: Mapping[str, Any] | None, arguments: Mapping[str, Any], root: str = "args"
-) -> list[Problem]:
+def check_arguments(schema: Mapping[str, Any] | None, arguments: Any, root: str = "args") -> list[Problem]:
     """The problems of ``arguments`` (or of another object, named ``root`` in the paths: a tool's ``result``)
     under ``schema`` (empty when valid or when there is nothing to check).
 

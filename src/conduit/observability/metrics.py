@@ -76,6 +76,8 @@ class LiveState:
     pooled: Callable[[], Mapping[str, int]]
     pooled_memory: Callable[[], Mapping[str, int]]
     upstreams: Callable[[], Mapping[str, bool]]
+    workspace_bytes: Callable[[], Mapping[str, int]] = dict
+    """Bytes each principal's workspace holds."""
 
 
 class _LiveCollector(Collector):
@@ -104,6 +106,12 @@ class _LiveCollector(Collector):
         for upstream, is_open in sorted(self._state.upstreams().items()):
             connected.add_metric([upstream], 1 if is_open else 0)
         yield connected
+        workspaces = GaugeMetricFamily(
+            "conduit_workspace_bytes", "Bytes each principal's workspace holds.", labels=["principal"]
+        )
+        for principal, held in sorted(self._state.workspace_bytes().items()):
+            workspaces.add_metric([principal], held)
+        yield workspaces
 
 
 class Metrics:

@@ -30,7 +30,7 @@ class SdkCache:
         """The SDK ``generate`` makes for ``entries`` and the ``unavailable`` upstreams (catalog ``version``), made
         once."""
         down = tuple(sorted(unavailable))
-        key = (language, version, tuple(entry.qualified for entry in entries), down)
+        key = (language, version, tuple((entry.qualified, entry.revision) for entry in entries), down)
         source = self._sources.get(key)
         if source is None:
             source = generate(entries, down)

@@ -1,7 +1,7 @@
 """Tool and upstream names made into identifiers every SDK language accepts, and the SDK's layout.
 
->>> identifier("get-current-time"), identifier("2fa.verify"), identifier("delete"), identifier("")
-('get_current_time', '_2fa_verify', 'delete_', '_')
+>>> identifier("get-current-time"), identifier("2fa.verify"), identifier("delete"), identifier("class")
+('get_current_time', '_2fa_verify', 'delete', 'class_')
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ from conduit.catalog import ToolEntry
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 
 RESERVED: Final = frozenset(
-    """
-    break case catch class const continue debugger default delete do else enum export extends false finally for
-    function if import in instanceof new null return super switch this throw true try typeof var void while with
-    yield let static implements interface package private protected public await async constructor prototype
-    __proto__ toString valueOf hasOwnProperty raw then
-    """.split()
+    "constructor prototype __proto__ toString valueOf hasOwnProperty raw then".split()
 ) | frozenset(keyword.kwlist)
-"""Words that cannot (or must not, on a plain object) be used as names in TS, JS or Python."""
+"""Words that cannot (or must not, on a plain object) be used as names in TS, JS or Python. Names are only ever
+properties and methods (``tools.workspace.delete``), where JavaScript's reserved words are allowed; Python's
+keywords are not, and a plain object's own members and ``then`` (a thenable) must not be shadowed."""
 
 
 def identifier(name: str) -> str:

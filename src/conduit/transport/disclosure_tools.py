@@ -11,7 +11,7 @@ from conduit.catalog import CONDUIT_PREFIX as _PREFIX
 from conduit.core import disclosure
 from conduit.core.gateway import Gateway
 from conduit.errors import InvalidParamsError
-from conduit.security.allowlist import Allowlist
+from conduit.security.callers import Caller
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -57,8 +57,8 @@ TOOLS: Final = {
 }
 
 
-async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], allowlist: Allowlist) -> Any:
-    """The structured answer of disclosure tool ``name``, about the tools ``allowlist`` covers only
+async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], caller: Caller) -> Any:
+    """The structured answer of disclosure tool ``name``, about the tools ``caller``'s allowlist covers only
     (a caller never learns of a tool its policy keeps from it, not even by its schema or a search).
 
     Raises:
@@ -68,10 +68,13 @@ async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], allowl
     unknown = sorted(set(arguments) - allowed)
     if unknown:
         raise InvalidParamsError(f"unknown argument(s): {', '.join(unknown)}")
-    catalog = await gateway.visible_catalog(allowlist)
+    allowlist = caller.reach
+    catalog = await gateway.visible_catalog(allowlist, caller)
     short = name.removeprefix(_PREFIX)
     if short == "mcp_list_tool_packages":
-        reached = {uid: up for uid, up in gateway.registry.connections.items() if allowlist.reaches(uid)}
+        transports: dict[str, str] = {uid: up.config.type for uid, up in gateway.registry.connections.items()}
+        transports.update(dict.fromkeys(gateway.packages, "conduit"))
+        reached = {uid: transport for uid, transport in transports.items() if allowlist.reaches(uid)}
         return {"packages": disclosure.list_packages(catalog, reached)}
     if short == "mcp_list_tool_stubs":
         return disclosure.list_stubs(

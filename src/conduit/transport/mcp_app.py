@@ -34,9 +34,9 @@ from conduit.core.sessions import Session
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, PRINCIPAL, REQUEST_ID, Ending
 from conduit.security.callers import LOCAL, Caller
-from conduit.transport import disclosure_tools, run_tools
+from conduit.transport import disclosure_tools, run_tools, skill_tools
 from conduit.transport.disconnect import went_away
-from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result
+from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result, mcp_form
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,10 @@ def build_server(
     ) -> types.ListToolsResult:
         caller = caller_for(ctx)
         tools = [*_conduit_tools(), *run_tools.TOOLS.values(), *disclosure_tools.TOOLS.values()]
+        if skill_tools.skills_of(gateway) is not None:
+            tools.append(skill_tools.TOOL)
         if not gateway.config.code_mode_only:
-            catalog = await gateway.visible_catalog(caller.reach)
+            catalog = await gateway.visible_catalog(caller.reach, caller)
             tools.extend(entry.proxied() for entry in catalog.tools)
         return types.ListToolsResult(tools=tools)
 
@@ -191,7 +193,12 @@ def build_server(
                 return answer_failure(exc, failed_tool_call)
         if params.name in disclosure_tools.TOOLS:
             try:
-                return json_result(await disclosure_tools.call(gateway, params.name, arguments, caller.reach))
+                return json_result(await disclosure_tools.call(gateway, params.name, arguments, caller))
+            except ConduitError as exc:
+                return answer_failure(exc, failed_tool_call)
+        if params.name == skill_tools.SAVE:
+            try:
+                return json_result(await skill_tools.save(gateway, caller, arguments))
             except ConduitError as exc:
                 return answer_failure(exc, failed_tool_call)
         if params.name.startswith(CONDUIT_PREFIX):
@@ -205,7 +212,7 @@ def build_server(
             entry = await gateway.needs_approval(call, caller)
             if entry is not None and isinstance(call, ToolCall):
                 return await _approved_call(ctx, gateway, caller, params, (call, entry))
-            return await gateway.audited_call(Session.of(caller), call)
+            return mcp_form(await gateway.audited_call(Session.of(caller), call))
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 
@@ -271,7 +278,8 @@ async def _approved_call(
         assert new is not None, "only a first round has no run, and it comes with its checked call"
         call, entry = new
         run = gateway.start_call(caller, call, entry, askable=run_tools.can_ask(ctx))
-    return await run_tools.attend(ctx, gateway.runs, run, owned=True)
+    answer = await run_tools.attend(ctx, gateway.runs, run, owned=True)
+    return mcp_form(answer) if isinstance(answer, types.CallToolResult) else answer
 
 
 async def _admit(gateway: Gateway, ctx: ServerRequestContext[Any], caller: Caller) -> None:

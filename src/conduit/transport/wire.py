@@ -9,7 +9,6 @@ with invalid-params (-32602), whatever Conduit's own code for it is.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -17,6 +16,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError
+from conduit.packages import value_result
 from conduit.sandbox.base import ProgramFailure, execution_result
 
 
@@ -30,12 +30,16 @@ def protocol_error(exc: ConduitError) -> MCPError | None:
 def json_result(payload: Mapping[str, Any], is_error: bool = False) -> types.CallToolResult:
     """A tool result carrying ``payload`` as structured content and as its JSON text twin (compact: the
     twin is what a model reads)."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
-        structured_content=dict(payload),
-        is_error=is_error,
-    )
+    result = value_result(dict(payload))
+    return result.model_copy(update={"is_error": True}) if is_error else result
+
+
+def mcp_form(result: types.CallToolResult) -> types.CallToolResult:
+    """A tool's result as MCP carries it: ``structuredContent`` is an object there, so a value of another
+    kind (a workspace listing, a skill's number) stays in the JSON text only."""
+    if result.structured_content is None or isinstance(result.structured_content, dict):
+        return result
+    return result.model_copy(update={"structured_content": None})
 
 
 def failed_execution(exc: ConduitError) -> types.CallToolResult:

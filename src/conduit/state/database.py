@@ -1,0 +1,249 @@
+"""The state database: one SQLAlchemy async engine over SQLite (embedded) or PostgreSQL (replicas), its
+schema brought to the newest migration before first use, and the seal its contents are stored under.
+
+``state.url`` is ``sqlite:///PATH`` or ``postgresql://...``; unset, a SQLite file beside the config file,
+created on first use. Migrations (Alembic, ``migrations/versions``) run at start when the store is there
+(a store from an older version is migrated, never dropped) and otherwise on first use; several replicas
+starting at once migrate one at a time (a PostgreSQL advisory lock). A database that cannot be reached is
+a :class:`~conduit.errors.StateUnavailableError` naming it, for the work that needs it only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from conduit.config.schema import Config
+from conduit.errors import ConfigError, StateUnavailableError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FILE: Final = "conduit-state.db"
+KEY_FILE: Final = "conduit-state.key"
+"""Beside the database file: the generated seal key when the config has no Fernet key of its own."""
+MIGRATION_LOCK: Final = 0x636F6E64756974
+"""The PostgreSQL advisory lock replicas take while they migrate (``conduit`` in ASCII)."""
+CONNECT_TIMEOUT_S: Final = 5.0
+
+
+class Sealer:
+    """Seals contents at rest (Fernet: AES-128-CBC with HMAC-SHA256): nobody reading the database file or
+    tables sees a file's content or a skill's code."""
+
+    def __init__(self, key: str) -> None:
+        self._fernet = Fernet(key.encode("ascii"))
+
+    def seal(self, content: bytes) -> bytes:
+        return self._fernet.encrypt(content)
+
+    def open(self, sealed: bytes) -> bytes:
+        """Raises:
+        StateUnavailableError: the content was sealed with another key (the store and the key do not match).
+        """
+        try:
+            return self._fernet.decrypt(sealed)
+        except InvalidToken:
+            raise StateUnavailableError(
+                "the state store's contents were sealed with another key (cluster.key / auth.credentialStore.key)"
+            ) from None
+
+
+def database_url(config: Config, base_dir: Path) -> URL:
+    """The async driver's URL of ``state.url`` (a relative SQLite path is relative to ``base_dir``).
+
+    >>> from conduit.config.schema import Config
+    >>> database_url(Config(), Path("/etc/conduit")).render_as_string()
+    'sqlite+aiosqlite:////etc/conduit/conduit-state.db'
+    >>> database_url(Config.model_validate({"state": {"url": "postgresql://u:pw@db:5433/c"}}), Path(".")).drivername
+    'postgresql+asyncpg'
+    """
+    raw = config.state.url.get_secret_value() if config.state.url is not None else f"sqlite:///{DEFAULT_FILE}"
+    url = make_url(raw)
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or DEFAULT_FILE)
+        return url.set(drivername="sqlite+aiosqlite", database=str(base_dir / path))
+    return url.set(drivername="postgresql+asyncpg")
+
+
+def seal_key(config: Config, url: URL) -> str:
+    """The Fernet key contents are sealed with: ``cluster.key``, else ``auth.credentialStore.key``, else a key
+    generated once into a file beside a SQLite database (mode 0600).
+
+    Raises:
+        ConfigError: PostgreSQL without any configured key (a generated one would differ per replica).
+    """
+    for secret in (config.cluster.key, config.auth.credential_store.key if config.auth.credential_store else None):
+        if secret is not None:
+            return secret.get_secret_value()
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise ConfigError(
+            "state.url on PostgreSQL needs a Fernet key to seal contents: set cluster.key or auth.credentialStore.key"
+        )
+    path = Path(url.database).with_name(KEY_FILE)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Fernet.generate_key()
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        else:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(key)
+    return path.read_text(encoding="ascii").strip()
+
+
+class StateDatabase:
+    """The engine, migrated before first use; :meth:`connect` is every query's way in."""
+
+    def __init__(self, url: URL, sealer: Sealer) -> None:
+        self.url = url
+        self.sealer = sealer
+        self.name = url.render_as_string(hide_password=True).replace("+aiosqlite", "").replace("+asyncpg", "")
+        """How messages name the store (no password)."""
+        self._engine: AsyncEngine | None = None
+        self._ready = False
+        self._lock = anyio.Lock()
+
+    @classmethod
+    def for_config(cls, config: Config, base_dir: Path) -> StateDatabase:
+        """Raises:
+        ConfigError: no key to seal contents with (see :func:`seal_key`).
+        """
+        url = database_url(config, base_dir)
+        return cls(url, Sealer(seal_key(config, url)))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_backend_name() == "sqlite"
+
+    @property
+    def exists(self) -> bool:
+        """Whether the store is there already (a PostgreSQL database always is: it is made by its operator). A
+        SQLite store is made by the first write: reading one that is not there finds nothing."""
+        return not self.is_sqlite or Path(self.url.database or "").exists()
+
+    async def open_if_present(self) -> None:
+        """At start: migrate an existing store now (a SQLite file is made on first use only); a store that cannot
+        be reached is logged, not raised (runs that do not need it are unaffected; first use tries again)."""
+        if not self.exists:
+            return
+        try:
+            await self.ready()
+        except StateUnavailableError as exc:
+            logger.warning("%s; workspaces and skills fail until it answers", exc.message)
+
+    async def ready(self) -> AsyncEngine:
+        """The engine, its schema migrated to the newest version (once per process).
+
+        Raises:
+            StateUnavailableError: the database cannot be reached or migrated.
+        """
+        if self._ready and self._engine is not None:
+            return self._engine
+        async with self._lock:
+            if self._engine is None:
+                self._engine = self._make_engine()
+            if not self._ready:
+                try:
+                    async with self._engine.begin() as connection:
+                        await migrate(connection)
+                except (OSError, DBAPIError, TimeoutError) as exc:
+                    raise self.unavailable(exc) from None
+                self._ready = True
+        return self._engine
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in one transaction (committed when the block ends without an error).
+
+        Raises:
+            StateUnavailableError: the database cannot be reached, or went away mid-transaction.
+        """
+        engine = await self.ready()
+        try:
+            async with engine.begin() as connection:
+                yield connection
+        except (OSError, OperationalError, TimeoutError) as exc:
+            raise self.unavailable(exc) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise self.unavailable(exc) from None
+            raise
+
+    def unavailable(self, exc: BaseException) -> StateUnavailableError:
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        return StateUnavailableError(f"the state store {self.name} is unavailable ({reason})")
+
+    def _make_engine(self) -> AsyncEngine:
+        if self.is_sqlite:
+            path = Path(self.url.database or DEFAULT_FILE)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # sealed contents, and still nobody else's
+            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            event.listen(engine.sync_engine, "connect", _sqlite_connection)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+            return engine
+        return create_async_engine(
+            self.url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30},
+        )
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+
+
+def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    """Write-ahead logging (readers never wait for a writer), waits instead of failing on a locked file,
+    and transactions begun by :func:`_sqlite_begin` only."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Every transaction takes the write lock at once: two writers queue (busy_timeout) instead of one failing
+    when both upgrade from reading."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", "conduit.state:migrations")
+    config.attributes["connection"] = connection
+    return config
+
+
+async def migrate(connection: AsyncConnection, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (the newest by default), replicas one at a time."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+    await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), revision))
+
+
+async def revision_of(connection: AsyncConnection) -> str | None:
+    """The migration the schema is at (None: a store no migration has run on)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())

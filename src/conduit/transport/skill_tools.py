@@ -1,0 +1,66 @@
+"""``conduit__mcp_save_skill``: a client saves a program as a skill of its caller's, callable by name in later
+programs (``tools.skills.<name>(args)``) and, unless ``codeModeOnly``, as the MCP tool ``skills__<name>``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import mcp_types as types
+
+from conduit.catalog import CONDUIT_PREFIX
+from conduit.core.gateway import Gateway
+from conduit.errors import MethodNotFoundError
+from conduit.packages.skill_definition import definition_from
+from conduit.packages.skills import ID as SKILLS
+from conduit.packages.skills import SkillsPackage
+from conduit.sdk.naming import identifier
+from conduit.security.callers import Caller
+
+SAVE: Final = f"{CONDUIT_PREFIX}mcp_save_skill"
+
+TOOL: Final = types.Tool(
+    name=SAVE,
+    description=(
+        "Save a program as a skill: later programs call it as `await tools.skills.<name>(args)`. It reads its "
+        "input as `args` and returns its result. Saving again makes a new version."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "An identifier."},
+            "description": {"type": "string"},
+            "language": {"enum": ["typescript", "python", "javascript"]},
+            "code": {"type": "string"},
+            "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object"},
+            "allowedTools": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["name", "description", "language", "code"],
+    },
+)
+
+
+def skills_of(gateway: Gateway) -> SkillsPackage | None:
+    package = gateway.packages.get(SKILLS)
+    return package if isinstance(package, SkillsPackage) else None
+
+
+async def save(gateway: Gateway, caller: Caller, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Save the skill ``arguments`` define as ``caller``'s; what it is now called.
+
+    Raises:
+        MethodNotFoundError: skills are turned off (``skills.enabled: false``).
+        InvalidParamsError: an invalid field, code that does not parse, a curated skill's name.
+        StateUnavailableError: the database is unreachable.
+    """
+    skills = skills_of(gateway)
+    if skills is None:
+        raise MethodNotFoundError("skills are turned off on this server (skills.enabled: false)")
+    saved = await skills.save(caller, definition_from(arguments))
+    return {
+        "name": saved.name,
+        "version": saved.version,
+        "call": f"await tools.skills.{identifier(saved.name)}(args)",
+        "tool": f"{SKILLS}__{saved.name}",
+    }
