@@ -6,17 +6,49 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from conduit.config.loader import DEFAULT_FILENAMES, LoadedConfig, load_config
 from conduit.config.schema import Config
+from conduit.errors import ConfigError
 from conduit.observability.logging import configure_logging
+from conduit.state.database import StateDatabase
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", help="config file (default: CONFIG_FILE, else ./conduit.yaml)")
+
+
+def add_principal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--principal", required=True, metavar="ID", help="whose: a principal's id, oauth:<claim>, master or local"
+    )
+
+
+def principal_of(loaded: LoadedConfig, principal: str) -> str:
+    """``principal`` if it names a caller of the config.
+
+    Raises:
+        ConfigError: it does not.
+    """
+    if not loaded.config.auth.is_caller_id(principal):
+        raise ConfigError(
+            f"--principal {principal!r} is no caller here (a principal's id, oauth:<claim>, master, local)"
+        )
+    return principal
+
+
+@asynccontextmanager
+async def open_state(loaded: LoadedConfig) -> AsyncIterator[StateDatabase]:
+    """The config's state database (workspaces, skills), closed afterwards."""
+    database = StateDatabase.for_config(loaded.config, loaded.base_dir)
+    try:
+        yield database
+    finally:
+        await database.aclose()
 
 
 def load(args: argparse.Namespace, **overrides: Any) -> LoadedConfig:

@@ -73,6 +73,9 @@ AUDIT = logging.getLogger("conduit.audit")
 
 MAX_SKILL_DEPTH = 3
 """Skills may call skills: a program's skill's skill's skill, and no deeper."""
+SKILL_RESERVE_MS = 1000
+"""Of the time its caller's run has left, what a skill leaves it (at most a tenth): a skill that runs out of
+time is stopped while its caller can still handle that."""
 
 
 @dataclass(frozen=True)
@@ -602,6 +605,7 @@ class Gateway:
         limits = self.limits.lowered(caller.limits)
         if session.deadline is not None:
             left_ms = int((session.deadline - time.monotonic()) * 1000)
+            left_ms -= min(SKILL_RESERVE_MS, left_ms // 10)  # the caller outlives its skill, to handle its end
             if left_ms <= 0:
                 raise ToolReportedError(
                     f"skill {definition.name!r} was not run: the calling run has no time left", None

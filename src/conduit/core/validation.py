@@ -49,7 +49,8 @@ def check_arguments(schema: Mapping[str, Any] | None, arguments: Any, root: str 
     validator = _validator(schema)
     if validator is None:
         return []
-    errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    instance = dict(arguments) if isinstance(arguments, Mapping) else arguments
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     return [Problem(_path(error.absolute_path, root), str(error.validator), error.message) for error in errors][
         :_MAX_PROBLEMS
     ]

@@ -1,0 +1,94 @@
+"""``conduit skills save|ls|show|rm``: an operator manages the skills saved in the state database (a
+principal's own) and sees the curated ones (``skills.dir``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from conduit.cli.common import add_config_option, add_principal_option, load, open_state, principal_of
+from conduit.config.loader import LoadedConfig
+from conduit.errors import ConduitError
+from conduit.packages.skill_definition import read_skill_file, skill_file
+from conduit.packages.skills import CURATED, SkillsPackage, load_curated
+from conduit.sandbox.deno.runtime import find_deno
+from conduit.security.callers import Caller
+from conduit.state.skills import SkillStore
+
+EPILOG = """\
+A skill file is the program with a YAML front-matter header (name, description, and optionally inputSchema,
+outputSchema, allowedTools, language); its extension gives the language (.ts, .js, .py). See docs/SKILLS.md.
+
+examples:
+  conduit skills save --principal alice weekly_report.ts    save (a new version each time)
+  conduit skills ls --principal alice                        alice's skills and the curated ones
+  conduit skills show --principal alice weekly_report        the newest version as a skill file
+  conduit skills rm --principal alice weekly_report          every version
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "skills",
+        help="save, list, show or remove skills",
+        description="Manage a principal's saved skills; list and show the curated ones (skills.dir).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, help_text, operand in (
+        ("save", "save a skill file (a new version each time)", ("target", "FILE")),
+        ("ls", "list the principal's skills and the curated ones", None),
+        ("show", "print a skill as a skill file", ("target", "NAME")),
+        ("rm", "remove every version of a skill", ("target", "NAME")),
+    ):
+        action = actions.add_parser(name, help=help_text, description=help_text)
+        if operand is not None:
+            action.add_argument(operand[0], metavar=operand[1])
+        if name == "show":
+            action.add_argument("--version", type=int, metavar="N", help="this version (default: the newest)")
+        add_principal_option(action)
+        add_config_option(action)
+    parser.set_defaults(handler=skills)
+
+
+def skills(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    principal = principal_of(loaded, args.principal)
+    try:
+        return anyio.run(_act, loaded, principal, args)
+    except ConduitError as exc:
+        print(f"conduit: {exc.message}", file=sys.stderr)
+        return 1
+
+
+async def _act(loaded: LoadedConfig, principal: str, args: argparse.Namespace) -> int:
+    config = loaded.config
+    curated = load_curated(loaded.base_dir / config.skills.dir) if config.skills.dir else {}
+    caller = Caller(principal, "principal")
+    async with open_state(loaded) as database:
+        package = SkillsPackage(SkillStore(database), curated, find_deno(config.deno_path))
+        if args.action == "save":
+            saved = await package.save(caller, read_skill_file(Path(args.target)))
+            print(f"saved {saved.name} v{saved.version} for {principal}", file=sys.stderr)
+        elif args.action == "ls":
+            for skill in [*curated.values(), *await package.store.latest(principal)]:
+                whose = CURATED if skill.owner == CURATED else f"v{skill.version}"
+                print(f"{skill.name:<32} {whose:<8} {skill.definition.language:<10} {skill.definition.description}")
+        elif args.action == "show":
+            found = await package.find(caller, args.target, args.version)
+            if found is None:
+                print(f"conduit: {principal} has no skill {args.target!r}", file=sys.stderr)
+                return 1
+            print(skill_file(found.definition), end="" if found.definition.code.endswith("\n") else "\n")
+        elif args.target in curated:
+            print(f"conduit: {args.target!r} is curated: remove its file from skills.dir", file=sys.stderr)
+            return 1
+        elif not await package.store.remove(principal, args.target):
+            print(f"conduit: {principal} has no skill {args.target!r}", file=sys.stderr)
+            return 1
+    return 0
