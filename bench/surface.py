@@ -6,9 +6,10 @@ disclosure answer as its text (the JSON the client hands the model; the wire als
 ``structuredContent``, which clients give programs, not models). Beside it: the same upstreams' tools
 exposed directly (every tool definition, as their own ``tools/list`` results would show them).
 
-Two sets of upstreams: the four reference servers (PyPI ``mcp-server-time``, npm ``@modelcontextprotocol/
+Three sets: the four reference servers (PyPI ``mcp-server-time``, npm ``@modelcontextprotocol/
 server-everything``, ``-memory``, ``-filesystem``, installed into ``.venv/reference-upstreams`` by
-``make test``) and the same four plus a test server with 500 generated tools (tests/servers/many.py).
+``make test``), the same four plus a test server with 500 generated tools (tests/servers/many.py), and the
+four with 200 saved skills (saved through ``conduit__mcp_save_skill``; the ``skills`` package is measured too).
 The stubs counted are the package's first page (10 tools); the schema is the largest TypeScript
 declaration of any of its tools.
 
@@ -42,6 +43,7 @@ TASKS: Final = {
     "memory": "create entities knowledge graph",
     "filesystem": "read a text file",
     "many": "update the invoice of workspace 417",
+    "skills": "weekly sales report for a region",
 }
 """The search an agent makes for a task that needs each package."""
 
@@ -166,12 +168,37 @@ def conduit(config: Path) -> StdioServerParameters:
     )
 
 
-async def surfaces(with_many: bool) -> dict[str, Surface]:
-    """Each package's surface, with the reference upstreams (and the 500-tool one)."""
+SKILL_TOPICS: Final = ("sales", "invoices", "tickets", "deploys", "orders", "signups", "refunds", "latency")
+SKILL_KINDS: Final = ("weekly_report", "daily_digest", "anomaly_scan", "forecast", "cleanup")
+
+
+def skill(index: int) -> dict[str, Any]:
+    """The ``index``-th of the generated skills: a name, a description and an input schema like an agent's."""
+    topic, kind = SKILL_TOPICS[index % len(SKILL_TOPICS)], SKILL_KINDS[index // len(SKILL_TOPICS) % len(SKILL_KINDS)]
+    name = f"{kind}_{topic}_{index}"
+    return {
+        "name": name,
+        "description": f"{kind.replace('_', ' ').capitalize()} of {topic} for a region, as a table of totals.",
+        "language": "python",
+        "code": "rows = await tools.memory.read_graph()\n{'region': args['region'], 'rows': len(str(rows))}",
+        "inputSchema": {
+            "type": "object",
+            "properties": {"region": {"type": "string"}, "weeks": {"type": "integer", "minimum": 1}},
+            "required": ["region"],
+        },
+    }
+
+
+async def surfaces(with_many: bool, skills: int = 0) -> dict[str, Surface]:
+    """Each package's surface, with the reference upstreams (and the 500-tool one, and ``skills`` saved ones)."""
     with tempfile.TemporaryDirectory() as scratch:
         upstreams = reference_upstreams(Path(scratch)) + ([many_upstream()] if with_many else [])
         async with Client(conduit(config_file(Path(scratch), upstreams))) as client:
-            return {u["id"]: await measure(client, u["id"], TASKS[u["id"]]) for u in upstreams}
+            for index in range(skills):
+                saved = await client.call_tool("conduit__mcp_save_skill", skill(index))
+                assert not saved.is_error, saved
+            packages = [u["id"] for u in upstreams] + (["skills"] if skills else [])
+            return {package: await measure(client, package, TASKS[package]) for package in packages}
 
 
 def table(title: str, measured: Mapping[str, Surface]) -> str:
@@ -194,6 +221,8 @@ async def main() -> None:
     print(table("four reference upstreams", await surfaces(with_many=False)))
     print()
     print(table("the four and 500 generated tools", await surfaces(with_many=True)))
+    print()
+    print(table("the four and 200 saved skills", await surfaces(with_many=False, skills=200)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""A real cluster on loopback: one ``redis-server``, three ``conduit serve`` replicas and ``haproxy`` in front.
+"""A real cluster on loopback: one ``redis-server``, one PostgreSQL (the state store: workspaces and skills),
+three ``conduit serve`` replicas and ``haproxy`` in front.
 
-``redis-server`` and ``haproxy`` come from Debian's packages: ``make setup`` installs them when it
+``redis-server``, ``haproxy`` and PostgreSQL come from Debian's packages: ``make setup`` installs them when it
 runs as root (``.ci/run`` makes sure they are there); elsewhere these tests say what is missing and skip.
 Every port is chosen free at run time; a replica keeps its ports across restarts, so the balancer
 finds it again.
@@ -24,6 +25,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from conduit.upstream.credential_store import new_key
+from postgres_server import PostgresServer, postgres_server
 from support import ConduitHttp, free_port, write_config
 
 MASTER_TOKEN = "cluster-master-token-0123456789"
@@ -106,13 +108,15 @@ class Replica:
 
 @dataclass
 class Cluster:
-    """Three replicas behind haproxy (round robin, /ready checked every 200 ms), sharing one Redis."""
+    """Three replicas behind haproxy (round robin, /ready checked every 200 ms), sharing one Redis and one
+    PostgreSQL database."""
 
     redis: Redis
     replicas: list[Replica]
     balancer_port: int
     directory: Path
     balancer: subprocess.Popen[bytes] | None = None
+    postgres: PostgresServer | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,7 +178,9 @@ backend replicas
             self.balancer.wait()
 
 
-def replica_configs(directory: Path, redis_url: str, document: Mapping[str, Any], count: int = 3) -> list[Replica]:
+def replica_configs(
+    directory: Path, redis_url: str, document: Mapping[str, Any], count: int = 3, state_url: str | None = None
+) -> list[Replica]:
     replicas = []
     for index in range(count):
         ops_port = free_port()
@@ -188,6 +194,7 @@ def replica_configs(directory: Path, redis_url: str, document: Mapping[str, Any]
                 "http": {"trustedProxies": ["127.0.0.1"], "drainDelayMs": 1000, "drainTimeoutMs": 20_000},
                 **document,
                 "cluster": {"redisUrl": redis_url, "key": CLUSTER_KEY, **document.get("cluster", {})},
+                **({"state": {"url": state_url}} if state_url else {}),
                 "pools": {
                     "typescript": {"min": 1, "max": 4},
                     "python": {"min": 0, "max": 1},
@@ -202,9 +209,13 @@ def replica_configs(directory: Path, redis_url: str, document: Mapping[str, Any]
 @asynccontextmanager
 async def running_cluster(directory: Path, document: Mapping[str, Any]) -> AsyncIterator[Cluster]:
     need("redis-server", "haproxy")
+    state = AsyncExitStack()
+    postgres = state.enter_context(postgres_server())
     redis = Redis(free_port(), directory)
     redis.start()
-    cluster = Cluster(redis, replica_configs(directory, redis.url, document), free_port(), directory)
+    replicas = replica_configs(directory, redis.url, document, state_url=postgres.create_database())
+    cluster = Cluster(redis, replicas, free_port(), directory)
+    cluster.postgres = postgres
     try:
         async with anyio.create_task_group() as tg:
             for replica in cluster.replicas:
@@ -217,6 +228,7 @@ async def running_cluster(directory: Path, document: Mapping[str, Any]) -> Async
         for replica in cluster.replicas:
             await replica.stop()
         redis.stop()
+        await state.aclose()
 
 
 @pytest.fixture

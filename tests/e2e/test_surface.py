@@ -33,13 +33,16 @@ async def test_the_surface_for_any_one_package_is_within_6_kb_and_flat_as_tools_
 ) -> None:
     reference = await surface.surfaces(with_many=False)
     grown = await surface.surfaces(with_many=True)
+    skilled = await surface.surfaces(with_many=False, skills=200)
     with capsys.disabled():
         print("\n" + surface.table("four reference upstreams", reference))
         print(surface.table("the four and 500 generated tools", grown))
+        print(surface.table("the four and 200 saved skills", skilled))
     assert set(reference) == {"time", "everything", "memory", "filesystem"}
     assert reference["everything"].upstream_tools >= 10 and reference["filesystem"].upstream_tools >= 10
     assert grown["many"].upstream_tools == reference["time"].upstream_tools + 500  # every tool, counted once
-    for measured in (reference, grown):
+    assert set(skilled) == {*reference, "skills"} and skilled["skills"].upstream_tools >= 200
+    for measured in (reference, grown, skilled):
         for package, size in measured.items():
             assert size.total <= surface.BUDGET, (package, size)
     for package, size in reference.items():

@@ -21,7 +21,7 @@ from conduit.state.skills import SkillStore
 
 EPILOG = """\
 A skill file is the program with a YAML front-matter header (name, description, and optionally inputSchema,
-outputSchema, allowedTools, language); its extension gives the language (.ts, .js, .py). See docs/SKILLS.md.
+outputSchema, allowedTools, language); its extension gives the language (.ts, .js, .py). See docs/STATE.md.
 
 examples:
   conduit skills save --principal alice weekly_report.ts    save (a new version each time)

@@ -10,7 +10,7 @@ All of it is computed from the gateway's catalog, so it always matches what the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final
 
 from conduit.catalog import Catalog, ToolEntry, ToolId
@@ -60,8 +60,11 @@ def list_packages(catalog: Catalog, transports: Mapping[str, str]) -> list[dict[
     return packages
 
 
-def list_stubs(catalog: Catalog, package_id: Any, offset: Any = None, limit: Any = None) -> dict[str, Any]:
-    """One upstream's tools, a page at a time: ``name(args): result — summary`` each, in the SDK's names.
+def list_stubs(
+    catalog: Catalog, package_id: Any, offset: Any = None, limit: Any = None, reached: Collection[str] = ()
+) -> dict[str, Any]:
+    """One package's tools, a page at a time: ``name(args): result — summary`` each, in the SDK's names. A
+    package ``reached`` that offers no tools (no skill saved yet) answers an empty page.
 
     Raises:
         ConduitError: no such package, or a bad offset or limit (INVALID_PARAMS).
@@ -71,6 +74,8 @@ def list_stubs(catalog: Catalog, package_id: Any, offset: Any = None, limit: Any
     offset = _bounded("offset", offset, 0, 0, 1_000_000)
     limit = _bounded("limit", limit, STUBS_PAGE, 1, 100)
     entries = [entry for entry in catalog.tools if entry.upstream == package_id]
+    if not entries and package_id in reached and package_id not in catalog.failures:
+        return {"package": package_id, "tools": []}
     if not entries and package_id not in catalog.failures:
         known = sorted({entry.upstream for entry in catalog.tools} | set(catalog.failures))
         raise InvalidParamsError(f"unknown package {package_id!r} (known: {', '.join(known) or 'none'})")

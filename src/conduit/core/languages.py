@@ -165,15 +165,15 @@ _TS_DESCRIPTION: Final = (
 )
 
 _ISOLATE_DESCRIPTION: Final = (
-    "Run plain JavaScript in a fresh V8 isolate: the fastest start; ECMAScript built-ins only. "
-    "Same `tools` as conduit__mcp_execute_typescript."
+    "Run plain JavaScript in a fresh V8 isolate: fastest start, ECMAScript built-ins only. Arguments and `tools` "
+    "as for TypeScript."
 )
 
 _PYTHON_DESCRIPTION: Final = (
-    "Run Python in a fresh, sealed sandbox: Monty, a fast subset, when the program fits, else Pyodide "
-    "(CPython 3.14). "
-    + _CALLS.format(args="arg=...", throw="raise `ToolError` (`.code`)")
-    + " The last expression's value becomes `result`."
+    "Run Python in a fresh, sealed sandbox: Monty (a fast subset) when the program fits, else Pyodide "
+    "(CPython 3.14). Arguments (besides `engine`) and tools as for TypeScript, called "
+    "`await tools.<package>.<tool>(arg=...)`; failures raise `ToolError` (`.code`). The last expression's value "
+    "becomes `result`."
 )
 
 LANGUAGES: Final = (

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from conduit.catalog import ToolId
 from conduit.config.schema import PYTHON_ENGINES, Limits, PythonEngine
-from conduit.core.languages import Language
+from conduit.core.languages import LANGUAGES, Language
 from conduit.errors import ConduitError, InvalidParamsError, UnknownToolError
 from conduit.security.allowlist import Allowlist, AllowlistError
 
@@ -26,7 +26,7 @@ ENGINE: Final = "engine"
 
 
 def input_schema(language: Language) -> dict[str, Any]:
-    """The JSON Schema of ``language``'s execution tool, as listed to clients: what
+    """The JSON Schema of the arguments ``language``'s execution tool takes: what
     :meth:`ExecutionRequest.from_arguments` accepts (it names whatever is wrong)."""
     properties: dict[str, Any] = {
         "code": {"type": "string"},
@@ -35,8 +35,20 @@ def input_schema(language: Language) -> dict[str, Any]:
         "background": {"type": "boolean"},
     }
     if language.engines:
-        properties[ENGINE] = {"type": "string", "enum": list(PYTHON_ENGINES)}
+        properties[ENGINE] = {"enum": list(PYTHON_ENGINES)}
     return {"type": "object", "properties": properties, "required": ["code"]}
+
+
+def listed_schema(language: Language) -> dict[str, Any]:
+    """The execution tool's input schema as listed to clients. The first tool listed (TypeScript's) spells out
+    every argument; the others list theirs only (their descriptions say the rest are as for TypeScript), so
+    that the code-mode surface stays within its budget (bench/surface.py)."""
+    schema = input_schema(language)
+    if language is LANGUAGES[0]:
+        return schema
+    shared = input_schema(LANGUAGES[0])["properties"]
+    own = {name: value for name, value in schema["properties"].items() if name == "code" or name not in shared}
+    return {**schema, "properties": own}
 
 
 class ExecutionRequest(BaseModel):

@@ -112,8 +112,9 @@ class StateDatabase:
     def __init__(self, url: URL, sealer: Sealer) -> None:
         self.url = url
         self.sealer = sealer
-        self.name = url.render_as_string(hide_password=True).replace("+aiosqlite", "").replace("+asyncpg", "")
-        """How messages name the store (no password)."""
+        plain = URL.create(url.get_backend_name(), host=url.host, port=url.port, database=url.database)
+        self.name = plain.render_as_string()
+        """How messages name the store (no user, no password)."""
         self._engine: AsyncEngine | None = None
         self._ready = False
         self._lock = anyio.Lock()
@@ -187,7 +188,7 @@ class StateDatabase:
     def unavailable(self, exc: BaseException) -> StateUnavailableError:
         text = str(getattr(exc, "orig", None) or exc).strip()
         reason = text.splitlines()[0] if text else type(exc).__name__
-        return StateUnavailableError(f"the state store {self.name} is unavailable ({reason})")
+        return StateUnavailableError(f"the state store (state.url: {self.name}) is unavailable: {reason}")
 
     def _make_engine(self) -> AsyncEngine:
         if self.is_sqlite:

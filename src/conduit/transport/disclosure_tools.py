@@ -71,14 +71,14 @@ async def call(gateway: Gateway, name: str, arguments: Mapping[str, Any], caller
     allowlist = caller.reach
     catalog = await gateway.visible_catalog(allowlist, caller)
     short = name.removeprefix(_PREFIX)
+    transports: dict[str, str] = {uid: up.config.type for uid, up in gateway.registry.connections.items()}
+    transports.update(dict.fromkeys(gateway.packages, "conduit"))
+    reached = {uid: transport for uid, transport in transports.items() if allowlist.reaches(uid)}
     if short == "mcp_list_tool_packages":
-        transports: dict[str, str] = {uid: up.config.type for uid, up in gateway.registry.connections.items()}
-        transports.update(dict.fromkeys(gateway.packages, "conduit"))
-        reached = {uid: transport for uid, transport in transports.items() if allowlist.reaches(uid)}
         return {"packages": disclosure.list_packages(catalog, reached)}
     if short == "mcp_list_tool_stubs":
         return disclosure.list_stubs(
-            catalog, arguments.get("packageId"), arguments.get("offset"), arguments.get("limit")
+            catalog, arguments.get("packageId"), arguments.get("offset"), arguments.get("limit"), reached
         )
     if short == "mcp_read_tool_schema":
         return disclosure.read_schema(catalog, arguments.get("toolId"), arguments.get("format"))

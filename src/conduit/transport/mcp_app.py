@@ -28,7 +28,7 @@ from conduit.auth.http import caller_of
 from conduit.catalog import CONDUIT_PREFIX, ToolEntry
 from conduit.core.gateway import Gateway
 from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES, Language
-from conduit.core.requests import ExecutionRequest, ToolCall, input_schema, read_call
+from conduit.core.requests import ExecutionRequest, ToolCall, listed_schema, read_call
 from conduit.core.runs import Run
 from conduit.core.sessions import Session
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
@@ -46,7 +46,7 @@ NO_WORK_TOOLS: Final = frozenset({*disclosure_tools.TOOLS, *run_tools.TOOLS})
 
 def _conduit_tools() -> list[types.Tool]:
     return [
-        types.Tool(name=language.tool, description=language.description, input_schema=input_schema(language))
+        types.Tool(name=language.tool, description=language.description, input_schema=listed_schema(language))
         for language in LANGUAGES
     ]
 
