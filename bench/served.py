@@ -76,13 +76,14 @@ class Served:
     pid: int
 
 
-def config_file(directory: Path, stateless: bool = False) -> Path:
+def config_file(directory: Path, stateless: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
     path = directory / "bench.yaml"
     document = {
         "upstreams": [{"id": "toolbox", "command": sys.executable, "args": [str(TOOLBOX)]}],
         "opsPort": 0,
         "rateLimit": "",
         "http": {"stateless": stateless},
+        **(extra or {}),
     }
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
@@ -99,11 +100,11 @@ def _server_pid() -> int:
 
 
 @asynccontextmanager
-async def served(transport: str, mode: str = "auto") -> AsyncIterator[Served]:
+async def served(transport: str, mode: str = "auto", extra: Mapping[str, Any] | None = None) -> AsyncIterator[Served]:
     """``conduit serve`` over ``transport`` (``stdio``, ``http``, or ``http-stateless``: without MCP sessions,
-    as replicas behind a balancer serve) with the toolbox upstream."""
+    as replicas behind a balancer serve) with the toolbox upstream (and ``extra`` config keys)."""
     with tempfile.TemporaryDirectory() as directory:
-        config = config_file(Path(directory), stateless=transport == "http-stateless")
+        config = config_file(Path(directory), stateless=transport == "http-stateless", extra=extra)
         env = {**os.environ, "IPC_BEARER_TOKEN": TOKEN}
         log = Path(directory) / "conduit.log"
         if transport == "stdio":

@@ -9,11 +9,12 @@ and lets the bridge serve it. Nothing here runs a request; the gateway builds no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,13 @@ from conduit.config.schema import Config
 from conduit.core.approvals import Approvals
 from conduit.core.gateway import Gateway
 from conduit.core.languages import LANGUAGES, RuntimeParts
+from conduit.core.packages import Package
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.runs import BOOT, Runs
 from conduit.core.sessions import SessionRegistry
 from conduit.errors import StateUnavailableError
 from conduit.observability.metrics import Metrics
 from conduit.observability.tracing import Tracing, traces_endpoint
-from conduit.packages import Package
 from conduit.packages.skills import SkillsPackage, load_curated
 from conduit.packages.workspace import WorkspacePackage
 from conduit.sandbox.base import BridgeAddress, Runtime
@@ -123,7 +124,7 @@ async def open_gateway(
                     shared=shared,
                     packages=packages,
                 )
-                gateway.metrics.watch(gateway.live_state())
+                gateway.metrics.watch(dataclasses.replace(gateway.live_state(), workspace_bytes=_usage(packages)))
                 bridge.serve(tg, gateway)
                 yield gateway
             finally:
@@ -206,6 +207,12 @@ async def _packages(config: Config, base_dir: Path, state: StateDatabase | None)
         await skills.check_curated()
         packages.append(skills)
     return packages
+
+
+def _usage(packages: Sequence[Package]) -> Callable[[], dict[str, int]]:
+    """The ``conduit_workspace_bytes`` gauge's reader: each principal's bytes, as the workspace last saw them."""
+    stores = [package.store for package in packages if isinstance(package, WorkspacePackage)]
+    return lambda: {principal: usage.bytes for store in stores for principal, usage in store.totals.items()}
 
 
 async def _upkeep(packages: Sequence[Package], every_s: float = UPKEEP_S) -> None:

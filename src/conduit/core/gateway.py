@@ -34,6 +34,7 @@ from conduit.core.approvals import Approvals, Asker
 from conduit.core.health import health_report
 from conduit.core.hints import explain_missing_tool, unmatched_patterns
 from conduit.core.languages import BY_NAME, LANGUAGES, Engine, Language
+from conduit.core.packages import Package, value_result, with_args
 from conduit.core.ratelimit import RateLimiter
 from conduit.core.requests import ExecutionRequest, RefusedCall, ToolCall, parse_allowlist, read_call
 from conduit.core.runs import Run, Runs
@@ -53,11 +54,6 @@ from conduit.errors import (
 from conduit.observability.context import ENDED_BY, EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
-from conduit.packages import Package, value_result
-from conduit.packages.skill_definition import with_args
-from conduit.packages.skills import SkillsPackage
-from conduit.packages.workspace import ID as WORKSPACE
-from conduit.packages.workspace import WorkspacePackage
 from conduit.sandbox.base import BridgeEndpoint, Job, RunOutcome, Runtime
 from conduit.sandbox.host.program import position_fixer, with_program_positions
 from conduit.sandbox.protocol import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM
@@ -137,8 +133,7 @@ class Gateway:
         self.packages: dict[str, Package] = {package.id: package for package in packages}
         """Conduit's own packages (workspace, skills), served beside the upstreams."""
         for package in packages:
-            if isinstance(package, SkillsPackage):
-                package.bind(self)
+            package.bind(self)
         self.limits = config.resource_limits
         self.admission = Admission(config.max_concurrent, config.max_queue)
         self._shares: dict[str, Admission] = {}
@@ -161,14 +156,7 @@ class Gateway:
             pooled=lambda: {name: runtime.status().pooled for name, runtime in runtimes.items()},
             pooled_memory=lambda: {name: runtime.status().pooled_memory_bytes for name, runtime in runtimes.items()},
             upstreams=lambda: {cid: conn.connected for cid, conn in self.registry.connections.items()},
-            workspace_bytes=self._workspace_bytes,
         )
-
-    def _workspace_bytes(self) -> dict[str, int]:
-        workspace = self.packages.get(WORKSPACE)
-        if not isinstance(workspace, WorkspacePackage):
-            return {}
-        return {principal: usage.bytes for principal, usage in workspace.store.totals.items()}
 
     # -- executions -------------------------------------------------------------------------------------
 

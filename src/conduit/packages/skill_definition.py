@@ -17,7 +17,6 @@ Its language is the file's extension's (``.ts``, ``.js``, ``.py``) unless the he
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import tempfile
@@ -31,6 +30,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 
 from conduit.core.languages import BY_ALIAS, BY_EXTENSION, Language
+from conduit.core.packages import parse_python
 from conduit.errors import InvalidParamsError
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.state.skills import SkillDefinition
@@ -112,7 +112,7 @@ async def check_code(definition: SkillDefinition, deno: str) -> None:
     """
     if definition.language == "python":
         try:
-            _parse_python(definition.code)
+            parse_python(definition.code)
         except SyntaxError as exc:
             raise InvalidParamsError(
                 f"skill {definition.name!r} does not parse as Python: {exc.msg} (line {exc.lineno})"
@@ -138,13 +138,6 @@ async def check_code(definition: SkillDefinition, deno: str) -> None:
             f"skill {definition.name!r} does not parse as {extension == 'ts' and 'TypeScript' or 'JavaScript'}: "
             f"{message.removeprefix('error: ')}{position}"
         )
-
-
-def _parse_python(code: str) -> None:
-    """Raises:
-    SyntaxError: ``code`` is not Python (top-level ``await`` allowed, as in programs).
-    """
-    compile(code, "skill.py", "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
 
 
 def read_skill_file(path: Path) -> SkillDefinition:
@@ -186,30 +179,3 @@ def skill_file(definition: SkillDefinition) -> str:
     }
     front = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=120)
     return f"---\n{front}---\n{definition.code}"
-
-
-def with_args(definition: SkillDefinition, args: Mapping[str, Any]) -> str:
-    """The skill's code with its input bound to ``args``, without moving its lines where the language allows:
-    a statement before the first line in TypeScript and JavaScript (and in Python when the first line is a
-    simple statement), else a line of its own.
-
-    >>> with_args(SkillDefinition("s", "d", "python", "x = args['a']\\nx"), {"a": 1})
-    "args = {'a': 1}; x = args['a']\\nx"
-    """
-    import json
-
-    if definition.language != "python":
-        literal = json.dumps(json.dumps(dict(args), separators=(",", ":")))
-        return f"const args = Object.freeze(JSON.parse({literal})); {definition.code}"
-    bound = f"args = {_python_literal(args)}"
-    joined = f"{bound}; {definition.code}"
-    try:
-        _parse_python(joined)
-    except SyntaxError:
-        return f"{bound}\n{definition.code}"
-    return joined
-
-
-def _python_literal(value: Any) -> str:
-    """A JSON value as a Python literal (JSON's values are all Python literals as ``repr`` writes them)."""
-    return repr(value)

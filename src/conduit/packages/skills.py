@@ -3,9 +3,9 @@
 
 A caller finds the curated skills (``skills.dir``, the same for everyone, read-only) and its own saved ones
 (:mod:`conduit.state.skills`; invisible to every other principal); its own may not take a curated one's
-name. A call runs the skill's code in a fresh sandbox of its language, as the caller, through the host
-that serves the package (:class:`SkillHost`, the gateway): what it may reach, how long it may run and who
-approves its calls are the caller's, narrowed, never widened.
+name. A call runs the skill's code in a fresh sandbox of its language, as the caller, through the host that
+serves the package (:class:`~conduit.core.packages.PackageHost`, the gateway): what it may reach, how long
+it may run and who approves its calls are the caller's, narrowed, never widened.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import mcp_types as types
 from pydantic import JsonValue
 
 from conduit.catalog import ToolEntry
+from conduit.core.packages import PackageHost, package_entry
 from conduit.core.sessions import Session
 from conduit.errors import ConfigError, InvalidParamsError, UnknownToolError
-from conduit.packages import entry
 from conduit.packages.skill_definition import check_code, read_skill_file
 from conduit.security.callers import Caller
 from conduit.state.skills import KEPT_VERSIONS, Skill, SkillDefinition, SkillStore
@@ -34,15 +34,6 @@ CURATED: Final = "curated"
 ANY_RESULT: Final = {"description": "Whatever the skill returns."}
 """The output schema of a skill that declares none: programs still get its value (never a CallToolResult)."""
 LANGUAGE_TITLES: Final = {"typescript": "TypeScript", "python": "Python", "isolate": "JavaScript"}
-
-
-class SkillHost(Protocol):
-    """Who runs a skill: the gateway, as the calling session's caller."""
-
-    async def run_skill(
-        self, session: Session, skill: Skill, arguments: Mapping[str, JsonValue]
-    ) -> types.CallToolResult:
-        """Run ``skill`` with ``arguments`` (checked against its input schema already) for ``session``."""
 
 
 def skill_tool(skill: Skill) -> types.Tool:
@@ -89,10 +80,10 @@ class SkillsPackage:
         self.store = store
         self.curated = dict(curated)
         self.deno = deno
-        self.host: SkillHost | None = None
+        self.host: PackageHost | None = None
         """Bound by the gateway that serves the package (:meth:`bind`)."""
 
-    def bind(self, host: SkillHost) -> None:
+    def bind(self, host: PackageHost) -> None:
         self.host = host
 
     async def check_curated(self) -> None:
@@ -110,7 +101,7 @@ class SkillsPackage:
     async def entries(self, caller: Caller) -> list[ToolEntry]:
         own = [skill for skill in await self.store.latest(caller.id) if skill.name not in self.curated]
         return [
-            entry(ID, skill_tool(skill), revision=f"{skill.owner}:{skill.version}")
+            package_entry(ID, skill_tool(skill), revision=f"{skill.owner}:{skill.version}")
             for skill in [*self.curated.values(), *own]
         ]
 

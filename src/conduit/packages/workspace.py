@@ -17,9 +17,9 @@ from pydantic import JsonValue
 
 from conduit.catalog import ToolEntry
 from conduit.config.schema import WorkspaceConfig
+from conduit.core.packages import PackageHost, package_entry, value_result
 from conduit.core.sessions import Session
 from conduit.errors import InvalidParamsError, WorkspaceLimitError
-from conduit.packages import entry, value_result
 from conduit.security.callers import Caller
 from conduit.state.workspace import WorkspaceStore
 
@@ -143,7 +143,10 @@ class WorkspacePackage:
     def __init__(self, store: WorkspaceStore, limits: WorkspaceConfig) -> None:
         self.store = store
         self.limits = limits
-        self._entries = [entry(ID, tool) for tool in TOOLS]
+        self._entries = [package_entry(ID, tool) for tool in TOOLS]
+
+    def bind(self, host: PackageHost) -> None:
+        """The workspace asks nothing of its gateway."""
 
     async def entries(self, caller: Caller) -> list[ToolEntry]:
         return self._entries

@@ -30,6 +30,7 @@ from conduit.config.schema import Config
 from conduit.errors import ConfigError, StateUnavailableError
 
 logger = logging.getLogger(__name__)
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-connection chatter; migrations are logged here
 
 DEFAULT_FILE: Final = "conduit-state.db"
 KEY_FILE: Final = "conduit-state.key"
@@ -237,10 +238,15 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 
 async def migrate(connection: AsyncConnection, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (the newest by default), replicas one at a time."""
+    """Bring the schema to ``revision`` (the newest by default), replicas one at a time; a migration that
+    runs is logged."""
     if connection.dialect.name == "postgresql":
         await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+    before = await revision_of(connection)
     await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), revision))
+    after = await revision_of(connection)
+    if after != before:
+        logger.info("state store migrated from %s to %s", before or "empty", after)
 
 
 async def revision_of(connection: AsyncConnection) -> str | None:

@@ -23,7 +23,7 @@ KEPT_VERSIONS: Final = 10
 
 @dataclass(frozen=True)
 class SkillDefinition:
-    """What a skill is, whoever keeps it: checked by :func:`conduit.packages.skill_definition.checked`."""
+    """What a skill is, whoever keeps it: checked by :func:`conduit.packages.skill_definition.definition_from`."""
 
     name: str
     description: str

@@ -15,8 +15,8 @@ from typing import Any, Final
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from conduit.core.packages import value_result
 from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError
-from conduit.packages import value_result
 from conduit.sandbox.base import ProgramFailure, execution_result
 
 
