@@ -58,9 +58,11 @@ def test_the_configmaps_conduit_yaml_is_a_valid_cluster_config(tmp_path: Path) -
         "CONDUIT_REDIS_URL": "redis://conduit-redis:6379/0",
         "CONDUIT_CLUSTER_KEY": new_key(),
         "CONDUIT_STORE_KEY": new_key(),
+        "CONDUIT_STATE_URL": "postgresql://conduit:pw@conduit-postgres:5432/conduit",
     }
     config = load_config(str(path), env, tmp_path).config
     assert config.cluster.redis_url is not None and config.stateless_http
+    assert config.keeps_state and not config.state.is_sqlite  # replicas share one PostgreSQL
     deployment = next(
         doc for doc in documents() if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "conduit"
     )
