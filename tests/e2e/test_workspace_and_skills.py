@@ -70,6 +70,7 @@ async def setup(
             "resourceLimits": {"timeoutMs": 20_000},
             "workspace": {"quotaBytes": 4096, "maxFiles": 20, "maxFileBytes": 2048},
             "skills": {"dir": "curated"},
+            "approvals": [{"tools": ["workspace.delete"], "principals": ["bob"]}],
             "auth": {
                 "principals": [
                     {"id": "alice", "apiKey": ALICE},
@@ -197,6 +198,18 @@ async def test_the_workspace_is_under_allowlists_like_any_package(setup: Setup) 
         assert asked["result"] == "undefined"
         found = await alice.call_tool("conduit__mcp_search_tools", {"query": "workspace file read"})
         assert "workspace.read" in json.dumps(found.structured_content)
+
+
+async def test_approval_rules_cover_the_workspace_like_any_tool(setup: Setup) -> None:
+    code = (
+        'await tools.workspace.write({ path: "keep.md", text: "kept" });\n'
+        'const refused = await tools.workspace.delete({ path: "keep.md" }).catch((e) => e.code);\n'
+        'return [refused, (await tools.workspace.read({ path: "keep.md" })).text];'
+    )
+    async with setup.client(BOB) as bob:  # bob's deletes wait for a person; his client cannot be asked
+        assert (await run(bob, "ts", code))["result"] == [-32015, "kept"]
+        direct = await bob.call_tool("workspace__delete", {"path": "keep.md"})
+        assert direct.is_error and (direct.meta or {}).get("conduit/errorCode") == -32015
 
 
 async def test_the_workspace_tools_are_direct_mcp_tools_too(setup: Setup) -> None:

@@ -91,6 +91,8 @@ class Plan:
     can reach once it runs (:func:`~conduit.core.hints.unmatched_patterns`)."""
     skills: tuple[str, ...] = ()
     """A skill's run: the skills it runs inside, outermost first, its own name last (empty: an execution)."""
+    within_run: bool = False
+    """A skill's run called by a running program: it runs in that run's slots (a direct call takes its own)."""
 
 
 BridgeMethod = Callable[[Session, Mapping[str, JsonValue]], Awaitable[JsonValue]]
@@ -260,7 +262,7 @@ class Gateway:
             plan.caller,
         )
         execution_id = execution_id or uuid.uuid4().hex
-        token = EXECUTION_ID.set(execution_id) if not plan.skills else None
+        token = EXECUTION_ID.set(execution_id) if not plan.within_run else None
         started = time.perf_counter()
         outcome_label = "internal_error"
         metric = language.name
@@ -406,9 +408,9 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _slot(self, plan: Plan) -> AsyncIterator[None]:
-        """The slots a plan runs in: its caller's share and the server's; none for a skill's run, which runs
-        inside its caller's run, in that run's slots (waiting for its own could wait for itself)."""
-        if plan.skills:
+        """The slots a plan runs in: its caller's share and the server's; none for a skill's run called by a
+        program, which runs inside that program's run, in its slots (waiting for its own could wait for itself)."""
+        if plan.within_run:
             yield
             return
         async with self._share(plan.caller), self.admission.slot():
@@ -604,7 +606,8 @@ class Gateway:
             allowlist = allowlist.narrowed(Allowlist.parse(definition.allowed_tools))
         language = BY_NAME[definition.language]
         engine: PythonEngine | None = self.config.python_engine if language.engines else None
-        plan = Plan(language, with_args(definition, arguments), limits, allowlist, engine, caller, skills=chain)
+        code = with_args(definition, arguments)
+        plan = Plan(language, code, limits, allowlist, engine, caller, skills=chain, within_run=session.is_program)
         prefix = f"[{definition.name}] "
         outcome = await self.run(plan, asker=session.asker)
         lines = [f"{prefix}{line}\n" for text in (outcome.stdout, outcome.stderr) for line in text.splitlines()]
