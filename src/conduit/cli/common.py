@@ -6,14 +6,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from conduit.config.loader import DEFAULT_FILENAMES, LoadedConfig, load_config
 from conduit.config.schema import Config
-from conduit.errors import ConfigError
+from conduit.errors import ConduitError, ConfigError
 from conduit.observability.logging import configure_logging
 from conduit.state.database import StateDatabase
 
@@ -39,6 +41,42 @@ def principal_of(loaded: LoadedConfig, principal: str) -> str:
             f"--principal {principal!r} is no caller here (a principal's id, oauth:<claim>, master, local)"
         )
     return principal
+
+
+Operand = tuple[str, str | None, str]
+"""A positional argument of an action: its name, its ``nargs`` (None: exactly one) and its metavar."""
+
+
+def add_state_actions(
+    parser: argparse.ArgumentParser,
+    actions: Iterable[tuple[str, str, Iterable[Operand]]],
+    act: Callable[[LoadedConfig, str, argparse.Namespace], Awaitable[int]],
+) -> dict[str, argparse.ArgumentParser]:
+    """The actions of a command on a principal's state (``conduit workspace ls ...``), each with its operands,
+    ``--principal`` and ``--config``; ``act`` does one (see :func:`run_state_action`)."""
+    subparsers = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    made = {}
+    for name, help_text, operands in actions:
+        action = made[name] = subparsers.add_parser(name, help=help_text, description=help_text)
+        for dest, nargs, metavar in operands:
+            action.add_argument(dest, nargs=nargs, metavar=metavar)
+        add_principal_option(action)
+        add_config_option(action)
+    parser.set_defaults(handler=lambda args: run_state_action(args, act))
+    return made
+
+
+def run_state_action(
+    args: argparse.Namespace, act: Callable[[LoadedConfig, str, argparse.Namespace], Awaitable[int]]
+) -> int:
+    """Run ``act`` for the config and ``--principal`` of ``args``; a Conduit error is one line and exit 1."""
+    loaded = load(args)
+    principal = principal_of(loaded, args.principal)
+    try:
+        return anyio.run(act, loaded, principal, args)
+    except ConduitError as exc:
+        print(f"conduit: {exc.message}", file=sys.stderr)
+        return 1
 
 
 @asynccontextmanager

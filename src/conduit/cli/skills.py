@@ -8,11 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from conduit.cli.common import add_config_option, add_principal_option, load, open_state, principal_of
+from conduit.cli.common import add_state_actions, open_state
 from conduit.config.loader import LoadedConfig
-from conduit.errors import ConduitError
 from conduit.packages.skill_definition import read_skill_file, skill_file
 from conduit.packages.skills import CURATED, SkillsPackage, load_curated
 from conduit.sandbox.deno.runtime import find_deno
@@ -39,31 +36,17 @@ def add_parser(commands: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, help_text, operand in (
-        ("save", "save a skill file (a new version each time)", ("target", "FILE")),
-        ("ls", "list the principal's skills and the curated ones", None),
-        ("show", "print a skill as a skill file", ("target", "NAME")),
-        ("rm", "remove every version of a skill", ("target", "NAME")),
-    ):
-        action = actions.add_parser(name, help=help_text, description=help_text)
-        if operand is not None:
-            action.add_argument(operand[0], metavar=operand[1])
-        if name == "show":
-            action.add_argument("--version", type=int, metavar="N", help="this version (default: the newest)")
-        add_principal_option(action)
-        add_config_option(action)
-    parser.set_defaults(handler=skills)
-
-
-def skills(args: argparse.Namespace) -> int:
-    loaded = load(args)
-    principal = principal_of(loaded, args.principal)
-    try:
-        return anyio.run(_act, loaded, principal, args)
-    except ConduitError as exc:
-        print(f"conduit: {exc.message}", file=sys.stderr)
-        return 1
+    made = add_state_actions(
+        parser,
+        [
+            ("save", "save a skill file (a new version each time)", [("target", None, "FILE")]),
+            ("ls", "list the principal's skills and the curated ones", []),
+            ("show", "print a skill as a skill file", [("target", None, "NAME")]),
+            ("rm", "remove every version of a skill", [("target", None, "NAME")]),
+        ],
+        _act,
+    )
+    made["show"].add_argument("--version", type=int, metavar="N", help="this version (default: the newest)")
 
 
 async def _act(loaded: LoadedConfig, principal: str, args: argparse.Namespace) -> int:

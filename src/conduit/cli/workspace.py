@@ -10,9 +10,8 @@ from typing import Any
 
 import anyio
 
-from conduit.cli.common import add_config_option, add_principal_option, load, open_state, principal_of
+from conduit.cli.common import add_state_actions, open_state
 from conduit.config.loader import LoadedConfig
-from conduit.errors import ConduitError
 from conduit.state.workspace import WorkspaceStore
 
 EPILOG = """\
@@ -32,29 +31,16 @@ def add_parser(commands: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, help_text, operands in (
-        ("ls", "list the files (under PREFIX)", [("prefix", "?", "PREFIX")]),
-        ("get", "print a file's content", [("path", None, "PATH")]),
-        ("put", "write FILE ('-': standard input) as PATH", [("path", None, "PATH"), ("source", None, "FILE")]),
-        ("rm", "delete a file", [("path", None, "PATH")]),
-    ):
-        action = actions.add_parser(name, help=help_text, description=help_text)
-        for dest, nargs, metavar in operands:
-            action.add_argument(dest, nargs=nargs, metavar=metavar)
-        add_principal_option(action)
-        add_config_option(action)
-    parser.set_defaults(handler=workspace)
-
-
-def workspace(args: argparse.Namespace) -> int:
-    loaded = load(args)
-    principal = principal_of(loaded, args.principal)
-    try:
-        return anyio.run(_act, loaded, principal, args)
-    except ConduitError as exc:
-        print(f"conduit: {exc.message}", file=sys.stderr)
-        return 1
+    add_state_actions(
+        parser,
+        [
+            ("ls", "list the files (under PREFIX)", [("prefix", "?", "PREFIX")]),
+            ("get", "print a file's content", [("path", None, "PATH")]),
+            ("put", "write FILE ('-': standard input) as PATH", [("path", None, "PATH"), ("source", None, "FILE")]),
+            ("rm", "delete a file", [("path", None, "PATH")]),
+        ],
+        _act,
+    )
 
 
 async def _act(loaded: LoadedConfig, principal: str, args: argparse.Namespace) -> int:

@@ -37,6 +37,14 @@ _FILE: Final[dict[str, Any]] = {
 }
 
 
+_PATH_ONLY: Final = {
+    "type": "object",
+    "properties": {"path": _PATH},
+    "required": ["path"],
+    "additionalProperties": False,
+}
+
+
 def _annotations(*, read_only: bool, destructive: bool = False) -> types.ToolAnnotations:
     return types.ToolAnnotations(
         read_only_hint=read_only, destructive_hint=destructive, idempotent_hint=True, open_world_hint=False
@@ -62,12 +70,7 @@ TOOLS: Final = (
     types.Tool(
         name="read",
         description="Read a file of your workspace: {text} or {base64}, as it was written (encoding says which).",
-        input_schema={
-            "type": "object",
-            "properties": {"path": _PATH},
-            "required": ["path"],
-            "additionalProperties": False,
-        },
+        input_schema=_PATH_ONLY,
         output_schema={
             "type": "object",
             "properties": {
@@ -94,12 +97,7 @@ TOOLS: Final = (
     types.Tool(
         name="delete",
         description="Delete a file of your workspace; deleted is false when there was none.",
-        input_schema={
-            "type": "object",
-            "properties": {"path": _PATH},
-            "required": ["path"],
-            "additionalProperties": False,
-        },
+        input_schema=_PATH_ONLY,
         output_schema={
             "type": "object",
             "properties": {"path": {"type": "string"}, "deleted": {"type": "boolean"}},
