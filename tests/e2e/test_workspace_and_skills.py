@@ -358,6 +358,7 @@ async def test_operators_see_usage_and_manage_workspaces_and_skills_from_the_com
 
     async with setup.client(ALICE) as alice:
         await run(alice, "ts", 'await tools.workspace.write({ path: "ops/seen.txt", text: "12345" });')
+        await save(alice, name="ops_seen", description="Seen by operators.", language="python", code="x = 2\nx * 3")
     samples = await scrape(setup.server)
     assert samples[("conduit_workspace_bytes", (("principal", "alice"),))] >= 5
 
@@ -375,6 +376,13 @@ async def test_operators_see_usage_and_manage_workspaces_and_skills_from_the_com
     await conduit("workspace", "rm", "--principal", "bob", "from-ops.txt")
     assert "from-ops.txt" not in await conduit("workspace", "ls", "--principal", "bob")
     listing = await conduit("skills", "ls", "--principal", "alice")
-    assert "add_twice" in listing and "shout" in listing
-    shown = await conduit("skills", "show", "--principal", "alice", "add_twice")
-    assert shown.startswith("---\nname: add_twice\n") and "* 3" in shown
+    assert "ops_seen" in listing and "shout" in listing
+    shown = await conduit("skills", "show", "--principal", "alice", "ops_seen")
+    assert shown.startswith("---\nname: ops_seen\n") and shown.endswith("---\nx = 2\nx * 3\n")
+    skill_file = setup.config.parent / "tripled.py"
+    skill_file.write_text("---\nname: tripled\ndescription: Three times n.\n---\nargs['n'] * 3\n")
+    await conduit("skills", "save", "--principal", "bob", str(skill_file))
+    async with setup.client(BOB) as bob:
+        assert (await run(bob, "ts", "return await tools.skills.tripled({ n: 5 });"))["result"] == 15
+    await conduit("skills", "rm", "--principal", "bob", "tripled")
+    assert "tripled" not in await conduit("skills", "ls", "--principal", "bob")
