@@ -343,3 +343,51 @@ def test_approval_rules_may_name_every_kind_of_caller(tmp_path: Path) -> None:
     }
     (tmp_path / "conduit.json").write_text(json.dumps(document))
     assert load_config(None, {}, tmp_path).config.approvals[0].principals == ["alice", "master", "local", "oauth:dora"]
+
+
+CLUSTER = {"redisUrl": "redis://127.0.0.1:1/0", "key": "x4Zb0pW0Yq2bHnKkF9a3cJ8m5vS7tR1uE6iO2lD4gQw="}
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (
+            {"upstreams": [{"id": "workspace", "command": "x"}]},
+            r"upstreams\[0\]: upstream id 'workspace' is Conduit's own package",
+        ),
+        ({"upstreams": [{"id": "skills", "command": "x"}]}, "'skills' is Conduit's own package"),
+        ({"cluster": CLUSTER}, "cluster mode keeps workspaces and skills in a database every replica reaches"),
+        ({"cluster": CLUSTER, "state": {"url": "sqlite:///shared.db"}}, "set state.url to a postgresql:// URL"),
+        ({"state": {"url": "mysql://db/conduit"}}, "state.url.*must start with sqlite:/// or postgresql://"),
+        ({"workspace": {"quotaBytes": 0}}, "workspace.quotaBytes"),
+        ({"workspace": {"ttlDays": 0}}, "workspace.ttlDays"),
+        ({"skills": {"folder": "x"}}, "skills.folder"),
+    ],
+)
+def test_bad_state_configs_are_refused_with_the_reason(tmp_path: Path, document: dict[str, Any], reason: str) -> None:
+    path = tmp_path / "conduit.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=reason):
+        load_config(str(path), {}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"cluster": CLUSTER, "state": {"url": "postgresql://conduit:pw@db:5432/conduit"}},
+        {"cluster": CLUSTER, "workspace": {"enabled": False}, "skills": {"enabled": False}},
+    ],
+)
+def test_replicas_keep_state_in_postgresql_or_keep_none(tmp_path: Path, document: dict[str, Any]) -> None:
+    path = tmp_path / "conduit.json"
+    path.write_text(json.dumps(document))
+    config = load_config(str(path), {}, tmp_path).config
+    assert config.keeps_state == ("state" in document)
+    assert "pw" in config.secret_values() or "state" not in document  # the password is scrubbed from logs
+
+
+def test_a_run_time_upstream_may_not_take_a_packages_id() -> None:
+    from conduit.config.loader import parse_upstream
+
+    with pytest.raises(ConfigError, match="Conduit's own package"):
+        parse_upstream({"id": "workspace", "command": "x"})

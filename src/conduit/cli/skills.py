@@ -60,8 +60,11 @@ async def _act(loaded: LoadedConfig, principal: str, args: argparse.Namespace) -
             print(f"saved {saved.name} v{saved.version} for {principal}", file=sys.stderr)
         elif args.action == "ls":
             for skill in [*curated.values(), *await package.store.latest(principal)]:
-                whose = CURATED if skill.owner == CURATED else f"v{skill.version}"
-                print(f"{skill.name:<32} {whose:<8} {skill.definition.language:<10} {skill.definition.description}")
+                whose = CURATED
+                if skill.owner != CURATED:
+                    kept = [version for version, _ in await package.store.versions(principal, skill.name)]
+                    whose = f"v{skill.version}" + (f" (v{kept[-1]}-v{kept[0]} kept)" if len(kept) > 1 else "")
+                print(f"{skill.name:<32} {whose:<20} {skill.definition.language:<10} {skill.definition.description}")
         elif args.action == "show":
             found = await package.find(caller, args.target, args.version)
             if found is None:

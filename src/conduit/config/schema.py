@@ -215,6 +215,8 @@ class UpstreamConfig(_Model):
             raise ValueError("'credentials: perPrincipal' needs an HTTP upstream (stdio upstreams take 'env')")
         if "__" in self.id:
             raise ValueError(f"upstream id {self.id!r} must not contain '__' (it separates id and tool name)")
+        if self.id in CONDUIT_PACKAGES:
+            raise ValueError(f"upstream id {self.id!r} is Conduit's own package: choose another id")
         if self.type == "stdio":
             if not self.command:
                 raise ValueError("a 'stdio' upstream needs 'command'")
@@ -685,9 +687,6 @@ class Config(_Model):
     @classmethod
     def _unique_ids(cls, upstreams: list[UpstreamConfig]) -> list[UpstreamConfig]:
         _check_unique("upstream", [upstream.id for upstream in upstreams])
-        for upstream in upstreams:
-            if upstream.id in CONDUIT_PACKAGES:
-                raise ValueError(f"upstream id {upstream.id!r} is Conduit's own package: choose another id")
         return upstreams
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import mcp_types as types
 from pydantic import JsonValue
@@ -24,7 +24,7 @@ from conduit.core.sessions import Session
 from conduit.errors import ConfigError, InvalidParamsError, UnknownToolError
 from conduit.packages.skill_definition import check_code, read_skill_file
 from conduit.security.callers import Caller
-from conduit.state.skills import KEPT_VERSIONS, Skill, SkillDefinition, SkillStore
+from conduit.state.skills import Skill, SkillDefinition, SkillStore
 
 logger = logging.getLogger(__name__)
 
@@ -124,32 +124,6 @@ class SkillsPackage:
             )
         await check_code(definition, self.deno)
         return await self.store.save(caller.id, definition)
-
-    async def describe(self, caller: Caller, name: str) -> dict[str, Any]:
-        """A skill with its code and kept versions (``conduit skills show``).
-
-        Raises:
-            UnknownToolError: ``caller`` has no such skill.
-        """
-        skill = await self.find(caller, name)
-        if skill is None:
-            raise UnknownToolError(f"no skill {name!r}")
-        versions = (
-            [skill.version] if skill.owner == CURATED else [v for v, _ in await self.store.versions(caller.id, name)]
-        )
-        definition = skill.definition
-        return {
-            "name": definition.name,
-            "owner": skill.owner,
-            "version": skill.version,
-            "versions": versions[:KEPT_VERSIONS],
-            "description": definition.description,
-            "language": definition.language,
-            "inputSchema": definition.input_schema,
-            "outputSchema": definition.output_schema,
-            "allowedTools": list(definition.allowed_tools) if definition.allowed_tools is not None else None,
-            "code": definition.code,
-        }
 
     async def call(
         self, session: Session, entry: ToolEntry, arguments: Mapping[str, JsonValue]
