@@ -213,6 +213,8 @@ def test_doctor_reports_each_piece_and_fails_without_pyodide(tmp_path: Path) -> 
     assert ok.returncode == 0, ok.stderr
     for piece in ("deno:", "harness:", "pyodide:", "monty: pydantic-monty", "mini-racer: V8", "config:"):
         assert piece in ok.stdout
+    assert f"ok    state: sqlite:///{tmp_path}/conduit-state.db (made on the first write)" in ok.stdout
+    assert not (tmp_path / "conduit-state.db").exists() and not (tmp_path / "conduit-state.key").exists()
     env = {**os.environ, "PYODIDE_PATH": str(tmp_path / "missing")}
     broken = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert broken.returncode == 1

@@ -11,8 +11,9 @@ from typing import Any, Final
 import anyio
 
 from conduit.cli.common import add_config_option, load
+from conduit.config.loader import LoadedConfig
 from conduit.config.schema import Config
-from conduit.errors import SandboxStartError
+from conduit.errors import ConduitError, SandboxStartError
 from conduit.sandbox.walls import Walls
 
 ENABLE_HINTS: Final = {
@@ -104,6 +105,11 @@ def doctor(args: argparse.Namespace) -> int:
             )
         else:
             report.append(f"ok    cluster: Redis answers; onStoreError {config.cluster.on_store_error}")
+    if config.keeps_state:
+        try:
+            report.append(f"ok    state: {anyio.run(_state_report, loaded)}")
+        except ConduitError as exc:
+            problems.append(f"FAIL  state: {exc.message} (workspaces and skills fail; everything else runs)")
     try:
         walls = anyio.run(probed_walls, config)
     except SandboxStartError:  # no Deno: said above; the walls without the runtimes' uid checks
@@ -123,6 +129,24 @@ def doctor(args: argparse.Namespace) -> int:
     for line in ([] if args.quiet else report) + problems:
         print(line, file=sys.stderr if line.startswith("FAIL") else sys.stdout)
     return 1 if problems else 0
+
+
+async def _state_report(loaded: LoadedConfig) -> str:
+    """Where the state store is and which migration it is at (a SQLite file not made yet is said so).
+
+    Raises:
+        ConduitError: no key to seal it with, or it cannot be reached.
+    """
+    from conduit.state.database import StateDatabase, revision_of
+
+    database = StateDatabase.for_config(loaded.config, loaded.base_dir)
+    try:
+        if not database.exists:
+            return f"{database.name} (made on the first write)"
+        async with database.connect() as connection:
+            return f"{database.name} at migration {await revision_of(connection)}"
+    finally:
+        await database.aclose()
 
 
 def _redis_problem(config: Config) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,10 +43,19 @@ CONNECT_TIMEOUT_S: Final = 5.0
 
 class Sealer:
     """Seals contents at rest (Fernet: AES-128-CBC with HMAC-SHA256): nobody reading the database file or
-    tables sees a file's content or a skill's code."""
+    tables sees a file's content or a skill's code. The key is a configured one, or one kept in a file that
+    is generated on first use (beside a SQLite store)."""
 
-    def __init__(self, key: str) -> None:
-        self._fernet = Fernet(key.encode("ascii"))
+    def __init__(self, key: str | Path) -> None:
+        self._key = key
+        self._made: Fernet | None = None
+
+    @property
+    def _fernet(self) -> Fernet:
+        if self._made is None:
+            key = self._key if isinstance(self._key, str) else _key_file(self._key)
+            self._made = Fernet(key.encode("ascii"))
+        return self._made
 
     def seal(self, content: bytes) -> bytes:
         return self._fernet.encrypt(content)
@@ -79,9 +89,9 @@ def database_url(config: Config, base_dir: Path) -> URL:
     return url.set(drivername="postgresql+asyncpg")
 
 
-def seal_key(config: Config, url: URL) -> str:
-    """The Fernet key contents are sealed with: ``cluster.key``, else ``auth.credentialStore.key``, else a key
-    generated once into a file beside a SQLite database (mode 0600).
+def seal_key(config: Config, url: URL) -> str | Path:
+    """The Fernet key contents are sealed with: ``cluster.key``, else ``auth.credentialStore.key``, else the
+    file beside a SQLite database that keeps a key generated on first use (mode 0600).
 
     Raises:
         ConfigError: PostgreSQL without any configured key (a generated one would differ per replica).
@@ -93,7 +103,12 @@ def seal_key(config: Config, url: URL) -> str:
         raise ConfigError(
             "state.url on PostgreSQL needs a Fernet key to seal contents: set cluster.key or auth.credentialStore.key"
         )
-    path = Path(url.database).with_name(KEY_FILE)
+    return Path(url.database).with_name(KEY_FILE)
+
+
+def _key_file(path: Path) -> str:
+    """The key kept in ``path``, generated into it first if there is none (mode 0600; a race is settled by
+    whoever creates the file)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         key = Fernet.generate_key()
@@ -104,7 +119,12 @@ def seal_key(config: Config, url: URL) -> str:
         else:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(key)
-    return path.read_text(encoding="ascii").strip()
+    for _ in range(100):  # a file another process has just made may not hold its key yet
+        key_text = path.read_text(encoding="ascii").strip()
+        if key_text:
+            return key_text
+        time.sleep(0.01)
+    raise ConfigError(f"{path} holds no key: remove it to have one generated (the store's contents need the old one)")
 
 
 class StateDatabase:
