@@ -305,6 +305,23 @@ async def test_a_skill_never_widens_its_callers_allowlist_nor_lifts_its_limits(s
         assert answer["result"] == [-32005, -32008], answer
 
 
+async def test_a_skill_spends_its_callers_budget_of_tool_calls(setup: Setup) -> None:
+    loop = (
+        "let made = 0;\nfor (let i = 0; i < 10; i++) {\n"
+        "  try { await tools.toolbox.echo({ text: 'x' }); made++; }\n"
+        "  catch (e) { if (e.code !== -32017) throw e; }\n}\nreturn made;"
+    )
+    caller = (
+        "const made = await tools.skills.ten_echoes({});\n"
+        "const after = await tools.toolbox.echo({ text: 'y' }).then(() => 'made', (e) => e.code);\n"
+        "return [made, after];"
+    )
+    async with setup.client(ALICE) as alice:
+        await save(alice, name="ten_echoes", description="Ten echoes.", language="typescript", code=loop)
+        answer = await run(alice, "ts", caller, limits={"maxToolCalls": 5})
+    assert answer["result"] == [4, -32017], answer  # 1 for the skill's call, 4 of its own: the run's 5
+
+
 async def test_skills_nest_three_deep_and_no_deeper_and_never_in_a_cycle(setup: Setup) -> None:
     async with setup.client(ALICE) as alice:
         for name, calls in (("level3", None), ("level2", "level3"), ("level1", "level2"), ("level0", "level1")):

@@ -91,8 +91,9 @@ class Plan:
     can reach once it runs (:func:`~conduit.core.hints.unmatched_patterns`)."""
     skills: tuple[str, ...] = ()
     """A skill's run: the skills it runs inside, outermost first, its own name last (empty: an execution)."""
-    within_run: bool = False
-    """A skill's run called by a running program: it runs in that run's slots (a direct call takes its own)."""
+    within: Session | None = None
+    """A skill's run called by a running program: that program's session (the skill runs in its slots and
+    spends its budget of tool calls; a skill called directly over MCP takes its own)."""
 
 
 BridgeMethod = Callable[[Session, Mapping[str, JsonValue]], Awaitable[JsonValue]]
@@ -262,7 +263,7 @@ class Gateway:
             plan.caller,
         )
         execution_id = execution_id or uuid.uuid4().hex
-        token = EXECUTION_ID.set(execution_id) if not plan.within_run else None
+        token = EXECUTION_ID.set(execution_id) if plan.within is None else None
         started = time.perf_counter()
         outcome_label = "internal_error"
         metric = language.name
@@ -311,6 +312,8 @@ class Gateway:
                         skills=plan.skills,
                         deadline=deadline,
                         emit=emit,
+                        limits=effective,
+                        parent=plan.within,
                     ) as session:
                         logger.info("execution started", extra={"runtime": metric})
                         began = True
@@ -410,7 +413,7 @@ class Gateway:
     async def _slot(self, plan: Plan) -> AsyncIterator[None]:
         """The slots a plan runs in: its caller's share and the server's; none for a skill's run called by a
         program, which runs inside that program's run, in its slots (waiting for its own could wait for itself)."""
-        if plan.within_run:
+        if plan.within is not None:
             yield
             return
         async with self._share(plan.caller), self.admission.slot():
@@ -573,8 +576,9 @@ class Gateway:
         self, session: Session, skill: Skill, arguments: Mapping[str, JsonValue]
     ) -> types.CallToolResult:
         """Run a skill for ``session`` (a program's call, or a caller's over MCP), exactly as an execution: a fresh
-        sandbox of its language, the caller's allowlist narrowed to the skill's ``allowedTools``, the caller's
-        limits within the time the calling run has left, approvals and audit records as the caller's. The
+        sandbox of its language, the caller's allowlist narrowed to the skill's ``allowedTools``, the calling
+        run's limits (a direct call: the caller's) within the time that run has left, its tool calls spending
+        that run's budget (``maxToolCalls``), approvals and audit records as the caller's. The
         skill's output goes to the calling run's stderr, each line prefixed with its name; its result value is
         the call's, checked against its output schema.
 
@@ -592,7 +596,7 @@ class Gateway:
                 f"skills call skills to a depth of {MAX_SKILL_DEPTH}: {' -> '.join(chain)} goes deeper"
             )
         caller = session.caller
-        limits = self.limits.lowered(caller.limits)
+        limits = session.limits or self.limits.lowered(caller.limits)  # a program's run's own, or its caller's
         if session.deadline is not None:
             left_ms = int((session.deadline - time.monotonic()) * 1000)
             left_ms -= min(SKILL_RESERVE_MS, left_ms // 10)  # the caller outlives its skill, to handle its end
@@ -607,7 +611,8 @@ class Gateway:
         language = BY_NAME[definition.language]
         engine: PythonEngine | None = self.config.python_engine if language.engines else None
         code = with_args(definition, arguments)
-        plan = Plan(language, code, limits, allowlist, engine, caller, skills=chain, within_run=session.is_program)
+        within = session if session.is_program else None
+        plan = Plan(language, code, limits, allowlist, engine, caller, skills=chain, within=within)
         prefix = f"[{definition.name}] "
         outcome = await self.run(plan, asker=session.asker)
         lines = [f"{prefix}{line}\n" for text in (outcome.stdout, outcome.stderr) for line in text.splitlines()]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from conduit.config.schema import Limits
 from conduit.core.approvals import Asker
 from conduit.errors import FORBIDDEN, AuthError, ToolCallLimitError
 from conduit.sandbox.protocol import SESSION_METHODS
@@ -43,6 +44,10 @@ class Session:
     """When the program's run is killed (``time.monotonic()``); a skill it calls gets the time left."""
     emit: Callable[[str], None] | None = field(default=None, repr=False)
     """Adds text to the program's run's stderr (a skill's output lines, prefixed with its name)."""
+    limits: Limits | None = None
+    """The limits the program's run has (a skill it calls runs within them)."""
+    parent: Session | None = field(default=None, repr=False)
+    """A skill's run: the session of the program that called it, whose budget of tool calls it spends."""
 
     @classmethod
     def of(cls, caller: Caller, asker: Asker | None = None) -> Session:
@@ -65,6 +70,9 @@ class Session:
         Raises:
             ToolCallLimitError: the budget is spent (this call is not counted: it does not happen).
         """
+        if self.parent is not None:
+            self.parent.spend_tool_call()  # a skill spends its caller's budget: nesting never multiplies it
+            return
         if self.max_tool_calls is None:
             return
         if self.tool_calls >= self.max_tool_calls:
@@ -100,6 +108,8 @@ class SessionRegistry:
         skills: tuple[str, ...] = (),
         deadline: float | None = None,
         emit: Callable[[str], None] | None = None,
+        limits: Limits | None = None,
+        parent: Session | None = None,
     ) -> Iterator[Session]:
         """A session token valid exactly while the ``with`` block runs."""
         session = Session(
@@ -112,6 +122,8 @@ class SessionRegistry:
             skills=skills,
             deadline=deadline,
             emit=emit,
+            limits=limits,
+            parent=parent,
         )
         key = _digest(session.token)
         self._sessions[key] = session
