@@ -282,3 +282,18 @@ def test_base64_content_round_trips() -> None:
         content_of({"base64": "@@@"}, 1000)
     with pytest.raises(WorkspaceLimitError):
         content_of({"base64": "A" * 4000}, 1000)
+
+
+async def test_a_listing_shows_a_save_made_through_another_connection_at_once(
+    config: Config, database: StateDatabase, tmp_path: Path
+) -> None:
+    mine = SkillStore(database)
+    await mine.save("alice", SkillDefinition("first", "d", "python", "1"))
+    assert [s.name for s in await mine.latest("alice")] == ["first"]
+    assert [s.name for s in await mine.latest("alice")] == ["first"]  # listed again: kept, unchanged
+    other_database = StateDatabase.for_config(config, tmp_path)  # another replica, or `conduit skills save`
+    try:
+        await SkillStore(other_database).save("alice", SkillDefinition("second", "d", "python", "2"))
+    finally:
+        await other_database.aclose()
+    assert [s.name for s in await mine.latest("alice")] == ["first", "second"]

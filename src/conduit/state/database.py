@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -157,6 +157,23 @@ class StateDatabase:
         """Whether the store is there already (a PostgreSQL database always is: it is made by its operator). A
         SQLite store is made by the first write: reading one that is not there finds nothing."""
         return not self.is_sqlite or Path(self.url.database or "").exists()
+
+    def change_stamp(self) -> Hashable | None:
+        """Changes whenever anything is written to a SQLite store, by this process or another (``conduit skills
+        save``): the size and modification time of its file and write-ahead log, read without a query. None for
+        PostgreSQL, which replicas write: what it holds is read anew each time."""
+        if not self.is_sqlite:
+            return None
+        path = Path(self.url.database or DEFAULT_FILE)
+        stamp: list[tuple[int, int, int] | None] = []
+        for file in (path, path.with_name(path.name + "-wal")):
+            try:
+                status = file.stat()
+            except FileNotFoundError:
+                stamp.append(None)
+            else:
+                stamp.append((status.st_mtime_ns, status.st_size, status.st_ino))
+        return tuple(stamp)
 
     async def open_if_present(self) -> None:
         """At start: migrate an existing store now (a SQLite file is made on first use only); a store that cannot

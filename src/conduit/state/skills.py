@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,6 +21,8 @@ from conduit.state.database import StateDatabase
 from conduit.state.tables import skills
 
 KEPT_VERSIONS: Final = 10
+LISTED_OWNERS: Final = 1024
+"""Owners whose listing is kept between executions (SQLite)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class SkillStore:
 
     def __init__(self, database: StateDatabase) -> None:
         self.database = database
+        self._listed: OrderedDict[str, tuple[Hashable, list[Skill]]] = OrderedDict()
+        """Each owner's newest skills, with the store's change stamp they were read under (SQLite only: every
+        execution lists its caller's skills, and the stamp tells without a query that nothing changed)."""
 
     async def save(self, owner: str, definition: SkillDefinition) -> Skill:
         """Save ``definition`` as its name's next version (the oldest beyond :data:`KEPT_VERSIONS` go).
@@ -122,9 +129,19 @@ class SkillStore:
         )
         if not self.database.exists:
             return []
+        stamp = self.database.change_stamp()  # taken before reading: a write meanwhile makes the next one differ
+        cached = self._listed.get(owner)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            self._listed.move_to_end(owner)
+            return list(cached[1])
         async with self.database.connect() as connection:
             rows = (await connection.execute(query)).all()
-        return [self._skill(row, with_code=False) for row in rows]
+        found = [self._skill(row, with_code=False) for row in rows]
+        if stamp is not None:
+            self._listed[owner] = (stamp, found)
+            if len(self._listed) > LISTED_OWNERS:
+                self._listed.popitem(last=False)
+        return list(found)
 
     async def get(self, owner: str, name: str, version: int | None = None) -> Skill | None:
         """One of ``owner``'s skills (its newest version, or ``version``), with its code.
