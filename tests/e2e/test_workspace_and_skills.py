@@ -322,6 +322,17 @@ async def test_a_skill_spends_its_callers_budget_of_tool_calls(setup: Setup) -> 
     assert answer["result"] == [4, -32017], answer  # 1 for the skill's call, 4 of its own: the run's 5
 
 
+async def test_skills_output_stays_within_the_calling_runs_output_limit(setup: Setup) -> None:
+    async with setup.client(ALICE) as alice:
+        chatty = "for (let i = 0; i < 3; i++) console.log('y'.repeat(40)); return 1;"
+        await save(alice, name="chatty", description="Prints 3 lines.", language="typescript", code=chatty)
+        code = "let n = 0; for (let i = 0; i < 20; i++) n += await tools.skills.chatty({}); return n;"
+        answer = await run(alice, "ts", code, limits={"maxOutputBytes": 1000})
+    assert answer["result"] == 20, answer  # each skill's 3 lines fit its own limit; together they would not
+    assert answer["stderr"].count("[chatty] ") < 60 and answer["stderr"].endswith("maxLogEntries]\n")
+    assert len(answer["stderr"].encode()) < 1000 + 100
+
+
 async def test_skills_nest_three_deep_and_no_deeper_and_never_in_a_cycle(setup: Setup) -> None:
     async with setup.client(ALICE) as alice:
         for name, calls in (("level3", None), ("level2", "level3"), ("level1", "level2"), ("level0", "level1")):

@@ -69,6 +69,7 @@ AUDIT = logging.getLogger("conduit.audit")
 
 MAX_SKILL_DEPTH = 3
 """Skills may call skills: a program's skill's skill's skill, and no deeper."""
+SKILL_OUTPUT_CUT = "[skills' output cut: the run's maxOutputBytes or maxLogEntries]\n"
 SKILL_RESERVE_MS = 1000
 """Of the time its caller's run has left, what a skill leaves it (at most a tenth): a skill that runs out of
 time is stopped while its caller can still handle that."""
@@ -296,11 +297,20 @@ class Gateway:
                             live(stream, fix(text) if stream == "stderr" else text)
 
                     added: list[str] = []
+                    room = [effective.max_output_bytes, effective.max_log_entries]
 
-                    def emit(text: str) -> None:  # a skill's output, into this run's stderr
-                        added.append(text)
+                    def emit(text: str) -> None:  # skills' output, into this run's stderr, within its output limits
+                        if room[0] <= 0:
+                            return
+                        kept = _within(text, *room)
+                        room[0] -= len(kept.encode("utf-8", "replace"))
+                        room[1] -= kept.count("\n")
+                        if kept != text:
+                            kept += SKILL_OUTPUT_CUT
+                            room[0] = 0
+                        added.append(kept)
                         if shown is not None:
-                            shown("stderr", text)
+                            shown("stderr", kept)
 
                     deadline = time.monotonic() + effective.timeout_ms / 1000
                     with self.sessions.session(
@@ -725,3 +735,19 @@ class Gateway:
     async def _bridge_execute(self, language: Language, session: Session, params: Mapping[str, JsonValue]) -> JsonValue:
         request = ExecutionRequest.from_arguments(language, params, known_only=False)
         return (await self.run(self.plan(request, session.caller))).as_result()
+
+
+def _within(text: str, max_bytes: int, max_lines: int) -> str:
+    """The whole lines of ``text`` that fit in ``max_bytes`` and ``max_lines``.
+
+    >>> _within("a\\nbb\\nccc\\n", 5, 10), _within("a\\nbb\\nccc\\n", 100, 2)
+    ('a\\nbb\\n', 'a\\nbb\\n')
+    """
+    kept: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True)[: max(0, max_lines)]:
+        size += len(line.encode("utf-8", "replace"))
+        if size > max_bytes:
+            break
+        kept.append(line)
+    return "".join(kept)
