@@ -26,6 +26,9 @@ from support import MASTER, TOOLBOX, conduit, http_upstream, write_config
 
 pytestmark = pytest.mark.anyio
 
+NO_STATE = {"workspace": {"enabled": False}, "skills": {"enabled": False}}
+"""Cluster configs of the tests about Redis keep no workspace or skills (no PostgreSQL: tests/cluster/test_state.py)."""
+
 LOOPBACK = NetworkPolicy(allow_private_networks=True)
 
 
@@ -143,7 +146,9 @@ def test_cluster_mode_needs_a_valid_key() -> None:
         Config.model_validate({"cluster": {"redisUrl": "redis://127.0.0.1:1/0"}})
     with pytest.raises(ValueError, match="cluster.key is not a Fernet key"):
         Config.model_validate({"cluster": {"redisUrl": "redis://127.0.0.1:1/0", "key": "not-a-key"}})
-    config = Config.model_validate({"cluster": {"redisUrl": "redis://:pw-secret@127.0.0.1:1/0", "key": CLUSTER_KEY}})
+    config = Config.model_validate(
+        {"cluster": {"redisUrl": "redis://:pw-secret@127.0.0.1:1/0", "key": CLUSTER_KEY}, **NO_STATE}
+    )
     assert config.stateless_http and CLUSTER_KEY in config.secret_values()
     assert "redis://:pw-secret@127.0.0.1:1/0" in config.secret_values()  # scrubbed from logs
     assert not Config.model_validate({}).stateless_http
@@ -153,6 +158,7 @@ async def test_run_time_upstream_registration_is_refused_in_cluster_mode(redis_s
     config = Config.model_validate(
         {
             "cluster": {"redisUrl": redis_server.url, "key": CLUSTER_KEY},
+            **NO_STATE,
             "pools": {"typescript": {"min": 0, "max": 0}, "python": {"min": 0, "max": 0}},
         }
     )
@@ -170,6 +176,7 @@ def test_conduit_auth_in_cluster_mode_stores_the_credential_in_redis_and_fails_c
         tmp_path,
         {
             "cluster": {"redisUrl": redis_server.url, "key": CLUSTER_KEY},
+            **NO_STATE,
             "auth": {
                 "principals": [{"id": "alice", "apiKey": "alice-key-0123456789abcdef"}],
                 "credentialStore": {"key": key},
@@ -199,7 +206,8 @@ def test_conduit_auth_in_cluster_mode_stores_the_credential_in_redis_and_fails_c
 
 def test_doctor_says_whether_the_clusters_redis_answers(redis_server: Redis, tmp_path: Path) -> None:
     config = write_config(
-        tmp_path, {"cluster": {"redisUrl": f"redis://:pw-9f2@127.0.0.1:{redis_server.port}/0", "key": CLUSTER_KEY}}
+        tmp_path,
+        {"cluster": {"redisUrl": f"redis://:pw-9f2@127.0.0.1:{redis_server.port}/0", "key": CLUSTER_KEY}, **NO_STATE},
     )
     up = conduit("doctor", "--config", str(config))
     assert "ok    cluster: Redis answers" in up.stdout, up.stdout + up.stderr

@@ -124,7 +124,8 @@ async def test_cancel_stops_it_with_its_output_so_far(server: ConduitHttp) -> No
 async def test_an_unknown_or_another_principals_id_is_a_clear_error(server: ConduitHttp) -> None:
     async with server.client(ALICE) as alice, server.client(BOB) as bob:
         execution_id = await start(alice, "return 1;")
-        for client, wanted in ((bob, execution_id), (alice, "not-an-id"), (alice, execution_id[:-1] + "0")):
+        altered = execution_id[:-1] + ("1" if execution_id.endswith("0") else "0")  # an id one digit off
+        for client, wanted in ((bob, execution_id), (alice, "not-an-id"), (alice, altered)):
             for tool in (STATUS, CANCEL):
                 with pytest.raises(MCPError) as caught:
                     await client.call_tool(tool, {"executionId": wanted})

@@ -71,7 +71,7 @@ async def test_stubs_come_a_page_at_a_time(conduit: Client) -> None:
 @pytest.mark.parametrize(
     ("tool", "arguments", "fragment"),
     [
-        ("list_tool_stubs", {"packageId": "nope"}, "unknown package 'nope' (known: time, toolbox)"),
+        ("list_tool_stubs", {"packageId": "nope"}, "unknown package 'nope' (known: skills, time, toolbox, workspace)"),
         ("list_tool_stubs", {}, "packageId must be a non-empty string"),
         ("read_tool_schema", {"toolId": "toolbox__nope"}, "unknown tool 'toolbox__nope'"),
         ("read_tool_schema", {"toolId": "toolbox__add", "format": "rust"}, "format must be one of"),

@@ -23,6 +23,7 @@ from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
 from conduit.sandbox.host.process import has_exited
 from conduit.sandbox.monty.runtime import MontyRuntime, MontySandbox
+from conduit.security.callers import MASTER as MASTER_CALLER
 from support import EXECUTE_PYTHON, EXECUTE_TS, MASTER, TOOLBOX, process_alive, run_code, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -346,7 +347,7 @@ async def _monty_and_sdk(gateway: Gateway) -> tuple[MontyRuntime, str]:
     """The gateway's Monty runtime, and the SDK of an execution that may call every tool."""
     runtime = gateway.runtimes["monty"]
     assert isinstance(runtime, MontyRuntime)
-    return runtime, gateway._sdk("python", await gateway.visible_catalog(gateway.parse_allowlist(["*"])))
+    return runtime, gateway._sdk("python", await gateway.visible_catalog(gateway.parse_allowlist(["*"]), MASTER_CALLER))
 
 
 def _checker_workers(runtime: MontyRuntime) -> set[int]:

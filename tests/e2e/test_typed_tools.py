@@ -195,7 +195,9 @@ async def test_validate_tool_refuses_a_result_that_is_not_an_object_and_a_call_w
 
 async def test_discovery_inside_a_program_shows_output_schemas(client: Client) -> None:
     failed, outcome = await run_ts(
-        client, "return (await discoverMCPTools()).map((t) => [t.tool, t.outputSchema?.required ?? null]);"
+        client,
+        "return (await discoverMCPTools()).map((t) => [t.tool, t.outputSchema?.required ?? null]);",
+        allowedTools=["typed.*"],
     )
     assert not failed, outcome
     assert outcome["result"] == [["forecast", ["city", "days", "alert"]], ["lookup", ["entry"]]]

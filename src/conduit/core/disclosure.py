@@ -77,7 +77,7 @@ def list_stubs(
     if not entries and package_id in reached and package_id not in catalog.failures:
         return {"package": package_id, "tools": []}
     if not entries and package_id not in catalog.failures:
-        known = sorted({entry.upstream for entry in catalog.tools} | set(catalog.failures))
+        known = sorted({entry.upstream for entry in catalog.tools} | set(catalog.failures) | set(reached))
         raise InvalidParamsError(f"unknown package {package_id!r} (known: {', '.join(known) or 'none'})")
     if not entries:
         raise InvalidParamsError(f"package {package_id!r} is unavailable: {catalog.failures[package_id]}")
