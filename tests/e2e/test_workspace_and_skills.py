@@ -260,7 +260,11 @@ async def test_skills_are_saved_and_called_from_every_language_and_as_mcp_tools(
             code=thrice,
             inputSchema={"type": "object"},
         )
-        assert again["version"] == 2
+        assert (again["version"], again["engine"]) == (2, "monty")  # checked on Monty: it runs there
+        generator = "def numbers():\n    yield from range(args['n'])\nsum(numbers())"
+        pyodide = await save(alice, name="summed", description="Sum below n.", language="python", code=generator)
+        assert pyodide["engine"] == "pyodide"  # Monty has no generators: CPython runs it
+        assert (await run(alice, "js", "return await tools.skills.summed({ n: 5 });"))["result"] == 10
         assert (await run(alice, "ts", "return await tools.skills.add_twice({ a: 1, b: 1 });"))["result"] == {"sum": 6}
 
 

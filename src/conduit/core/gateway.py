@@ -61,7 +61,7 @@ from conduit.sandbox.walls import Walls
 from conduit.sdk.cache import SdkCache
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import MASTER, Caller
-from conduit.state.skills import Skill
+from conduit.state.skills import Skill, SkillDefinition
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -642,6 +642,15 @@ class Gateway:
                     outcome.as_result(),
                 )
         return value_result(value)
+
+    async def skill_engine(self, definition: SkillDefinition, caller: Caller) -> str | None:
+        """For a skill in a language with engines (Python): the engine ``auto`` picks for its code as ``caller``
+        would run it (Monty when it fits, checked there, else Pyodide); None for other languages."""
+        language = BY_NAME[definition.language]
+        if not language.engines:
+            return None
+        sdk = self._sdk(language.name, await self.visible_catalog(caller.reach, caller))
+        return (await engines.choose(language, "auto", self.runtimes, with_args(definition, {}), sdk)).name
 
     async def visible_catalog(self, allowlist: Allowlist, caller: Caller) -> Catalog:
         """What ``allowlist`` may see for ``caller``: the tools of the upstreams and of Conduit's own packages

@@ -56,9 +56,13 @@ async def save(gateway: Gateway, caller: Caller, arguments: Mapping[str, Any]) -
     if skills is None:
         raise MethodNotFoundError("skills are turned off on this server (skills.enabled: false)")
     saved = await skills.save(caller, definition_from(arguments))
-    return {
+    answer: dict[str, Any] = {
         "name": saved.name,
         "version": saved.version,
         "call": f"await tools.skills.{identifier(saved.name)}(args)",
         "tool": f"{SKILLS}__{saved.name}",
     }
+    engine = await gateway.skill_engine(saved.definition, caller)
+    if engine is not None:
+        answer["engine"] = engine  # Python: Monty (checked there) when the skill fits it, else Pyodide
+    return answer
