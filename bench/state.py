@@ -79,7 +79,7 @@ async def measure(kind: str, extra: dict[str, Any], runs: int) -> list[list[obje
         median, p95, _ = summarize(samples)
         rows.append([f"{kind}: {label}", median, p95, median - floor if floor is not None else None])
 
-    async with through.served("http", extra=extra) as server:
+    async with through.served("http", mode="legacy", extra=extra) as server:  # legacy: the modern protocol has no ping
         client = server.client
         ping = await timed(client.send_ping, runs)
         row("MCP ping (floor)", ping)

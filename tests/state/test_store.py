@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conduit.config.schema import Config
@@ -146,9 +146,12 @@ async def test_contents_are_sealed_at_rest(database: StateDatabase, workspace: W
     await workspace.write("alice", "secret.txt", secret, "text")
     skills = SkillStore(database)
     await skills.save("alice", SkillDefinition("leak", "d", "python", "'SWORDFISH-IN-CODE'"))
-    async with database.connect() as connection:
-        stored = [row.content for row in await connection.execute(text("SELECT content FROM workspace_files"))]
-        code = [row.code for row in await connection.execute(text("SELECT code FROM skills"))]
+    stored = await database.transact(
+        lambda connection: [row.content for row in connection.execute(text("SELECT content FROM workspace_files"))]
+    )
+    code = await database.transact(
+        lambda connection: [row.code for row in connection.execute(text("SELECT code FROM skills"))]
+    )
     assert stored and all(b"SWORDFISH" not in bytes(blob) for blob in stored + code)
     if database.is_sqlite:
         raw = b"".join(path.read_bytes() for path in sorted(tmp_path.iterdir()) if path.name.startswith("state.db"))  # noqa: ASYNC240
@@ -181,15 +184,20 @@ async def test_concurrent_saves_of_one_name_take_distinct_versions(database: Sta
 
 async def test_a_store_of_an_older_version_is_migrated_and_keeps_its_files(config: Config, tmp_path: Path) -> None:
     old = StateDatabase.for_config(config, tmp_path)
-    engine = create_async_engine(old.url)
-    async with engine.begin() as connection:
-        await migrate(connection, "0001")  # the store as the first version left it: workspaces, no skills
-    await engine.dispose()
+    if old.is_sqlite:
+        engine = create_engine(old.url)
+        with engine.begin() as connection:
+            migrate(connection, "0001")  # the store as the first version left it: workspaces, no skills
+        engine.dispose()
+    else:
+        async_engine = create_async_engine(old.url)
+        async with async_engine.begin() as connection:
+            await connection.run_sync(migrate, "0001")
+        await async_engine.dispose()
     await WorkspaceStore(old, config.workspace).write("alice", "kept.md", b"from v1", "text")  # migrates: 0001 -> head
     await old.aclose()
     fresh = StateDatabase.for_config(config, tmp_path)
-    async with fresh.connect() as connection:
-        assert await revision_of(connection) == "0002"
+    assert await fresh.transact(revision_of) == "0002"
     assert (await WorkspaceStore(fresh, config.workspace).read("alice", "kept.md"))[1] == b"from v1"
     assert (await SkillStore(fresh).save("alice", SkillDefinition("s", "d", "python", "1"))).version == 1
     await fresh.aclose()
@@ -262,9 +270,12 @@ async def test_files_past_their_ttl_are_removed(tmp_path: Path) -> None:
     store = WorkspaceStore(database, config.workspace)
     await store.write("alice", "old.md", b"x" * 10, "text")
     await store.write("alice", "new.md", b"y", "text")
-    async with database.connect() as connection:
-        two_days_ago = "modified_ms - 2 * 86400000"
-        await connection.execute(text(f"UPDATE workspace_files SET modified_ms = {two_days_ago} WHERE path = 'old.md'"))
+    two_days_ago = "modified_ms - 2 * 86400000"
+    await database.transact(
+        lambda connection: connection.execute(
+            text(f"UPDATE workspace_files SET modified_ms = {two_days_ago} WHERE path = 'old.md'")
+        )
+    )
     assert await store.expire() == 1
     assert [f.path for f in await store.list("alice")] == ["new.md"]
     assert (await store.usage())["alice"].bytes == 1

@@ -143,8 +143,7 @@ async def _state_report(loaded: LoadedConfig) -> str:
     try:
         if not database.exists:
             return f"{database.name} (made on the first write)"
-        async with database.connect() as connection:
-            return f"{database.name} at migration {await revision_of(connection)}"
+        return f"{database.name} at migration {await database.transact(revision_of)}"
     finally:
         await database.aclose()
 

@@ -1,5 +1,6 @@
-"""The state database: one SQLAlchemy async engine over SQLite (embedded) or PostgreSQL (replicas), its
-schema brought to the newest migration before first use, and the seal its contents are stored under.
+"""The state database: SQLAlchemy over SQLite (embedded: the standard driver in worker threads) or PostgreSQL
+(replicas: asyncpg), its schema brought to the newest migration before first use, and the seal its contents
+are stored under.
 
 ``state.url`` is ``sqlite:///PATH`` or ``postgresql://...``; unset, a SQLite file beside the config file,
 created on first use. Migrations (Alembic, ``migrations/versions``) run at start when the store is there
@@ -12,20 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import AsyncIterator, Hashable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conduit.config.schema import Config
 from conduit.errors import ConfigError, StateUnavailableError
@@ -39,6 +40,9 @@ KEY_FILE: Final = "conduit-state.key"
 MIGRATION_LOCK: Final = 0x636F6E64756974
 """The PostgreSQL advisory lock replicas take while they migrate (``conduit`` in ASCII)."""
 CONNECT_TIMEOUT_S: Final = 5.0
+SQLITE_THREADS: Final = 4
+"""Worker threads SQLite transactions run in at once (each takes the write lock in turn)."""
+T = TypeVar("T")
 
 
 class Sealer:
@@ -77,7 +81,7 @@ def database_url(config: Config, base_dir: Path) -> URL:
 
     >>> from conduit.config.schema import Config
     >>> database_url(Config(), Path("/etc/conduit")).render_as_string()
-    'sqlite+aiosqlite:////etc/conduit/conduit-state.db'
+    'sqlite+pysqlite:////etc/conduit/conduit-state.db'
     >>> database_url(Config.model_validate({"state": {"url": "postgresql://u:pw@db:5433/c"}}), Path(".")).drivername
     'postgresql+asyncpg'
     """
@@ -85,7 +89,7 @@ def database_url(config: Config, base_dir: Path) -> URL:
     url = make_url(raw)
     if url.get_backend_name() == "sqlite":
         path = Path(url.database or DEFAULT_FILE)
-        return url.set(drivername="sqlite+aiosqlite", database=str(base_dir / path))
+        return url.set(drivername="sqlite+pysqlite", database=str(base_dir / path))
     return url.set(drivername="postgresql+asyncpg")
 
 
@@ -128,7 +132,10 @@ def _key_file(path: Path) -> str:
 
 
 class StateDatabase:
-    """The engine, migrated before first use; :meth:`connect` is every query's way in."""
+    """The engine, migrated before first use; :meth:`transact` is every query's way in.
+
+    Queries are plain synchronous SQLAlchemy code run in one transaction: on SQLite in a worker thread (one
+    hop per transaction, not one per statement), on PostgreSQL through the async engine (asyncpg)."""
 
     def __init__(self, url: URL, sealer: Sealer) -> None:
         self.url = url
@@ -136,9 +143,12 @@ class StateDatabase:
         plain = URL.create(url.get_backend_name(), host=url.host, port=url.port, database=url.database)
         self.name = plain.render_as_string()
         """How messages name the store (no user, no password)."""
-        self._engine: AsyncEngine | None = None
+        self._engine: Engine | None = None
+        self._async_engine: AsyncEngine | None = None
         self._ready = False
         self._lock = anyio.Lock()
+        self._threads = anyio.CapacityLimiter(SQLITE_THREADS)
+        self._first_use = threading.Lock()
 
     @classmethod
     def for_config(cls, config: Config, base_dir: Path) -> StateDatabase:
@@ -181,41 +191,23 @@ class StateDatabase:
         if not self.exists:
             return
         try:
-            await self.ready()
+            await self.transact(lambda connection: None)
         except StateUnavailableError as exc:
             logger.warning("%s; workspaces and skills fail until it answers", exc.message)
 
-    async def ready(self) -> AsyncEngine:
-        """The engine, its schema migrated to the newest version (once per process).
-
-        Raises:
-            StateUnavailableError: the database cannot be reached or migrated.
-        """
-        if self._ready and self._engine is not None:
-            return self._engine
-        async with self._lock:
-            if self._engine is None:
-                self._engine = self._make_engine()
-            if not self._ready:
-                try:
-                    async with self._engine.begin() as connection:
-                        await migrate(connection)
-                except (OSError, DBAPIError, TimeoutError) as exc:
-                    raise self.unavailable(exc) from None
-                self._ready = True
-        return self._engine
-
-    @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in one transaction (committed when the block ends without an error).
+    async def transact(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction (committed when it returns), the schema migrated first (once
+        per process).
 
         Raises:
             StateUnavailableError: the database cannot be reached, or went away mid-transaction.
         """
-        engine = await self.ready()
         try:
+            if self.is_sqlite:
+                return await anyio.to_thread.run_sync(self._in_thread, work, limiter=self._threads)
+            engine = await self._postgresql()
             async with engine.begin() as connection:
-                yield connection
+                return await connection.run_sync(work)
         except (OSError, OperationalError, TimeoutError) as exc:
             raise self.unavailable(exc) from None
         except DBAPIError as exc:
@@ -223,31 +215,58 @@ class StateDatabase:
                 raise self.unavailable(exc) from None
             raise
 
+    def _in_thread(self, work: Callable[[Connection], T]) -> T:
+        """SQLite, in a worker thread: the engine made and the schema migrated on first use, then ``work``."""
+        if not self._ready:
+            with self._first_use:  # one thread makes the engine and migrates; the others wait for it
+                if self._engine is None:
+                    self._engine = self._sqlite_engine()
+                if not self._ready:
+                    with self._engine.begin() as connection:
+                        migrate(connection)
+                    self._ready = True
+        assert self._engine is not None
+        with self._engine.begin() as connection:
+            return work(connection)
+
+    async def _postgresql(self) -> AsyncEngine:
+        if self._ready and self._async_engine is not None:
+            return self._async_engine
+        async with self._lock:
+            if self._async_engine is None:
+                self._async_engine = create_async_engine(
+                    self.url,
+                    pool_pre_ping=True,
+                    pool_size=5,
+                    max_overflow=10,
+                    connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30},
+                )
+            if not self._ready:
+                async with self._async_engine.begin() as connection:
+                    await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                    await connection.run_sync(migrate)
+                self._ready = True
+        return self._async_engine
+
     def unavailable(self, exc: BaseException) -> StateUnavailableError:
-        text = str(getattr(exc, "orig", None) or exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
+        text_ = str(getattr(exc, "orig", None) or exc).strip()
+        reason = text_.splitlines()[0] if text_ else type(exc).__name__
         return StateUnavailableError(f"the state store (state.url: {self.name}) is unavailable: {reason}")
 
-    def _make_engine(self) -> AsyncEngine:
-        if self.is_sqlite:
-            path = Path(self.url.database or DEFAULT_FILE)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # sealed contents, and still nobody else's
-            engine = create_async_engine(self.url, connect_args={"timeout": 30})
-            event.listen(engine.sync_engine, "connect", _sqlite_connection)
-            event.listen(engine.sync_engine, "begin", _sqlite_begin)
-            return engine
-        return create_async_engine(
-            self.url,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=10,
-            connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30},
-        )
+    def _sqlite_engine(self) -> Engine:
+        path = Path(self.url.database or DEFAULT_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # sealed contents, and still nobody else's
+        engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_connection)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
 
     async def aclose(self) -> None:
         if self._engine is not None:
-            await self._engine.dispose()
+            await anyio.to_thread.run_sync(self._engine.dispose)
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
 
 
 def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -274,20 +293,17 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
     return config
 
 
-async def migrate(connection: AsyncConnection, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (the newest by default), replicas one at a time; a migration that
-    runs is logged."""
-    if connection.dialect.name == "postgresql":
-        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-    before = await revision_of(connection)
-    await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), revision))
-    after = await revision_of(connection)
+def migrate(connection: Connection, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (the newest by default); a migration that runs is logged."""
+    before = revision_of(connection)
+    command.upgrade(_alembic_config(connection), revision)
+    after = revision_of(connection)
     if after != before:
         logger.info("state store migrated from %s to %s", before or "empty", after)
 
 
-async def revision_of(connection: AsyncConnection) -> str | None:
+def revision_of(connection: Connection) -> str | None:
     """The migration the schema is at (None: a store no migration has run on)."""
     from alembic.runtime.migration import MigrationContext
 
-    return await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+    return MigrationContext.configure(connection).get_current_revision()

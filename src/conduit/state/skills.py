@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import and_, delete, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from conduit.state.database import StateDatabase
@@ -89,25 +90,29 @@ class SkillStore:
     async def _save(self, owner: str, definition: SkillDefinition) -> Skill:
         mine = (skills.c.owner == owner) & (skills.c.name == definition.name)
         saved = int(time.time() * 1000)
-        async with self.database.connect() as connection:
-            latest = (await connection.execute(select(func.max(skills.c.version)).where(mine))).scalar_one_or_none()
+        code = self.database.sealer.seal(definition.code.encode("utf-8"))
+
+        def save(connection: Connection) -> int:
+            latest = connection.execute(select(func.max(skills.c.version)).where(mine)).scalar_one_or_none()
             version = (latest or 0) + 1
-            await connection.execute(
+            connection.execute(
                 skills.insert().values(
                     owner=owner,
                     name=definition.name,
                     version=version,
                     description=definition.description,
                     language=definition.language,
-                    code=self.database.sealer.seal(definition.code.encode("utf-8")),
+                    code=code,
                     input_schema=_dumps(definition.input_schema),
                     output_schema=_dumps(definition.output_schema),
                     allowed_tools=_dumps(list(definition.allowed_tools) if definition.allowed_tools else None),
                     saved_ms=saved,
                 )
             )
-            await connection.execute(delete(skills).where(mine & (skills.c.version <= version - KEPT_VERSIONS)))
-        return Skill(definition, owner, version, saved)
+            connection.execute(delete(skills).where(mine & (skills.c.version <= version - KEPT_VERSIONS)))
+            return version
+
+        return Skill(definition, owner, await self.database.transact(save), saved)
 
     async def latest(self, owner: str) -> list[Skill]:
         """The newest version of each of ``owner``'s skills, by name (their code not opened: see :meth:`get`).
@@ -134,8 +139,7 @@ class SkillStore:
         if stamp is not None and cached is not None and cached[0] == stamp:
             self._listed.move_to_end(owner)
             return list(cached[1])
-        async with self.database.connect() as connection:
-            rows = (await connection.execute(query)).all()
+        rows = await self.database.transact(lambda connection: connection.execute(query).all())
         found = [self._skill(row, with_code=False) for row in rows]
         if stamp is not None:
             self._listed[owner] = (stamp, found)
@@ -153,8 +157,7 @@ class SkillStore:
         query = query.where(skills.c.version == version) if version else query.order_by(skills.c.version.desc())
         if not self.database.exists:
             return None
-        async with self.database.connect() as connection:
-            row = (await connection.execute(query.limit(1))).first()
+        row = await self.database.transact(lambda connection: connection.execute(query.limit(1)).first())
         return self._skill(row, with_code=True) if row is not None else None
 
     async def versions(self, owner: str, name: str) -> list[tuple[int, int]]:
@@ -166,16 +169,17 @@ class SkillStore:
         )
         if not self.database.exists:
             return []
-        async with self.database.connect() as connection:
-            return [(row.version, row.saved_ms) for row in (await connection.execute(query)).all()]
+        rows = await self.database.transact(lambda connection: connection.execute(query).all())
+        return [(row.version, row.saved_ms) for row in rows]
 
     async def remove(self, owner: str, name: str) -> int:
         """Remove every version of a skill; how many there were."""
         if not self.database.exists:
             return 0
-        async with self.database.connect() as connection:
-            gone = await connection.execute(delete(skills).where((skills.c.owner == owner) & (skills.c.name == name)))
-        return int(gone.rowcount or 0)
+        mine = (skills.c.owner == owner) & (skills.c.name == name)
+        return await self.database.transact(
+            lambda connection: int(connection.execute(delete(skills).where(mine)).rowcount)
+        )
 
     def _skill(self, row: Any, *, with_code: bool) -> Skill:
         allowed = _loads(row.allowed_tools)

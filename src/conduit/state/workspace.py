@@ -14,15 +14,15 @@ from __future__ import annotations
 import hashlib
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import JsonValue
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection, Row
 
 from conduit.config.schema import WorkspaceConfig
 from conduit.errors import InvalidParamsError, WorkspaceLimitError
@@ -120,12 +120,12 @@ class WorkspaceStore:
                 f"{path!r} is {size} bytes; workspace.maxFileBytes is {self.limits.max_file_bytes}: nothing written"
             )
         sealed = self.database.sealer.seal(content)
-        digest = _digest(path)
-        async with self.database.connect() as connection:
-            await self._expire(connection, principal)
-            usage = await self._lock_owner(connection, principal)
-            key = (workspace_files.c.principal == principal) & (workspace_files.c.digest == digest)
-            previous = (await connection.execute(select(workspace_files.c.size).where(key))).scalar_one_or_none()
+        key = _key(principal, path)
+
+        def write(connection: Connection) -> tuple[FileInfo, Usage]:
+            self._expire(connection, principal)
+            usage = self._lock_owner(connection, principal)
+            previous = connection.execute(select(workspace_files.c.size).where(key)).scalar_one_or_none()
             total = usage.bytes - (previous or 0) + size
             files = usage.files + (previous is None)
             if total > self.limits.quota_bytes:
@@ -141,16 +141,18 @@ class WorkspaceStore:
             modified = _now_ms()
             row = {"path": path, "encoding": encoding, "size": size, "modified_ms": modified, "content": sealed}
             if previous is None:
-                await connection.execute(workspace_files.insert().values(principal=principal, digest=digest, **row))
+                connection.execute(workspace_files.insert().values(principal=principal, digest=_digest(path), **row))
             else:
-                await connection.execute(update(workspace_files).where(key).values(**row))
-            await connection.execute(
+                connection.execute(update(workspace_files).where(key).values(**row))
+            connection.execute(
                 update(workspace_owners)
                 .where(workspace_owners.c.principal == principal)
                 .values(bytes=total, files=files)
             )
-        self.totals[principal] = Usage(total, files)
-        return FileInfo(path, size, modified, encoding)
+            return FileInfo(path, size, modified, encoding), Usage(total, files)
+
+        info, self.totals[principal] = await self.database.transact(write)
+        return info
 
     async def read(self, principal: str, path: str) -> tuple[FileInfo, bytes]:
         """A file's description and content.
@@ -160,17 +162,12 @@ class WorkspaceStore:
             StateUnavailableError: the database is unreachable.
         """
         path = normalise_path(path)
-        if not self.database.exists:
-            raise InvalidParamsError(f"no file {path!r} in the workspace")
-        async with self.database.connect() as connection:
-            await self._expire(connection, principal)
-            found = (
-                await connection.execute(
-                    select(workspace_files).where(
-                        (workspace_files.c.principal == principal) & (workspace_files.c.digest == _digest(path))
-                    )
-                )
-            ).first()
+
+        def read(connection: Connection) -> Row[Any] | None:
+            self._expire(connection, principal)
+            return connection.execute(select(workspace_files).where(_key(principal, path))).first()
+
+        found = await self.database.transact(read) if self.database.exists else None
         if found is None:
             raise InvalidParamsError(f"no file {path!r} in the workspace")
         info = FileInfo(found.path, found.size, found.modified_ms, found.encoding)
@@ -193,11 +190,12 @@ class WorkspaceStore:
             workspace_files.c.modified_ms,
             workspace_files.c.encoding,
         )
-        if not self.database.exists:
-            return []
-        async with self.database.connect() as connection:
-            await self._expire(connection, principal)
-            rows = (await connection.execute(select(*columns).where(workspace_files.c.principal == principal))).all()
+
+        def listed(connection: Connection) -> Sequence[Row[Any, Any, Any, Any]]:
+            self._expire(connection, principal)
+            return connection.execute(select(*columns).where(workspace_files.c.principal == principal)).all()
+
+        rows = await self.database.transact(listed) if self.database.exists else []
         return sorted(
             (FileInfo(row.path, row.size, row.modified_ms, row.encoding) for row in rows if row.path.startswith(start)),
             key=lambda info: info.path,
@@ -211,19 +209,16 @@ class WorkspaceStore:
             StateUnavailableError: the database is unreachable.
         """
         path = normalise_path(path)
-        if not self.database.exists:
-            return False
-        async with self.database.connect() as connection:
-            await self._expire(connection, principal)
-            await self._lock_owner(connection, principal)
-            gone = await connection.execute(
-                delete(workspace_files).where(
-                    (workspace_files.c.principal == principal) & (workspace_files.c.digest == _digest(path))
-                )
-            )
+
+        def remove(connection: Connection) -> bool:
+            self._expire(connection, principal)
+            self._lock_owner(connection, principal)
+            gone = connection.execute(delete(workspace_files).where(_key(principal, path)))
             if gone.rowcount:
-                await self._recount(connection, principal)
-        return bool(gone.rowcount)
+                self._recount(connection, principal)
+            return bool(gone.rowcount)
+
+        return await self.database.transact(remove) if self.database.exists else False
 
     async def usage(self) -> Mapping[str, Usage]:
         """Every principal's totals (the ``conduit_workspace_bytes`` gauge).
@@ -233,8 +228,7 @@ class WorkspaceStore:
         """
         if not self.database.exists:
             return {}
-        async with self.database.connect() as connection:
-            rows = (await connection.execute(select(workspace_owners))).all()
+        rows = await self.database.transact(lambda connection: connection.execute(select(workspace_owners)).all())
         self.totals = {row.principal: Usage(row.bytes, row.files) for row in rows}
         return dict(self.totals)
 
@@ -246,56 +240,58 @@ class WorkspaceStore:
         """
         if self.limits.ttl_days is None or not self.database.exists:
             return 0
-        async with self.database.connect() as connection:
-            owners = (
-                await connection.execute(select(workspace_files.c.principal).where(self._expired()).distinct())
-            ).scalars()
-            removed = 0
-            for principal in list(owners):
-                removed += await self._expire(connection, principal)
-        return removed
+
+        def expire(connection: Connection) -> int:
+            query = select(workspace_files.c.principal).where(self._expired()).distinct()
+            owners = list(connection.execute(query).scalars())
+            return sum(self._expire(connection, principal) for principal in owners)
+
+        return await self.database.transact(expire)
 
     def _expired(self) -> ColumnElement[bool]:
         assert self.limits.ttl_days is not None
         return workspace_files.c.modified_ms < _now_ms() - self.limits.ttl_days * 86_400_000
 
-    async def _expire(self, connection: AsyncConnection, principal: str) -> int:
+    def _expire(self, connection: Connection, principal: str) -> int:
         if self.limits.ttl_days is None:
             return 0
-        gone = await connection.execute(
+        gone = connection.execute(
             delete(workspace_files).where((workspace_files.c.principal == principal) & self._expired())
         )
         if gone.rowcount:
-            await self._lock_owner(connection, principal)
-            await self._recount(connection, principal)
+            self._lock_owner(connection, principal)
+            self._recount(connection, principal)
         return int(gone.rowcount or 0)
 
-    async def _lock_owner(self, connection: AsyncConnection, principal: str) -> Usage:
+    def _lock_owner(self, connection: Connection, principal: str) -> Usage:
         """The principal's totals, its row locked until the transaction ends (made on its first write)."""
-        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-        await connection.execute(
-            dialect.insert(workspace_owners)
-            .values(principal=principal, bytes=0, files=0)
-            .on_conflict_do_nothing(index_elements=["principal"])
-        )
-        row = (
-            await connection.execute(
-                select(workspace_owners).where(workspace_owners.c.principal == principal).with_for_update()
+        mine = workspace_owners.c.principal == principal
+        row = connection.execute(select(workspace_owners).where(mine).with_for_update()).first()
+        if row is None:
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            connection.execute(
+                dialect.insert(workspace_owners)
+                .values(principal=principal, bytes=0, files=0)
+                .on_conflict_do_nothing(index_elements=["principal"])
             )
-        ).one()
+            row = connection.execute(select(workspace_owners).where(mine).with_for_update()).one()
         return Usage(row.bytes, row.files)
 
-    async def _recount(self, connection: AsyncConnection, principal: str) -> None:
-        totals = (
-            await connection.execute(
-                select(func.coalesce(func.sum(workspace_files.c.size), 0), func.count()).where(
-                    workspace_files.c.principal == principal
-                )
+    def _recount(self, connection: Connection, principal: str) -> None:
+        totals = connection.execute(
+            select(func.coalesce(func.sum(workspace_files.c.size), 0), func.count()).where(
+                workspace_files.c.principal == principal
             )
         ).one()
-        await connection.execute(
+        usage = Usage(int(totals[0]), int(totals[1]))
+        connection.execute(
             update(workspace_owners)
             .where(workspace_owners.c.principal == principal)
-            .values(bytes=int(totals[0]), files=int(totals[1]))
+            .values(bytes=usage.bytes, files=usage.files)
         )
-        self.totals[principal] = Usage(int(totals[0]), int(totals[1]))
+        self.totals[principal] = usage
+
+
+def _key(principal: str, path: str) -> ColumnElement[bool]:
+    """The row of ``principal``'s file at ``path`` (normalised)."""
+    return (workspace_files.c.principal == principal) & (workspace_files.c.digest == _digest(path))
