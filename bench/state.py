@@ -1,10 +1,12 @@
 """What work that outlives a run costs, as a client sees it through MCP (Streamable HTTP), on SQLite and on
 PostgreSQL: a workspace write + read from each runtime beside a plain upstream tool call from the same
 runtime, the workspace tools called directly over MCP beside a proxied upstream call, and a skill called
-from a program beside running the skill's code directly (a skill call costs one sandbox start more).
+from a program beside running the skill's code directly and a bare ``deno run`` (a skill call costs one
+sandbox start more).
 
-Every figure is a median and p95 in ms over ``--runs`` back-to-back requests, with the floors measured in
-the same run: the trivial program of each runtime, and an MCP ping. PostgreSQL is Debian's (started here on a
+Every figure is a median and p95 in ms over ``--runs`` rounds, what is compared measured in turn within each
+round (executions spaced so that the pools are full), with the floors measured in the same rounds: the
+trivial program of each runtime, and an MCP ping. PostgreSQL is Debian's (started here on a
 free loopback port; skipped, saying so, when it is not installed).
 
 Usage: ``.venv/bin/python bench/state.py [--runs N] [--stores sqlite,postgresql]``
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import floors
 import served as through
 from report import summarize, table
 
@@ -44,6 +47,8 @@ WRITE_READ = {
 WRITE_READ["isolate"] = WRITE_READ["typescript"]
 WRITE_READ["pyodide"] = WRITE_READ["monty"]
 SKILL_CODE = "return 1 + 2;"
+GAP_S = 0.2
+"""Between executions: the pools refill, so no sandbox start is inside a measure (pyodide's: 1.5 s)."""
 SKILL_CALL = "return await tools.skills.three({});"
 
 
@@ -65,49 +70,78 @@ def store(kind: str) -> Iterator[dict[str, Any] | None]:
         yield {"state": {"url": server.create_database()}, "auth": {"credentialStore": {"key": KEY}}}
 
 
-async def timed(action: Callable[[], Awaitable[Any]], runs: int) -> list[float]:
-    async def once() -> None:
-        await action()
-
-    return await through.samples(once, runs, 0)
+async def interleaved(
+    actions: dict[str, Callable[[], Awaitable[Any]]], runs: int, gap_s: float = 0.0
+) -> dict[str, list[float]]:
+    """``runs`` timed rounds of every action in turn (after two untimed rounds): what is compared is measured
+    under the same conditions, whatever the machine does meanwhile."""
+    timed: dict[str, list[float]] = {name: [] for name in actions}
+    for round_ in range(runs + 2):
+        for name, action in actions.items():
+            if gap_s:
+                await anyio.sleep(gap_s)
+            started = time.perf_counter()
+            await action()
+            if round_ >= 2:
+                timed[name].append((time.perf_counter() - started) * 1000)
+    return timed
 
 
 async def measure(kind: str, extra: dict[str, Any], runs: int) -> list[list[object]]:
     rows: list[list[object]] = []
 
-    def row(label: str, samples: list[float], floor: float | None = None) -> None:
+    def row(label: str, samples: list[float], floor: list[float] | None = None) -> None:
         median, p95, _ = summarize(samples)
-        rows.append([f"{kind}: {label}", median, p95, median - floor if floor is not None else None])
+        over = median - summarize(floor)[0] if floor is not None else None
+        rows.append([f"{kind}: {label}", median, p95, over])
 
     async with through.served("http", mode="legacy", extra=extra) as server:  # legacy: the modern protocol has no ping
         client = server.client
-        ping = await timed(client.send_ping, runs)
-        row("MCP ping (floor)", ping)
-        proxied = await timed(lambda: through.call(client, "toolbox__add", {"a": 1, "b": 2}), runs)
-        row("proxied upstream call (direct MCP)", proxied, summarize(ping)[0])
-        args = {"path": "direct/x.txt", "text": "abc"}
-        direct_write = await timed(lambda: through.call(client, "workspace__write", args), runs)
-        row("workspace__write (direct MCP)", direct_write, summarize(ping)[0])
-        direct_read = await timed(lambda: through.call(client, "workspace__read", {"path": "direct/x.txt"}), runs)
-        row("workspace__read (direct MCP)", direct_read, summarize(ping)[0])
-        for runtime in RUNTIMES:
-            count = max(5, runs // 4) if runtime == "pyodide" else runs
-            trivial = await timed(lambda r=runtime: through.execute(client, r, through.TRIVIAL[r], 2), count)
-            floor = summarize(trivial)[0]
-            row(f"{runtime} trivial program (floor)", trivial)
-            one = await timed(lambda r=runtime: through.execute(client, r, UPSTREAM_CALL[r], 3), count)
-            row(f"{runtime} 1 upstream call", one, floor)
-            both = await timed(lambda r=runtime: through.execute(client, r, WRITE_READ[r], 3), count)
-            row(f"{runtime} workspace write + read (2 calls)", both, floor)
+        await through.call(client, "workspace__write", {"path": "direct/x.txt", "text": "abc"})
+        direct = await interleaved(
+            {
+                "ping": client.send_ping,
+                "proxied": lambda: through.call(client, "toolbox__add", {"a": 1, "b": 2}),
+                "write": lambda: through.call(client, "workspace__write", {"path": "direct/x.txt", "text": "abc"}),
+                "read": lambda: through.call(client, "workspace__read", {"path": "direct/x.txt"}),
+            },
+            runs,
+        )
+        row("MCP ping (floor)", direct["ping"])
+        row("proxied upstream call (direct MCP)", direct["proxied"], direct["ping"])
+        row("workspace__write (direct MCP)", direct["write"], direct["ping"])
+        row("workspace__read (direct MCP)", direct["read"], direct["ping"])
         saved = await client.call_tool(
             "conduit__mcp_save_skill",
             {"name": "three", "description": "Three.", "language": "typescript", "code": SKILL_CODE},
         )
         assert not saved.is_error, saved
-        direct = await timed(lambda: through.execute(client, "typescript", SKILL_CODE, 3), runs)
-        row("typescript: the skill's code run directly", direct)
-        skill = await timed(lambda: through.execute(client, "typescript", SKILL_CALL, 3), runs)
-        row("typescript: a program calling the skill", skill, summarize(direct)[0])
+        skill = await interleaved(
+            {
+                "direct": lambda: through.execute(client, "typescript", SKILL_CODE, 3),
+                "skill": lambda: through.execute(client, "typescript", SKILL_CALL, 3),
+            },
+            runs,
+            GAP_S,
+        )
+        row("typescript: the skill's code run directly", skill["direct"])
+        row("typescript: a program calling the skill", skill["skill"], skill["direct"])
+        row("a bare `deno run` (a TypeScript sandbox's start)", floors.bare_deno(runs))
+        for runtime in RUNTIMES:
+            count, gap = (max(5, runs // 5), 1.5) if runtime == "pyodide" else (runs, GAP_S)
+            programs = {"trivial": (through.TRIVIAL[runtime], 2), "one": (UPSTREAM_CALL[runtime], 3)}
+            programs["both"] = (WRITE_READ[runtime], 3)
+            samples = await interleaved(
+                {
+                    name: lambda r=runtime, code=code, value=value: through.execute(client, r, code, value)
+                    for name, (code, value) in programs.items()
+                },
+                count,
+                gap,
+            )
+            row(f"{runtime} trivial program (floor)", samples["trivial"])
+            row(f"{runtime} 1 upstream call", samples["one"], samples["trivial"])
+            row(f"{runtime} workspace write + read (2 calls)", samples["both"], samples["trivial"])
     return rows
 
 
