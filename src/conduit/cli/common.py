@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -17,7 +17,9 @@ from conduit.config.loader import DEFAULT_FILENAMES, LoadedConfig, load_config
 from conduit.config.schema import Config
 from conduit.errors import ConduitError, ConfigError
 from conduit.observability.logging import configure_logging
-from conduit.state.database import StateDatabase
+
+if TYPE_CHECKING:
+    from conduit.state.database import StateDatabase
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +84,8 @@ def run_state_action(
 @asynccontextmanager
 async def open_state(loaded: LoadedConfig) -> AsyncIterator[StateDatabase]:
     """The config's state database (workspaces, skills), closed afterwards."""
+    from conduit.state.database import StateDatabase  # only the commands on state pay for SQLAlchemy
+
     database = StateDatabase.for_config(loaded.config, loaded.base_dir)
     try:
         yield database

@@ -10,11 +10,6 @@ from typing import Any
 
 from conduit.cli.common import add_state_actions, open_state
 from conduit.config.loader import LoadedConfig
-from conduit.packages.skill_definition import read_skill_file, skill_file
-from conduit.packages.skills import CURATED, SkillsPackage, load_curated
-from conduit.sandbox.deno.runtime import find_deno
-from conduit.security.callers import Caller
-from conduit.state.skills import SkillStore
 
 EPILOG = """\
 A skill file is the program with a YAML front-matter header (name, description, and optionally inputSchema,
@@ -50,6 +45,13 @@ def add_parser(commands: Any) -> None:
 
 
 async def _act(loaded: LoadedConfig, principal: str, args: argparse.Namespace) -> int:
+    # Imported here: every other command starts without SQLAlchemy.
+    from conduit.packages.skill_definition import read_skill_file, skill_file
+    from conduit.packages.skills import CURATED, SkillsPackage, load_curated
+    from conduit.sandbox.deno.runtime import find_deno
+    from conduit.security.callers import Caller
+    from conduit.state.skills import SkillStore
+
     config = loaded.config
     curated = load_curated(loaded.base_dir / config.skills.dir) if config.skills.dir else {}
     caller = Caller(principal, "principal")

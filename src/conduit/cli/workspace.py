@@ -12,7 +12,6 @@ import anyio
 
 from conduit.cli.common import add_state_actions, open_state
 from conduit.config.loader import LoadedConfig
-from conduit.state.workspace import WorkspaceStore
 
 EPILOG = """\
 examples:
@@ -44,6 +43,8 @@ def add_parser(commands: Any) -> None:
 
 
 async def _act(loaded: LoadedConfig, principal: str, args: argparse.Namespace) -> int:
+    from conduit.state.workspace import WorkspaceStore  # here: every other command starts without SQLAlchemy
+
     async with open_state(loaded) as database:
         store = WorkspaceStore(database, loaded.config.workspace)
         if args.action == "ls":

@@ -17,11 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -30,6 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conduit.config.schema import Config
 from conduit.errors import ConfigError, StateUnavailableError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-connection chatter; migrations are logged here
@@ -287,6 +288,8 @@ def _sqlite_begin(connection: Connection) -> None:
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig  # imported when a store is opened, not by every command
+
     config = AlembicConfig()
     config.set_main_option("script_location", "conduit.state:migrations")
     config.attributes["connection"] = connection
@@ -295,6 +298,8 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 def migrate(connection: Connection, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (the newest by default); a migration that runs is logged."""
+    from alembic import command
+
     before = revision_of(connection)
     command.upgrade(_alembic_config(connection), revision)
     after = revision_of(connection)
