@@ -456,12 +456,16 @@ class Gateway:
         Raises:
             BusyError: over the limit (with when to retry), or Redis is away with ``onStoreError: refuse``.
         """
-        if call.upstream not in self.registry.connections and call.upstream not in self.packages:
+        if not self._serves(call.upstream):
             return  # refused as unknown by the call itself
         refusal = await self.rate_limiter.admit_tool_call(caller, call.upstream)
         if refusal is not None:
             self.metrics.rate_limited.inc()
             raise BusyError(refusal.message)
+
+    def _serves(self, package_id: str) -> bool:
+        """Whether ``package_id`` names a configured upstream or one of Conduit's own packages."""
+        return package_id in self.registry.connections or package_id in self.packages
 
     def _sdk(self, language: str, visible: Catalog) -> str:
         """The SDK of the tools of ``visible`` (an allowlist's catalog), generated once per catalog version and
@@ -536,9 +540,7 @@ class Gateway:
         started = time.perf_counter()
         tool = call.name
         upstream = "unknown"  # the metrics' label for a call that names no configured upstream
-        if isinstance(call, ToolCall) and (
-            call.upstream in self.registry.connections or call.upstream in self.packages
-        ):
+        if isinstance(call, ToolCall) and self._serves(call.upstream):
             upstream = call.upstream
         code: int | None = None
         is_error = False
