@@ -38,6 +38,8 @@ from conduit.observability.metrics import Metrics
 from conduit.observability.tracing import Tracing, traces_endpoint
 from conduit.packages.skills import SkillsPackage, load_curated
 from conduit.packages.workspace import WorkspacePackage
+from conduit.privacy.token_map import MemoryTokenMap, RedisTokenMap
+from conduit.privacy.tokens import Privacy
 from conduit.sandbox.base import BridgeAddress, Runtime
 from conduit.sandbox.deno.runtime import DenoLauncher, find_deno
 from conduit.sandbox.host.process import use_pidfd_child_watcher
@@ -109,6 +111,7 @@ async def open_gateway(
                     runtime.start(tg)
                     runtimes[name] = runtime
                 tracing = Tracing(traces_endpoint(config.tracing.otlp_endpoint, host_env), config.tracing.service_name)
+                privacy = _privacy(config, shared)
                 gateway = Gateway(
                     config,
                     registry=registry,
@@ -116,13 +119,14 @@ async def open_gateway(
                     sessions=sessions,
                     runtimes=runtimes,
                     runs=_runs(config, shared, tg),
-                    approvals=_approvals(config),
+                    approvals=_approvals(config, privacy),
                     rate_limiter=RateLimiter(config.rate_limit, shared, config.tool_call_rate_limit),
                     metrics=Metrics(),
                     tracing=tracing,
                     walls=walls,
                     shared=shared,
                     packages=packages,
+                    privacy=privacy,
                 )
                 gateway.metrics.watch(dataclasses.replace(gateway.live_state(), workspace_bytes=_usage(packages)))
                 bridge.serve(tg, gateway)
@@ -239,13 +243,22 @@ def _runs(config: Config, shared: SharedStore | None, tasks: TaskGroup) -> Runs:
     return Runs(tasks, keep_s, config.background.max_per_principal, mirror)
 
 
-def _approvals(config: Config) -> Approvals:
+def _privacy(config: Config, shared: SharedStore | None) -> Privacy | None:
+    """Tokenising personal values (``privacy``), its map in this process or, for replicas, in Redis."""
+    if not config.privacy.enabled:
+        return None
+    ttl_s, bound = config.privacy.ttl_ms / 1000, config.privacy.max_values
+    tokens = MemoryTokenMap(ttl_s, bound) if shared is None else RedisTokenMap(shared, ttl_s, bound)
+    return Privacy(config.privacy, tokens)
+
+
+def _approvals(config: Config, privacy: Privacy | None) -> Approvals:
     """The approval rules, and what a person asked is shown: no secret, no credential shape; the PII they
     need to judge."""
     redactor = Redactor(
         config.secret_values(), config.secret_redaction_patterns, credentials=config.redact_credentials, pii=False
     )
-    return Approvals(config.approvals, redactor)
+    return Approvals(config.approvals, redactor, privacy)
 
 
 async def _probe_uids(walls: Walls, deno: DenoLauncher, runtimes: Mapping[str, Runtime]) -> None:

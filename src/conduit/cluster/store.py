@@ -10,6 +10,7 @@ tried again by the next operation, so a replica recovers by itself within a seco
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -49,6 +50,7 @@ class SharedStore:
         self.prefix = config.key_prefix
         self.on_error = config.on_store_error
         self.fernet = Fernet(config.key.get_secret_value().encode("ascii"))
+        self._key = config.key.get_secret_value().encode("ascii")
         self.client = redis.asyncio.Redis.from_url(self.url, **client_options())
         self.sync_client = redis.Redis.from_url(self.url, **client_options())
         self._retry_at = 0.0
@@ -56,6 +58,10 @@ class SharedStore:
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` (a keyed hash's), derived from ``cluster.key``: the same on every replica."""
+        return hashlib.sha256(b"conduit\0" + purpose.encode() + b"\0" + self._key).digest()
 
     @property
     def available(self) -> bool:

@@ -17,6 +17,7 @@ from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, fi
 from pydantic.alias_generators import to_camel
 
 from conduit.errors import InvalidParamsError
+from conduit.privacy.kinds import BUILT_IN, CUSTOM_NAME
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.security.callers import OAUTH_CALLER_PREFIX, RESERVED_CALLER_IDS
 
@@ -579,6 +580,75 @@ class SkillsConfig(_Model):
     ``.py``) with a front-matter header (relative to the config file's directory)."""
 
 
+BuiltInKind = Literal["email", "phone", "credit_card", "iban", "ipv4", "ipv6", "us_ssn"]
+
+
+class CustomKind(_Model):
+    """An operator's own kind of personal value: ``{name: employee_id, pattern: "E\\d{6}"}`` makes tokens like
+    ``[EMPLOYEE_ID_3]``."""
+
+    name: Annotated[str, Field(pattern=CUSTOM_NAME)]
+    pattern: str
+    """A Python regular expression; each non-empty match is one value (matches never span lines in output that
+    is streamed in pieces longer than a line)."""
+
+    @field_validator("name")
+    @classmethod
+    def _not_built_in(cls, name: str) -> str:
+        if name in BUILT_IN:
+            raise ValueError(f"{name!r} is a built-in kind: list it by name instead")
+        return name
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if compiled.fullmatch(""):
+            raise ValueError("matches the empty string: every position would be a value")
+        return pattern
+
+
+class PrivacyConfig(_Model):
+    """Personal values in what leaves for the client (so the model) become tokens such as ``[EMAIL_7]``, and
+    tokens in tool calls' arguments become the values again on the way to the upstream (docs/PRIVACY.md)."""
+
+    tokenize: list[BuiltInKind | CustomKind] = Field(default_factory=list)
+    """The kinds to tokenise (empty: off): built-in ones by name, custom ones as ``{name, pattern}``."""
+    ttl_ms: Annotated[int, Field(ge=1000, le=366 * 86_400_000)] = 86_400_000
+    """How long a token can be restored after its value was last seen (the same value keeps its token)."""
+    principals: list[str] | None = None
+    """Whom it applies to (caller ids: principals, ``master``, ``local``; unset: everyone)."""
+    exempt: list[str] = Field(default_factory=list)
+    """Tools (allowlist patterns) whose arguments are never restored: tokens reach them as text."""
+    approval_forms: Literal["tokens", "values"] = "tokens"
+    """What a person asked to approve a call sees of personal values: their tokens, or the values themselves
+    (tokens in the arguments restored for the form)."""
+    max_values: Annotated[int, Field(ge=100, le=10_000_000)] = 50_000
+    """Values remembered per principal; past it the oldest are forgotten (their tokens restore nothing)."""
+
+    @field_validator("tokenize")
+    @classmethod
+    def _unique_kinds(cls, kinds: list[BuiltInKind | CustomKind]) -> list[BuiltInKind | CustomKind]:
+        _check_unique("kind", [kind if isinstance(kind, str) else kind.name for kind in kinds])
+        return kinds
+
+    @field_validator("exempt")
+    @classmethod
+    def _exempt_parses(cls, patterns: list[str]) -> list[str]:
+        try:
+            Allowlist.parse(patterns)
+        except AllowlistError as exc:
+            raise ValueError(str(exc)) from None
+        return patterns
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokenize)
+
+
 class TracingConfig(_Model):
     """OpenTelemetry traces: a span per execution, a child span per tool call. Off without an endpoint."""
 
@@ -655,6 +725,7 @@ class Config(_Model):
     state: StateConfig = Field(default_factory=StateConfig)
     workspace: WorkspaceConfig = Field(default_factory=WorkspaceConfig)
     skills: SkillsConfig = Field(default_factory=SkillsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     approvals: list[ApprovalRule] = Field(default_factory=list)
     """Programs' tool calls that wait for a person's approval (MCP elicitation); see docs/CODE_MODE.md."""

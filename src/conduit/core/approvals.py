@@ -7,7 +7,8 @@ Accept sends the call; a decline, a cancel, no answer in time, a failed request,
 cannot be asked at all throws :class:`~conduit.errors.ApprovalDeclinedError` (-32015) in the
 program, and the upstream never sees the call: a rule is never silently skipped. The program's own
 time limit keeps running while the person decides. Every request and decision is an audit record.
-What the person is shown of the arguments is scrubbed of configured secrets and credential shapes.
+What the person is shown of the arguments is scrubbed of configured secrets and credential shapes, and with
+``privacy`` on its personal values are tokens (or, with ``privacy.approvalForms: values``, the values).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import anyio
 from conduit.catalog import ToolEntry
 from conduit.config.schema import ApprovalRule
 from conduit.errors import ApprovalDeclinedError
+from conduit.privacy.tokens import Privacy, Tally
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import Caller
 from conduit.security.redact import Redactor
@@ -68,9 +70,10 @@ class _Rule:
 class Approvals:
     """The configured rules, and the asking."""
 
-    def __init__(self, rules: Sequence[ApprovalRule], redactor: Redactor) -> None:
+    def __init__(self, rules: Sequence[ApprovalRule], redactor: Redactor, privacy: Privacy | None = None) -> None:
         self._rules = [_Rule(rule, Allowlist.parse(rule.tools) if rule.tools is not None else None) for rule in rules]
         self._redactor = redactor
+        self._privacy = privacy
 
     def __bool__(self) -> bool:
         return bool(self._rules)
@@ -104,7 +107,9 @@ class Approvals:
             return
         tool = entry.qualified
         title = (entry.listed.title if entry.listed is not None else None) or entry.name
-        request = ApprovalRequest(tool, title, self.shown(arguments), caller.id, execution_id)
+        request = ApprovalRequest(
+            tool, title, self.shown(await self._personal(arguments, caller)), caller.id, execution_id
+        )
         if ask is not None:
             AUDIT.info(
                 "approval requested",
@@ -123,6 +128,16 @@ class Approvals:
         )
         if decision != "approved":
             raise ApprovalDeclinedError(f"the call of {tool!r} was not approved: {why}")
+
+    async def _personal(self, arguments: object, caller: Caller) -> object:
+        """What the person sees of personal values (``privacy.approvalForms``): their tokens (the default; the
+        arguments' values tokenised), or the values (the caller's tokens in the arguments restored)."""
+        privacy = self._privacy
+        if privacy is None or not privacy.applies(caller):
+            return arguments
+        if privacy.config.approval_forms == "values":
+            return await privacy.reveal(caller, arguments)
+        return await privacy.value(caller, arguments, Tally())
 
     @staticmethod
     async def _ask(ask: Asker | None, request: ApprovalRequest, timeout_s: float) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import mcp_types as types
 from pydantic import JsonValue
@@ -54,6 +55,8 @@ from conduit.errors import (
 from conduit.observability.context import ENDED_BY, EXECUTION_ID
 from conduit.observability.metrics import LiveState, Metrics, execution_outcome, tool_outcome
 from conduit.observability.tracing import Tracing
+from conduit.privacy.stream import TokenizingStream
+from conduit.privacy.tokens import Privacy, Tally
 from conduit.sandbox.base import BridgeEndpoint, Job, RunOutcome, Runtime
 from conduit.sandbox.host.program import position_fixer, with_program_positions
 from conduit.sandbox.protocol import CALL_TOOL, DISCOVER_TOOLS, REGISTER_UPSTREAM
@@ -120,6 +123,7 @@ class Gateway:
         walls: Walls | None = None,
         shared: SharedStore | None = None,
         packages: Sequence[Package] = (),
+        privacy: Privacy | None = None,
     ) -> None:
         self.config = config
         self.tracing = tracing or Tracing(None, "conduit")
@@ -134,6 +138,8 @@ class Gateway:
         self.rate_limiter = rate_limiter
         self.metrics = metrics
         self.shared = shared
+        self.privacy = privacy
+        """Personal values tokenised on the way out, restored on the way to upstreams (None: off)."""
         self.packages: dict[str, Package] = {package.id: package for package in packages}
         """Conduit's own packages (workspace, skills), served beside the upstreams."""
         for package in packages:
@@ -270,6 +276,8 @@ class Gateway:
         metric = language.name
         began = False
         exit_code: int | None = None
+        privacy = self.privacy if self.privacy is not None and self.privacy.applies(caller) else None
+        tally = Tally()
         with self.tracing.execution(execution_id, language.name) as span:
             span["principal"] = caller.id
             try:
@@ -313,21 +321,25 @@ class Gateway:
                             shown("stderr", kept)
 
                     deadline = time.monotonic() + effective.timeout_ms / 1000
-                    with self.sessions.session(
-                        execution_id,
-                        allowlist,
-                        caller,
-                        asker,
-                        effective.max_tool_calls,
-                        skills=plan.skills,
-                        deadline=deadline,
-                        emit=emit,
-                        limits=effective,
-                        parent=plan.within,
-                    ) as session:
-                        logger.info("execution started", extra={"runtime": metric})
-                        began = True
-                        outcome = await sandbox.run(Job(code, sdk, session.token, effective, shown))
+                    tokenizing = privacy is not None and not plan.skills  # a skill's output goes to its caller
+                    streaming = self._live(privacy if tokenizing else None, caller, shown, tally)
+                    async with streaming as shown:
+                        with self.sessions.session(
+                            execution_id,
+                            allowlist,
+                            caller,
+                            asker,
+                            effective.max_tool_calls,
+                            skills=plan.skills,
+                            deadline=deadline,
+                            emit=emit,
+                            limits=effective,
+                            parent=plan.within,
+                            tally=tally if privacy is not None else None,
+                        ) as session:
+                            logger.info("execution started", extra={"runtime": metric})
+                            began = True
+                            outcome = await sandbox.run(Job(code, sdk, session.token, effective, shown))
                     if added:
                         outcome = dataclasses.replace(outcome, stderr=outcome.stderr + "".join(added))
                 if chosen is not None:
@@ -336,6 +348,8 @@ class Gateway:
                 outcome = explain_missing_tool(outcome, code, visible)
                 if warnings:
                     outcome = dataclasses.replace(outcome, stderr="".join(warnings) + outcome.stderr)
+                if privacy is not None and tokenizing:
+                    outcome = await privacy.outcome(caller, outcome, tally)
                 outcome_label = execution_outcome(outcome.error.code if outcome.error else None)
                 span["exit_code"] = exit_code = outcome.exit_code
                 return outcome
@@ -349,7 +363,7 @@ class Gateway:
                 span["outcome"] = outcome_label
                 elapsed = time.perf_counter() - started
                 if began:  # every execution that started ends with one record, however it ended
-                    self._ended(caller, execution_id, metric, outcome_label, exit_code, elapsed)
+                    self._ended(caller, execution_id, metric, outcome_label, exit_code, elapsed, tally.record())
                 if outcome_label != "invalid":
                     self.metrics.executions.labels(metric, outcome_label).inc()
                     self.metrics.principal_executions.labels(caller.id, outcome_label).inc()
@@ -359,10 +373,17 @@ class Gateway:
 
     @staticmethod
     def _ended(
-        caller: Caller, execution_id: str, runtime: str, outcome: str, exit_code: int | None, seconds: float
+        caller: Caller,
+        execution_id: str,
+        runtime: str,
+        outcome: str,
+        exit_code: int | None,
+        seconds: float,
+        privacy: dict[str, Any] | None,
     ) -> None:
         """The end of a started execution: one log record and one audit record, whatever ended it (its
-        outcome, a cancel, a client that went away, a server that stops)."""
+        outcome, a cancel, a client that went away, a server that stops); with ``privacy`` on, how many values
+        of each kind its output tokenised and its calls restored (never the values)."""
         duration_ms = round(seconds * 1000, 1)
         logger.info(
             "execution ended",
@@ -376,6 +397,7 @@ class Gateway:
                 "runtime": runtime,
                 "outcome": outcome,
                 "duration_ms": duration_ms,
+                **({"privacy": privacy} if privacy is not None else {}),
             },
         )
 
@@ -428,6 +450,26 @@ class Gateway:
             return
         async with self._share(plan.caller), self.admission.slot():
             yield
+
+    @contextlib.asynccontextmanager
+    async def _live(
+        self,
+        privacy: Privacy | None,
+        caller: Caller,
+        listener: Callable[[str, str], None] | None,
+        tally: Tally,
+    ) -> AsyncIterator[Callable[[str, str], None] | None]:
+        """The listener a run's live output goes to: ``listener`` itself, or, with ``privacy`` on, a stream
+        that tokenises the output before ``listener`` sees it (:mod:`conduit.privacy.stream`)."""
+        if privacy is None or listener is None:
+            yield listener
+            return
+
+        async def tokenize(text: str) -> str:
+            return await privacy.text(caller, text, tally)
+
+        async with TokenizingStream.open(tokenize, privacy.finder, listener) as feed:
+            yield feed
 
     def _share(self, caller: Caller) -> AbstractAsyncContextManager[None]:
         """A slot of ``caller``'s own concurrency share (none for callers without one)."""
@@ -544,6 +586,8 @@ class Gateway:
             upstream = call.upstream
         code: int | None = None
         is_error = False
+        privacy = self.privacy if self.privacy is not None and self.privacy.applies(caller) else None
+        tally = Tally()
         with self.tracing.tool_call(execution_id, tool, upstream) as span:
             span["principal"] = caller.id
             try:
@@ -560,11 +604,18 @@ class Gateway:
                 if package is not None:
                     result = await package.call(session, entry, call.arguments)
                 else:
-                    result = await self.registry.call(entry, call.arguments, caller)
+                    arguments = call.arguments
+                    if privacy is not None and not privacy.exempt(entry):
+                        arguments = await privacy.restore(caller, arguments, tally)
+                    result = await self.registry.call(entry, arguments, caller)
                 is_error = bool(result.is_error)
+                if privacy is not None and not session.is_program:  # a program's own calls answer into its sandbox
+                    result = await privacy.result(caller, result, tally)
                 return result
             except ConduitError as exc:
                 code = exc.code
+                if privacy is not None and not session.is_program:
+                    await privacy.failure(caller, exc, tally)
                 raise
             finally:
                 seconds = time.perf_counter() - started
@@ -573,6 +624,9 @@ class Gateway:
                 self.metrics.tool_calls.labels(upstream, outcome).inc()
                 self.metrics.principal_tool_calls.labels(caller.id, outcome).inc()
                 self.metrics.tool_call_seconds.labels(upstream).observe(seconds)
+                counted = tally.record()
+                if counted is not None and session.tally is not None:
+                    session.tally.add(tally)
                 AUDIT.info(
                     "tool call",
                     extra={
@@ -581,6 +635,7 @@ class Gateway:
                         "tool": tool,
                         "outcome": outcome,
                         "duration_ms": round(seconds * 1000, 2),
+                        **({"privacy": counted} if counted is not None else {}),
                     },
                 )
 

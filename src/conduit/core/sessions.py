@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from conduit.config.schema import Limits
 from conduit.core.approvals import Asker
 from conduit.errors import FORBIDDEN, AuthError, ToolCallLimitError
+from conduit.privacy.tokens import Tally
 from conduit.sandbox.protocol import SESSION_METHODS
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import EVERYTHING, MASTER, Caller
@@ -48,6 +49,8 @@ class Session:
     """The limits the program's run has (a skill it calls runs within them)."""
     parent: Session | None = field(default=None, repr=False)
     """A skill's run: the session of the program that called it, whose budget of tool calls it spends."""
+    tally: Tally | None = field(default=None, repr=False)
+    """With ``privacy`` on: what the program's calls restored, for its execution's audit record."""
 
     @classmethod
     def of(cls, caller: Caller, asker: Asker | None = None) -> Session:
@@ -110,6 +113,7 @@ class SessionRegistry:
         emit: Callable[[str], None] | None = None,
         limits: Limits | None = None,
         parent: Session | None = None,
+        tally: Tally | None = None,
     ) -> Iterator[Session]:
         """A session token valid exactly while the ``with`` block runs."""
         session = Session(
@@ -124,6 +128,7 @@ class SessionRegistry:
             emit=emit,
             limits=limits,
             parent=parent,
+            tally=tally,
         )
         key = _digest(session.token)
         self._sessions[key] = session

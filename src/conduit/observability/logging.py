@@ -29,6 +29,7 @@ FIELDS: Final = (
     "upstream",
     "decision",
     "decided_by",
+    "privacy",
 )
 """Structured fields a record may carry (as ``extra``); the formatters print exactly these."""
 

@@ -4,9 +4,9 @@ One pure module for every place text leaves: log records (:func:`redact` for con
 values and patterns, then :func:`scrub`), and error messages sent into a sandbox
 (:func:`sandbox_safe`, which also drops URLs and host paths).
 
-Patterns are deliberately specific (known token formats, key=value secrets, Luhn-valid card
-numbers, formatted phone numbers) so that ids, ports, durations and timestamps in logs stay
-readable. Each match is replaced by a label saying what was there.
+Patterns are deliberately specific (known token formats, key=value secrets, and the personal values of
+:mod:`conduit.privacy.kinds`: Luhn-valid card numbers, formatted phone numbers...) so that ids, ports,
+durations and timestamps in logs stay readable. Each match is replaced by a label saying what was there.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from typing import Final
+
+from conduit.privacy.kinds import BUILT_IN, Kind
 
 Replacement = str | Callable[[re.Match[str]], str]
 
@@ -46,40 +48,20 @@ CREDENTIAL_PATTERNS: Final[tuple[tuple[re.Pattern[str], Replacement], ...]] = (
 )
 
 
-def _card(match: re.Match[str]) -> str:
-    digits = [int(c) for c in match.group(0) if c.isdigit()]
-    return "[REDACTED card]" if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+def _checked(kind: Kind, label: str) -> tuple[re.Pattern[str], Replacement]:
+    """A kind's pattern for logs: its matches that pass its check become ``label``."""
+    return re.compile(kind.pattern), lambda match: label if kind.accepts(match.group(0)) else match.group(0)
 
 
 PII_PATTERNS: Final[tuple[tuple[re.Pattern[str], Replacement], ...]] = (
-    (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), "[REDACTED email]"),
-    (re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _card),
-    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[REDACTED national id]"),  # US SSN
+    _checked(BUILT_IN["email"], "[REDACTED email]"),
+    _checked(BUILT_IN["credit_card"], "[REDACTED card]"),
+    _checked(BUILT_IN["us_ssn"], "[REDACTED national id]"),
     (re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b"), "[REDACTED national id]"),  # UK NINO
-    (
-        re.compile(
-            r"(?<![\w+])(?:\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}"
-            r"|\(\d{3}\)\s?\d{3}[\s.-]\d{4}|\b\d{3}[.-]\d{3}[.-]\d{4})\b"
-        ),
-        "[REDACTED phone]",
-    ),
+    _checked(BUILT_IN["phone"], "[REDACTED phone]"),
 )
-
-
-def luhn_valid(digits: list[int]) -> bool:
-    """The Luhn checksum card numbers carry.
-
-    >>> luhn_valid([int(c) for c in "4111111111111111"]), luhn_valid([int(c) for c in "4111111111111112"])
-    (True, False)
-    """
-    total = 0
-    for index, digit in enumerate(reversed(digits)):
-        if index % 2:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0
+"""The personal values logs never show: the kinds of :mod:`conduit.privacy.kinds` (one home for their
+patterns and checks), and UK national insurance numbers."""
 
 
 def scrub(text: str, *, credentials: bool = True, pii: bool = True) -> str:
