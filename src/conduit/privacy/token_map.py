@@ -142,15 +142,16 @@ class MemoryTokenMap:
             )
 
 
-# Issues tokens for values not in the map, refreshes the rest, evicts past the bound: one atomic step.
-# ARGV: base, ttl ms, now ms, max values, then (label, value hash, sealed value) per value.
-# Returns the tokens, then how many values were evicted.
+# Issues tokens for values not in the map, refreshes the rest, evicts past the bound: one atomic step. The
+# order set ranks values by last use (a sequence number: values of one batch keep their order); a value that
+# expired by itself leaves its entry there until it is the oldest and popped.
+# ARGV: base, ttl ms, max values, then (label, value hash, sealed value) per value.
+# Returns the tokens, then how many remembered values were evicted.
 _ISSUE: Final = """
-local base, ttl, now, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local base, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local order, numbers = base .. 'order', base .. 'numbers'
-redis.call('ZREMRANGEBYSCORE', order, '-inf', now - ttl)
 local out = {}
-for i = 5, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local label, digest, sealed = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local vkey = base .. 'v:' .. digest
   local token = redis.call('GET', vkey)
@@ -161,7 +162,7 @@ for i = 5, #ARGV, 3 do
     redis.call('PEXPIRE', base .. 't:' .. token, ttl)
   end
   redis.call('SET', vkey, token, 'PX', ttl)
-  redis.call('ZADD', order, now, digest)
+  redis.call('ZADD', order, redis.call('HINCRBY', numbers, '#used', 1), digest)
   out[#out + 1] = token
 end
 local evicted = 0
@@ -171,9 +172,10 @@ if over > 0 then
   for j = 1, #oldest, 2 do
     local vkey = base .. 'v:' .. oldest[j]
     local token = redis.call('GET', vkey)
-    if token then redis.call('DEL', base .. 't:' .. token) end
-    redis.call('DEL', vkey)
-    evicted = evicted + 1
+    if token then
+      redis.call('DEL', base .. 't:' .. token, vkey)
+      evicted = evicted + 1
+    end
   end
 end
 redis.call('PEXPIRE', order, ttl)
@@ -184,21 +186,22 @@ return out
 
 # The tokens of values already in the map (false for the others), refreshed: one round trip for the common case.
 _TOUCH: Final = """
-local base, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local base, ttl = ARGV[1], tonumber(ARGV[2])
+local numbers = base .. 'numbers'
 local out = {}
-for i = 4, #ARGV do
+for i = 3, #ARGV do
   local vkey = base .. 'v:' .. ARGV[i]
   local token = redis.call('GET', vkey)
   if token then
     redis.call('PEXPIRE', vkey, ttl)
     redis.call('PEXPIRE', base .. 't:' .. token, ttl)
-    redis.call('ZADD', base .. 'order', now, ARGV[i])
+    redis.call('ZADD', base .. 'order', redis.call('HINCRBY', numbers, '#used', 1), ARGV[i])
     out[#out + 1] = token
   else
     out[#out + 1] = false
   end
 end
-if #out > 0 then redis.call('PEXPIRE', base .. 'numbers', ttl) end
+if #out > 0 then redis.call('PEXPIRE', numbers, ttl) end
 return out
 """
 
@@ -206,11 +209,10 @@ return out
 class RedisTokenMap:
     """The map in the cluster's Redis, sealed; this replica's memory while Redis is away (``local``)."""
 
-    def __init__(self, store: SharedStore, ttl_s: float, max_values: int, *, clock: Clock = time.time) -> None:
+    def __init__(self, store: SharedStore, ttl_s: float, max_values: int) -> None:
         self._store = store
         self._ttl_ms = int(ttl_s * 1000)
         self._max_values = max_values
-        self._clock = clock
         self._hmac_key = store.derived_key("privacy map")
         self._issue = store.client.register_script(_ISSUE)
         self._touch = store.client.register_script(_TOUCH)
@@ -238,14 +240,13 @@ class RedisTokenMap:
 
     async def _shared_tokens(self, principal: str, values: Sequence[tuple[str, str]]) -> list[str]:
         base = self._base(principal)
-        now = int(self._clock() * 1000)
         digests = [self._digest(label, value) for label, value in values]
-        found = await self._touch(args=[base, self._ttl_ms, now, *digests])
+        found = await self._touch(args=[base, self._ttl_ms, *digests])
         tokens: list[str | None] = [_text(token) if token else None for token in found]
         missing = [index for index, token in enumerate(tokens) if token is None]
         if missing:
             fernet = self._store.fernet
-            args: list[str | int] = [base, self._ttl_ms, now, self._max_values]
+            args: list[str | int] = [base, self._ttl_ms, self._max_values]
             for index in missing:
                 label, value = values[index]
                 sealed = fernet.encrypt(value.encode("utf-8", "surrogatepass")).decode("ascii")
