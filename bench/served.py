@@ -176,6 +176,23 @@ async def execute(client: Client, runtime: str, code: str, expected: int | None 
         raise RuntimeError(f"{runtime}: expected {expected}, got {payload}")
 
 
+async def interleaved(
+    actions: dict[str, Callable[[], Awaitable[Any]]], runs: int, gap_s: float = 0.0
+) -> dict[str, list[float]]:
+    """``runs`` timed rounds of every action in turn (after two untimed rounds): what is compared is measured
+    under the same conditions, whatever the machine does meanwhile."""
+    timed: dict[str, list[float]] = {name: [] for name in actions}
+    for round_ in range(runs + 2):
+        for name, action in actions.items():
+            if gap_s:
+                await anyio.sleep(gap_s)
+            started = time.perf_counter()
+            await action()
+            if round_ >= 2:
+                timed[name].append((time.perf_counter() - started) * 1000)
+    return timed
+
+
 async def samples(action: Callable[[], Awaitable[None]], runs: int, gap_s: float) -> list[float]:
     """``runs`` timed calls of ``action`` (after two untimed ones), ``gap_s`` apart (0: back to back)."""
     for _ in range(2):

@@ -18,7 +18,7 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,23 +70,6 @@ def store(kind: str) -> Iterator[dict[str, Any] | None]:
         yield {"state": {"url": server.create_database()}, "auth": {"credentialStore": {"key": KEY}}}
 
 
-async def interleaved(
-    actions: dict[str, Callable[[], Awaitable[Any]]], runs: int, gap_s: float = 0.0
-) -> dict[str, list[float]]:
-    """``runs`` timed rounds of every action in turn (after two untimed rounds): what is compared is measured
-    under the same conditions, whatever the machine does meanwhile."""
-    timed: dict[str, list[float]] = {name: [] for name in actions}
-    for round_ in range(runs + 2):
-        for name, action in actions.items():
-            if gap_s:
-                await anyio.sleep(gap_s)
-            started = time.perf_counter()
-            await action()
-            if round_ >= 2:
-                timed[name].append((time.perf_counter() - started) * 1000)
-    return timed
-
-
 async def measure(kind: str, extra: dict[str, Any], runs: int) -> list[list[object]]:
     rows: list[list[object]] = []
 
@@ -98,7 +81,7 @@ async def measure(kind: str, extra: dict[str, Any], runs: int) -> list[list[obje
     async with through.served("http", mode="legacy", extra=extra) as server:  # legacy: the modern protocol has no ping
         client = server.client
         await through.call(client, "workspace__write", {"path": "direct/x.txt", "text": "abc"})
-        direct = await interleaved(
+        direct = await through.interleaved(
             {
                 "ping": client.send_ping,
                 "proxied": lambda: through.call(client, "toolbox__add", {"a": 1, "b": 2}),
@@ -116,7 +99,7 @@ async def measure(kind: str, extra: dict[str, Any], runs: int) -> list[list[obje
             {"name": "three", "description": "Three.", "language": "typescript", "code": SKILL_CODE},
         )
         assert not saved.is_error, saved
-        skill = await interleaved(
+        skill = await through.interleaved(
             {
                 "direct": lambda: through.execute(client, "typescript", SKILL_CODE, 3),
                 "skill": lambda: through.execute(client, "typescript", SKILL_CALL, 3),
@@ -131,7 +114,7 @@ async def measure(kind: str, extra: dict[str, Any], runs: int) -> list[list[obje
             count, gap = (max(5, runs // 5), 1.5) if runtime == "pyodide" else (runs, GAP_S)
             programs = {"trivial": (through.TRIVIAL[runtime], 2), "one": (UPSTREAM_CALL[runtime], 3)}
             programs["both"] = (WRITE_READ[runtime], 3)
-            samples = await interleaved(
+            samples = await through.interleaved(
                 {
                     name: lambda r=runtime, code=code, value=value: through.execute(client, r, code, value)
                     for name, (code, value) in programs.items()

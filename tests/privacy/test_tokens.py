@@ -12,11 +12,11 @@ import pytest
 
 from conduit.config.schema import Config, PrivacyConfig
 from conduit.errors import UpstreamError
-from conduit.privacy.kinds import BUILT_IN, Finder
 from conduit.privacy.stream import HOLD, LONG, TokenizingStream
 from conduit.privacy.token_map import MemoryTokenMap
 from conduit.privacy.tokens import Privacy, Tally
 from conduit.security.callers import Caller
+from conduit.security.personal import BUILT_IN, Finder
 
 pytestmark = pytest.mark.anyio
 

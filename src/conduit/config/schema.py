@@ -17,9 +17,9 @@ from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, SecretStr, fi
 from pydantic.alias_generators import to_camel
 
 from conduit.errors import InvalidParamsError
-from conduit.privacy.kinds import BUILT_IN, CUSTOM_NAME
 from conduit.security.allowlist import Allowlist, AllowlistError
 from conduit.security.callers import OAUTH_CALLER_PREFIX, RESERVED_CALLER_IDS
+from conduit.security.personal import BUILT_IN, CUSTOM_NAME
 
 _ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 CONDUIT_PACKAGES: Final = ("workspace", "skills")

@@ -20,7 +20,7 @@ from typing import Final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from conduit.privacy.kinds import Finder
+from conduit.security.personal import Finder
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ import mcp_types as types
 from conduit.catalog import ToolEntry
 from conduit.config.schema import PrivacyConfig
 from conduit.errors import ConduitError
-from conduit.privacy.kinds import BUILT_IN, Finder, Kind
 from conduit.privacy.token_map import TokenMap
 from conduit.sandbox.base import ProgramFailure, RunOutcome
 from conduit.security.allowlist import Allowlist
 from conduit.security.callers import Caller
+from conduit.security.personal import BUILT_IN, Finder, Kind
 
 MAX_NUMBER_DIGITS: Final = 12
 
@@ -94,7 +94,7 @@ class Privacy:
 
     async def texts(self, caller: Caller, texts: list[str], tally: Tally) -> list[str]:
         """Each text with its values replaced by their tokens (one round to the token map for all of them)."""
-        found = [self.finder.find(text) for text in texts]
+        found = self.finder.find_each(texts)
         keys = list(dict.fromkeys((item.kind.label, item.value) for items in found for item in items))
         if not keys:
             return texts
@@ -205,13 +205,20 @@ def _strings(value: Any) -> list[str]:
         item = stack.pop()
         if isinstance(item, str):
             found.append(item)
-        elif isinstance(item, Mapping):
+        elif isinstance(item, dict):
             for key, inner in item.items():
                 if isinstance(key, str):
                     found.append(key)
-                stack.append(inner)
+                if isinstance(inner, str):
+                    found.append(inner)
+                elif isinstance(inner, dict | list | tuple):
+                    stack.append(inner)
         elif isinstance(item, list | tuple):
-            stack.extend(item)
+            for inner in item:
+                if isinstance(inner, str):
+                    found.append(inner)
+                elif isinstance(inner, dict | list | tuple):
+                    stack.append(inner)
     return found
 
 
@@ -220,9 +227,11 @@ def _rebuilt(value: Any, change: Callable[[str], str | None]) -> Any:
     if isinstance(value, str):
         new = change(value)
         return value if new is None else new
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {
-            _rebuilt(key, change) if isinstance(key, str) else key: _rebuilt(inner, change)
+            (_rebuilt(key, change) if isinstance(key, str) else key): (
+                inner if isinstance(inner, int | float | bool) or inner is None else _rebuilt(inner, change)
+            )
             for key, inner in value.items()
         }
     if isinstance(value, list | tuple):

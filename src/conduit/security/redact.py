@@ -5,7 +5,7 @@ values and patterns, then :func:`scrub`), and error messages sent into a sandbox
 (:func:`sandbox_safe`, which also drops URLs and host paths).
 
 Patterns are deliberately specific (known token formats, key=value secrets, and the personal values of
-:mod:`conduit.privacy.kinds`: Luhn-valid card numbers, formatted phone numbers...) so that ids, ports,
+:mod:`conduit.security.personal`: Luhn-valid card numbers, formatted phone numbers...) so that ids, ports,
 durations and timestamps in logs stay readable. Each match is replaced by a label saying what was there.
 """
 
@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from conduit.privacy.kinds import BUILT_IN, Kind
+from conduit.security.personal import BUILT_IN, Kind
 
 Replacement = str | Callable[[re.Match[str]], str]
 
@@ -60,7 +60,7 @@ PII_PATTERNS: Final[tuple[tuple[re.Pattern[str], Replacement], ...]] = (
     (re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b"), "[REDACTED national id]"),  # UK NINO
     _checked(BUILT_IN["phone"], "[REDACTED phone]"),
 )
-"""The personal values logs never show: the kinds of :mod:`conduit.privacy.kinds` (one home for their
+"""The personal values logs never show: the kinds of :mod:`conduit.security.personal` (one home for their
 patterns and checks), and UK national insurance numbers."""
 
 

@@ -10,11 +10,13 @@ The same patterns scrub PII from logs (:mod:`conduit.security.redact`).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from operator import itemgetter
+from typing import Final, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Kind:
 
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _SEPARATORS: Final = str.maketrans("", "", " -")
+_DOUBLED_DIGIT: Final = str.maketrans("0123456789", "0246813579")
+"""A digit doubled, its digits summed (Luhn's every second digit from the right)."""
 
 
 def luhn_valid(digits: Sequence[int]) -> bool:
@@ -58,7 +62,9 @@ def card_number(candidate: str) -> bool:
     (True, False, False)
     """
     compact = candidate.translate(_SEPARATORS)
-    return 13 <= len(compact) <= 19 and compact[0] in "23456" and luhn_valid(list(map(int, compact)))
+    if not 13 <= len(compact) <= 19 or compact[0] not in "23456":
+        return False
+    return sum(map(int, compact[-1::-2] + compact[-2::-2].translate(_DOUBLED_DIGIT))) % 10 == 0
 
 
 def iban_valid(candidate: str) -> bool:
@@ -117,9 +123,8 @@ BUILT_IN: Final[dict[str, Kind]] = {
 CUSTOM_NAME: Final = r"^[a-z][a-z0-9_]{0,31}$"
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """A value of a kind at ``text[start:end]``."""
+class Found(NamedTuple):
+    """A value of a kind at ``text[start:end]`` (a tuple: outputs can hold thousands)."""
 
     start: int
     end: int
@@ -131,6 +136,8 @@ _GATE: Final = r"(?<!\w)(?=[\d+(:A-Za-f])"
 """Where a built-in value other than an e-mail address can start: not inside a word, at a digit, ``+``, ``(``,
 ``:``, an upper-case letter or a hex digit. Checked first at every position, it lets the one pass skip most
 positions of ordinary text at once (about five times faster than trying each kind everywhere)."""
+JOINED_BELOW: Final = 4096
+"""Texts shorter than this are searched together (:meth:`Finder.find_each`)."""
 _EMAIL_LOCAL: Final = frozenset("._%+-")
 _EMAIL_DOMAIN: Final = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 
@@ -158,27 +165,52 @@ class Finder:
         """Every value in ``text``, in order, none overlapping (where two overlap, the earlier, then the longer)."""
         found: list[Found] = []
         if self._combined is not None:
+            groups = self._groups
             for match in self._combined.finditer(text):
-                kind = self._groups[match.lastgroup or ""]
+                kind = groups[match.lastgroup]  # type: ignore[index]
                 value = match.group()
-                if kind.accepts(value):
-                    found.append(Found(match.start(), match.end(), kind, value))
-        if self._email is None and not self._custom:
-            return found
+                if kind.check is None or kind.check(value):
+                    found.append(Found(*match.span(), kind, value))
         if self._email is not None:
-            found.extend(self._emails(text))
+            emails = self._emails(text)
+            found = _merged(found, emails) if found and emails else found or emails
+        if not self._custom:
+            return found
         for pattern, kind in self._custom:
             found.extend(
                 Found(match.start(), match.end(), kind, match.group())
                 for match in pattern.finditer(text)
                 if match.end() > match.start()
             )
-        found.sort(key=lambda item: (item.start, -item.end))
-        kept: list[Found] = []
-        for item in found:
-            if not kept or item.start >= kept[-1].end:
-                kept.append(item)
-        return kept
+        return _merged(found, []) if found else found
+
+    def find_each(self, texts: Sequence[str]) -> list[list[Found]]:
+        """The values of each text, its offsets its own. Short texts (a JSON value's strings: thousands of them)
+        are searched as one, joined by NUL (which no built-in value contains; a custom kind's match across one is
+        dropped): one search instead of one per string.
+
+        >>> finder = Finder([BUILT_IN["email"]])
+        >>> [[(f.start, f.value) for f in each] for each in finder.find_each(["x a@b.io", "", "c@d.io y"])]
+        [[(2, 'a@b.io')], [], [(0, 'c@d.io')]]
+        """
+        each: list[list[Found]] = [[] for _ in texts]
+        short = [index for index, text in enumerate(texts) if len(text) < JOINED_BELOW]
+        for index, text in enumerate(texts):
+            if len(text) >= JOINED_BELOW:
+                each[index] = self.find(text)
+        if not short:
+            return each
+        starts = []
+        offset = 0
+        for index in short:
+            starts.append(offset)
+            offset += len(texts[index]) + 1
+        for item in self.find("\0".join(texts[index] for index in short)):
+            slot = bisect.bisect_right(starts, item.start) - 1
+            start = starts[slot]
+            if item.end <= start + len(texts[short[slot]]):
+                each[short[slot]].append(item._replace(start=item.start - start, end=item.end - start))
+        return each
 
     def _emails(self, text: str) -> list[Found]:
         """E-mail addresses, found from their ``@`` (a scan in C) rather than from every word that might start
@@ -199,3 +231,13 @@ class Finder:
             else:
                 at = text.find("@", at + 1)
         return found
+
+
+def _merged(first: list[Found], second: list[Found]) -> list[Found]:
+    """Two ordered lists of values as one; where two overlap, the earlier is kept."""
+    merged = sorted(first + second, key=itemgetter(0))  # stable: at one start, the first list's value
+    kept = [merged[0]]
+    for item in merged[1:]:
+        if item.start >= kept[-1].end:
+            kept.append(item)
+    return kept
