@@ -7,6 +7,7 @@ received, in a file the test reads without going through Conduit.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -30,6 +31,7 @@ from support import (
     EXECUTE_TS,
     STATUS,
     ConduitHttp,
+    connected,
     run_code,
     start_background,
     wait_until,
@@ -341,3 +343,42 @@ async def test_each_executions_audit_record_counts_what_was_tokenised_and_restor
     assert sent == {"tokenized": {}, "restored": {"EMAIL": 1}, "unrestored": 0}
     log = setup.server.log.read_text()
     assert not [value for value in REAL if value in log]  # nor do the logs hold a value
+
+
+async def test_over_stdio_the_local_caller_gets_tokens_and_its_tokens_restore(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    directory = tmp_path_factory.mktemp("privacy-stdio")
+    crm_log = directory / "crm-received.jsonl"
+    config = write_config(
+        directory,
+        {
+            "upstreams": [{"id": "crm", "command": sys.executable, "args": [CRM], "env": {"CRM_LOG": str(crm_log)}}],
+            "privacy": {"tokenize": ["email", "credit_card"]},
+            "workspace": {"enabled": False},
+            "skills": {"enabled": False},
+            "pools": {"typescript": {"min": 1, "max": 1}, "python": {"min": 0, "max": 0}},
+        },
+    )
+    async with connected("stdio", config) as client:
+        read = "const c = (await tools.crm.customers({})).structuredContent.customers[1];\n"
+        read += "console.log(c.email);\nreturn c;"
+        _, result = await run_code(client, EXECUTE_TS, read)
+        token = result["result"]["email"]
+        assert TOKEN.fullmatch(token) and result["stdout"] == f"{token}\n"
+        assert CUSTOMERS[1]["email"] not in json.dumps(result)
+        send = f"return (await tools.crm.send_email({{ to: {json.dumps(token)}, body: 'hi' }})).isError ?? false;"
+        _, sent = await run_code(client, EXECUTE_TS, send)
+        assert sent["result"] is False, sent
+    assert [json.loads(line)["arguments"]["to"] for line in crm_log.read_text().splitlines()] == [CUSTOMERS[1]["email"]]
+
+
+async def test_a_program_written_to_dodge_the_patterns_is_out_of_scope_as_documented(setup: Setup) -> None:
+    """Tokenisation stops accidental exposure, not deliberate exfiltration (docs/PRIVACY.md): a value a program
+    encodes is not recognised. The allowlist and approvals are the wall against such a program."""
+    async with setup.client("alice") as (client, _):
+        code = "const c = (await tools.crm.customers({})).structuredContent.customers[0];\n"
+        code += "return { plain: c.email, encoded: btoa(c.email) };"
+        result = await execute(client, "ts", code)
+    assert TOKEN.fullmatch(result["result"]["plain"])
+    assert base64.b64decode(result["result"]["encoded"]).decode() == ANN["email"]

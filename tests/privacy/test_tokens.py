@@ -4,6 +4,8 @@ TTL, bound, principals), restoring, and output that streams in pieces."""
 from __future__ import annotations
 
 import logging
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,6 +19,7 @@ from conduit.privacy.token_map import MemoryTokenMap
 from conduit.privacy.tokens import Privacy, Tally
 from conduit.security.callers import Caller
 from conduit.security.personal import BUILT_IN, Finder
+from support import CONDUIT
 
 pytestmark = pytest.mark.anyio
 
@@ -236,3 +239,25 @@ async def test_a_long_line_is_passed_on_in_pieces_never_cutting_a_value() -> Non
         assert max(len(piece) for piece in heard) < LONG + 2 * HOLD + 1000
     out = "".join(heard)
     assert "@" not in out and out == await p.text(alice, line, Tally())
+
+
+async def test_a_json_values_strings_are_numbered_in_document_order_and_changed_in_place_when_owned() -> None:
+    p = privacy()
+    alice = caller("alice")
+    records = [{"email": f"u{n}@example.com", "tags": ["x", (f"t{n}@example.com",)], "n": n} for n in range(3)]
+    owned = [dict(record, tags=list(record["tags"])) for record in records]
+    copied = await p.value(alice, records, Tally())
+    assert [record["email"] for record in copied] == ["[EMAIL_1]", "[EMAIL_3]", "[EMAIL_5]"]
+    assert records[0]["email"] == "u0@example.com"  # not owned: the caller's value is left as it was
+    changed = await p.value(alice, owned, Tally(), owned=True)
+    assert changed is owned and changed == copied
+    keyed = await p.value(alice, {"a": 1, "u1@example.com": {"b": "u2@example.com"}, "z": None}, Tally(), owned=True)
+    assert list(keyed) == ["a", "[EMAIL_3]", "z"] and keyed["[EMAIL_3]"] == {"b": "[EMAIL_5]"}
+
+
+def test_doctor_says_what_is_tokenised_for_whom_and_where(tmp_path: Path) -> None:
+    (tmp_path / "conduit.yaml").write_text(
+        'privacy:\n  tokenize: [email, {name: employee_id, pattern: "E\\\\d{6}"}]\n  principals: [alice]\n'
+    )
+    done = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "ok    privacy: tokenising email, employee_id for alice; tokens kept in memory" in done.stdout, done

@@ -105,6 +105,11 @@ def doctor(args: argparse.Namespace) -> int:
             )
         else:
             report.append(f"ok    cluster: Redis answers; onStoreError {config.cluster.on_store_error}")
+    if config.privacy.enabled:
+        kinds = ", ".join(kind if isinstance(kind, str) else kind.name for kind in config.privacy.tokenize)
+        where = "in Redis, shared by replicas" if config.cluster.redis_url is not None else "in memory"
+        whom = ", ".join(config.privacy.principals) if config.privacy.principals is not None else "every caller"
+        report.append(f"ok    privacy: tokenising {kinds} for {whom}; tokens kept {where}")
     if config.keeps_state:
         try:
             report.append(f"ok    state: {anyio.run(_state_report, loaded)}")

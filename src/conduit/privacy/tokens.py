@@ -119,14 +119,17 @@ class Privacy:
     async def text(self, caller: Caller, text: str, tally: Tally) -> str:
         return (await self.texts(caller, [text], tally))[0]
 
-    async def value(self, caller: Caller, value: Any, tally: Tally) -> Any:
-        """A JSON value with its strings (object keys too) tokenised."""
+    async def value(self, caller: Caller, value: Any, tally: Tally, *, owned: bool = False) -> Any:
+        """A JSON value with its strings (object keys too) tokenised; ``owned``: a value nothing else holds (one
+        just parsed), changed in place rather than copied."""
         strings = list(dict.fromkeys(_strings(value)))
         if not strings:
             return value
         replaced = await self.texts(caller, strings, tally)
         changed = {old: new for old, new in zip(strings, replaced, strict=True) if old is not new and old != new}
-        return _rebuilt(value, changed.get) if changed else value
+        if not changed:
+            return value
+        return _changed_in_place(value, changed.get) if owned else _rebuilt(value, changed.get)
 
     async def outcome(self, caller: Caller, outcome: RunOutcome, tally: Tally) -> RunOutcome:
         """An execution's outcome as the client gets it: output, result and error tokenised."""
@@ -136,7 +139,7 @@ class Privacy:
         if outcome.error is not None:
             changes["error"] = ProgramFailure(outcome.error.code, message)
         if outcome.has_result:
-            changes["result"] = await self.value(caller, outcome.result, tally)
+            changes["result"] = await self.value(caller, outcome.result, tally, owned=True)
         return replace(outcome, **changes)
 
     async def result(self, caller: Caller, result: types.CallToolResult, tally: Tally) -> types.CallToolResult:
@@ -151,7 +154,7 @@ class Privacy:
             content.append(item)
         structured = result.structured_content
         if structured is not None:
-            structured = await self.value(caller, structured, tally)
+            structured = await self.value(caller, structured, tally, owned=True)
         return result.model_copy(update={"content": content, "structured_content": structured})
 
     async def failure(self, caller: Caller, exc: ConduitError, tally: Tally) -> None:
@@ -198,7 +201,8 @@ class Privacy:
 
 
 def _strings(value: Any) -> list[str]:
-    """Every string in a JSON value, object keys included, depth first."""
+    """Every string in a JSON value, object keys included, in document order (the first value seen gets the
+    first number)."""
     found: list[str] = []
     stack = [value]
     while stack:
@@ -206,19 +210,13 @@ def _strings(value: Any) -> list[str]:
         if isinstance(item, str):
             found.append(item)
         elif isinstance(item, dict):
-            for key, inner in item.items():
+            for key, inner in reversed(item.items()):
+                if not isinstance(inner, int | float | bool) and inner is not None:
+                    stack.append(inner)
                 if isinstance(key, str):
-                    found.append(key)
-                if isinstance(inner, str):
-                    found.append(inner)
-                elif isinstance(inner, dict | list | tuple):
-                    stack.append(inner)
+                    stack.append(key)
         elif isinstance(item, list | tuple):
-            for inner in item:
-                if isinstance(inner, str):
-                    found.append(inner)
-                elif isinstance(inner, dict | list | tuple):
-                    stack.append(inner)
+            stack.extend(reversed(item))
     return found
 
 
@@ -236,4 +234,33 @@ def _rebuilt(value: Any, change: Callable[[str], str | None]) -> Any:
         }
     if isinstance(value, list | tuple):
         return [_rebuilt(item, change) for item in value]
+    return value
+
+
+def _changed_in_place(value: Any, change: Callable[[str], str | None]) -> Any:
+    """``value`` with each string ``change`` answers for replaced, its lists and objects changed in place (an
+    object with a replaced key is rebuilt, its order kept)."""
+    if isinstance(value, str):
+        new = change(value)
+        return value if new is None else new
+    if isinstance(value, dict):
+        renamed = False
+        for key, inner in value.items():
+            if isinstance(inner, str):
+                new = change(inner)
+                if new is not None:
+                    value[key] = new
+            elif isinstance(inner, dict | list | tuple):
+                value[key] = _changed_in_place(inner, change)
+            renamed = renamed or (isinstance(key, str) and change(key) is not None)
+        if renamed:
+            return {(change(key) or key) if isinstance(key, str) else key: inner for key, inner in value.items()}
+        return value
+    if isinstance(value, list):
+        for index, inner in enumerate(value):
+            if isinstance(inner, str | dict | list | tuple):
+                value[index] = _changed_in_place(inner, change)
+        return value
+    if isinstance(value, tuple):
+        return [_changed_in_place(inner, change) for inner in value]
     return value
