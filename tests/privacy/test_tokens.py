@@ -261,3 +261,17 @@ def test_doctor_says_what_is_tokenised_for_whom_and_where(tmp_path: Path) -> Non
     )
     done = subprocess.run([CONDUIT, "doctor"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert "ok    privacy: tokenising email, employee_id for alice; tokens kept in memory" in done.stdout, done
+
+
+async def test_a_failure_inside_the_stream_reaches_the_caller_as_itself_after_the_output_so_far() -> None:
+    p = privacy()
+    heard: list[str] = []
+
+    async def tokenize(piece: str) -> str:
+        return await p.text(caller("alice"), piece, Tally())
+
+    with pytest.raises(UpstreamError, match="the sandbox failed"):
+        async with TokenizingStream.open(tokenize, p.finder, lambda _, t: heard.append(t)) as feed:
+            feed("stdout", "to ann@example.com\nand bo@exa")
+            raise UpstreamError("the sandbox failed")
+    assert heard == ["to [EMAIL_1]\n", "and bo@exa"]  # what was held back is passed on too, as it is

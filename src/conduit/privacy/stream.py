@@ -50,12 +50,17 @@ class TokenizingStream:
     ) -> AsyncIterator[Listener]:
         """A listener to feed output to while the block runs; what is left is passed on as it ends."""
         stream = cls(tokenize, finder, listener)
+        failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream._pump, stream._receive)
             try:
                 yield stream.feed
+            except Exception as exc:  # re-raised below, not wrapped in the task group's ExceptionGroup
+                failure = exc
             finally:
                 stream._send.close()
+        if failure is not None:
+            raise failure
 
     def feed(self, name: str, text: str) -> None:
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
