@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).parents[2] / "bench"
 
 
-@pytest.mark.parametrize("script", ["run.py", "limit_ends.py", "soak.py", "gvisor.py", "state.py"])
+@pytest.mark.parametrize("script", ["run.py", "limit_ends.py", "soak.py", "gvisor.py", "state.py", "privacy.py"])
 def test_a_bench_script_starts(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120, check=False
