@@ -172,9 +172,10 @@ class Privacy:
     async def restore(self, caller: Caller, arguments: Mapping[str, Any], tally: Tally | None) -> dict[str, Any]:
         """``arguments`` with the caller's tokens replaced by their values (counted in ``tally``); other tokens
         stay as they are (counted as unrestored)."""
+        arguments = dict(arguments)
         tokens = list(dict.fromkeys(match.group() for text in _strings(arguments) for match in self._matches(text)))
         if not tokens:
-            return dict(arguments)
+            return arguments
         values = dict(zip(tokens, await self.map.values(caller.id, tokens), strict=True))
         if tally is not None:
             for token, value in values.items():
@@ -189,7 +190,7 @@ class Privacy:
             new = self._token.sub(lambda match: values.get(match.group()) or match.group(), text)
             return new if new != text else None
 
-        return dict(_rebuilt(dict(arguments), restored))
+        return dict(_rebuilt(arguments, restored))
 
     async def reveal(self, caller: Caller, value: Any) -> Any:
         """``value`` with the caller's tokens shown as their values (an approval form in ``values`` mode);
