@@ -14,7 +14,7 @@ import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Final, NamedTuple
 
@@ -27,11 +27,11 @@ class Kind:
     name: str
     pattern: str
     check: Callable[[str], bool] | None = None
+    label: str = field(init=False, compare=False)
+    """The name in a token: ``[EMAIL_7]``."""
 
-    @property
-    def label(self) -> str:
-        """The name in a token: ``[EMAIL_7]``."""
-        return self.name.upper()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.name.upper())
 
     def accepts(self, candidate: str) -> bool:
         return self.check is None or self.check(candidate)
