@@ -201,7 +201,10 @@ for i = 3, #ARGV do
     out[#out + 1] = false
   end
 end
-if #out > 0 then redis.call('PEXPIRE', numbers, ttl) end
+if #out > 0 then
+  redis.call('PEXPIRE', numbers, ttl)
+  redis.call('PEXPIRE', base .. 'order', ttl)
+end
 return out
 """
 
