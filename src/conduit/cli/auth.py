@@ -21,7 +21,7 @@ import anyio
 import httpx2
 from pydantic import SecretStr
 
-from conduit.cli.common import add_config_option, load
+from conduit.cli.common import add_command, add_config_option, load
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import Credentials
 from conduit.errors import ConduitError, ConfigError, StoreUnavailableError
@@ -46,13 +46,13 @@ examples:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "auth",
-        help="get OAuth credentials for an HTTP upstream",
+        summary="get OAuth credentials for an HTTP upstream",
         description="Authorize Conduit against an OAuth-protected MCP server (authorization code with PKCE) "
         "and print a ready 'credentials' block.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("url", metavar="MCP_URL", nargs="?", help="the upstream's MCP endpoint")
     parser.add_argument("--principal", metavar="ID", help="keep the credential in the store, as this principal's")

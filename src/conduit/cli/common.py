@@ -32,6 +32,19 @@ def add_principal_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_command(commands: Any, name: str, *, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A ``conduit`` command: ``summary`` in the list of commands, its ``--help`` the description and the
+    examples (``epilog``) as written."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def principal_of(loaded: LoadedConfig, principal: str) -> str:
     """``principal`` if it names a caller of the config.
 

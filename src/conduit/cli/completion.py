@@ -12,17 +12,19 @@ import argparse
 import shlex
 from typing import Any, Final
 
+from conduit.cli.common import add_command
+
 SHELLS: Final = ("bash", "zsh", "fish")
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "completion",
-        help="print a shell completion script",
+        summary="print a shell completion script",
         description="Print a completion script for bash, zsh or fish.",
         epilog="examples:\n  source <(conduit completion bash)\n"
         "  conduit completion fish > ~/.config/fish/completions/conduit.fish",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("shell", choices=SHELLS)
     parser.set_defaults(handler=completion)

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import anyio
 
-from conduit.cli.common import add_config_option, load
+from conduit.cli.common import add_command, add_config_option, load
 from conduit.config.loader import LoadedConfig
 from conduit.config.schema import Config
 from conduit.errors import ConduitError, SandboxStartError
@@ -28,13 +28,13 @@ ENABLE_HINTS: Final = {
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "doctor",
-        help="check the installation",
+        summary="check the installation",
         description="Check Deno, the harnesses, Pyodide's files, Monty, mini-racer, the config and the OS isolation "
         "layers; exit 1 if a piece is missing or a required layer is unavailable.",
         epilog="examples:\n  conduit doctor\n  conduit doctor --config examples/demo.yaml --quiet",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_option(parser)
     parser.add_argument("--quiet", action="store_true", help="print only problems")

@@ -7,7 +7,7 @@ import os
 import sys
 
 from conduit import __version__
-from conduit.cli import auth, completion, doctor, run, serve, skills, tools, workspace
+from conduit.cli import auth, completion, credentials, doctor, run, serve, skills, tools, workspace
 from conduit.errors import ConfigError
 
 EPILOG = """\
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"conduit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (serve, run, tools, workspace, skills, auth, doctor, completion):
+    for command in (serve, run, tools, workspace, skills, auth, credentials, doctor, completion):
         command.add_parser(commands)
     return parser
 

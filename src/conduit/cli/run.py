@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from conduit.cli.common import add_config_option, load, report, say_which_config, setup_logging
+from conduit.cli.common import add_command, add_config_option, load, report, say_which_config, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.config.schema import PYTHON_ENGINES
 from conduit.core.languages import BY_ALIAS, BY_EXTENSION, BY_NAME
@@ -38,12 +38,12 @@ examples:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "run",
-        help="run a local program in a sandbox",
+        summary="run a local program in a sandbox",
         description="Run a TypeScript, Python or JavaScript program through Conduit's real sandbox and upstreams.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", metavar="FILE", help="the program ('-' reads standard input; then --lang is needed)")
     parser.add_argument("--lang", choices=sorted(BY_ALIAS), help="the language (default: from FILE's extension)")

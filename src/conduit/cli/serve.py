@@ -11,7 +11,7 @@ import anyio
 
 from conduit.auth.principals import local_caller
 from conduit.auth.verifier import build_verifier
-from conduit.cli.common import add_config_option, load, setup_logging
+from conduit.cli.common import add_command, add_config_option, load, setup_logging
 from conduit.errors import ConfigError, ListenError, SandboxStartError
 from conduit.security.tokens import mint_token
 
@@ -29,12 +29,12 @@ ops port (opsHost:opsPort, default 127.0.0.1:3001) in both modes. Over HTTP, SIG
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "serve",
-        help="run the MCP server",
+        summary="run the MCP server",
         description="Run Conduit's MCP server over Streamable HTTP (default) or stdio.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--stdio", action="store_true", help="serve MCP over stdin/stdout (logs go to stderr)")
     add_config_option(parser)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conduit.cli.common import add_state_actions, open_state
+from conduit.cli.common import add_command, add_state_actions, open_state
 from conduit.config.loader import LoadedConfig
 
 EPILOG = """\
@@ -24,12 +24,12 @@ examples:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "skills",
-        help="save, list, show or remove skills",
+        summary="save, list, show or remove skills",
         description="Manage a principal's saved skills; list and show the curated ones (skills.dir).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     made = add_state_actions(
         parser,

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from conduit.catalog import Catalog, ToolEntry, qualify
-from conduit.cli.common import add_config_option, load, say_which_config, setup_logging
+from conduit.cli.common import add_command, add_config_option, load, say_which_config, setup_logging
 from conduit.config.loader import LoadedConfig
 from conduit.core.languages import BY_ALIAS
 from conduit.sdk.naming import identifier
@@ -37,12 +37,12 @@ examples:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "tools",
-        help="list the upstream tools programs can call",
+        summary="list the upstream tools programs can call",
         description="List the configured upstreams' tools, show one tool's schema, or print the SDK stubs.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("name", nargs="?", metavar="TOOL", help="one tool, as 'upstream.tool' or 'upstream__tool'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from conduit.cli.common import add_state_actions, open_state
+from conduit.cli.common import add_command, add_state_actions, open_state
 from conduit.config.loader import LoadedConfig
 
 EPILOG = """\
@@ -23,12 +23,12 @@ examples:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "workspace",
-        help="read and write a principal's workspace",
+        summary="read and write a principal's workspace",
         description="List, read, write or delete the files of a principal's workspace (workspace.*).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_state_actions(
         parser,

@@ -34,14 +34,14 @@ from conduit.core.sessions import Session
 from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
 from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, PRINCIPAL, REQUEST_ID, Ending
 from conduit.security.callers import LOCAL, Caller
-from conduit.transport import disclosure_tools, run_tools, skill_tools
+from conduit.transport import credential_tools, disclosure_tools, run_tools, skill_tools
 from conduit.transport.disconnect import went_away
 from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result, mcp_form
 
 logger = logging.getLogger(__name__)
 
-NO_WORK_TOOLS: Final = frozenset({*disclosure_tools.TOOLS, *run_tools.TOOLS})
-"""Conduit's tools that start no work: disclosure, and following or stopping a run."""
+NO_WORK_TOOLS: Final = frozenset({*disclosure_tools.TOOLS, *run_tools.TOOLS, credential_tools.DISCONNECT})
+"""Conduit's tools that start no work: disclosure, following or stopping a run, disconnecting an account."""
 
 
 def _conduit_tools() -> list[types.Tool]:
@@ -169,6 +169,8 @@ def build_server(
         tools = [*_conduit_tools(), *run_tools.TOOLS.values(), *disclosure_tools.TOOLS.values()]
         if skill_tools.skills_of(gateway) is not None:
             tools.append(skill_tools.TOOL)
+        if credential_tools.listed(gateway):
+            tools.append(credential_tools.TOOL)
         if not gateway.config.code_mode_only:
             catalog = await gateway.visible_catalog(caller.reach, caller)
             tools.extend(entry.proxied() for entry in catalog.tools)
@@ -181,7 +183,7 @@ def build_server(
         ENDED_BY.set(lambda: ending(ctx))
         caller = caller_for(ctx)
         arguments = params.arguments or {}
-        if params.name not in disclosure_tools.TOOLS and params.name not in run_tools.TOOLS:
+        if params.name not in NO_WORK_TOOLS:
             await _admit(gateway, ctx, caller)  # following or stopping a run is not new work
         language = BY_TOOL.get(params.name)
         if language is not None:
@@ -199,6 +201,11 @@ def build_server(
         if params.name == skill_tools.SAVE:
             try:
                 return json_result(await skill_tools.save(gateway, caller, arguments))
+            except ConduitError as exc:
+                return answer_failure(exc, failed_tool_call)
+        if params.name == credential_tools.DISCONNECT and credential_tools.listed(gateway):
+            try:
+                return json_result(credential_tools.disconnect(gateway, caller, arguments))
             except ConduitError as exc:
                 return answer_failure(exc, failed_tool_call)
         if params.name.startswith(CONDUIT_PREFIX):

@@ -194,6 +194,13 @@ class CredentialStore:
         """The principals with a credential for ``upstream``, by id."""
         return sorted(principal for principal, upstreams in self._load().items() if upstream in upstreams)
 
+    def kinds_of(self, principal: str) -> dict[str, str]:
+        """The upstreams ``principal`` keeps a credential for, each with the credential's type (never a value)."""
+        entries = self._load().get(principal, {})
+        return {
+            upstream: str(entry.get("credentials", {}).get("type", "?")) for upstream, entry in sorted(entries.items())
+        }
+
     def put(self, principal: str, upstream: str, credentials: Credentials) -> None:
         """Store (or replace) a principal's credential for an upstream."""
         entries = self._load()

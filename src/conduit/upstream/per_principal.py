@@ -96,6 +96,18 @@ class PrincipalConnections:
             )
         return await lister.list_tools()
 
+    def disconnect(self, principal_id: str) -> bool:
+        """Forget ``principal_id``'s credential for this upstream and close its connection: its next call needs a
+        new one. Whether it had one.
+
+        Raises:
+            ConfigError: the store cannot be read or written.
+            StoreUnavailableError: the store is in the cluster's Redis, away, and ``onStoreError`` is ``refuse``.
+        """
+        removed = self._store.remove(principal_id, self.id)
+        self._drop(principal_id)
+        return removed
+
     async def aclose(self) -> None:
         for _, connection in self._connections.values():
             await connection.aclose()
@@ -110,6 +122,7 @@ class PrincipalConnections:
     def _connection(self, principal_id: str) -> UpstreamConnection | None:
         found = self._store.get(principal_id, self.id)
         if found is None:
+            self._drop(principal_id)  # removed meanwhile (here, by `conduit credentials rm`, another replica)
             return None
         credentials, generation = found
         known = self._connections.get(principal_id)
@@ -122,3 +135,8 @@ class PrincipalConnections:
         connection = self._make(credentials=credentials, on_rotate=rotate, principal=principal_id)
         self._connections[principal_id] = (generation, connection)
         return connection
+
+    def _drop(self, principal_id: str) -> None:
+        known = self._connections.pop(principal_id, None)
+        if known is not None:
+            self._tg.start_soon(known[1].aclose)

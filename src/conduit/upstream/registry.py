@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import UpstreamConfig
-from conduit.errors import ConfigError, UnknownToolError, UpstreamError
+from conduit.errors import ConfigError, InvalidParamsError, UnknownToolError, UpstreamError
 from conduit.security.callers import MASTER, Caller
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
@@ -149,6 +149,31 @@ class UpstreamRegistry:
         upstream = self._connections[entry.upstream]
         connection = upstream.for_caller(caller) if isinstance(upstream, PrincipalConnections) else upstream
         return await connection.call_tool(entry.name, arguments)
+
+    @property
+    def per_principal(self) -> list[str]:
+        """The upstreams that take each principal's own credential, by id."""
+        return sorted(cid for cid, upstream in self._connections.items() if isinstance(upstream, PrincipalConnections))
+
+    def disconnect(self, caller: Caller, upstream_id: str) -> bool:
+        """Forget ``caller``'s own credential for a per-principal upstream (its next call needs a new one); whether
+        there was one.
+
+        Raises:
+            InvalidParamsError: no such upstream, one that takes no per-principal credential, or a caller that is
+                no principal.
+            ConfigError: the credential store cannot be read or written.
+            StoreUnavailableError: Redis is away and ``onStoreError`` is ``refuse``.
+        """
+        upstream = self._connections.get(upstream_id)
+        if not isinstance(upstream, PrincipalConnections):
+            raise InvalidParamsError(
+                f"upstream {upstream_id!r} does not take per-principal credentials"
+                f" (those that do: {', '.join(self.per_principal) or 'none'})"
+            )
+        if not caller.is_principal:
+            raise InvalidParamsError(f"the {caller.kind} caller is no principal and keeps no credentials of its own")
+        return upstream.disconnect(caller.id)
 
     async def aclose(self) -> None:
         async with anyio.create_task_group() as tg:
