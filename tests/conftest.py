@@ -10,17 +10,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-import uvicorn
 from mcp import Client
 
 from cluster_harness import redis_server
 from conduit.assembly import open_gateway
 from conduit.config.schema import Config
 from conduit.core.gateway import Gateway
-from servers.oauth_server import AuthServer, AuthServerState, build_app
-from support import CONDUIT, MASTER, TOOLBOX, connected, wait_until, write_config
+from servers.oauth_server import AuthServer, AuthServerState, running
+from support import CONDUIT, MASTER, TOOLBOX, connected, write_config
 
 __all__ = ["redis_server"]  # a fixture, for tests/cluster
 
@@ -76,16 +74,8 @@ async def conduit(request: pytest.FixtureRequest, e2e_config: Path, anyio_backen
 @pytest.fixture
 async def auth_server(anyio_backend: str) -> AsyncIterator[AuthServer]:
     """A real OAuth authorization server (and protected MCP resource) on loopback: tests/servers/oauth_server.py."""
-    state = AuthServerState()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    server = uvicorn.Server(uvicorn.Config(build_app(state), log_level="warning", lifespan="off", log_config=None))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        await wait_until(lambda: server.started, interval=0.01)
-        yield AuthServer(f"http://127.0.0.1:{sock.getsockname()[1]}", state)
-        server.should_exit = True
+    async with running(AuthServerState()) as server:
+        yield server
 
 
 @pytest.fixture

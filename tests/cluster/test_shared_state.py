@@ -22,6 +22,7 @@ from conduit.upstream.credential_store import CredentialStore, RedisVault, new_k
 from conduit.upstream.credentials import OAuthTokens
 from conduit.upstream.network import guarded_client
 from conduit.upstream.token_state import SharedTokenState, state_name
+from servers.oauth_server import AuthServer
 from support import MASTER, TOOLBOX, conduit, http_upstream, write_config
 
 pytestmark = pytest.mark.anyio
@@ -53,20 +54,26 @@ def replica_tokens(store: SharedStore, credentials: Credentials) -> OAuthTokens:
     return OAuthTokens(credentials, lambda: guarded_client(LOOPBACK), state=state)
 
 
+async def all_at_once(askers: list[OAuthTokens]) -> list[str]:
+    """Every asker's access token, all asked at once."""
+    got: list[str] = []
+
+    async def ask(tokens: OAuthTokens) -> None:
+        got.append(await tokens.access_token())
+
+    async with anyio.create_task_group() as tg:
+        for tokens in askers:
+            tg.start_soon(ask, tokens)
+    return got
+
+
 async def test_three_replicas_asking_at_once_refresh_once_and_a_restarted_one_refreshes_not_at_all(
     redis_server: Redis,
 ) -> None:
     async with http_upstream("--auth", "oauth", "--token-lifetime", "600") as base:
         credentials = oauth(base)
         replicas = [replica_tokens(shared(redis_server), credentials) for _ in range(3)]
-        got: list[str] = []
-
-        async def ask(tokens: OAuthTokens) -> None:
-            got.append(await tokens.access_token())
-
-        async with anyio.create_task_group() as tg:
-            for tokens in replicas * 5:
-                tg.start_soon(ask, tokens)
+        got = await all_at_once(replicas * 5)
         restarted = replica_tokens(shared(redis_server), credentials)
         again = await restarted.access_token()
         renewed = await replicas[0].access_token(renew=True)  # the upstream said 401: one new refresh
@@ -77,6 +84,34 @@ async def test_three_replicas_asking_at_once_refresh_once_and_a_restarted_one_re
     assert seen["reused_refresh_tokens"] == 0
     assert len(seen["grants"]) == 2, seen["grants"]
     assert sum(tokens.requests for tokens in [*replicas, restarted]) == 2
+
+
+async def test_replicas_exchange_a_principals_token_once_and_each_principal_its_own(
+    redis_server: Redis, auth_server: AuthServer
+) -> None:
+    auth_server.state.exchange_clients["conduit-x"] = "secret-x"
+    credentials = Credentials.model_validate(
+        {
+            "type": "tokenExchange",
+            "tokenUrl": f"{auth_server.url}/tenant/token",
+            "clientId": "conduit-x",
+            "clientSecret": "secret-x",
+            "audience": "api",
+        }
+    )
+    subjects = {"oauth:dora": "h.eyJzdWIiOiAiZG9yYSJ9.s", "oauth:erin": "h.eyJzdWIiOiAiZXJpbiJ9.s"}
+
+    def replica(principal: str) -> OAuthTokens:
+        state = SharedTokenState(shared(redis_server), state_name("remote", credentials, principal))
+        return OAuthTokens(
+            credentials, lambda: guarded_client(LOOPBACK), state=state, subject=lambda: subjects[principal]
+        )
+
+    got = await all_at_once([replica("oauth:dora") for _ in range(3)] * 3)
+    erin = await replica("oauth:erin").access_token()
+    assert len(set(got)) == 1 and got[0].startswith("user-x-dora-")
+    assert erin.startswith("user-x-erin-")
+    assert [entry["sub"] for entry in auth_server.state.exchanged] == ["dora", "erin"]
 
 
 async def test_tokens_sealed_with_another_cluster_key_are_not_read(

@@ -271,6 +271,32 @@ def test_config_reference_documents_every_key() -> None:
             "needs 'auth.credentialStore'",
         ),
         ({"upstreams": [{"id": "s", "command": "x", "credentials": "perPrincipal"}]}, "needs an HTTP upstream"),
+        (
+            {
+                "upstreams": [
+                    {
+                        "id": "x",
+                        "type": "streamableHttp",
+                        "url": "https://x.example/mcp",
+                        "credentials": {"type": "tokenExchange", "tokenUrl": "https://a.example/t", "clientId": "c"},
+                    }
+                ]
+            },
+            "exchange OAuth callers' access tokens: configure auth.oauth",
+        ),
+        (
+            {
+                "upstreams": [
+                    {
+                        "id": "x",
+                        "type": "streamableHttp",
+                        "url": "https://x.example/mcp",
+                        "credentials": {"type": "tokenExchange", "clientId": "c"},
+                    }
+                ]
+            },
+            "credentials of type 'tokenExchange' need 'tokenUrl' and 'clientId'",
+        ),
         ({"http": {"trustedProxies": ["10.0.0.0/8", "proxy.example"]}}, "http.trustedProxies: entry 1"),
         ({"auth": {"principals": [{"id": "master", "apiKey": "k" * 16}]}}, "principal id 'master' is reserved"),
         ({"auth": {"principals": [{"id": "Local", "apiKey": "k" * 16}]}}, "principal id 'Local' is reserved"),

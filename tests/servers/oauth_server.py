@@ -4,22 +4,31 @@ It plays both roles on one origin: ``/mcp`` answers 401 pointing at its protecte
 metadata, and the authorization server lives under the issuer path ``/tenant`` (so the
 RFC 8414 well-known URL needs the path inserted). ``/tenant/authorize`` consents at once
 (the test is the browser); ``/tenant/token`` checks the PKCE verifier against the challenge
-it stored and refuses anything that does not match. ``state`` records what happened.
+it stored and refuses anything that does not match; it also grants token exchange (RFC 8693) to the clients
+``state.exchange_clients`` names. ``state`` records what happened.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import anyio
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from support import wait_until
 
 
 @dataclass
@@ -41,6 +50,13 @@ class AuthServerState:
     advertise_s256: bool = True
     loopback_clients: set[str] = field(default_factory=set)
     """Pre-registered native clients: any loopback redirect, any port (RFC 8252, section 7.3)."""
+    exchange_clients: dict[str, str] = field(default_factory=dict)
+    """Clients allowed the token-exchange grant (RFC 8693), with their secrets."""
+    exchange_lifetime_s: int = 3600
+    exchanged: list[dict[str, str]] = field(default_factory=list)
+    """Every token exchange granted: the subject token's ``sub``, the audience, the token issued."""
+    refused_subjects: set[str] = field(default_factory=set)
+    """Subjects whose tokens the exchange refuses (invalid_grant)."""
 
 
 @dataclass
@@ -49,6 +65,20 @@ class AuthServer:
 
     url: str
     state: AuthServerState
+
+
+@asynccontextmanager
+async def running(state: AuthServerState) -> AsyncIterator[AuthServer]:
+    """The server on a free loopback port, in this process, while the block runs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = uvicorn.Server(uvicorn.Config(build_app(state), log_level="warning", lifespan="off", log_config=None))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        await wait_until(lambda: server.started, interval=0.01)
+        yield AuthServer(f"http://127.0.0.1:{sock.getsockname()[1]}", state)
+        server.should_exit = True
 
 
 def build_app(state: AuthServerState) -> Starlette:
@@ -113,6 +143,8 @@ def build_app(state: AuthServerState) -> Starlette:
     async def token(request: Request) -> Response:
         form = {key: str(value) for key, value in (await request.form()).items()}
         state.token_requests.append(form)
+        if form.get("grant_type") == TOKEN_EXCHANGE:
+            return _exchange(state, form)
         issued = state.codes.pop(form.get("code", ""), None)  # single use
         if form.get("grant_type") != "authorization_code" or issued is None:
             return JSONResponse({"error": "invalid_grant", "error_description": "unknown code"}, 400)
@@ -143,6 +175,38 @@ def build_app(state: AuthServerState) -> Starlette:
             Route("/tenant/authorize", authorize),
             Route("/tenant/token", token, methods=["POST"]),
         ]
+    )
+
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def _exchange(state: AuthServerState, form: dict[str, str]) -> Response:
+    """RFC 8693: a client this server knows, with its secret, trades a user's access token (here: any JWT whose
+    ``sub`` is not refused; the test's issuer signed it) for one meant for ``audience``."""
+    client = form.get("client_id", "")
+    if state.exchange_clients.get(client) != form.get("client_secret"):
+        return JSONResponse({"error": "invalid_client", "error_description": "unknown client or secret"}, 401)
+    if form.get("subject_token_type") != ACCESS_TOKEN_TYPE:
+        return JSONResponse({"error": "invalid_request", "error_description": "subject_token_type"}, 400)
+    try:
+        payload = form.get("subject_token", "").split(".")[1]
+        subject = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+    except (IndexError, ValueError, KeyError):
+        return JSONResponse({"error": "invalid_grant", "error_description": "the subject token is no JWT"}, 400)
+    if subject in state.refused_subjects:
+        return JSONResponse({"error": "invalid_grant", "error_description": "subject not allowed"}, 400)
+    token = f"user-x-{subject}-{len(state.exchanged) + 1}"
+    state.exchanged.append({"sub": subject, "audience": form.get("audience", ""), "token": token})
+    return JSONResponse(
+        {
+            "access_token": token,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": state.exchange_lifetime_s,
+        },
+        headers={"Cache-Control": "no-store"},
     )
 
 

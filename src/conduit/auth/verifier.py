@@ -95,6 +95,7 @@ class CallerVerifier:
                     caller = dataclasses.replace(self._principals[policy.principal], policy_name=name)
                 else:
                     caller = principal(caller_id, policy, name)
+                caller = dataclasses.replace(caller, subject_token=token)
                 client = claims.get("client_id", claims.get("azp", claim))
                 return CallerToken(
                     token=token,

@@ -151,7 +151,9 @@ class Pools(_Model):
 class Credentials(_Model):
     """How Conduit authenticates to an HTTP upstream. Values live only in the host process."""
 
-    type: Literal["bearer", "apiKey", "oauth2"]
+    type: Literal["bearer", "apiKey", "oauth2", "tokenExchange"]
+    """``tokenExchange``: each OAuth caller's own access token exchanged (RFC 8693) for one meant for this
+    upstream (``tokenUrl``, ``clientId``, ``clientSecret``, ``audience``, ``resource``, ``scopes``)."""
     bearer_token: SecretStr | None = None
     api_key: SecretStr | None = None
     header_name: str = "X-API-Key"
@@ -163,6 +165,11 @@ class Credentials(_Model):
     scopes: list[str] = Field(default_factory=list)
     token_request_format: Literal["form", "json"] = "form"
     token_params: dict[str, str] = Field(default_factory=dict)
+    audience: str | None = None
+    """tokenExchange: the ``audience`` the exchanged token is for (the upstream, as its authorization server
+    names it)."""
+    resource: str | None = None
+    """tokenExchange: the ``resource`` (RFC 8707) the exchanged token is for."""
 
     @model_validator(mode="after")
     def _required_fields(self) -> Credentials:
@@ -170,8 +177,10 @@ class Credentials(_Model):
             raise ValueError("credentials of type 'bearer' need 'bearerToken'")
         if self.type == "apiKey" and self.api_key is None:
             raise ValueError("credentials of type 'apiKey' need 'apiKey'")
-        if self.type == "oauth2" and (self.token_url is None or self.client_id is None):
-            raise ValueError("credentials of type 'oauth2' need 'tokenUrl' and 'clientId'")
+        if self.type in ("oauth2", "tokenExchange") and (self.token_url is None or self.client_id is None):
+            raise ValueError(f"credentials of type {self.type!r} need 'tokenUrl' and 'clientId'")
+        if self.type == "tokenExchange" and self.refresh_token is not None:
+            raise ValueError("credentials of type 'tokenExchange' take no 'refreshToken': the caller's token is used")
         return self
 
     def secret_values(self) -> list[str]:
@@ -208,12 +217,19 @@ class UpstreamConfig(_Model):
 
     @property
     def per_principal(self) -> bool:
-        return self.credentials == "perPrincipal"
+        """Each principal's calls go out on a connection of its own: with its stored credential
+        (``perPrincipal``), or with its own access token exchanged (``type: tokenExchange``)."""
+        return self.credentials == "perPrincipal" or self.exchanges_tokens
+
+    @property
+    def exchanges_tokens(self) -> bool:
+        return isinstance(self.credentials, Credentials) and self.credentials.type == "tokenExchange"
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamConfig:
         if self.per_principal and self.type == "stdio":
-            raise ValueError("'credentials: perPrincipal' needs an HTTP upstream (stdio upstreams take 'env')")
+            which = "credentials of type 'tokenExchange'" if self.exchanges_tokens else "'credentials: perPrincipal'"
+            raise ValueError(f"{which} needs an HTTP upstream (stdio upstreams take 'env')")
         if "__" in self.id:
             raise ValueError(f"upstream id {self.id!r} must not contain '__' (it separates id and tool name)")
         if self.id in CONDUIT_PACKAGES:
@@ -796,8 +812,13 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _store_for_per_principal_upstreams(self) -> Config:
-        if self.auth.credential_store is None and any(upstream.per_principal for upstream in self.upstreams):
+        stored = [upstream for upstream in self.upstreams if upstream.per_principal and not upstream.exchanges_tokens]
+        if self.auth.credential_store is None and stored:
             raise ValueError("an upstream with 'credentials: perPrincipal' needs 'auth.credentialStore'")
+        if self.auth.oauth is None and any(upstream.exchanges_tokens for upstream in self.upstreams):
+            raise ValueError(
+                "credentials of type 'tokenExchange' exchange OAuth callers' access tokens: configure auth.oauth"
+            )
         return self
 
     def secret_values(self) -> list[str]:

@@ -712,6 +712,7 @@ class Gateway:
     async def visible_catalog(self, allowlist: Allowlist, caller: Caller) -> Catalog:
         """What ``allowlist`` may see for ``caller``: the tools of the upstreams and of Conduit's own packages
         (a caller's skills are its own), and the failures of those it reaches."""
+        self.registry.note(caller)
         catalog = await self.registry.catalog()
         tools = list(catalog.tools)
         failures = dict(catalog.failures)

@@ -54,6 +54,9 @@ class Caller:
     max_concurrent: int | None = None
     policy_name: str | None = None
     """For OAuth callers: which policy matched (a scope or claim), for audit records."""
+    subject_token: str | None = field(default=None, repr=False, compare=False)
+    """For OAuth callers: the access token the request carried, exchanged (never forwarded) for upstreams whose
+    credentials are ``tokenExchange``; None for API keys, the master token and the local caller."""
 
     @property
     def is_principal(self) -> bool:

@@ -109,10 +109,12 @@ class UpstreamConnection:
         on_rotate: Callable[[str], None] | None = None,
         shared: SharedStore | None = None,
         principal: str | None = None,
+        subject: Callable[[], str | None] | None = None,
     ):
         """``credentials`` (with ``on_rotate`` for a rotated refresh token) stand in for the config's
-        own: ``principal``'s, for an upstream marked ``credentials: perPrincipal``. With ``shared`` (the
-        cluster's Redis), OAuth tokens live there."""
+        own: ``principal``'s, for an upstream marked ``credentials: perPrincipal``; ``subject`` gives
+        ``principal``'s access token where the credentials exchange it. With ``shared`` (the cluster's
+        Redis), OAuth tokens live there."""
         self.config = config
         self._base_dir = base_dir
         self._host_env = host_env
@@ -122,7 +124,7 @@ class UpstreamConnection:
         if credentials is None and isinstance(config.credentials, Credentials):
             credentials = config.credentials
         state = token_state_for(shared, config.id, credentials, principal)
-        self._auth = build_auth(credentials, lambda: guarded_client(self._network), on_rotate, state)
+        self._auth = build_auth(credentials, lambda: guarded_client(self._network), on_rotate, state, subject)
         self._http_refusals: list[str] = []
         self._stderr: StderrPipe | None = None
         """A stdio upstream's stderr, logged under its id (its last lines explain a failed start)."""

@@ -37,6 +37,8 @@ EXPIRY_MARGIN_S: Final = 30.0
 """A cached token is renewed this long before it expires."""
 DEFAULT_LIFETIME_S: Final = 3600.0
 """Assumed lifetime of a token issued without ``expires_in``."""
+TOKEN_EXCHANGE: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE: Final = "urn:ietf:params:oauth:token-type:access_token"
 
 HttpClientFactory = Callable[[], AbstractAsyncContextManager[httpx2.AsyncClient]]
 
@@ -56,9 +58,12 @@ class OAuthTokens:
         clock: Callable[[], float] = time.time,
         on_rotate: Callable[[str], None] | None = None,
         state: TokenState | None = None,
+        subject: Callable[[], str | None] | None = None,
     ) -> None:
         assert credentials.token_url is not None and credentials.client_id is not None
         self._credentials = credentials
+        self._subject = subject
+        """tokenExchange: the principal's current access token, the one exchanged."""
         self._on_rotate = on_rotate
         self._http = http
         self._clock = clock
@@ -96,13 +101,33 @@ class OAuthTokens:
                 logger.info("token endpoint rotated the refresh token; the new one is kept")
         return tokens.access
 
+    def _exchange(self) -> dict[str, str]:
+        """The RFC 8693 grant's fields: the principal's own access token as the subject, for the upstream.
+
+        Raises:
+            UpstreamError: the principal brought no access token (an API key, the master token).
+        """
+        subject = self._subject() if self._subject is not None else None
+        if not subject:
+            raise UpstreamError("token exchange needs the caller's own OAuth access token, and this caller has none")
+        creds = self._credentials
+        fields = {"grant_type": TOKEN_EXCHANGE, "subject_token": subject, "subject_token_type": ACCESS_TOKEN_TYPE}
+        if creds.audience is not None:
+            fields["audience"] = creds.audience
+        if creds.resource is not None:
+            fields["resource"] = creds.resource
+        return fields
+
     def _fresh(self, tokens: Tokens | None) -> bool:
         return tokens is not None and self._clock() < tokens.expires_at - EXPIRY_MARGIN_S
 
     async def _fetch(self, refresh: str | None) -> Tokens:
         creds = self._credentials
         form: dict[str, str] = {"client_id": creds.client_id or ""}
-        if refresh:
+        if creds.type == "tokenExchange":
+            form |= self._exchange()
+            refresh = None
+        elif refresh:
             form |= {"grant_type": "refresh_token", "refresh_token": refresh}
         else:
             form["grant_type"] = "client_credentials"
@@ -162,10 +187,14 @@ def build_auth(
     http: HttpClientFactory,
     on_rotate: Callable[[str], None] | None = None,
     state: TokenState | None = None,
+    subject: Callable[[], str | None] | None = None,
 ) -> CredentialAuth | None:
     """The auth flow for an upstream's credentials (None when it has none); ``on_rotate`` keeps a
-    refresh token the token endpoint rotated; ``state`` is where OAuth tokens live (default: memory)."""
+    refresh token the token endpoint rotated; ``state`` is where OAuth tokens live (default: memory);
+    ``subject`` gives the principal's access token a ``tokenExchange`` credential exchanges."""
     if credentials is None:
         return None
-    tokens = OAuthTokens(credentials, http, on_rotate=on_rotate, state=state) if credentials.type == "oauth2" else None
+    tokens = None
+    if credentials.type in ("oauth2", "tokenExchange"):
+        tokens = OAuthTokens(credentials, http, on_rotate=on_rotate, state=state, subject=subject)
     return CredentialAuth(credentials, tokens)

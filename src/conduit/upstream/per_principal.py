@@ -1,12 +1,15 @@
-"""An upstream marked ``credentials: perPrincipal``: one connection per principal, each with its own credential.
+"""An upstream each principal reaches as itself: one connection per principal, each with its own credential.
 
-A principal's calls go out on its own connection, made with its credential from the
-:class:`~conduit.upstream.credential_store.CredentialStore` (its own MCP session too: a server that
-binds sessions to users sees each user as itself). A caller with no credential there gets -32005
-naming what is missing; nothing ever falls back to another principal's credential, and the master
-token and the local stdio caller, who are no principal, have none. The upstream's tool list is read
-through the connection of the first principal (by id) holding a credential: every principal sees
-the same list, and what each may call is its policy's business.
+Two kinds. ``credentials: perPrincipal``: a principal's calls go out with its credential from the
+:class:`~conduit.upstream.credential_store.CredentialStore`. ``credentials: {type: tokenExchange}``: with the
+principal's own OAuth access token (the one its request carried) exchanged for one meant for the upstream
+(RFC 8693; cached per principal, shared by replicas: :mod:`conduit.upstream.credentials`); the inbound token
+itself never goes out. Either way each principal has its own connection and MCP session (a server that binds
+sessions to users sees each user as itself). A caller with no credential gets -32005 naming what is missing;
+nothing ever falls back to another principal's credential, and the master token and the local stdio caller,
+who are no principal, have none (nor, for token exchange, an API-key principal: it brings no access token).
+The upstream's tool list is read through the connection of the first principal (by id) holding a credential:
+every principal sees the same list, and what each may call is its policy's business.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class PrincipalConnections:
     def __init__(
         self,
         config: UpstreamConfig,
-        store: CredentialStore,
+        store: CredentialStore | None,
         *,
         base_dir: Path,
         host_env: Mapping[str, str],
@@ -49,6 +52,9 @@ class PrincipalConnections:
         )
         self._tg = tg
         self._connections: dict[str, tuple[int, UpstreamConnection]] = {}
+        self._subjects: dict[str, str] = {}
+        """tokenExchange: each principal's latest access token, as its requests brought it."""
+        assert store is not None or config.exchanges_tokens, "stored credentials need a credential store"
 
     @property
     def id(self) -> str:
@@ -79,6 +85,13 @@ class PrincipalConnections:
                 f"upstream {self.id!r} takes each principal's own credential, and the {caller.kind} caller is no "
                 "principal: call it with a principal's key or token"
             )
+        if self.config.exchanges_tokens:
+            self.note(caller)
+            if caller.subject_token is None:
+                raise UpstreamError(
+                    f"upstream {self.id!r} is reached with the caller's own OAuth access token (token exchange), "
+                    f"and principal {caller.id!r} called with an API key: call it with an OAuth access token"
+                )
         connection = self._connection(caller.id)
         if connection is None:
             raise UpstreamError(
@@ -87,16 +100,23 @@ class PrincipalConnections:
             )
         return connection
 
+    def note(self, caller: Caller) -> None:
+        """Keep ``caller``'s access token (tokenExchange): the next exchange for it uses the newest one."""
+        if self.config.exchanges_tokens and caller.is_principal and caller.subject_token is not None:
+            self._subjects[caller.id] = caller.subject_token
+
     async def list_tools(self) -> list[types.Tool]:
         lister = self._lister()
         if lister is None:
-            raise UpstreamError(
-                f"upstream {self.id!r} takes each principal's own credential, and no principal has one yet "
-                f"(`conduit auth --principal ID --upstream {self.id}`)"
+            how = (
+                "an OAuth caller has called it yet"
+                if self.config.exchanges_tokens
+                else f"a principal has one yet (`conduit auth --principal ID --upstream {self.id}`)"
             )
+            raise UpstreamError(f"upstream {self.id!r} takes each principal's own credential, and no {how}")
         return await lister.list_tools()
 
-    def disconnect(self, principal_id: str) -> bool:
+    def disconnect(self, principal_id: str) -> bool:  # stored credentials only: an exchange is the caller's own
         """Forget ``principal_id``'s credential for this upstream and close its connection: its next call needs a
         new one. Whether it had one.
 
@@ -104,7 +124,7 @@ class PrincipalConnections:
             ConfigError: the store cannot be read or written.
             StoreUnavailableError: the store is in the cluster's Redis, away, and ``onStoreError`` is ``refuse``.
         """
-        removed = self._store.remove(principal_id, self.id)
+        removed = self._store.remove(principal_id, self.id) if self._store is not None else False
         self._drop(principal_id)
         return removed
 
@@ -113,13 +133,22 @@ class PrincipalConnections:
             await connection.aclose()
 
     def _lister(self) -> UpstreamConnection | None:
-        for principal_id in self._store.principals_for(self.id):
+        principals = sorted(self._subjects) if self._store is None else self._store.principals_for(self.id)
+        for principal_id in principals:
             connection = self._connection(principal_id)
             if connection is not None:
                 return connection
         return None
 
     def _connection(self, principal_id: str) -> UpstreamConnection | None:
+        if self._store is None:  # tokenExchange: the config's credentials, the principal's own access token
+            if principal_id not in self._subjects:
+                return None
+            known = self._connections.get(principal_id)
+            if known is None:
+                subject = functools.partial(self._subjects.get, principal_id)
+                known = self._connections[principal_id] = (0, self._make(principal=principal_id, subject=subject))
+            return known[1]
         found = self._store.get(principal_id, self.id)
         if found is None:
             self._drop(principal_id)  # removed meanwhile (here, by `conduit credentials rm`, another replica)

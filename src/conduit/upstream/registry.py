@@ -65,7 +65,7 @@ class UpstreamRegistry:
             raise UpstreamError(f"upstream {config.id!r} is already registered")
         connection: Upstream
         if config.per_principal:
-            if self._store is None:
+            if self._store is None and not config.exchanges_tokens:
                 raise ConfigError(
                     f"upstream {config.id!r} takes per-principal credentials: configure auth.credentialStore"
                 )
@@ -152,8 +152,19 @@ class UpstreamRegistry:
 
     @property
     def per_principal(self) -> list[str]:
-        """The upstreams that take each principal's own credential, by id."""
-        return sorted(cid for cid, upstream in self._connections.items() if isinstance(upstream, PrincipalConnections))
+        """The upstreams that take each principal's own stored credential, by id."""
+        return sorted(
+            cid
+            for cid, upstream in self._connections.items()
+            if isinstance(upstream, PrincipalConnections) and not upstream.config.exchanges_tokens
+        )
+
+    def note(self, caller: Caller) -> None:
+        """A caller came by: upstreams that exchange its access token keep the newest one (their tool list can
+        be read through it)."""
+        for upstream in self._connections.values():
+            if isinstance(upstream, PrincipalConnections):
+                upstream.note(caller)
 
     def disconnect(self, caller: Caller, upstream_id: str) -> bool:
         """Forget ``caller``'s own credential for a per-principal upstream (its next call needs a new one); whether
@@ -166,7 +177,7 @@ class UpstreamRegistry:
             StoreUnavailableError: Redis is away and ``onStoreError`` is ``refuse``.
         """
         upstream = self._connections.get(upstream_id)
-        if not isinstance(upstream, PrincipalConnections):
+        if not isinstance(upstream, PrincipalConnections) or upstream_id not in self.per_principal:
             raise InvalidParamsError(
                 f"upstream {upstream_id!r} does not take per-principal credentials"
                 f" (those that do: {', '.join(self.per_principal) or 'none'})"

@@ -83,7 +83,7 @@ def token_state_for(
     shared: SharedStore | None, upstream: str, credentials: Credentials | None, principal: str | None = None
 ) -> TokenState | None:
     """Where an upstream's OAuth tokens live: Redis in cluster mode, else None (the process's memory)."""
-    if shared is None or credentials is None or credentials.type != "oauth2":
+    if shared is None or credentials is None or credentials.type not in ("oauth2", "tokenExchange"):
         return None
     return SharedTokenState(shared, state_name(upstream, credentials, principal))
 
