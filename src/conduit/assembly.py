@@ -49,7 +49,8 @@ from conduit.state.database import StateDatabase
 from conduit.state.skills import SkillStore
 from conduit.state.workspace import WorkspaceStore
 from conduit.upstream.credential_store import store_for
-from conduit.upstream.network import policy_for
+from conduit.upstream.network import guarded_client, policy_for
+from conduit.upstream.on_demand import Authorizations, Flows
 from conduit.upstream.registry import UpstreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -76,16 +77,22 @@ async def open_gateway(
         os.chmod(work_dir, 0o711)  # sandboxes running as another uid pass through to their own directory
         async with anyio.create_task_group() as tg:
             sessions = SessionRegistry(master_token)
+            credential_store = store_for(config, base_dir, shared)
             registry = UpstreamRegistry(
                 base_dir=base_dir,
                 host_env=host_env,
                 tg=tg,
                 network=policy_for(config.network),
-                store=store_for(config, base_dir, shared),
+                store=credential_store,
                 shared=shared,
             )
             for upstream in config.upstreams:
                 registry.add(upstream)
+            if credential_store is not None and any(upstream.authorization for upstream in config.upstreams):
+                network = policy_for(config.network)
+                registry.authorizations = Authorizations(
+                    credential_store, Flows(shared), lambda: guarded_client(network), config.http.public_url
+                )
             state = StateDatabase.for_config(config, base_dir) if config.keeps_state else None
             packages = await _packages(config, base_dir, state)
             if state is not None:

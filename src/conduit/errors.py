@@ -8,7 +8,8 @@ Infrastructure failing is an exception; untrusted code failing is a value
     │   └── ConfigError           a config file, env override or upstream definition is invalid       *
     ├── UpstreamError             an upstream MCP server failed (connect, call, timeout, died)
     │   ├── UnknownToolError      no upstream offers the requested tool                                *
-    │   └── ToolReportedError     a typed call's tool answered isError (the raw result is its data)
+    │   ├── ToolReportedError     a typed call's tool answered isError (the raw result is its data)
+    │   └── CredentialMissingError a principal has no credential of its own for the upstream
     ├── ToolDeniedError           the caller's allowlist does not cover the tool                       *
     ├── ApprovalDeclinedError     a person declined a call (or could not be asked, or did not answer)
     ├── ToolCallLimitError        a program made its run's last allowed tool call (maxToolCalls)
@@ -22,7 +23,8 @@ Infrastructure failing is an exception; untrusted code failing is a value
     ├── ListenError               an HTTP listener's address cannot be bound (a port in use)
     ├── BlockedAddressError       the SSRF guard refused an outbound destination (security/ssrf.py)
     ├── DiscoveryError            an OAuth server's metadata could not be found or is unusable
-    └── AuthorizationError        an OAuth authorization was denied, tampered with or refused
+    ├── AuthorizationError        an OAuth authorization was denied, tampered with or refused
+    └── AuthorizationRequiredError a principal must connect its own upstream account at a URL first (-32042)
 
 Each carries ``code``: the JSON-RPC error code used when it crosses the wire. The classes marked
 ``*`` are the caller's fault (``caller_fault``): the request was wrong, so a front end answers with a
@@ -60,6 +62,9 @@ WORKSPACE_LIMIT: Final = -32016
 """A workspace write past a limit (``workspace.quotaBytes``, ``maxFiles``, ``maxFileBytes``): nothing was written."""
 TOOL_CALL_LIMIT: Final = -32017
 """A program's tool call past its run's ``maxToolCalls``: that call fails, the program goes on."""
+URL_ELICITATION_REQUIRED: Final = -32042
+"""The call needs the user to open a URL first (MCP's URL-elicitation-required code): to connect their own
+account on an upstream; ``data.url`` is the page."""
 
 
 class ConduitError(Exception):
@@ -189,3 +194,19 @@ class DiscoveryError(ConduitError):
 
 class AuthorizationError(ConduitError):
     """The authorization failed: denied, tampered with, or refused by the server."""
+
+
+class CredentialMissingError(UpstreamError):
+    """A principal's call needs its own credential for an upstream, and it has none (-32005)."""
+
+
+class AuthorizationRequiredError(ConduitError):
+    """A principal's call needs its own account on an upstream connected first: ``data`` carries the URL the user
+    opens to connect it (-32042); once connected, the call can be made again."""
+
+    code = URL_ELICITATION_REQUIRED
+
+    def __init__(self, message: str, *, url: str, upstream: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.data = {"url": url, "upstream": upstream}

@@ -22,6 +22,7 @@ from conduit.transport.disconnect import CancelOnDisconnect
 from conduit.transport.drain import Drain, DrainGate
 from conduit.transport.http import serve_http
 from conduit.transport.mcp_app import build_server, starts_work
+from conduit.transport.oauth_callback import callback_route
 from conduit.transport.ops import build_ops_app
 from conduit.transport.stdio import stdio_streams
 
@@ -106,14 +107,22 @@ async def _serve(
                     max_request_body_size=config.http.max_body_bytes,
                 )
                 assert drain is not None
-                door = Door(CancelOnDisconnect(mcp_app), verifier, config.auth.oauth)
+                authorizations = gw.registry.authorizations
+                public = [callback_route(authorizations)] if authorizations is not None else []
+                door = Door(CancelOnDisconnect(mcp_app), verifier, config.auth.oauth, public)
                 app = limited(DrainGate(door, drain, starts_work), config.http.max_body_bytes)
+
+                def bound(url: str) -> None:  # without http.publicUrl, browsers come back where it listens
+                    if authorizations is not None and authorizations.public_url is None:
+                        authorizations.public_url = url
+
                 await serve_http(
                     app,
                     host=config.host,
                     port=config.port,
                     log_level=config.log_level,
                     trusted_proxies=config.http.trusted_proxies,
+                    on_bound=bound,
                 )
             tg.cancel_scope.cancel()
 

@@ -272,6 +272,11 @@ def test_config_reference_documents_every_key() -> None:
         ),
         ({"upstreams": [{"id": "s", "command": "x", "credentials": "perPrincipal"}]}, "needs an HTTP upstream"),
         (
+            {"upstreams": [{"id": "s", "type": "streamableHttp", "url": "https://s.example/mcp", "authorization": {}}]},
+            "'authorization' connects principals' own accounts: it needs 'credentials: perPrincipal'",
+        ),
+        ({"http": {"publicUrl": "conduit.example.com"}}, "must be an http(s) base URL"),
+        (
             {
                 "upstreams": [
                     {

@@ -11,7 +11,8 @@ happened; ``/_revoke`` invalidates every access token (the next call gets a 401)
 
 With ``--auth users`` any bearer token starting with ``user-`` is accepted, as one user's own, and
 ``whoami`` answers with the token of the very request that called it; ``/_stats`` lists every
-token that reached ``/mcp``.
+token that reached ``/mcp``; with ``--authorization-server ISSUER`` too, its 401s point at protected-resource
+metadata naming that authorization server (whose tokens the test makes start with ``user-``).
 
 Tools: ``echo``, ``whoami`` (which credential reached the server), ``hang`` (never answers),
 ``die`` (the server process exits mid-call). ``--garbage`` makes ``/mcp`` answer with bytes
@@ -73,6 +74,8 @@ class State:
         self.auth = "none"
         self.tokens_seen: list[str] = []
         self.extra_tools: list[types.Tool] = []
+        self.authorization_server: str | None = None
+        """``--authorization-server``: its 401s point at protected-resource metadata naming this issuer."""
         self.bus = InMemorySubscriptionBus()
 
 
@@ -119,6 +122,11 @@ def build_server(state: State) -> Server:
     )
 
 
+def _origin(scope: Any) -> str:
+    host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode("latin-1")
+    return f"http://{host}"
+
+
 def credential_of(request_headers: dict[str, str], auth: str, state: State) -> str | None:
     """Which credential the request carries, if it is valid for ``auth``."""
     if auth == "none":
@@ -143,12 +151,16 @@ class Protected:
         self.app, self.auth, self.state = app, auth, state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith(("/token", "/_")):
+        if scope["type"] == "http" and not scope["path"].startswith(("/token", "/_", "/.well-known/")):
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             credential = credential_of(headers, self.auth, self.state)
             if credential is None:
                 self.state.unauthorized += 1
-                await JSONResponse({"error": "unauthorized"}, status_code=401)(scope, receive, send)
+                headers = {}
+                if self.state.authorization_server is not None:
+                    metadata = f"{_origin(scope)}/.well-known/oauth-protected-resource/mcp"
+                    headers["WWW-Authenticate"] = f'Bearer resource_metadata="{metadata}"'
+                await JSONResponse({"error": "unauthorized"}, status_code=401, headers=headers)(scope, receive, send)
                 return
             self.state.credential = credential
             if self.auth == "users" and scope["path"].startswith("/mcp"):
@@ -201,11 +213,17 @@ def build_app(transport: str, auth: str, state: State, garbage: bool) -> Any:
         state.access.clear()
         return JSONResponse({"revoked": True})
 
+    async def protected_resource(request: Request) -> Response:
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse({"resource": f"{base}/mcp", "authorization_servers": [state.authorization_server]})
+
     routes += [
         Route("/token", token, methods=["POST"]),
         Route("/_stats", stats),
         Route("/_revoke", revoke, methods=["POST"]),
     ]
+    if state.authorization_server is not None:
+        routes.append(Route("/.well-known/oauth-protected-resource/mcp", protected_resource))
     if garbage:
 
         async def nonsense(request: Request) -> Response:
@@ -237,9 +255,11 @@ def main() -> None:
     parser.add_argument("--auth", choices=["none", "bearer", "apikey", "oauth", "users"], default="none")
     parser.add_argument("--token-lifetime", type=float, default=3600.0)
     parser.add_argument("--garbage", action="store_true")
+    parser.add_argument("--authorization-server", metavar="ISSUER", help="name it in protected-resource metadata")
     args = parser.parse_args()
     state = State(args.token_lifetime)
     state.auth = args.auth
+    state.authorization_server = args.authorization_server
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)

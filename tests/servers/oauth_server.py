@@ -57,6 +57,14 @@ class AuthServerState:
     """Every token exchange granted: the subject token's ``sub``, the audience, the token issued."""
     refused_subjects: set[str] = field(default_factory=set)
     """Subjects whose tokens the exchange refuses (invalid_grant)."""
+    token_prefix: str = "at-"
+    """How issued access tokens start (``user-`` for tests/servers/http_upstream.py's ``--auth users``)."""
+    iss_parameter: bool = False
+    """Advertise and send the ``iss`` authorization response parameter (RFC 9207)."""
+    consent: str = "accept"
+    """What the user does at the consent step: ``accept``, or an OAuth error such as ``access_denied``."""
+    authorizations: list[dict[str, str]] = field(default_factory=list)
+    """Every authorization request, as received."""
 
 
 @dataclass
@@ -113,6 +121,8 @@ def build_app(state: AuthServerState) -> Starlette:
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "token_endpoint_auth_methods_supported": ["none"],
         }
+        if state.iss_parameter:
+            document["authorization_response_iss_parameter_supported"] = True
         if state.advertise_s256:
             document["code_challenge_methods_supported"] = ["S256"]
         return JSONResponse(document)
@@ -128,23 +138,38 @@ def build_app(state: AuthServerState) -> Starlette:
 
     async def authorize(request: Request) -> Response:
         query = request.query_params
+        state.authorizations.append(dict(query))
         client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
         loopback = client_id in state.loopback_clients and urlsplit(redirect_uri).hostname == "127.0.0.1"
         if redirect_uri not in state.clients.get(client_id, []) and not loopback:
             return JSONResponse({"error": "invalid_request", "error_description": "unknown redirect"}, 400)
         if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
             return _redirect(redirect_uri, {"error": "invalid_request", "state": query.get("state", "")})
+        iss = {"iss": f"{base(request)}/tenant"} if state.iss_parameter else {}
+        if state.consent != "accept":
+            return _redirect(redirect_uri, {"error": state.consent, "state": query.get("state", ""), **iss})
         code = secrets.token_urlsafe(16)
         state.codes[code] = Issued(
             client_id, redirect_uri, query["code_challenge"], query.get("resource"), query.get("scope")
         )
-        return _redirect(redirect_uri, {"code": code, "state": query.get("state", "")})
+        return _redirect(redirect_uri, {"code": code, "state": query.get("state", ""), **iss})
 
     async def token(request: Request) -> Response:
         form = {key: str(value) for key, value in (await request.form()).items()}
         state.token_requests.append(form)
         if form.get("grant_type") == TOKEN_EXCHANGE:
             return _exchange(state, form)
+        if form.get("grant_type") == "refresh_token":
+            if form.get("refresh_token") != state.refresh_token:
+                return JSONResponse({"error": "invalid_grant", "error_description": "unknown refresh token"}, 400)
+            return JSONResponse(
+                {
+                    "access_token": state.token_prefix + secrets.token_urlsafe(16),
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                },
+                headers={"Cache-Control": "no-store"},
+            )
         issued = state.codes.pop(form.get("code", ""), None)  # single use
         if form.get("grant_type") != "authorization_code" or issued is None:
             return JSONResponse({"error": "invalid_grant", "error_description": "unknown code"}, 400)
@@ -157,7 +182,7 @@ def build_app(state: AuthServerState) -> Starlette:
             return JSONResponse({"error": "invalid_grant", "error_description": "PKCE verification failed"}, 400)
         return JSONResponse(
             {
-                "access_token": "at-" + secrets.token_urlsafe(16),
+                "access_token": state.token_prefix + secrets.token_urlsafe(16),
                 "token_type": "Bearer",
                 "expires_in": 3600,
                 "refresh_token": state.refresh_token,

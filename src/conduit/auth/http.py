@@ -11,6 +11,7 @@ look first, so an MCP client finds the authorization server by itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 from urllib.parse import urlparse
 
@@ -39,7 +40,10 @@ def caller_of(scope: Scope) -> Caller | None:
 class Door:
     """ASGI middleware: the protected-resource metadata for anyone; everything else needs a known caller."""
 
-    def __init__(self, app: ASGIApp, verifier: CallerVerifier, oauth: OAuthConfig | None) -> None:
+    def __init__(
+        self, app: ASGIApp, verifier: CallerVerifier, oauth: OAuthConfig | None, public: Sequence[Route] = ()
+    ) -> None:
+        """``public``: routes anyone may reach without a token (besides the metadata): a browser's callback."""
         metadata_url: AnyHttpUrl | None = None
         self._metadata: list[Route] = []
         if oauth is not None:
@@ -48,6 +52,7 @@ class Door:
             self._metadata = create_protected_resource_routes(resource, [AnyHttpUrl(oauth.issuer)])
             if urlparse(str(metadata_url)).path != METADATA_PATH:  # also at the bare well-known path
                 self._metadata.append(Route(METADATA_PATH, self._metadata[0].endpoint, methods=["GET", "OPTIONS"]))
+        self._metadata.extend(public)
         self._inner = app
         self._app = AuthenticationMiddleware(
             RequireAuthMiddleware(app, [], resource_metadata_url=metadata_url), backend=BearerAuthBackend(verifier)

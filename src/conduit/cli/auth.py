@@ -25,7 +25,7 @@ from conduit.cli.common import add_command, add_config_option, load
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import Credentials
 from conduit.errors import ConduitError, ConfigError, StoreUnavailableError
-from conduit.oauth.authorize import Grant, LoginOptions, login
+from conduit.oauth.authorize import Grant, LoginOptions, credentials_document, login
 from conduit.security.callers import RESERVED_CALLER_IDS
 from conduit.upstream.credential_store import new_key, store_for
 
@@ -163,24 +163,6 @@ def _login(args: argparse.Namespace, mcp_url: str) -> Grant | None:
     except httpx2.HTTPError as exc:
         print(f"conduit: cannot reach the server: {exc}", file=sys.stderr)
     return None
-
-
-def credentials_document(grant: Grant) -> dict[str, Any]:
-    """The upstream ``credentials`` a grant makes: refreshable oauth2 when possible, else a bearer token."""
-    if grant.refresh_token is None:
-        return {"type": "bearer", "bearerToken": grant.access_token}
-    document: dict[str, Any] = {
-        "type": "oauth2",
-        "tokenUrl": str(grant.server.token_endpoint),
-        "clientId": grant.client.client_id,
-    }
-    if grant.client.client_secret:
-        document["clientSecret"] = grant.client.client_secret
-    document["refreshToken"] = grant.refresh_token
-    if grant.scopes:
-        document["scopes"] = list(grant.scopes)
-    document["tokenParams"] = {"resource": grant.resource}
-    return document
 
 
 def credentials_block(grant: Grant, mcp_url: str) -> str:

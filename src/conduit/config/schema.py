@@ -189,6 +189,25 @@ class Credentials(_Model):
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
 
+class UpstreamAuthorization(_Model):
+    """How a principal connects its own account on a ``credentials: perPrincipal`` upstream, on demand: the
+    authorization server is found from the upstream's 401 and its protected-resource metadata; Conduit is the
+    OAuth client (pre-registered, or by its Client ID Metadata Document, or registered dynamically)."""
+
+    client_id: str | None = None
+    """A client registered with the authorization server for ``<http.publicUrl>/oauth/callback`` (unset: a
+    Client ID Metadata Document when ``clientMetadataUrl`` is set and the server supports one, else dynamic
+    client registration)."""
+    client_secret: SecretStr | None = None
+    scopes: list[str] | None = None
+    """Scopes to ask for (unset: those the upstream's metadata lists, else the server's)."""
+    client_metadata_url: str | None = None
+    """The HTTPS URL of Conduit's Client ID Metadata Document, used as its client id where the server supports
+    those."""
+    timeout_ms: Annotated[int, Field(ge=10_000, le=3_600_000)] = 300_000
+    """How long a started connection flow stays valid (at most 10 minutes are kept) and a call waits for it."""
+
+
 class UpstreamConfig(_Model):
     """One upstream MCP server whose tools Conduit exposes."""
 
@@ -207,6 +226,9 @@ class UpstreamConfig(_Model):
     credentials: Credentials | Literal["perPrincipal"] | None = None
     """A credentials block used for every caller, or ``perPrincipal``: each principal's calls go out with
     that principal's own credential from the credential store (``conduit auth --principal``)."""
+    authorization: UpstreamAuthorization | None = None
+    """With ``credentials: perPrincipal``: a principal without a credential connects its own account at a URL
+    Conduit gives it (an authorization code flow with PKCE ending at ``/oauth/callback``)."""
     timeout_ms: Annotated[int, Field(gt=0, le=3_600_000)] = 60_000
     """Per-call timeout for this upstream's tools."""
     tools_cache_ttl_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 300_000
@@ -227,6 +249,8 @@ class UpstreamConfig(_Model):
 
     @model_validator(mode="after")
     def _transport_fields(self) -> UpstreamConfig:
+        if self.authorization is not None and self.credentials != "perPrincipal":
+            raise ValueError("'authorization' connects principals' own accounts: it needs 'credentials: perPrincipal'")
         if self.per_principal and self.type == "stdio":
             which = "credentials of type 'tokenExchange'" if self.exchanges_tokens else "'credentials: perPrincipal'"
             raise ValueError(f"{which} needs an HTTP upstream (stdio upstreams take 'env')")
@@ -499,6 +523,10 @@ class HttpConfig(_Model):
     max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
     """The largest request body accepted, on every path: a larger one is answered 413 before anything reads or
     parses it, and nothing beyond this is buffered. A program travels in one, so keep it above ``maxCodeBytes``."""
+    public_url: str | None = None
+    """The base URL clients and browsers reach this server at (``https://conduit.example.com``): the redirect of
+    users connecting their own upstream accounts is ``<publicUrl>/oauth/callback``. Unset: the address it
+    listens on."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDRs of the proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` name the real
     client (uvicorn's forwarded-allow-ips). Empty (the default): those headers are ignored from everyone,
@@ -508,6 +536,16 @@ class HttpConfig(_Model):
     @classmethod
     def _proxies_parse(cls, proxies: list[str]) -> list[str]:
         return _check_networks(proxies)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_base(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"must be an http(s) base URL such as https://conduit.example.com, not {url!r}")
+        return url.rstrip("/")
 
 
 class BackgroundConfig(_Model):

@@ -738,7 +738,7 @@ class Gateway:
         """
         package = self.packages.get(call.upstream or "")
         if package is None:
-            return await self.registry.resolve(call.tool)
+            return await self.registry.resolve(call.tool, caller)
         for entry in await package.entries(caller):
             if entry.name == call.tool.tool:
                 return entry

@@ -85,18 +85,7 @@ async def login(options: LoginOptions, show_url: Callable[[str], None], http: ht
             else await register_client(http, server, receiver.redirect_uri, scopes)
         )
         pkce, state = PKCEParameters.generate(), secrets.token_urlsafe(24)
-        query = {
-            "response_type": "code",
-            "client_id": client.client_id,
-            "redirect_uri": receiver.redirect_uri,
-            "code_challenge": pkce.code_challenge,
-            "code_challenge_method": "S256",
-            "state": state,
-            "resource": resource_url,
-        }
-        if scopes:
-            query["scope"] = " ".join(scopes)
-        show_url(_with_query(str(server.authorization_endpoint), query))
+        show_url(authorization_url(server, client, receiver.redirect_uri, pkce, state, resource_url, scopes))
         with anyio.fail_after(options.timeout_s):
             callback = (await receiver.receive()).params
     if "error" in callback:
@@ -128,6 +117,48 @@ async def login(options: LoginOptions, show_url: Callable[[str], None], http: ht
         refresh_token=str(tokens["refresh_token"]) if tokens.get("refresh_token") else None,
         expires_in=int(tokens["expires_in"]) if isinstance(tokens.get("expires_in"), int) else None,
     )
+
+
+def credentials_document(grant: Grant) -> dict[str, Any]:
+    """The upstream ``credentials`` a grant makes: refreshable oauth2 when possible, else a bearer token."""
+    if grant.refresh_token is None:
+        return {"type": "bearer", "bearerToken": grant.access_token}
+    document: dict[str, Any] = {
+        "type": "oauth2",
+        "tokenUrl": str(grant.server.token_endpoint),
+        "clientId": grant.client.client_id,
+    }
+    if grant.client.client_secret:
+        document["clientSecret"] = grant.client.client_secret
+    document["refreshToken"] = grant.refresh_token
+    if grant.scopes:
+        document["scopes"] = list(grant.scopes)
+    document["tokenParams"] = {"resource": grant.resource}
+    return document
+
+
+def authorization_url(
+    server: OAuthMetadata,
+    client: Client,
+    redirect_uri: str,
+    pkce: PKCEParameters,
+    state: str,
+    resource: str,
+    scopes: tuple[str, ...],
+) -> str:
+    """The URL of the user's step: an authorization code request with PKCE (S256) for ``resource``."""
+    query = {
+        "response_type": "code",
+        "client_id": client.client_id,
+        "redirect_uri": redirect_uri,
+        "code_challenge": pkce.code_challenge,
+        "code_challenge_method": "S256",
+        "state": state,
+        "resource": resource,
+    }
+    if scopes:
+        query["scope"] = " ".join(scopes)
+    return with_query(str(server.authorization_endpoint), query)
 
 
 def canonical_resource(url: str) -> str:
@@ -196,7 +227,7 @@ async def exchange_code(
     return document
 
 
-def _with_query(url: str, query: dict[str, str]) -> str:
+def with_query(url: str, query: dict[str, str]) -> str:
     parts = urlsplit(url)
     joined = "&".join(part for part in (parts.query, urlencode(query)) if part)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
@@ -42,11 +42,14 @@ async def serve_http(
     trusted_proxies: Sequence[str] = (),
     listener: str = "the MCP endpoint",
     moved_by: str = "--port N (port: in the config, PORT in the environment; 0 picks a free port)",
+    on_bound: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``app`` with uvicorn until stopped; prints ``announce`` (with ``{url}``) on stderr once bound.
 
     ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed from ``trusted_proxies`` only (uvicorn's
     own default would believe any loopback client: one could pose as another address).
+
+    ``on_bound`` is told the base URL once the socket is bound.
 
     Raises:
         ListenError: the address cannot be bound; the message names ``listener`` and what moves it (``moved_by``).
@@ -77,7 +80,10 @@ async def serve_http(
         forwarded_allow_ips=list(trusted_proxies),
     )
     server = _Server(config)
-    print(announce.format(url=f"http://{shown}:{bound_port}"), file=sys.stderr, flush=True)
+    url = f"http://{shown}:{bound_port}"
+    if on_bound is not None:
+        on_bound(url)
+    print(announce.format(url=url), file=sys.stderr, flush=True)
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         await asyncio.shield(serving)

@@ -16,7 +16,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from conduit.core.packages import value_result
-from conduit.errors import INVALID_PARAMS, ConduitError, ToolDeniedError, UnknownToolError
+from conduit.errors import INVALID_PARAMS, AuthorizationRequiredError, ConduitError, ToolDeniedError, UnknownToolError
 from conduit.sandbox.base import ProgramFailure, execution_result
 
 
@@ -52,9 +52,14 @@ ERROR_CODE_META: Final = "conduit/errorCode"
 
 
 def failed_tool_call(exc: ConduitError) -> types.CallToolResult:
-    """A proxied upstream call that failed: the reason as the result's text, its code in ``_meta``."""
+    """A proxied upstream call that failed: the reason as the result's text, its code in ``_meta`` (and, for a call
+    that needs the user to open a URL first, -32042, the URL in ``structuredContent``)."""
+    structured = exc.data if isinstance(exc, AuthorizationRequiredError) else None
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=exc.message)], is_error=True, _meta={ERROR_CODE_META: exc.code}
+        content=[types.TextContent(type="text", text=exc.message)],
+        structured_content=structured,
+        is_error=True,
+        _meta={ERROR_CODE_META: exc.code},
     )
 
 

@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup
 
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import UpstreamConfig
-from conduit.errors import UpstreamError
+from conduit.errors import CredentialMissingError, UpstreamError
 from conduit.security.callers import Caller
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
@@ -94,11 +94,20 @@ class PrincipalConnections:
                 )
         connection = self._connection(caller.id)
         if connection is None:
-            raise UpstreamError(
+            raise CredentialMissingError(
                 f"upstream {self.id!r} needs principal {caller.id!r}'s own credential, and there is none: "
                 f"run `conduit auth --principal {caller.id} --upstream {self.id}`"
             )
         return connection
+
+    def has_credential(self, caller: Caller) -> bool:
+        """Whether ``caller`` can call now: a principal with a stored credential (or, for token exchange, an
+        access token)."""
+        if not caller.is_principal:
+            return False
+        if self._store is None:
+            return caller.subject_token is not None
+        return self._store.get(caller.id, self.id) is not None
 
     def note(self, caller: Caller) -> None:
         """Keep ``caller``'s access token (tokenExchange): the next exchange for it uses the newest one."""

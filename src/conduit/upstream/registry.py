@@ -19,11 +19,19 @@ from anyio.abc import TaskGroup
 from conduit.catalog import Catalog, ToolEntry, ToolId
 from conduit.cluster.store import SharedStore
 from conduit.config.schema import UpstreamConfig
-from conduit.errors import ConfigError, InvalidParamsError, UnknownToolError, UpstreamError
+from conduit.errors import (
+    AuthorizationRequiredError,
+    ConfigError,
+    CredentialMissingError,
+    InvalidParamsError,
+    UnknownToolError,
+    UpstreamError,
+)
 from conduit.security.callers import MASTER, Caller
 from conduit.security.ssrf import NetworkPolicy
 from conduit.upstream.connection import UpstreamConnection
 from conduit.upstream.credential_store import CredentialStore
+from conduit.upstream.on_demand import Authorizations
 from conduit.upstream.per_principal import PrincipalConnections
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,8 @@ class UpstreamRegistry:
         self._network = network or NetworkPolicy()
         self._store = store
         self._connections: dict[str, Upstream] = {}
+        self.authorizations: Authorizations | None = None
+        """Principals connecting their own accounts on demand (upstreams with ``authorization``), if any."""
 
     def add(self, config: UpstreamConfig) -> Upstream:
         """Register an upstream (connected lazily, on first use).
@@ -118,12 +128,13 @@ class UpstreamRegistry:
         ]
         return Catalog(tools=tuple(entries), failures=failures)
 
-    async def resolve(self, tool_id: ToolId | str) -> ToolEntry:
-        """The tool behind a tool id (parsed already, or a qualified name).
+    async def resolve(self, tool_id: ToolId | str, caller: Caller = MASTER) -> ToolEntry:
+        """The tool behind a tool id (parsed already, or a qualified name), as ``caller`` calls it.
 
         Raises:
             UnknownToolError: no such upstream, or the upstream has no such tool.
             UpstreamError: the upstream cannot be reached to find out.
+            AuthorizationRequiredError: ``caller`` must connect its own account on the upstream first (-32042).
         """
         parts = ToolId.parse(tool_id) if isinstance(tool_id, str) else tool_id
         qualified = tool_id if isinstance(tool_id, str) else parts.qualified
@@ -133,6 +144,8 @@ class UpstreamRegistry:
         connection = self._connections.get(upstream_id)
         if connection is None:
             raise UnknownToolError(f"unknown tool {qualified!r}: no upstream named {upstream_id!r}")
+        if isinstance(connection, PrincipalConnections) and not connection.has_credential(caller):
+            await self._connect_first(connection, caller)  # its tools may not even be listable yet
         for candidate in await connection.list_tools():
             if candidate.name == tool:
                 return ToolEntry.of(upstream_id, candidate)
@@ -147,8 +160,31 @@ class UpstreamRegistry:
             UpstreamError: the upstream failed, or ``caller`` has no credential it needs (-32005).
         """
         upstream = self._connections[entry.upstream]
-        connection = upstream.for_caller(caller) if isinstance(upstream, PrincipalConnections) else upstream
+        if not isinstance(upstream, PrincipalConnections):
+            return await upstream.call_tool(entry.name, arguments)
+        try:
+            connection = upstream.for_caller(caller)
+        except CredentialMissingError:
+            await self._connect_first(upstream, caller)
+            raise
         return await connection.call_tool(entry.name, arguments)
+
+    async def _connect_first(self, upstream: PrincipalConnections, caller: Caller) -> None:
+        """For a principal without its own credential on an upstream whose users connect their accounts
+        (``authorization``): a flow started, and the URL its user opens, as -32042. Otherwise nothing.
+
+        Raises:
+            AuthorizationRequiredError: the URL to open.
+            DiscoveryError, AuthorizationError: the flow could not be started.
+        """
+        if upstream.config.authorization is None or self.authorizations is None or not caller.is_principal:
+            return
+        url = await self.authorizations.start(caller, upstream.config)
+        raise AuthorizationRequiredError(
+            f"connect your own account on {upstream.id!r} first: open {url} (then make the call again)",
+            url=url,
+            upstream=upstream.id,
+        )
 
     @property
     def per_principal(self) -> list[str]:
