@@ -16,6 +16,7 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from servers.oauth_server import AuthServer, AuthServerState, running
 from support import CONDUIT, EXECUTE_TS, ConduitHttp, http_upstream, run_code, write_config
@@ -140,7 +141,20 @@ async def test_a_used_or_unknown_state_a_wrong_iss_and_a_refusal_store_nothing(s
         assert still.is_error and still.meta is not None and still.meta["conduit/errorCode"] == -32042
 
 
-async def test_the_callback_is_rate_limited_and_creates_nothing(setup: Setup) -> None:
+async def test_a_handshake_era_client_gets_the_url_elicitation_required_error(setup: Setup) -> None:
+    async with setup.server.client(KEYS["bob"], mode="legacy") as bob:
+        with pytest.raises(MCPError) as refused:
+            await bob.call_tool("remote__whoami", {})
+    error = refused.value.error
+    assert error.code == -32042
+    elicitation = error.data["elicitations"][0]
+    assert elicitation["mode"] == "url" and elicitation["elicitationId"]
+    assert elicitation["url"].startswith(f"{setup.authority.url}/tenant/authorize?")
+    page = await setup.browse(elicitation["url"])  # the URL works as the modern answer's does
+    assert page.status_code == 200 and "connected" in page.text
+
+
+async def test_the_callback_is_rate_limited_and_creates_nothing_last_in_this_module(setup: Setup) -> None:
     base = setup.server.url.removesuffix("/mcp")
     async with httpx2.AsyncClient(timeout=20) as browser:
         statuses = [

@@ -31,12 +31,19 @@ from conduit.core.languages import BY_NAME, BY_TOOL, LANGUAGES, Language
 from conduit.core.requests import ExecutionRequest, ToolCall, listed_schema, read_call
 from conduit.core.runs import Run
 from conduit.core.sessions import Session
-from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, BusyError, ConduitError
+from conduit.errors import BUSY, INVALID_PARAMS, UNAUTHORIZED, AuthorizationRequiredError, BusyError, ConduitError
 from conduit.observability.context import CANCELLED, CLIENT_GONE, ENDED_BY, PRINCIPAL, REQUEST_ID, Ending
 from conduit.security.callers import LOCAL, Caller
 from conduit.transport import credential_tools, disclosure_tools, run_tools, skill_tools
 from conduit.transport.disconnect import went_away
-from conduit.transport.wire import answer_failure, failed_execution, failed_tool_call, json_result, mcp_form
+from conduit.transport.wire import (
+    answer_failure,
+    failed_execution,
+    failed_tool_call,
+    json_result,
+    mcp_form,
+    url_elicitation_required,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +227,10 @@ def build_server(
             if entry is not None and isinstance(call, ToolCall):
                 return await _approved_call(ctx, gateway, caller, params, (call, entry))
             return mcp_form(await gateway.audited_call(Session.of(caller), call))
+        except AuthorizationRequiredError as exc:
+            if run_tools.modern(ctx):  # 2026-07-28 retired -32042: a failed result carrying the URL
+                return failed_tool_call(exc)
+            raise url_elicitation_required(exc) from None
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 

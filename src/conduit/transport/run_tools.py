@@ -54,7 +54,8 @@ def can_ask(ctx: ServerRequestContext[Any]) -> bool:
     return ctx.session.check_client_capability(types.ClientCapabilities(elicitation=types.ElicitationCapability()))
 
 
-def _modern(ctx: ServerRequestContext[Any]) -> bool:
+def modern(ctx: ServerRequestContext[Any]) -> bool:
+    """Whether the request's session speaks the 2026-07-28 protocol (rather than a handshake-era one)."""
     return ctx.session.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
@@ -106,7 +107,7 @@ async def attend(ctx: ServerRequestContext[Any], runs: Runs, run: AnyRun, *, own
                     asking.cancel_scope.cancel()
                     return answer(run)
                 unsent = run.unsent()
-                if unsent and _modern(ctx):
+                if unsent and modern(ctx):
                     handed_over = True
                     asking.cancel_scope.cancel()
                     return await input_required(runs, run, unsent)
@@ -179,7 +180,7 @@ async def call(ctx: ServerRequestContext[Any], runs: Runs, caller: Caller, name:
         payload, failed = run.status()
         return json_result(payload, failed)
     unsent = run.unsent()
-    if unsent and can_ask(ctx) and _modern(ctx):
+    if unsent and can_ask(ctx) and modern(ctx):
         return await input_required(runs, run, unsent)
     if unsent and can_ask(ctx):
         async with anyio.create_task_group() as asking:

@@ -9,6 +9,7 @@ with invalid-params (-32602), whatever Conduit's own code for it is.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -25,6 +26,16 @@ def protocol_error(exc: ConduitError) -> MCPError | None:
     if isinstance(exc, (UnknownToolError, ToolDeniedError)):
         return MCPError(INVALID_PARAMS, exc.message)
     return MCPError(exc.code, exc.message) if exc.caller_fault else None
+
+
+def url_elicitation_required(exc: AuthorizationRequiredError) -> MCPError:
+    """A handshake-era client's answer to a call that needs its user at a URL first: the -32042 error, the URL as a
+    URL-mode elicitation in its data."""
+    elicitation = types.ElicitRequestURLParams(
+        message=exc.message, url=exc.url, elicitation_id=hashlib.sha256(exc.url.encode()).hexdigest()[:24]
+    )
+    data = types.ElicitationRequiredErrorData(elicitations=[elicitation])
+    return MCPError(exc.code, exc.message, data=data.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def json_result(payload: Mapping[str, Any], is_error: bool = False) -> types.CallToolResult:
