@@ -101,7 +101,7 @@ def _store_mode(args: argparse.Namespace) -> int:
     upstream = next((entry for entry in config.upstreams if entry.id == args.upstream), None)
     if upstream is None or upstream.url is None:
         raise ConfigError(f"no HTTP upstream {args.upstream!r} in the config")
-    if not upstream.per_principal:
+    if upstream.credentials != "perPrincipal":  # (a tokenExchange upstream takes each caller's own token: none kept)
         raise ConfigError(
             f"upstream {args.upstream!r} does not take per-principal credentials (credentials: perPrincipal)"
         )
