@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from servers.oauth_server import AuthServer, AuthServerState, running
-from support import CONDUIT, EXECUTE_TS, ConduitHttp, http_upstream, run_code, write_config
+from support import CONDUIT, EXECUTE_TS, ConduitHttp, http_upstream, run_code, wait_until, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
 MASTER = "master-token-for-connecting-01"
-KEYS = {"alice": "alice-key-for-connecting-0123", "bob": "bob-key-for-connecting-01234"}
+KEYS = {
+    "alice": "alice-key-for-connecting-0123",
+    "bob": "bob-key-for-connecting-01234",
+    "carol": "carol-key-for-connecting-0123",
+    "dave": "dave-key-for-connecting-01234",
+}
 STORE_KEY = base64.urlsafe_b64encode(b"a" * 32).decode()
 WHOAMI = "return (await tools.remote.whoami({})).structuredContent.credential;"
 
@@ -102,12 +109,8 @@ async def test_a_principal_connects_its_own_account_at_the_url_and_the_call_then
         assert credential.startswith("user-")
         _, ran = await run_code(alice, EXECUTE_TS, WHOAMI)
         assert ran["result"] == credential  # programs use it too
-    stored = await anyio.run_process(
-        [CONDUIT, "credentials", "ls", "--principal", "alice", "--config", str(setup.config)],
-        env={"PATH": "/usr/bin:/bin", "STORE_KEY": STORE_KEY},
-        check=False,
-    )
-    assert stored.stdout.decode() in ("remote  bearer\n", "remote  oauth2\n"), stored
+    code, out, err = await credentials_of(setup, "alice")
+    assert code == 0 and out in ("remote  bearer\n", "remote  oauth2\n"), err
 
 
 async def test_a_program_gets_32042_with_the_url_and_another_principal_gets_none_of_alices(setup: Setup) -> None:
@@ -152,6 +155,58 @@ async def test_a_handshake_era_client_gets_the_url_elicitation_required_error(se
     assert elicitation["url"].startswith(f"{setup.authority.url}/tenant/authorize?")
     page = await setup.browse(elicitation["url"])  # the URL works as the modern answer's does
     assert page.status_code == 200 and "connected" in page.text
+
+
+@dataclass
+class User:
+    """A client's elicitation callback: the person behind it opens the URL (or declines)."""
+
+    setup: Setup
+    action: str = "accept"
+    asked: list[types.ElicitRequestURLParams] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+
+    async def __call__(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestURLParams)
+        self.asked.append(params)
+        if self.action == "accept":
+            page = await self.setup.browse(params.url)
+            assert page.status_code == 200, page.text
+        return types.ElicitResult(action=self.action)  # type: ignore[arg-type]
+
+    async def messages(self, message: Any) -> None:
+        if isinstance(message, types.ElicitCompleteNotification):
+            self.completed.append(message.params.elicitation_id)
+
+
+async def test_a_client_that_can_open_urls_is_asked_and_the_call_waits_then_completes(setup: Setup) -> None:
+    user = User(setup)
+    options = {"mode": "legacy", "elicitation_callback": user, "message_handler": user.messages}
+    async with setup.server.client(KEYS["carol"], **options) as carol:
+        answer = await carol.call_tool("remote__whoami", {})
+        assert not answer.is_error, answer
+        assert answer.structured_content["credential"].startswith("user-")  # type: ignore[index]
+        await wait_until(lambda: bool(user.completed))
+    assert len(user.asked) == 1 and user.asked[0].mode == "url"
+    assert user.completed == [user.asked[0].elicitation_id]
+
+
+async def test_a_user_who_declines_leaves_the_call_failed_and_nothing_stored(setup: Setup) -> None:
+    user = User(setup, action="decline")
+    async with setup.server.client(KEYS["dave"], mode="legacy", elicitation_callback=user) as dave:
+        answer = await dave.call_tool("remote__whoami", {})
+    assert answer.is_error and "was not connected (decline)" in answer.content[0].text  # type: ignore[union-attr]
+    code, out, _ = await credentials_of(setup, "dave")
+    assert (code, out) == (0, "")
+
+
+async def credentials_of(setup: Setup, principal: str) -> tuple[int, str, str]:
+    done = await anyio.run_process(
+        [CONDUIT, "credentials", "ls", "--principal", principal, "--config", str(setup.config)],
+        env={"PATH": "/usr/bin:/bin", "STORE_KEY": STORE_KEY},
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
 async def test_the_callback_is_rate_limited_and_creates_nothing_last_in_this_module(setup: Setup) -> None:

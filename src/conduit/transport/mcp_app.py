@@ -230,7 +230,12 @@ def build_server(
         except AuthorizationRequiredError as exc:
             if run_tools.modern(ctx):  # 2026-07-28 retired -32042: a failed result carrying the URL
                 return failed_tool_call(exc)
-            raise url_elicitation_required(exc) from None
+            if not credential_tools.can_open_urls(ctx) or not isinstance(call, ToolCall):
+                raise url_elicitation_required(exc) from None
+            try:
+                return await credential_tools.connect_then_call(ctx, gateway, caller, call, exc)
+            except ConduitError as again:
+                return answer_failure(again, failed_tool_call)
         except ConduitError as exc:
             return answer_failure(exc, failed_tool_call)
 

@@ -195,6 +195,17 @@ class UpstreamRegistry:
             if isinstance(upstream, PrincipalConnections) and not upstream.config.exchanges_tokens
         )
 
+    def connected(self, caller: Caller, upstream_id: str) -> bool:
+        """Whether ``caller`` has its own credential for ``upstream_id`` now (a per-principal upstream)."""
+        upstream = self._connections.get(upstream_id)
+        return isinstance(upstream, PrincipalConnections) and upstream.has_credential(caller)
+
+    def timeout_s(self, upstream_id: str) -> float:
+        """How long a call may wait for its user to connect an account on ``upstream_id``."""
+        upstream = self._connections.get(upstream_id)
+        authorization = upstream.config.authorization if upstream is not None else None
+        return authorization.timeout_ms / 1000 if authorization is not None else 0.0
+
     def note(self, caller: Caller) -> None:
         """A caller came by: upstreams that exchange its access token keep the newest one (their tool list can
         be read through it)."""
