@@ -293,6 +293,17 @@ async def run_js(client: Client, code: str, **arguments: Any) -> tuple[bool, dic
     return await run_code(client, EXECUTE_ISOLATE, code, **arguments)
 
 
+async def conduit_credentials(config: Path, store_key: str, *arguments: str) -> tuple[int, str, str]:
+    """``conduit credentials ARGUMENTS`` for ``config`` whose store key is in ``STORE_KEY``: exit code, stdout,
+    stderr."""
+    done = await anyio.run_process(
+        [CONDUIT, "credentials", *arguments, "--config", str(config)],
+        env={"PATH": "/usr/bin:/bin", "STORE_KEY": store_key},
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
 async def run_code(client: Client, tool: str, code: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
     result = await client.call_tool(tool, {"code": code, **arguments})
     assert result.structured_content is not None

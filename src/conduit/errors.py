@@ -34,6 +34,7 @@ one (:mod:`conduit.transport.wire` for MCP).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 # JSON-RPC 2.0 protocol codes.
@@ -209,4 +210,10 @@ class AuthorizationRequiredError(ConduitError):
     def __init__(self, message: str, *, url: str, upstream: str) -> None:
         super().__init__(message)
         self.url = url
+        self.upstream = upstream
         self.data = {"url": url, "upstream": upstream}
+
+    @property
+    def elicitation_id(self) -> str:
+        """The id of the URL-mode elicitation that sends the user to :attr:`url` (the same for the same URL)."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:24]

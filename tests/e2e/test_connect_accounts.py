@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import anyio
 import httpx2
 import mcp_types as types
 import pytest
@@ -21,7 +20,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from servers.oauth_server import AuthServer, AuthServerState, running
-from support import CONDUIT, EXECUTE_TS, ConduitHttp, http_upstream, run_code, wait_until, write_config
+from support import EXECUTE_TS, ConduitHttp, conduit_credentials, http_upstream, run_code, wait_until, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -201,12 +200,7 @@ async def test_a_user_who_declines_leaves_the_call_failed_and_nothing_stored(set
 
 
 async def credentials_of(setup: Setup, principal: str) -> tuple[int, str, str]:
-    done = await anyio.run_process(
-        [CONDUIT, "credentials", "ls", "--principal", principal, "--config", str(setup.config)],
-        env={"PATH": "/usr/bin:/bin", "STORE_KEY": STORE_KEY},
-        check=False,
-    )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+    return await conduit_credentials(setup.config, STORE_KEY, "ls", "--principal", principal)
 
 
 async def test_the_callback_is_rate_limited_and_creates_nothing_last_in_this_module(setup: Setup) -> None:

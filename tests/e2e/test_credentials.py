@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from support import CONDUIT, EXECUTE_TS, ConduitHttp, http_upstream, run_code, write_config
+from support import CONDUIT, EXECUTE_TS, ConduitHttp, conduit_credentials, http_upstream, run_code, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.deno, pytest.mark.e2e]
 
@@ -33,12 +33,7 @@ class Setup:
     config: Path
 
     async def cli(self, *arguments: str) -> tuple[int, str, str]:
-        done = await anyio.run_process(
-            [CONDUIT, "credentials", *arguments, "--config", str(self.config)],
-            env={"PATH": "/usr/bin:/bin", "STORE_KEY": STORE_KEY},
-            check=False,
-        )
-        return done.returncode, done.stdout.decode(), done.stderr.decode()
+        return await conduit_credentials(self.config, STORE_KEY, *arguments)
 
 
 @pytest.fixture(scope="module")

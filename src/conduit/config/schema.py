@@ -290,11 +290,7 @@ class Policy(_Model):
     @field_validator("allowed_tools")
     @classmethod
     def _patterns_parse(cls, patterns: list[str]) -> list[str]:
-        try:
-            Allowlist.parse(patterns)
-        except AllowlistError as exc:
-            raise ValueError(str(exc)) from None
-        return patterns
+        return _allowlist_patterns(patterns)
 
     @field_validator("limits")
     @classmethod
@@ -334,10 +330,7 @@ class ApprovalRule(_Model):
         if (self.tools is None) == (self.annotations is None):
             raise ValueError("an approval rule matches on exactly one of 'tools' and 'annotations'")
         if self.tools is not None:
-            try:
-                Allowlist.parse(self.tools)
-            except AllowlistError as exc:
-                raise ValueError(f"tools: {exc}") from None
+            _allowlist_patterns(self.tools, "tools: ")
         if self.annotations is not None:
             unknown = sorted(set(self.annotations) - set(ANNOTATION_HINTS))
             if unknown or not self.annotations:
@@ -692,11 +685,7 @@ class PrivacyConfig(_Model):
     @field_validator("exempt")
     @classmethod
     def _exempt_parses(cls, patterns: list[str]) -> list[str]:
-        try:
-            Allowlist.parse(patterns)
-        except AllowlistError as exc:
-            raise ValueError(str(exc)) from None
-        return patterns
+        return _allowlist_patterns(patterns)
 
     @property
     def enabled(self) -> bool:
@@ -899,6 +888,15 @@ def _check_fernet_key(key: str, name: str) -> None:
         valid = False
     if not valid:
         raise ValueError(f"{name} is not a Fernet key (32 url-safe base64 bytes; `conduit auth --new-store-key`)")
+
+
+def _allowlist_patterns(patterns: list[str], where: str = "") -> list[str]:
+    """``patterns`` if they parse as an allowlist; else a ValueError saying why (after ``where``)."""
+    try:
+        Allowlist.parse(patterns)
+    except AllowlistError as exc:
+        raise ValueError(f"{where}{exc}") from None
+    return patterns
 
 
 def _check_unique(kind: str, ids: list[str]) -> None:

@@ -276,7 +276,7 @@ class Gateway:
         metric = language.name
         began = False
         exit_code: int | None = None
-        privacy = self.privacy if self.privacy is not None and self.privacy.applies(caller) else None
+        privacy = self._privacy_for(caller)
         tally = Tally()
         with self.tracing.execution(execution_id, language.name) as span:
             span["principal"] = caller.id
@@ -451,6 +451,10 @@ class Gateway:
         async with self._share(plan.caller), self.admission.slot():
             yield
 
+    def _privacy_for(self, caller: Caller) -> Privacy | None:
+        """The tokenising that applies to ``caller`` (None: privacy is off, or does not cover it)."""
+        return self.privacy if self.privacy is not None and self.privacy.applies(caller) else None
+
     @contextlib.asynccontextmanager
     async def _live(
         self,
@@ -586,7 +590,7 @@ class Gateway:
             upstream = call.upstream
         code: int | None = None
         is_error = False
-        privacy = self.privacy if self.privacy is not None and self.privacy.applies(caller) else None
+        privacy = self._privacy_for(caller)
         tally = Tally()
         with self.tracing.tool_call(execution_id, tool, upstream) as span:
             span["principal"] = caller.id

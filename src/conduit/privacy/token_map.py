@@ -107,7 +107,7 @@ class MemoryTokenMap:
             del entries.by_token[token]
             evicted += 1
         if evicted:
-            self._bound_reached(principal, evicted)
+            self.bound_reached(principal, evicted)
         return answer
 
     async def values(self, principal: str, tokens: Sequence[str]) -> list[str | None]:
@@ -129,7 +129,7 @@ class MemoryTokenMap:
             entries.by_value.popitem(last=False)
             del entries.by_token[token]
 
-    def _bound_reached(self, principal: str, evicted: int) -> None:
+    def bound_reached(self, principal: str, evicted: int) -> None:
         now = self._clock()
         if now - self._bound_logged.get(principal, -BOUND_LOG_S) >= BOUND_LOG_S:
             self._bound_logged[principal] = now
@@ -258,7 +258,7 @@ class RedisTokenMap:
             for index, token in zip(missing, issued[:-1], strict=True):
                 tokens[index] = _text(token)
             if issued[-1]:
-                self.local._bound_reached(principal, int(issued[-1]))
+                self.local.bound_reached(principal, int(issued[-1]))
         return [token or "" for token in tokens]
 
     async def values(self, principal: str, tokens: Sequence[str]) -> list[str | None]:

@@ -17,6 +17,7 @@ a value (encoding it so no pattern sees it) is not stopped here: the allowlist a
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -129,7 +130,7 @@ class Privacy:
         changed = {old: new for old, new in zip(strings, replaced, strict=True) if old is not new and old != new}
         if not changed:
             return value
-        return _changed_in_place(value, changed.get) if owned else _rebuilt(value, changed.get)
+        return _changed(value if owned else copy.deepcopy(value), changed.get)
 
     async def outcome(self, caller: Caller, outcome: RunOutcome, tally: Tally) -> RunOutcome:
         """An execution's outcome as the client gets it: output, result and error tokenised."""
@@ -190,7 +191,7 @@ class Privacy:
             new = self._token.sub(lambda match: values.get(match.group()) or match.group(), text)
             return new if new != text else None
 
-        return dict(_rebuilt(arguments, restored))
+        return dict(_changed(copy.deepcopy(arguments), restored))
 
     async def reveal(self, caller: Caller, value: Any) -> Any:
         """``value`` with the caller's tokens shown as their values (an approval form in ``values`` mode);
@@ -221,26 +222,10 @@ def _strings(value: Any) -> list[str]:
     return found
 
 
-def _rebuilt(value: Any, change: Callable[[str], str | None]) -> Any:
-    """``value`` with each string ``change`` answers for replaced (None: kept)."""
-    if isinstance(value, str):
-        new = change(value)
-        return value if new is None else new
-    if isinstance(value, dict):
-        return {
-            (_rebuilt(key, change) if isinstance(key, str) else key): (
-                inner if isinstance(inner, int | float | bool) or inner is None else _rebuilt(inner, change)
-            )
-            for key, inner in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_rebuilt(item, change) for item in value]
-    return value
-
-
-def _changed_in_place(value: Any, change: Callable[[str], str | None]) -> Any:
-    """``value`` with each string ``change`` answers for replaced, its lists and objects changed in place (an
-    object with a replaced key is rebuilt, its order kept)."""
+def _changed(value: Any, change: Callable[[str], str | None]) -> Any:
+    """``value`` with each string ``change`` answers for replaced (None: kept), its lists and objects changed in
+    place (an object with a replaced key is rebuilt, its order kept; a tuple becomes a list). Callers hand it a
+    copy of a value another part still holds."""
     if isinstance(value, str):
         new = change(value)
         return value if new is None else new
@@ -252,7 +237,7 @@ def _changed_in_place(value: Any, change: Callable[[str], str | None]) -> Any:
                 if new is not None:
                     value[key] = new
             elif isinstance(inner, dict | list | tuple):
-                value[key] = _changed_in_place(inner, change)
+                value[key] = _changed(inner, change)
             renamed = renamed or (isinstance(key, str) and change(key) is not None)
         if renamed:
             return {(change(key) or key) if isinstance(key, str) else key: inner for key, inner in value.items()}
@@ -260,8 +245,8 @@ def _changed_in_place(value: Any, change: Callable[[str], str | None]) -> Any:
     if isinstance(value, list):
         for index, inner in enumerate(value):
             if isinstance(inner, str | dict | list | tuple):
-                value[index] = _changed_in_place(inner, change)
+                value[index] = _changed(inner, change)
         return value
     if isinstance(value, tuple):
-        return [_changed_in_place(inner, change) for inner in value]
+        return [_changed(inner, change) for inner in value]
     return value

@@ -9,7 +9,6 @@ closed); listed only where some upstream takes per-principal credentials."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any, Final
@@ -60,8 +59,7 @@ async def connect_then_call(
         ConduitError: the call made again failed (answered by the caller as any call's failure).
         MCPError: the client cannot be sent a request (a stateless server): the -32042 error instead.
     """
-    upstream = required.data["upstream"]
-    elicitation_id = hashlib.sha256(required.url.encode()).hexdigest()[:24]
+    upstream, elicitation_id = required.upstream, required.elicitation_id
     try:
         answer = await ctx.session.elicit_url(
             required.message, required.url, elicitation_id, related_request_id=ctx.request_id

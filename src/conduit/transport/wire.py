@@ -9,7 +9,6 @@ with invalid-params (-32602), whatever Conduit's own code for it is.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -31,9 +30,7 @@ def protocol_error(exc: ConduitError) -> MCPError | None:
 def url_elicitation_required(exc: AuthorizationRequiredError) -> MCPError:
     """A handshake-era client's answer to a call that needs its user at a URL first: the -32042 error, the URL as a
     URL-mode elicitation in its data."""
-    elicitation = types.ElicitRequestURLParams(
-        message=exc.message, url=exc.url, elicitation_id=hashlib.sha256(exc.url.encode()).hexdigest()[:24]
-    )
+    elicitation = types.ElicitRequestURLParams(message=exc.message, url=exc.url, elicitation_id=exc.elicitation_id)
     data = types.ElicitationRequiredErrorData(elicitations=[elicitation])
     return MCPError(exc.code, exc.message, data=data.model_dump(mode="json", by_alias=True, exclude_none=True))
 
